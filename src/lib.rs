@@ -1,0 +1,12 @@
+//! Spate: a thread-per-core event-streaming broker.
+//!
+//! The crate is layered bottom-up; each layer knows nothing of the ones above it:
+//! - [`record`]: the Kafka RecordBatch v2 format, pure code with no I/O.
+//! - [`storage`]: the partition log on direct I/O (segments, indexes, group commit,
+//!   retention, recovery). It knows nothing of the network.
+//!
+//! See docs/ARCHITECTURE.md for the code map and the invariants.
+
+pub mod limits;
+pub mod record;
+pub mod storage;

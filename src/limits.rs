@@ -1,0 +1,47 @@
+//! Every bound Spate enforces, in one place, with compile-time checks of how they relate.
+//!
+//! Names carry their unit last (`_bytes`, `_count`, `_ms`). A limit that a user can change
+//! per topic lives in `storage::LogConfig`; what is here is either fixed by the format or
+//! a ceiling that configuration cannot exceed.
+
+/// Size of the fixed RecordBatch v2 header, from base offset to record count.
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// Bytes of the header that precede the `batch_length` field's coverage
+/// (base offset and the length field itself).
+pub const BATCH_LOG_OVERHEAD_BYTES: usize = 12;
+
+/// The largest record batch the log accepts (Kafka's `message.max.bytes` is about 1 MiB
+/// by default; Spate allows more for throughput benchmarks, bounded by the frame limit).
+pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The most records one batch may declare; bounds the work of validating a batch.
+pub const BATCH_RECORDS_MAX: usize = 1 << 20;
+
+/// Direct-I/O alignment used for every write position and length. The device here reports
+/// 512; 4096 is safe on every device Spate targets.
+pub const IO_ALIGNMENT_BYTES: usize = 4096;
+
+/// Largest single write the appender issues for one group commit. Appends waiting beyond
+/// this are taken by the next group.
+pub const GROUP_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes of appends that may wait for one partition's appender before `append` blocks.
+pub const PENDING_APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest segment a partition may be configured with: index entries store positions
+/// relative to the segment start as `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+
+/// Smallest segment size accepted from configuration (one batch must always fit).
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+
+/// Window read from disk at a time while scanning a segment (recovery, index rebuild).
+pub const SCAN_WINDOW_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(BATCH_BYTES_MAX <= GROUP_WRITE_BYTES_MAX);
+const _: () = assert!(GROUP_WRITE_BYTES_MAX <= PENDING_APPEND_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SCAN_WINDOW_BYTES.is_multiple_of(IO_ALIGNMENT_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(IO_ALIGNMENT_BYTES as u64));
+const _: () = assert!(BATCH_HEADER_BYTES > BATCH_LOG_OVERHEAD_BYTES);
