@@ -1,1 +1,97 @@
+//! The partition log: an append-only sequence of segments on local disk, written with
+//! direct I/O through glommio.
+//!
+//! `storage` knows nothing of the network. A [`Log`] lives on one glommio executor (it is
+//! `!Send`); one appender task per log owns the active segment's writes and applies every
+//! change (append, roll, truncate, retention) in order, so nothing else mutates a segment.
+//!
+//! File layout of a partition directory:
+//!
+//! ```text
+//! 00000000000000000000.log        sealed segment: whole batches, exact size
+//! 00000000000000000000.index      sparse offset index (sealed segments only)
+//! 00000000000000000000.timeindex  time index (sealed segments only)
+//! 00000000000000001234.log        active segment: whole batches, zero padding to 4 KiB
+//! ```
 
+mod appender;
+mod config;
+mod index;
+mod io;
+mod log;
+mod segment;
+mod tail_cache;
+mod wake;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+pub use config::{LOG_CONFIG_KEYS, LogConfig};
+pub use log::{AppendInfo, Log, ReadOutcome, RetentionReport, SegmentInfo};
+
+use crate::record::BatchError;
+
+/// Every way a storage operation can fail. Each message says what the user can do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("append of {bytes} bytes is larger than the limit of {max} bytes")]
+    RecordTooLarge { bytes: usize, max: usize },
+    #[error(
+        "offset {offset} is out of range: the log holds offsets {log_start} to {log_end} (exclusive)"
+    )]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
+    #[error("disk full writing {}: free space; the log is unchanged and appends can be retried", path.display())]
+    DiskFull { path: PathBuf },
+    #[error("I/O error during {operation} on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        operation: &'static str,
+        #[source]
+        source: Rc<std::io::Error>,
+    },
+    #[error("corrupt segment {} at byte {position}: {reason}", path.display())]
+    CorruptSegment {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("partition directory {} is inconsistent: {reason}", path.display())]
+    InconsistentLog { path: PathBuf, reason: String },
+    #[error("invalid config {key}={value}: {reason}")]
+    InvalidConfig {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("direct-I/O self-test failed on {}: {reason}", path.display())]
+    SelfTest { path: PathBuf, reason: String },
+    #[error("the partition log is closed")]
+    Closed,
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+}
+
+/// A piece of a read: bytes of whole batches, either shared from the tail cache or a view
+/// of the buffer the disk read DMA'd into. Neither is a copy of the payload.
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    Cached(bytes::Bytes),
+    Disk(glommio::io::ReadResult),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Cached(bytes) => bytes,
+            Chunk::Disk(read) => read,
+        }
+    }
+}

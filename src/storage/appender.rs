@@ -1,0 +1,572 @@
+//! The one task per partition that changes the log.
+//!
+//! Every mutation arrives as a [`Command`] on the log's queue and is carried out in order,
+//! so appends, rolls, truncations and retention never interleave. Appends waiting at the
+//! same moment are coalesced: one aligned write of the dirty range, one fdatasync (with
+//! `flush.ms=0`), then every waiter is answered (group commit).
+//!
+//! Direct-I/O tail handling: the active segment's last partial 4 KiB block is kept in
+//! memory (`Active::tail_block`). Each group write starts at that block's aligned start,
+//! re-writes its bytes unchanged, appends the new batches and zero-pads to the next block
+//! boundary. Because the re-written prefix is byte-identical, a torn write can only damage
+//! bytes that were never acknowledged.
+
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_channel::oneshot;
+use glommio::sync::StaticPermit;
+
+use super::StorageError;
+use super::io::{self, align_down, align_up};
+use super::log::{AppendInfo, LogInner, RetentionReport};
+use super::segment::{
+    ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
+};
+use crate::limits::GROUP_WRITE_BYTES_MAX;
+use crate::record::{BatchHeader, set_base_offset};
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+pub(crate) enum Command {
+    Append(PendingAppend),
+    Truncate {
+        offset: i64,
+        reply: Reply<i64>,
+    },
+    Roll {
+        reply: Reply<()>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+    Retention {
+        now_ms: i64,
+        reply: Reply<RetentionReport>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    fn fail(self, error: StorageError) {
+        match self {
+            Command::Append(append) => drop(append.reply.send(Err(error))),
+            Command::Truncate { reply, .. } => drop(reply.send(Err(error))),
+            Command::Roll { reply } | Command::Flush { reply } | Command::Close { reply } => {
+                drop(reply.send(Err(error)))
+            }
+            Command::Retention { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// Validated batches waiting to be written, with where each batch sits in `records`.
+pub(crate) struct PendingAppend {
+    pub records: BytesMut,
+    pub batches: Vec<(BatchHeader, Range<usize>)>,
+    pub reply: Reply<AppendInfo>,
+    /// Holds `records.len()` units of the log's pending-bytes budget until answered.
+    pub _permit: StaticPermit,
+}
+
+impl PendingAppend {
+    fn max_timestamp(&self) -> i64 {
+        self.batches
+            .iter()
+            .map(|(header, _)| header.max_timestamp)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+}
+
+/// The appender's private view of the active segment.
+pub(crate) struct Active {
+    segment: Rc<Segment>,
+    /// Bytes of the last, partial block: `[align_down(size), size)`.
+    tail_block: Vec<u8>,
+    /// Bytes written but not yet covered by an fdatasync.
+    unsynced_bytes: u64,
+    /// When the pending interval flush (`flush.ms` above 0) must happen.
+    sync_deadline: Option<Instant>,
+}
+
+impl Active {
+    pub async fn open(segment: Rc<Segment>) -> Result<Active, StorageError> {
+        let size = segment.meta.borrow().size_bytes;
+        let start = align_down(size);
+        let mut tail_block = Vec::new();
+        if size > start {
+            let read =
+                io::read_at(&segment.file, &segment.path, start, (size - start) as usize).await?;
+            tail_block.extend_from_slice(&read);
+        }
+        assert_eq!(
+            tail_block.len() as u64,
+            size - start,
+            "tail block must be readable"
+        );
+        Ok(Active {
+            segment,
+            tail_block,
+            unsynced_bytes: 0,
+            sync_deadline: None,
+        })
+    }
+}
+
+pub(crate) async fn run(inner: Rc<LogInner>, active: Active) {
+    let mut appender = Appender { inner, active };
+    while let Some(command) = appender.next_command().await {
+        match command {
+            Command::Append(first) => appender.append_group(first).await,
+            Command::Truncate { offset, reply } => {
+                drop(reply.send(appender.truncate(offset).await))
+            }
+            Command::Roll { reply } => drop(reply.send(appender.roll().await)),
+            Command::Flush { reply } => drop(reply.send(appender.sync(true).await)),
+            Command::Retention { now_ms, reply } => {
+                drop(reply.send(appender.retention(now_ms).await))
+            }
+            Command::Close { reply } => {
+                let result = appender.sync(false).await;
+                appender.shut_down();
+                drop(reply.send(result));
+                return;
+            }
+        }
+    }
+}
+
+struct Appender {
+    inner: Rc<LogInner>,
+    active: Active,
+}
+
+impl Appender {
+    /// The next command, running the interval flush when its deadline comes first.
+    async fn next_command(&mut self) -> Option<Command> {
+        loop {
+            if let Some(command) = self.inner.queue.borrow_mut().pop_front() {
+                return Some(command);
+            }
+            match self.active.sync_deadline {
+                None => self.inner.appender_wake.wait().await,
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        if let Err(error) = self.sync(false).await {
+                            tracing::error!(%error, "interval flush failed; retrying");
+                            self.active.sync_deadline = Some(now + self.flush_interval());
+                        }
+                        continue;
+                    }
+                    let wake = self.inner.appender_wake.wait();
+                    futures_lite::future::or(wake, glommio::timer::sleep(deadline - now)).await;
+                }
+            }
+        }
+    }
+
+    fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.inner.config.flush_ms)
+    }
+
+    fn shut_down(&mut self) {
+        self.inner.state.borrow_mut().closed = true;
+        let rest: Vec<Command> = self.inner.queue.borrow_mut().drain(..).collect();
+        for command in rest {
+            command.fail(StorageError::Closed);
+        }
+        self.inner.pending_bytes.close();
+        self.inner.data_arrived.notify_all();
+    }
+
+    /// fdatasync of the active segment if anything is unsynced (or always, if `force`).
+    async fn sync(&mut self, force: bool) -> Result<(), StorageError> {
+        if self.active.unsynced_bytes == 0 && !force {
+            return Ok(());
+        }
+        let segment = &self.active.segment;
+        io::fdatasync(&segment.file, &segment.path).await?;
+        self.active.unsynced_bytes = 0;
+        self.active.sync_deadline = None;
+        Ok(())
+    }
+
+    /// Whether `append` must go to a new segment, given `group_bytes` already headed for
+    /// the active one.
+    fn needs_roll(&self, group_bytes: usize, append: &PendingAppend) -> bool {
+        let config = &self.inner.config;
+        let meta = self.active.segment.meta.borrow();
+        let size = meta.size_bytes + group_bytes as u64;
+        if size == 0 {
+            return false;
+        }
+        if size + append.records.len() as u64 > config.segment_bytes {
+            return true;
+        }
+        meta.first_timestamp.is_some_and(|first| {
+            append.max_timestamp().saturating_sub(first) > config.segment_ms as i64
+        })
+    }
+
+    /// Takes `first` and every append queued right behind it (up to the write limit and the
+    /// segment boundary), writes them at once and answers them all.
+    async fn append_group(&mut self, first: PendingAppend) {
+        if self.needs_roll(0, &first)
+            && let Err(error) = self.roll().await
+        {
+            drop(first.reply.send(Err(error)));
+            return;
+        }
+        let mut group_bytes = first.records.len();
+        let mut group = vec![first];
+        loop {
+            let mut queue = self.inner.queue.borrow_mut();
+            let Some(Command::Append(next)) = queue.front() else {
+                break;
+            };
+            let fits = group_bytes + next.records.len() <= GROUP_WRITE_BYTES_MAX;
+            if !fits || self.needs_roll(group_bytes, next) {
+                break;
+            }
+            let Some(Command::Append(next)) = queue.pop_front() else {
+                unreachable!("peeked")
+            };
+            group_bytes += next.records.len();
+            group.push(next);
+        }
+        match self.write_group(&mut group, group_bytes).await {
+            Ok(new_tail) => self.commit(group, new_tail),
+            Err(error) => {
+                for append in group {
+                    drop(append.reply.send(Err(error.clone())));
+                }
+            }
+        }
+    }
+
+    /// Assigns offsets, writes the group after the tail block in one aligned write, and
+    /// syncs as the flush policy says. Changes nothing visible: `commit` does that. Returns
+    /// the new tail block.
+    async fn write_group(
+        &mut self,
+        group: &mut [PendingAppend],
+        group_bytes: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let segment = self.active.segment.clone();
+        let (end, mut next_offset) = {
+            let meta = segment.meta.borrow();
+            assert!(!meta.sealed, "writes go to the active segment only");
+            (meta.size_bytes, meta.next_offset)
+        };
+        let write_start = align_down(end);
+        let tail = &self.active.tail_block;
+        assert_eq!(
+            write_start + tail.len() as u64,
+            end,
+            "tail block out of step"
+        );
+        let logical_bytes = tail.len() + group_bytes;
+        let write_bytes = align_up(logical_bytes as u64) as usize;
+        let mut buffer = segment.file.alloc_dma_buffer(write_bytes);
+        let bytes = buffer.as_bytes_mut();
+        bytes[..tail.len()].copy_from_slice(tail);
+        let mut cursor = tail.len();
+        for append in group.iter_mut() {
+            for (header, range) in append.batches.iter_mut() {
+                set_base_offset(&mut append.records[range.clone()], next_offset);
+                header.base_offset = next_offset;
+                next_offset = header.next_offset();
+            }
+            bytes[cursor..cursor + append.records.len()].copy_from_slice(&append.records);
+            cursor += append.records.len();
+        }
+        // DMA buffers are recycled: the padding must be zeroed by hand (GLOMMIO_NOTES 3).
+        bytes[logical_bytes..].fill(0);
+        let new_tail = bytes[align_down(logical_bytes as u64) as usize..logical_bytes].to_vec();
+        let written = segment
+            .file
+            .write_at(buffer, write_start)
+            .await
+            .map_err(|error| io::io_error(&segment.path, "write", error.into()))?;
+        if written != write_bytes {
+            return Err(io::short_write(&segment.path, written, write_bytes));
+        }
+        self.active.unsynced_bytes += group_bytes as u64;
+        let config = &self.inner.config;
+        let over_bytes = config
+            .flush_bytes
+            .is_some_and(|limit| self.active.unsynced_bytes >= limit);
+        if config.syncs_before_ack() || over_bytes {
+            self.sync(false).await?;
+        } else if self.active.sync_deadline.is_none() {
+            self.active.sync_deadline = Some(Instant::now() + self.flush_interval());
+        }
+        Ok(new_tail)
+    }
+
+    /// Makes a written group visible: indexes, tail cache, log end; then answers it.
+    fn commit(&mut self, group: Vec<PendingAppend>, new_tail: Vec<u8>) {
+        let interval = self.inner.config.index_interval_bytes;
+        let segment = self.active.segment.clone();
+        let mut meta = segment.meta.borrow_mut();
+        let mut state = self.inner.state.borrow_mut();
+        for append in group {
+            let records = append.records.freeze();
+            let base_offset = append.batches[0].0.base_offset;
+            for (header, range) in &append.batches {
+                let position = meta.size_bytes;
+                meta.note_batch(segment.base_offset, position, header, interval);
+                state.cache.push(
+                    header.base_offset,
+                    header.next_offset(),
+                    records.slice(range.clone()),
+                );
+            }
+            let last_offset = meta.next_offset - 1;
+            drop(append.reply.send(Ok(AppendInfo {
+                base_offset,
+                last_offset,
+            })));
+        }
+        state.log_end = meta.next_offset;
+        assert_eq!(
+            align_down(meta.size_bytes) + new_tail.len() as u64,
+            meta.size_bytes
+        );
+        self.active.tail_block = new_tail;
+        drop(state);
+        drop(meta);
+        self.inner.data_arrived.notify_all();
+    }
+
+    /// Seals the active segment and opens a new one at the log end. Nothing changes if the
+    /// new segment cannot be created.
+    async fn roll(&mut self) -> Result<(), StorageError> {
+        let old = self.active.segment.clone();
+        let (size, next_offset) = {
+            let meta = old.meta.borrow();
+            (meta.size_bytes, meta.next_offset)
+        };
+        if size == 0 {
+            return Ok(());
+        }
+        // The old segment is durable before the new one exists, so a crash can never leave
+        // a gap between them.
+        self.sync(false).await?;
+        let dir = self.inner.dir.clone();
+        let path = dir.join(segment_file_name(next_offset));
+        let file = io::open_rw(&path, true).await?;
+        let created = async {
+            file.truncate(0)
+                .await
+                .map_err(|error| io::io_error(&path, "truncate", error.into()))?;
+            io::sync_directory(&dir).await
+        };
+        if let Err(error) = created.await {
+            let _ = glommio::io::remove(&path).await;
+            return Err(error);
+        }
+        // Cut the padding off the sealed segment; if this is lost in a crash, recovery
+        // finds zero padding and cuts it again.
+        let sealed = async {
+            old.file
+                .truncate(size)
+                .await
+                .map_err(|error| io::io_error(&old.path, "truncate", error.into()))?;
+            io::fdatasync(&old.file, &old.path).await
+        };
+        if let Err(error) = sealed.await {
+            tracing::warn!(%error, "could not trim the sealed segment; recovery will");
+        }
+        old.meta.borrow_mut().sealed = true;
+        if let Err(error) = old.write_indexes().await {
+            tracing::warn!(%error, "could not write the sealed segment's index; recovery will rebuild it");
+        }
+        let segment = Rc::new(Segment {
+            base_offset: next_offset,
+            path,
+            file,
+            meta: std::cell::RefCell::new(SegmentMeta::empty(next_offset)),
+        });
+        self.inner
+            .state
+            .borrow_mut()
+            .segments
+            .insert(next_offset, segment.clone());
+        self.active = Active {
+            segment,
+            tail_block: Vec::new(),
+            unsynced_bytes: 0,
+            sync_deadline: None,
+        };
+        tracing::debug!(base_offset = next_offset, "rolled to a new segment");
+        Ok(())
+    }
+
+    async fn truncate(&mut self, offset: i64) -> Result<i64, StorageError> {
+        let (log_start, log_end) = {
+            let state = self.inner.state.borrow();
+            (state.log_start, state.log_end)
+        };
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        if offset < log_start {
+            return Err(self.inner.state.borrow().out_of_range(offset));
+        }
+        self.sync(false).await?;
+        {
+            // Hide the doomed range from readers before touching any file.
+            let mut state = self.inner.state.borrow_mut();
+            state.log_end = offset;
+            state.cache.truncate(offset);
+        }
+        // Whole segments past the offset go first, newest first, so that a crash in the
+        // middle leaves a contiguous prefix.
+        loop {
+            let last = self.inner.state.borrow().active();
+            if last.base_offset <= offset {
+                break;
+            }
+            self.inner
+                .state
+                .borrow_mut()
+                .segments
+                .remove(&last.base_offset);
+            remove_segment_files(&last).await?;
+        }
+        let target = self.inner.state.borrow().active();
+        let size = target.meta.borrow().size_bytes;
+        let interval = self.inner.config.index_interval_bytes;
+        let (meta, stop) = Segment::scan(
+            &target.file,
+            &target.path,
+            target.base_offset,
+            size,
+            Some(offset),
+            interval,
+        )
+        .await?;
+        if stop != ScanStop::ReachedOffset {
+            return Err(StorageError::CorruptSegment {
+                path: target.path.clone(),
+                position: meta.size_bytes,
+                reason: format!("truncation to offset {offset} did not find its batch: {stop:?}"),
+            });
+        }
+        target
+            .file
+            .truncate(meta.size_bytes)
+            .await
+            .map_err(|error| io::io_error(&target.path, "truncate", error.into()))?;
+        io::fdatasync(&target.file, &target.path).await?;
+        for index in [
+            offset_index_path(&target.path),
+            time_index_path(&target.path),
+        ] {
+            remove_if_present(&index).await?;
+        }
+        io::sync_directory(&self.inner.dir).await?;
+        let new_end = meta.next_offset;
+        *target.meta.borrow_mut() = meta;
+        self.inner.state.borrow_mut().log_end = new_end;
+        self.active = Active::open(target).await?;
+        tracing::info!(offset, new_end, "truncated the log");
+        Ok(new_end)
+    }
+
+    async fn retention(&mut self, now_ms: i64) -> Result<RetentionReport, StorageError> {
+        let config = self.inner.config.clone();
+        let cutoff = config
+            .retention_ms
+            .map(|ms| now_ms.saturating_sub(ms as i64));
+        let expired = |meta: &SegmentMeta| {
+            cutoff.is_some_and(|cutoff| meta.size_bytes > 0 && meta.max_timestamp < cutoff)
+        };
+        // As in Kafka, an expired active segment is rolled so that data does not outlive
+        // its retention just because nothing new arrived.
+        let active_expired = expired(&self.active.segment.meta.borrow());
+        if active_expired {
+            self.roll().await?;
+        }
+        let victims: Vec<Rc<Segment>> = {
+            let state = self.inner.state.borrow();
+            let mut remaining: u64 = state
+                .segments
+                .values()
+                .map(|segment| segment.meta.borrow().size_bytes)
+                .sum();
+            let sealed = state.segments.values().take(state.segments.len() - 1);
+            let mut victims = Vec::new();
+            for segment in sealed {
+                let meta = segment.meta.borrow();
+                let over_size = config
+                    .retention_bytes
+                    .is_some_and(|limit| remaining - meta.size_bytes >= limit);
+                if !(expired(&meta) || over_size) {
+                    break;
+                }
+                remaining -= meta.size_bytes;
+                victims.push(segment.clone());
+            }
+            victims
+        };
+        let mut report = RetentionReport::default();
+        {
+            let mut state = self.inner.state.borrow_mut();
+            for victim in &victims {
+                state.segments.remove(&victim.base_offset);
+                report.deleted_segments.push(victim.base_offset);
+                report.deleted_bytes += victim.meta.borrow().size_bytes;
+            }
+            let first = *state
+                .segments
+                .keys()
+                .next()
+                .expect("the active segment remains");
+            state.log_start = state.log_start.max(first);
+            let log_start = state.log_start;
+            state.cache.drop_before(log_start);
+            report.log_start_offset = log_start;
+        }
+        for victim in &victims {
+            remove_segment_files(victim).await?;
+        }
+        if !victims.is_empty() {
+            io::sync_directory(&self.inner.dir).await?;
+            tracing::info!(
+                deleted = victims.len(),
+                bytes = report.deleted_bytes,
+                log_start = report.log_start_offset,
+                "retention deleted segments"
+            );
+        }
+        Ok(report)
+    }
+}
+
+async fn remove_segment_files(segment: &Segment) -> Result<(), StorageError> {
+    remove_if_present(&offset_index_path(&segment.path)).await?;
+    remove_if_present(&time_index_path(&segment.path)).await?;
+    remove_if_present(&segment.path).await
+}
+
+async fn remove_if_present(path: &std::path::Path) -> Result<(), StorageError> {
+    match glommio::io::remove(path).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let error: std::io::Error = error.into();
+            if error.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(io::io_error(path, "remove", error))
+            }
+        }
+    }
+}

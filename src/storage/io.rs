@@ -1,0 +1,206 @@
+//! The storage layer's only contact with glommio's file API: opening segment files,
+//! aligned writes that must be complete, reads, and the per-device start-up self-test.
+//!
+//! Keeping glommio behind this small module means the rest of `storage` could move to
+//! another io_uring runtime by rewriting this file.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use super::StorageError;
+use crate::limits::IO_ALIGNMENT_BYTES;
+
+const ALIGNMENT: u64 = IO_ALIGNMENT_BYTES as u64;
+
+pub(crate) fn align_down(value: u64) -> u64 {
+    value & !(ALIGNMENT - 1)
+}
+
+pub(crate) fn align_up(value: u64) -> u64 {
+    align_down(value + ALIGNMENT - 1)
+}
+
+/// Maps an I/O error on `path` to the storage error a user can act on.
+pub(crate) fn io_error(path: &Path, operation: &'static str, error: io::Error) -> StorageError {
+    if error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(libc::ENOSPC) {
+        StorageError::DiskFull {
+            path: path.to_path_buf(),
+        }
+    } else {
+        StorageError::Io {
+            path: path.to_path_buf(),
+            operation,
+            source: Rc::new(error),
+        }
+    }
+}
+
+/// Opens (or creates) a segment or index file for direct I/O, readable and writable.
+/// `DmaFile::create` would open it write-only (GLOMMIO_NOTES 2).
+pub(crate) async fn open_rw(path: &Path, create: bool) -> Result<DmaFile, StorageError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(path)
+        .await
+        .map_err(|error| io_error(path, "open", error.into()))
+}
+
+/// Writes all of `data` at the aligned position `position`. A short write is an error:
+/// on a full disk the kernel may write part of the range before failing.
+pub(crate) async fn write_all_at(
+    file: &DmaFile,
+    path: &Path,
+    data: &[u8],
+    position: u64,
+) -> Result<(), StorageError> {
+    assert_eq!(
+        position % ALIGNMENT,
+        0,
+        "unaligned write position {position}"
+    );
+    let length = align_up(data.len() as u64) as usize;
+    let mut buffer = file.alloc_dma_buffer(length);
+    let bytes = buffer.as_bytes_mut();
+    bytes[..data.len()].copy_from_slice(data);
+    // DMA buffers come from a recycled pool: zero the padding ourselves (GLOMMIO_NOTES 3).
+    bytes[data.len()..].fill(0);
+    let written = file
+        .write_at(buffer, position)
+        .await
+        .map_err(|error| io_error(path, "write", error.into()))?;
+    if written != length {
+        return Err(short_write(path, written, length));
+    }
+    Ok(())
+}
+
+pub(crate) fn short_write(path: &Path, written: usize, wanted: usize) -> StorageError {
+    // A short direct-I/O write on a local filesystem means the space ran out.
+    tracing::warn!(path = %path.display(), written, wanted, "short write");
+    StorageError::DiskFull {
+        path: path.to_path_buf(),
+    }
+}
+
+pub(crate) async fn fdatasync(file: &DmaFile, path: &Path) -> Result<(), StorageError> {
+    file.fdatasync()
+        .await
+        .map_err(|error| io_error(path, "fdatasync", error.into()))
+}
+
+/// Reads up to `length` bytes at `position` (any alignment). Returns fewer bytes at the
+/// end of the file.
+pub(crate) async fn read_at(
+    file: &DmaFile,
+    path: &Path,
+    position: u64,
+    length: usize,
+) -> Result<glommio::io::ReadResult, StorageError> {
+    file.read_at(position, length)
+        .await
+        .map_err(|error| io_error(path, "read", error.into()))
+}
+
+/// Makes a directory entry change (create, rename, delete) durable.
+pub(crate) async fn sync_directory(path: &Path) -> Result<(), StorageError> {
+    let directory = glommio::io::Directory::open(path)
+        .await
+        .map_err(|error| io_error(path, "open directory", error.into()))?;
+    directory
+        .sync()
+        .await
+        .map_err(|error| io_error(path, "sync directory", error.into()))?;
+    directory
+        .close()
+        .await
+        .map_err(|error| io_error(path, "close directory", error.into()))
+}
+
+thread_local! {
+    /// Devices this thread has already probed and self-tested.
+    static TESTED_DEVICES: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
+
+/// Runs once per device per thread, before the first segment file on that device is
+/// opened: works around glommio's IOPOLL probe (GLOMMIO_NOTES 1) by making sure the first
+/// file glommio opens on the device is non-empty, then writes a block with direct I/O and
+/// reads it back. Failing here is loud and early instead of at the first consumer read.
+pub(crate) async fn prepare_device(directory: &Path) -> Result<(), StorageError> {
+    let device = std::fs::metadata(directory)
+        .map_err(|error| io_error(directory, "stat", error))?
+        .dev();
+    if TESTED_DEVICES.with(|tested| tested.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let probe_path: PathBuf = directory.join(".spate-selftest");
+    let pattern: Vec<u8> = (0..IO_ALIGNMENT_BYTES)
+        .map(|index| (index * 7 + 13) as u8)
+        .collect();
+    // Buffered write first, so that glommio's probe read on open finds data.
+    std::fs::write(&probe_path, &pattern).map_err(|error| io_error(&probe_path, "write", error))?;
+    let self_test = async {
+        let file = open_rw(&probe_path, false).await?;
+        let mut reversed = pattern.clone();
+        reversed.reverse();
+        write_all_at(&file, &probe_path, &reversed, 0).await?;
+        fdatasync(&file, &probe_path).await?;
+        let read = read_at(&file, &probe_path, 0, reversed.len()).await?;
+        let result = if read[..] == reversed[..] {
+            Ok(())
+        } else {
+            Err(StorageError::SelfTest {
+                path: probe_path.clone(),
+                reason: "a block written with direct I/O read back different".into(),
+            })
+        };
+        let _ = file.close().await;
+        result
+    };
+    let result = self_test.await.map_err(|error| match error {
+        StorageError::SelfTest { .. } => error,
+        other => StorageError::SelfTest {
+            path: probe_path.clone(),
+            reason: other.to_string(),
+        },
+    });
+    let _ = std::fs::remove_file(&probe_path);
+    result?;
+    TESTED_DEVICES.with(|tested| tested.borrow_mut().insert(device));
+    Ok(())
+}
+
+/// Replaces `path` with `data` so that a crash leaves either the old or the new file:
+/// write `<path>.tmp`, fdatasync, rename. The caller syncs the directory.
+pub(crate) async fn write_file_atomically(path: &Path, data: &[u8]) -> Result<(), StorageError> {
+    let mut name = path.file_name().expect("a file path").to_os_string();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
+    let file = open_rw(&temporary, true).await?;
+    let truncate = |size: u64| {
+        let file = &file;
+        let temporary = &temporary;
+        async move {
+            file.truncate(size)
+                .await
+                .map_err(|error| io_error(temporary, "truncate", error.into()))
+        }
+    };
+    truncate(0).await?;
+    write_all_at(&file, &temporary, data, 0).await?;
+    truncate(data.len() as u64).await?;
+    fdatasync(&file, &temporary).await?;
+    file.close()
+        .await
+        .map_err(|error| io_error(&temporary, "close", error.into()))?;
+    glommio::io::rename(&temporary, path)
+        .await
+        .map_err(|error| io_error(path, "rename", error.into()))
+}

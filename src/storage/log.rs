@@ -1,0 +1,611 @@
+//! The partition log's public face: open (with recovery), append, read, and the commands
+//! the appender task carries out (roll, truncate, flush, retention, close).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_channel::oneshot;
+use glommio::sync::Semaphore;
+
+use super::appender::{self, Command, PendingAppend};
+use super::index::{SegmentSummary, decode_offset_index, decode_time_index};
+use super::segment::{
+    ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
+};
+use super::tail_cache::TailCache;
+use super::wake::{Event, Notify};
+use super::{Chunk, LogConfig, StorageError, io};
+use crate::limits::{BATCH_BYTES_MAX, PENDING_APPEND_BYTES_MAX};
+use crate::record::{BatchError, RecordIter, split_batches};
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub base_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+}
+
+/// The answer to a read: whole batches (possibly none, at the log end) and the log's
+/// bounds when the read began.
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    pub chunks: Vec<Chunk>,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+impl ReadOutcome {
+    pub fn bytes_len(&self) -> usize {
+        self.chunks.iter().map(|chunk| chunk.len()).sum()
+    }
+
+    /// Copies the chunks into one buffer (for tests and tools; the fetch path sends the
+    /// chunks as they are).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes_len());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_segments: Vec<i64>,
+    pub deleted_bytes: u64,
+    pub log_start_offset: i64,
+}
+
+/// A segment as seen from outside, for tools and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+    pub sealed: bool,
+    pub path: PathBuf,
+}
+
+pub(crate) struct LogState {
+    /// Every segment by base offset; the last one is the active segment.
+    pub segments: BTreeMap<i64, Rc<Segment>>,
+    /// First offset a read may ask for.
+    pub log_start: i64,
+    /// One past the last acknowledged offset: reads see everything before it.
+    pub log_end: i64,
+    pub cache: TailCache,
+    pub closed: bool,
+}
+
+impl LogState {
+    pub fn out_of_range(&self, offset: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start: self.log_start,
+            log_end: self.log_end,
+        }
+    }
+
+    pub fn active(&self) -> Rc<Segment> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
+            .clone()
+    }
+}
+
+pub(crate) struct LogInner {
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    pub state: RefCell<LogState>,
+    pub queue: RefCell<VecDeque<Command>>,
+    pub appender_wake: Notify,
+    pub data_arrived: Event,
+    pub pending_bytes: Rc<Semaphore>,
+}
+
+impl LogInner {
+    fn submit(&self, command: Command) -> Result<(), StorageError> {
+        if self.state.borrow().closed {
+            return Err(StorageError::Closed);
+        }
+        self.queue.borrow_mut().push_back(command);
+        self.appender_wake.notify();
+        Ok(())
+    }
+}
+
+/// One partition's log. Cheap to clone; every clone is the same log. Lives on the
+/// executor that opened it.
+#[derive(Clone)]
+pub struct Log {
+    inner: Rc<LogInner>,
+}
+
+impl Log {
+    /// Opens the partition in `dir` (creating it if needed), recovering from whatever a
+    /// crash left: sealed segments are checked against their index files (or rescanned),
+    /// the active segment is validated batch by batch and cut back to its last whole batch.
+    pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Log, StorageError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| io::io_error(&dir, "create directory", error))?;
+        io::prepare_device(&dir).await?;
+        let mut bases = list_segments(&dir)?;
+        if bases.is_empty() {
+            let path = dir.join(segment_file_name(0));
+            drop(io::open_rw(&path, true).await?);
+            io::sync_directory(&dir).await?;
+            bases.push(0);
+        }
+        let mut segments = BTreeMap::new();
+        let mut previous: Option<(PathBuf, i64)> = None;
+        for (position, &base_offset) in bases.iter().enumerate() {
+            let path = dir.join(segment_file_name(base_offset));
+            if let Some((previous_path, previous_next)) = &previous
+                && *previous_next != base_offset
+            {
+                let kind = if *previous_next < base_offset {
+                    "gap"
+                } else {
+                    "overlap"
+                };
+                return Err(StorageError::InconsistentLog {
+                    path: path.clone(),
+                    reason: format!(
+                        "{kind}: {} ends before offset {previous_next} but {} starts at {base_offset}",
+                        previous_path.display(),
+                        path.display()
+                    ),
+                });
+            }
+            let is_active = position + 1 == bases.len();
+            let segment = if is_active {
+                open_active(&path, base_offset, &config).await?
+            } else {
+                open_sealed(&path, base_offset, &config).await?
+            };
+            previous = Some((path, segment.meta.borrow().next_offset));
+            segments.insert(base_offset, Rc::new(segment));
+        }
+        let log_start = *segments.keys().next().expect("at least one segment");
+        let log_end = segments
+            .values()
+            .next_back()
+            .expect("at least one")
+            .meta
+            .borrow()
+            .next_offset;
+        let inner = Rc::new(LogInner {
+            dir,
+            state: RefCell::new(LogState {
+                segments,
+                log_start,
+                log_end,
+                cache: TailCache::new(config.tail_cache_bytes),
+                closed: false,
+            }),
+            config,
+            queue: RefCell::new(VecDeque::new()),
+            appender_wake: Notify::default(),
+            data_arrived: Event::default(),
+            pending_bytes: Rc::new(Semaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
+        });
+        let active_segment = inner.state.borrow().active();
+        let active = appender::Active::open(active_segment).await?;
+        glommio::spawn_local(appender::run(inner.clone(), active)).detach();
+        tracing::debug!(dir = %inner.dir.display(), log_start, log_end, "partition log open");
+        Ok(Log { inner })
+    }
+
+    /// Appends one or more concatenated record batches as a unit. Every batch is validated
+    /// first (framing, CRC, records); nothing is written if any is bad. Offsets are assigned
+    /// here, and the answer comes once the batches are durable under the flush policy.
+    pub async fn append(&self, records: BytesMut) -> Result<AppendInfo, StorageError> {
+        let max = BATCH_BYTES_MAX.min(self.inner.config.segment_bytes as usize);
+        if records.len() > max {
+            return Err(StorageError::RecordTooLarge {
+                bytes: records.len(),
+                max,
+            });
+        }
+        let batches = split_batches(&records).collect::<Result<Vec<_>, BatchError>>()?;
+        if batches.is_empty() {
+            return Err(BatchError::Empty.into());
+        }
+        let permit = self
+            .inner
+            .pending_bytes
+            .acquire_static_permit(records.len() as u64)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Command::Append(PendingAppend {
+            records,
+            batches,
+            reply,
+            _permit: permit,
+        }))?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Reads whole batches from the one holding `offset`, up to `max_bytes` but at least
+    /// one batch. At the log end the answer is empty; outside the log it is
+    /// `OffsetOutOfRange`. Tail reads come from memory, older ones from disk.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
+        let (segment, log_start_offset, log_end_offset) = {
+            let state = self.inner.state.borrow();
+            if offset < state.log_start || offset > state.log_end {
+                return Err(state.out_of_range(offset));
+            }
+            let bounds = (state.log_start, state.log_end);
+            let outcome = |chunks| ReadOutcome {
+                chunks,
+                log_start_offset: bounds.0,
+                log_end_offset: bounds.1,
+            };
+            if offset == state.log_end {
+                return Ok(outcome(Vec::new()));
+            }
+            if let Some(chunks) = state.cache.read(offset, max_bytes) {
+                return Ok(outcome(chunks));
+            }
+            let segment = state
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone());
+            (
+                segment.ok_or_else(|| state.out_of_range(offset))?,
+                bounds.0,
+                bounds.1,
+            )
+        };
+        let chunks = segment.read(offset, max_bytes).await?;
+        if chunks.is_empty() {
+            return Err(StorageError::Internal {
+                reason: format!("offset {offset} is below the log end but no segment holds it"),
+            });
+        }
+        Ok(ReadOutcome {
+            chunks,
+            log_start_offset,
+            log_end_offset,
+        })
+    }
+
+    /// Waits until the log end is past `offset` (new data for a reader at `offset`), or the
+    /// log closes. For long polling.
+    pub async fn wait_for_data(&self, offset: i64) {
+        let inner = &self.inner;
+        inner
+            .data_arrived
+            .wait_until(|| {
+                let state = inner.state.borrow();
+                state.log_end > offset || state.closed
+            })
+            .await
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp`, or `None` when
+    /// every record is older (Kafka's ListOffsets by timestamp).
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>, StorageError> {
+        let mut offset = {
+            let state = self.inner.state.borrow();
+            let candidate = state
+                .segments
+                .values()
+                .find(|segment| segment.meta.borrow().max_timestamp >= timestamp);
+            let Some(segment) = candidate else {
+                return Ok(None);
+            };
+            let meta = segment.meta.borrow();
+            (segment.base_offset + i64::from(meta.time_index.lookup(timestamp)))
+                .max(state.log_start)
+        };
+        loop {
+            let outcome = match self.read(offset, 1 << 20).await {
+                Ok(outcome) => outcome,
+                // Retention may have moved the start meanwhile: continue from there.
+                Err(StorageError::OffsetOutOfRange { log_start, .. }) if offset < log_start => {
+                    offset = log_start;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if outcome.chunks.is_empty() {
+                return Ok(None);
+            }
+            let bytes = outcome.to_vec();
+            for batch in split_batches(&bytes) {
+                let (header, range) = batch?;
+                offset = header.next_offset();
+                if header.max_timestamp < timestamp {
+                    continue;
+                }
+                let records = RecordIter::new(&bytes[range][crate::limits::BATCH_HEADER_BYTES..]);
+                for record in records {
+                    let record = record?;
+                    if header.base_timestamp.wrapping_add(record.timestamp_delta) >= timestamp {
+                        return Ok(Some(header.base_offset + i64::from(record.offset_delta)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes every batch from the one holding `offset` on; returns the new log end
+    /// (a batch boundary at or before `offset`). For a follower whose log diverged.
+    pub async fn truncate(&self, offset: i64) -> Result<i64, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Command::Truncate { offset, reply })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Seals the active segment and starts a new one (no-op when it is empty).
+    pub async fn roll(&self) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Command::Roll { reply })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Makes everything appended so far durable now, whatever `flush.ms` says.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Command::Flush { reply })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Deletes whole sealed segments past `retention.ms` (judged by their newest record
+    /// against `now_ms`) or beyond `retention.bytes`, oldest first, and moves the log start.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Command::Retention { now_ms, reply })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Finishes every queued command, syncs, and stops the appender. Later calls fail
+    /// with `Closed`.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Command::Close { reply })?;
+        let result = answer.await.map_err(|_| StorageError::Closed)?;
+        self.inner.data_arrived.notify_all();
+        result
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.state.borrow().log_start
+    }
+
+    /// One past the last acknowledged offset (Kafka's log end offset / high watermark on
+    /// a single node).
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.state.borrow().log_end
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state
+            .segments
+            .values()
+            .map(|segment| segment.meta.borrow().size_bytes)
+            .sum()
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let state = self.inner.state.borrow();
+        state
+            .segments
+            .values()
+            .map(|segment| {
+                let meta = segment.meta.borrow();
+                SegmentInfo {
+                    base_offset: segment.base_offset,
+                    next_offset: meta.next_offset,
+                    size_bytes: meta.size_bytes,
+                    max_timestamp: meta.max_timestamp,
+                    sealed: meta.sealed,
+                    path: segment.path.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Base offsets of the segment files in `dir`, sorted. Removes leftovers of interrupted
+/// index writes (`*.tmp`) and index files whose segment is gone.
+fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|error| io::io_error(dir, "list directory", error))?;
+    let mut bases = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| io::io_error(dir, "list directory", error))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let Some((stem, extension)) = name.split_once('.') else {
+            continue;
+        };
+        let base = match stem.parse::<i64>() {
+            Ok(base) if stem.len() == 20 && base >= 0 => base,
+            _ => {
+                tracing::warn!(path = %path.display(), "ignoring a file that is not a segment");
+                continue;
+            }
+        };
+        match extension {
+            "log" => bases.push(base),
+            "index" | "timeindex" => indexes.push((base, path)),
+            _ => tracing::warn!(path = %path.display(), "ignoring a file that is not a segment"),
+        }
+    }
+    for (base, path) in indexes {
+        if !bases.contains(&base) {
+            tracing::warn!(path = %path.display(), "removing an index whose segment is gone");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+async fn open_sealed(
+    path: &Path,
+    base_offset: i64,
+    config: &LogConfig,
+) -> Result<Segment, StorageError> {
+    let file = io::open_rw(path, false).await?;
+    let size = file
+        .file_size()
+        .await
+        .map_err(|error| io::io_error(path, "stat", error.into()))?;
+    if let Some(meta) = load_indexes(path, base_offset, size).await {
+        return Ok(Segment {
+            base_offset,
+            path: path.to_path_buf(),
+            file,
+            meta: RefCell::new(meta),
+        });
+    }
+    tracing::warn!(path = %path.display(), "index missing or damaged: rebuilding from the segment");
+    let (mut meta, stop) = Segment::scan(
+        &file,
+        path,
+        base_offset,
+        size,
+        None,
+        config.index_interval_bytes,
+    )
+    .await?;
+    match stop {
+        ScanStop::End => {}
+        ScanStop::ZeroPadding => {
+            // Sealing cut the file to its exact size but the crash lost that: redo it.
+            file.truncate(meta.size_bytes)
+                .await
+                .map_err(|error| io::io_error(path, "truncate", error.into()))?;
+            io::fdatasync(&file, path).await?;
+        }
+        ScanStop::Damaged { position, reason } => {
+            return Err(StorageError::CorruptSegment {
+                path: path.to_path_buf(),
+                position,
+                reason,
+            });
+        }
+        ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
+    }
+    meta.sealed = true;
+    let segment = Segment {
+        base_offset,
+        path: path.to_path_buf(),
+        file,
+        meta: RefCell::new(meta),
+    };
+    if let Err(error) = segment.write_indexes().await {
+        tracing::warn!(%error, "could not rewrite the index; it will be rebuilt at next open");
+    }
+    Ok(segment)
+}
+
+/// Loads a sealed segment's summary and indexes from its index files, if both are intact
+/// and agree with the segment file.
+async fn load_indexes(path: &Path, base_offset: i64, size: u64) -> Option<SegmentMeta> {
+    let offset_bytes = read_small_file(&offset_index_path(path)).await?;
+    let time_bytes = read_small_file(&time_index_path(path)).await?;
+    let (summary, offset_index) = decode_offset_index(&offset_bytes).ok()?;
+    let (time_summary, time_index) = decode_time_index(&time_bytes).ok()?;
+    let expected = SegmentSummary {
+        base_offset,
+        size_bytes: size,
+        ..summary
+    };
+    if summary != expected || time_summary != summary || summary.next_offset <= base_offset {
+        return None;
+    }
+    Some(SegmentMeta {
+        size_bytes: summary.size_bytes,
+        next_offset: summary.next_offset,
+        max_timestamp: summary.max_timestamp,
+        first_timestamp: (summary.first_timestamp != i64::MIN).then_some(summary.first_timestamp),
+        offset_index,
+        time_index,
+        sealed: true,
+    })
+}
+
+async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
+    let file = io::open_rw(path, false).await.ok()?;
+    let size = file.file_size().await.ok()?;
+    let bytes = io::read_at(&file, path, 0, size as usize).await.ok()?;
+    let out = bytes.to_vec();
+    let _ = file.close().await;
+    (out.len() as u64 == size).then_some(out)
+}
+
+async fn open_active(
+    path: &Path,
+    base_offset: i64,
+    config: &LogConfig,
+) -> Result<Segment, StorageError> {
+    let file = io::open_rw(path, false).await?;
+    let size = file
+        .file_size()
+        .await
+        .map_err(|error| io::io_error(path, "stat", error.into()))?;
+    let (meta, stop) = Segment::scan(
+        &file,
+        path,
+        base_offset,
+        size,
+        None,
+        config.index_interval_bytes,
+    )
+    .await?;
+    if let ScanStop::Damaged { position, reason } = &stop {
+        tracing::warn!(
+            path = %path.display(),
+            position,
+            reason,
+            discarded_bytes = size - position,
+            "cutting a torn or corrupt tail back to the last whole batch"
+        );
+    }
+    if size != meta.size_bytes {
+        file.truncate(meta.size_bytes)
+            .await
+            .map_err(|error| io::io_error(path, "truncate", error.into()))?;
+        io::fdatasync(&file, path).await?;
+    }
+    for stale in [offset_index_path(path), time_index_path(path)] {
+        let _ = std::fs::remove_file(stale);
+    }
+    Ok(Segment {
+        base_offset,
+        path: path.to_path_buf(),
+        file,
+        meta: RefCell::new(meta),
+    })
+}

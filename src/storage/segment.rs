@@ -1,0 +1,333 @@
+//! One segment: a file of whole batches named by its base offset, its in-memory indexes,
+//! the scan that rebuilds them, and reads by offset.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use glommio::io::{DmaFile, ReadResult};
+
+use super::index::{
+    OffsetEntry, OffsetIndex, SegmentSummary, TimeEntry, TimeIndex, encode_offset_index,
+    encode_time_index, relative,
+};
+use super::{Chunk, StorageError, io};
+use crate::limits::{BATCH_HEADER_BYTES, SCAN_WINDOW_BYTES};
+use crate::record::{BatchHeader, validate_framing};
+
+/// `<base offset, 20 digits>.log`, as Kafka names segments.
+pub(crate) fn segment_file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+pub(crate) fn offset_index_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension("index")
+}
+
+pub(crate) fn time_index_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension("timeindex")
+}
+
+/// What is known about a segment's contents. Only the appender task changes it, and only
+/// after the bytes it describes are written (and, with `flush.ms=0`, synced): readers
+/// never see past `size_bytes`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SegmentMeta {
+    /// Bytes of whole, acknowledged batches from the start of the file.
+    pub size_bytes: u64,
+    /// Offset the next batch appended to this segment gets.
+    pub next_offset: i64,
+    /// Largest batch max timestamp in the segment (`i64::MIN` while empty).
+    pub max_timestamp: i64,
+    /// Max timestamp of the first batch: `segment.ms` is measured from it.
+    pub first_timestamp: Option<i64>,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    pub sealed: bool,
+}
+
+impl SegmentMeta {
+    pub fn empty(base_offset: i64) -> SegmentMeta {
+        SegmentMeta {
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            ..SegmentMeta::default()
+        }
+    }
+
+    /// Accounts for a batch stored at `position`, adding index entries every
+    /// `index_interval_bytes`.
+    pub fn note_batch(
+        &mut self,
+        base_offset: i64,
+        position: u64,
+        header: &BatchHeader,
+        index_interval_bytes: u64,
+    ) {
+        assert_eq!(position, self.size_bytes, "batches are stored back to back");
+        assert_eq!(
+            header.base_offset, self.next_offset,
+            "offsets are contiguous"
+        );
+        let last_indexed = self
+            .offset_index
+            .last()
+            .map_or(0, |entry| u64::from(entry.position));
+        if position > 0 && position - last_indexed >= index_interval_bytes {
+            let relative_offset = (header.base_offset - base_offset) as u32;
+            self.offset_index.push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            if self.max_timestamp != i64::MIN {
+                self.time_index.maybe_push(TimeEntry {
+                    timestamp: self.max_timestamp,
+                    relative_offset,
+                });
+            }
+        }
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        self.first_timestamp.get_or_insert(header.max_timestamp);
+        self.next_offset = header.next_offset();
+        self.size_bytes = position + header.total_bytes() as u64;
+    }
+}
+
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    pub file: DmaFile,
+    pub meta: RefCell<SegmentMeta>,
+}
+
+/// Why a scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanStop {
+    /// Reached the limit exactly on a batch boundary.
+    End,
+    /// The bytes after the last batch are zeros: direct-I/O padding, not damage.
+    ZeroPadding,
+    /// The scan reached the batch holding the requested offset.
+    ReachedOffset,
+    /// The bytes at `position` are not a valid next batch.
+    Damaged { position: u64, reason: String },
+}
+
+/// Reads a file through windows of `SCAN_WINDOW_BYTES` (or larger for a big batch).
+struct Window<'a> {
+    file: &'a DmaFile,
+    path: &'a Path,
+    limit: u64,
+    start: u64,
+    data: ReadResult,
+    preferred_bytes: usize,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a DmaFile, path: &'a Path, limit: u64, preferred_bytes: usize) -> Window<'a> {
+        Window {
+            file,
+            path,
+            limit,
+            start: 0,
+            data: ReadResult::default(),
+            preferred_bytes,
+        }
+    }
+
+    /// Makes `[position, position + length)` available, reading if it is not already.
+    /// Returns `None` when the range goes past the limit or past the end of the file.
+    async fn get(&mut self, position: u64, length: usize) -> Result<Option<&[u8]>, StorageError> {
+        if position + length as u64 > self.limit {
+            return Ok(None);
+        }
+        if !self.contains(position, length) {
+            let want = length
+                .max(self.preferred_bytes)
+                .min((self.limit - position) as usize);
+            self.data = io::read_at(self.file, self.path, position, want).await?;
+            self.start = position;
+            if self.data.len() < length {
+                return Ok(None);
+            }
+        }
+        let from = (position - self.start) as usize;
+        Ok(Some(&self.data[from..from + length]))
+    }
+
+    fn contains(&self, position: u64, length: usize) -> bool {
+        position >= self.start && position + length as u64 <= self.start + self.data.len() as u64
+    }
+
+    fn slice(&self, position: u64, length: usize) -> ReadResult {
+        let from = (position - self.start) as usize;
+        ReadResult::slice(&self.data, from, length).expect("slice within the window")
+    }
+}
+
+impl Segment {
+    /// Walks the segment from the start, checking every batch (framing, CRC, contiguous
+    /// offsets) and rebuilding the indexes. Stops at `limit`, at the first invalid bytes,
+    /// or before the batch holding `stop_at_offset`.
+    pub async fn scan(
+        file: &DmaFile,
+        path: &Path,
+        base_offset: i64,
+        limit: u64,
+        stop_at_offset: Option<i64>,
+        index_interval_bytes: u64,
+    ) -> Result<(SegmentMeta, ScanStop), StorageError> {
+        let mut meta = SegmentMeta::empty(base_offset);
+        let mut window = Window::new(file, path, limit, SCAN_WINDOW_BYTES);
+        let damaged = |position: u64, reason: String| ScanStop::Damaged { position, reason };
+        loop {
+            let position = meta.size_bytes;
+            if position == limit {
+                return Ok((meta, ScanStop::End));
+            }
+            let header_bytes = match window.get(position, BATCH_HEADER_BYTES).await? {
+                Some(bytes) => bytes,
+                None => {
+                    let rest = window.get(position, (limit - position) as usize).await?;
+                    return Ok((meta, classify_tail(position, rest.unwrap_or(&[]))));
+                }
+            };
+            if header_bytes.iter().all(|&byte| byte == 0) {
+                return Ok((meta, ScanStop::ZeroPadding));
+            }
+            let header = match BatchHeader::parse(header_bytes) {
+                Ok(header) => header,
+                Err(error) => return Ok((meta, damaged(position, error.to_string()))),
+            };
+            if header.base_offset != meta.next_offset {
+                let reason = format!(
+                    "batch base offset {} where {} was expected",
+                    header.base_offset, meta.next_offset
+                );
+                return Ok((meta, damaged(position, reason)));
+            }
+            if stop_at_offset.is_some_and(|offset| header.next_offset() > offset) {
+                return Ok((meta, ScanStop::ReachedOffset));
+            }
+            let Some(batch) = window.get(position, header.total_bytes()).await? else {
+                let reason = format!("batch of {} bytes runs past the end", header.total_bytes());
+                return Ok((meta, damaged(position, reason)));
+            };
+            if let Err(error) = validate_framing(batch) {
+                return Ok((meta, damaged(position, error.to_string())));
+            }
+            if relative(base_offset, header.last_offset()).is_err() {
+                return Ok((
+                    meta,
+                    damaged(position, "offsets overflow the segment".to_string()),
+                ));
+            }
+            meta.note_batch(base_offset, position, &header, index_interval_bytes);
+        }
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
+    /// (at least one batch). Returns no chunks when `offset` is past this segment's end.
+    /// Every batch's CRC is checked after the read; a damaged batch is an error, never data.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Chunk>, StorageError> {
+        let (limit, mut position) = {
+            let meta = self.meta.borrow();
+            if offset >= meta.next_offset {
+                return Ok(Vec::new());
+            }
+            let relative_offset = relative(self.base_offset, offset.max(self.base_offset))?;
+            (
+                meta.size_bytes,
+                u64::from(meta.offset_index.lookup(relative_offset)),
+            )
+        };
+        let preferred = max_bytes.clamp(BATCH_HEADER_BYTES, SCAN_WINDOW_BYTES);
+        let mut window = Window::new(&self.file, &self.path, limit, preferred);
+        let mut chunks: Vec<Chunk> = Vec::new();
+        // Contiguous batches in the current window, sliced out (not copied) before the
+        // window moves on.
+        let mut run: Option<(u64, usize)> = None;
+        let mut total_bytes = 0usize;
+        while position < limit {
+            if !window.contains(position, BATCH_HEADER_BYTES) {
+                flush_run(&mut run, &window, &mut chunks);
+            }
+            let Some(header_bytes) = window.get(position, BATCH_HEADER_BYTES).await? else {
+                return Err(self.corrupt(position, "segment ends inside a batch header".into()));
+            };
+            let header = BatchHeader::parse(header_bytes)
+                .map_err(|error| self.corrupt(position, error.to_string()))?;
+            let length = header.total_bytes();
+            if header.next_offset() <= offset {
+                position += length as u64;
+                continue;
+            }
+            if total_bytes > 0 && total_bytes + length > max_bytes {
+                break;
+            }
+            if !window.contains(position, length) {
+                flush_run(&mut run, &window, &mut chunks);
+            }
+            let Some(batch) = window.get(position, length).await? else {
+                return Err(self.corrupt(position, "segment ends inside a batch".into()));
+            };
+            validate_framing(batch).map_err(|error| self.corrupt(position, error.to_string()))?;
+            run = Some(match run {
+                Some((start, bytes)) if start + bytes as u64 == position => (start, bytes + length),
+                _ => (position, length),
+            });
+            total_bytes += length;
+            position += length as u64;
+        }
+        flush_run(&mut run, &window, &mut chunks);
+        Ok(chunks)
+    }
+
+    /// Writes the offset and time index files (sealed segments only), each replaced
+    /// atomically and carrying the segment summary that recovery checks them against.
+    pub async fn write_indexes(&self) -> Result<(), StorageError> {
+        let (offset_file, time_file) = {
+            let meta = self.meta.borrow();
+            assert!(meta.sealed, "only sealed segments keep index files");
+            let summary = SegmentSummary {
+                base_offset: self.base_offset,
+                size_bytes: meta.size_bytes,
+                next_offset: meta.next_offset,
+                max_timestamp: meta.max_timestamp,
+                first_timestamp: meta.first_timestamp.unwrap_or(i64::MIN),
+            };
+            (
+                encode_offset_index(&summary, &meta.offset_index),
+                encode_time_index(&summary, &meta.time_index),
+            )
+        };
+        io::write_file_atomically(&offset_index_path(&self.path), &offset_file).await?;
+        io::write_file_atomically(&time_index_path(&self.path), &time_file).await?;
+        io::sync_directory(self.path.parent().expect("segments live in a directory")).await
+    }
+
+    fn corrupt(&self, position: u64, reason: String) -> StorageError {
+        StorageError::CorruptSegment {
+            path: self.path.clone(),
+            position,
+            reason,
+        }
+    }
+}
+
+fn flush_run(run: &mut Option<(u64, usize)>, window: &Window<'_>, chunks: &mut Vec<Chunk>) {
+    if let Some((start, bytes)) = run.take() {
+        chunks.push(Chunk::Disk(window.slice(start, bytes)));
+    }
+}
+
+/// Fewer bytes than a header remain before the limit: padding or a torn write?
+fn classify_tail(position: u64, rest: &[u8]) -> ScanStop {
+    if rest.iter().all(|&byte| byte == 0) {
+        ScanStop::ZeroPadding
+    } else {
+        ScanStop::Damaged {
+            position,
+            reason: format!("{} stray bytes after the last batch", rest.len()),
+        }
+    }
+}
