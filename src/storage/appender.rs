@@ -21,7 +21,7 @@ use glommio::sync::StaticPermit;
 
 use super::StorageError;
 use super::io::{self, align_down, align_up};
-use super::log::{AppendInfo, LogInner, RetentionReport};
+use super::log::{AppendInfo, LogInner, LogStats, RetentionReport};
 use super::segment::{
     ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
 };
@@ -171,6 +171,12 @@ impl Appender {
         }
     }
 
+    fn count(&self, update: impl FnOnce(&mut LogStats)) {
+        let mut stats = self.inner.stats.get();
+        update(&mut stats);
+        self.inner.stats.set(stats);
+    }
+
     fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.inner.config.flush_ms)
     }
@@ -192,6 +198,7 @@ impl Appender {
         }
         let segment = &self.active.segment;
         io::fdatasync(&segment.file, &segment.path).await?;
+        self.count(|stats| stats.fdatasyncs += 1);
         self.active.unsynced_bytes = 0;
         self.active.sync_deadline = None;
         Ok(())
@@ -297,6 +304,7 @@ impl Appender {
         if written != write_bytes {
             return Err(io::short_write(&segment.path, written, write_bytes));
         }
+        self.count(|stats| stats.group_writes += 1);
         self.active.unsynced_bytes += group_bytes as u64;
         let config = &self.inner.config;
         let over_bytes = config
@@ -316,6 +324,7 @@ impl Appender {
         let segment = self.active.segment.clone();
         let mut meta = segment.meta.borrow_mut();
         let mut state = self.inner.state.borrow_mut();
+        let appended = group.len() as u64;
         for append in group {
             let records = append.records.freeze();
             let base_offset = append.batches[0].0.base_offset;
@@ -335,13 +344,16 @@ impl Appender {
             })));
         }
         state.log_end = meta.next_offset;
-        assert_eq!(
-            align_down(meta.size_bytes) + new_tail.len() as u64,
-            meta.size_bytes
-        );
-        self.active.tail_block = new_tail;
+        let size = meta.size_bytes;
         drop(state);
         drop(meta);
+        assert_eq!(
+            align_down(size) + new_tail.len() as u64,
+            size,
+            "tail block out of step"
+        );
+        self.active.tail_block = new_tail;
+        self.count(|stats| stats.appends += appended);
         self.inner.data_arrived.notify_all();
     }
 

@@ -47,16 +47,19 @@ impl OffsetIndex {
         self.entries.push(entry);
     }
 
-    /// Position to start scanning from to find `relative_offset` (0 when no entry is at or
-    /// before it).
-    pub fn lookup(&self, relative_offset: u32) -> u32 {
+    /// The last entry at or before `relative_offset`: where to start scanning for it (the
+    /// segment start when there is none).
+    pub fn lookup(&self, relative_offset: u32) -> OffsetEntry {
         let index = self
             .entries
             .partition_point(|entry| entry.relative_offset <= relative_offset);
         if index == 0 {
-            0
+            OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            }
         } else {
-            self.entries[index - 1].position
+            self.entries[index - 1]
         }
     }
 
@@ -278,11 +281,18 @@ mod tests {
             relative_offset: 20,
             position: 8192,
         });
-        assert_eq!(offsets.lookup(0), 0);
-        assert_eq!(offsets.lookup(9), 0);
-        assert_eq!(offsets.lookup(10), 4096);
-        assert_eq!(offsets.lookup(19), 4096);
-        assert_eq!(offsets.lookup(25), 8192);
+        let position = |offset| offsets.lookup(offset).position;
+        assert_eq!(position(0), 0);
+        assert_eq!(position(9), 0);
+        assert_eq!(position(10), 4096);
+        assert_eq!(
+            offsets.lookup(19),
+            OffsetEntry {
+                relative_offset: 10,
+                position: 4096
+            }
+        );
+        assert_eq!(position(25), 8192);
 
         let mut times = TimeIndex::default();
         times.maybe_push(TimeEntry {

@@ -1,7 +1,7 @@
 //! The partition log's public face: open (with recovery), append, read, and the commands
 //! the appender task carries out (roll, truncate, flush, retention, close).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -53,6 +53,18 @@ impl ReadOutcome {
         }
         out
     }
+}
+
+/// Counters of what the appender did, for tests and benchmarks: `appends / group_writes`
+/// is the group-commit factor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends acknowledged.
+    pub appends: u64,
+    /// Aligned writes issued for appends (one per group).
+    pub group_writes: u64,
+    /// fdatasync calls on segment files.
+    pub fdatasyncs: u64,
 }
 
 /// What a retention pass deleted.
@@ -111,6 +123,7 @@ pub(crate) struct LogInner {
     pub appender_wake: Notify,
     pub data_arrived: Event,
     pub pending_bytes: Rc<Semaphore>,
+    pub stats: Cell<LogStats>,
 }
 
 impl LogInner {
@@ -199,6 +212,7 @@ impl Log {
             appender_wake: Notify::default(),
             data_arrived: Event::default(),
             pending_bytes: Rc::new(Semaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
+            stats: Cell::new(LogStats::default()),
         });
         let active_segment = inner.state.borrow().active();
         let active = appender::Active::open(active_segment).await?;
@@ -381,6 +395,10 @@ impl Log {
         let result = answer.await.map_err(|_| StorageError::Closed)?;
         self.inner.data_arrived.notify_all();
         result
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.inner.stats.get()
     }
 
     pub fn log_start_offset(&self) -> i64 {

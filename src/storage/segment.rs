@@ -229,17 +229,18 @@ impl Segment {
     /// (at least one batch). Returns no chunks when `offset` is past this segment's end.
     /// Every batch's CRC is checked after the read; a damaged batch is an error, never data.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Chunk>, StorageError> {
-        let (limit, mut position) = {
+        let (limit, entry) = {
             let meta = self.meta.borrow();
             if offset >= meta.next_offset {
                 return Ok(Vec::new());
             }
             let relative_offset = relative(self.base_offset, offset.max(self.base_offset))?;
-            (
-                meta.size_bytes,
-                u64::from(meta.offset_index.lookup(relative_offset)),
-            )
+            (meta.size_bytes, meta.offset_index.lookup(relative_offset))
         };
+        let mut position = u64::from(entry.position);
+        // The base offset is outside the CRC: check it against the index and the batch
+        // before, so a damaged one is refused instead of served under the wrong offset.
+        let mut expected_offset = self.base_offset + i64::from(entry.relative_offset);
         let preferred = max_bytes.clamp(BATCH_HEADER_BYTES, SCAN_WINDOW_BYTES);
         let mut window = Window::new(&self.file, &self.path, limit, preferred);
         let mut chunks: Vec<Chunk> = Vec::new();
@@ -256,6 +257,14 @@ impl Segment {
             };
             let header = BatchHeader::parse(header_bytes)
                 .map_err(|error| self.corrupt(position, error.to_string()))?;
+            if header.base_offset != expected_offset {
+                let reason = format!(
+                    "batch base offset {} where {expected_offset} was expected",
+                    header.base_offset
+                );
+                return Err(self.corrupt(position, reason));
+            }
+            expected_offset = header.next_offset();
             let length = header.total_bytes();
             if header.next_offset() <= offset {
                 position += length as u64;

@@ -57,3 +57,16 @@ pub fn records(bytes: &[u8]) -> Vec<(i64, Vec<u8>)> {
     }
     out
 }
+
+/// Every record from `from` to the log end, read in pieces (a read stops at a segment end).
+pub async fn read_all(log: &spate::storage::Log, from: i64) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < log.log_end_offset() {
+        let outcome = log.read(offset, 1 << 20).await.expect("read");
+        let got = records(&outcome.to_vec());
+        offset = got.last().expect("a read below the end returns data").0 + 1;
+        out.extend(got);
+    }
+    out
+}
