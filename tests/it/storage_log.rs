@@ -1,6 +1,6 @@
 use spate::storage::{Log, LogConfig, StorageError};
 
-use crate::support::{batch_mut, records, run};
+use crate::support::{batch_mut, read_all, records, run};
 
 #[test]
 fn append_then_read_back_from_cache_and_disk() {
@@ -43,6 +43,402 @@ fn append_then_read_back_from_cache_and_disk() {
         assert_eq!(got.len(), 5);
         let next = log.append(batch_mut("c", 1, 10, 3000)).await.unwrap();
         assert_eq!(next.base_offset, 5);
+        log.close().await.unwrap();
+    });
+}
+
+fn small(config: LogConfig) -> LogConfig {
+    LogConfig {
+        segment_bytes: spate::limits::SEGMENT_BYTES_MIN,
+        index_interval_bytes: 512,
+        ..config
+    }
+}
+
+#[test]
+fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|lane| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    let mut offsets = Vec::new();
+                    for round in 0..4 {
+                        let tag = format!("lane{lane}-round{round}");
+                        offsets.push(log.append(batch_mut(&tag, 2, 100, 0)).await.unwrap());
+                    }
+                    offsets
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await);
+        }
+        all.sort_by_key(|info| info.base_offset);
+        for (index, info) in all.iter().enumerate() {
+            assert_eq!(
+                info.base_offset,
+                index as i64 * 2,
+                "offsets unique and contiguous"
+            );
+            assert_eq!(info.last_offset, info.base_offset + 1);
+        }
+        let stats = log.stats();
+        assert_eq!(stats.appends, 256);
+        // flush.ms=0: every acknowledged append was covered by an fdatasync, and appends
+        // that waited together shared one write and one fdatasync.
+        assert_eq!(stats.fdatasyncs, stats.group_writes);
+        assert!(stats.group_writes < 256 / 4, "{stats:?}");
+        assert_eq!(read_all(&log, 0).await.len(), 512);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn interval_flush_acknowledges_before_syncing_and_syncs_within_flush_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = LogConfig {
+            flush_ms: 50,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config).await.unwrap();
+        for index in 0..10 {
+            log.append(batch_mut(&format!("x{index}"), 1, 100, 0))
+                .await
+                .unwrap();
+        }
+        let stats = log.stats();
+        assert_eq!(stats.appends, 10);
+        assert_eq!(
+            stats.fdatasyncs, 0,
+            "acknowledged without waiting for fdatasync"
+        );
+        // Wait on the log itself, not a clock: the appender flushes on its own timer.
+        for _ in 0..200 {
+            if log.stats().fdatasyncs > 0 {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            log.stats().fdatasyncs,
+            1,
+            "one interval flush covers all ten appends"
+        );
+        log.close().await.unwrap();
+
+        let config = LogConfig {
+            flush_ms: 60_000,
+            flush_bytes: Some(1000),
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config).await.unwrap();
+        log.append(batch_mut("small", 1, 100, 0)).await.unwrap();
+        assert_eq!(log.stats().fdatasyncs, 0);
+        log.append(batch_mut("big", 1, 2000, 0)).await.unwrap();
+        assert_eq!(log.stats().fdatasyncs, 1, "flush.bytes forces a sync");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_batches_are_rejected_and_the_log_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        log.append(batch_mut("good", 3, 10, 0)).await.unwrap();
+        let before = (log.log_end_offset(), log.size_bytes());
+
+        let mut bad_crc = batch_mut("bad", 2, 10, 0);
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        let mut wrong_length = batch_mut("bad", 2, 10, 0);
+        wrong_length[8..12].copy_from_slice(&1_000i32.to_be_bytes());
+        let mut wrong_count = batch_mut("bad", 2, 10, 0);
+        wrong_count[57..61].copy_from_slice(&3i32.to_be_bytes());
+        let mut good_then_torn = batch_mut("ok", 1, 10, 0);
+        good_then_torn.extend_from_slice(&batch_mut("torn", 1, 10, 0)[..30]);
+        let empty = bytes::BytesMut::new();
+        let cases = [
+            ("crc", bad_crc),
+            ("length", wrong_length),
+            ("count", wrong_count),
+            ("torn second batch", good_then_torn),
+            ("empty", empty),
+        ];
+        for (name, records) in cases {
+            let error = log.append(records).await.unwrap_err();
+            assert!(
+                matches!(error, StorageError::InvalidBatch(_)),
+                "{name}: {error}"
+            );
+            assert_eq!((log.log_end_offset(), log.size_bytes()), before, "{name}");
+        }
+        let too_big = bytes::BytesMut::zeroed(spate::limits::BATCH_BYTES_MAX + 1);
+        let error = log.append(too_big).await.unwrap_err();
+        assert!(
+            matches!(error, StorageError::RecordTooLarge { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            log.append(batch_mut("after", 1, 10, 0))
+                .await
+                .unwrap()
+                .base_offset,
+            3
+        );
+        log.close().await.unwrap();
+        assert!(matches!(
+            log.append(batch_mut("closed", 1, 1, 0)).await,
+            Err(StorageError::Closed)
+        ));
+    });
+}
+
+#[test]
+fn rolls_by_size_and_by_time_and_reads_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = small(LogConfig {
+            segment_ms: 60_000,
+            ..LogConfig::default()
+        });
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        for index in 0..30 {
+            log.append(batch_mut(&format!("s{index}"), 4, 1000, 1_000))
+                .await
+                .unwrap();
+        }
+        let segments = log.segments();
+        assert!(segments.len() >= 2, "{segments:?}");
+        for pair in segments.windows(2) {
+            assert!(pair[0].sealed && pair[0].size_bytes <= config.segment_bytes);
+            assert_eq!(pair[0].next_offset, pair[1].base_offset);
+        }
+        let before = log.segments().len();
+        // A batch more than segment.ms newer than the active segment's first rolls it.
+        log.append(batch_mut("late", 1, 10, 1_003 + 60_001))
+            .await
+            .unwrap();
+        assert_eq!(log.segments().len(), before + 1);
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 121);
+        for (index, (offset, _)) in all.iter().enumerate() {
+            assert_eq!(*offset, index as i64);
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_deletes_exactly_the_expired_segments_and_reads_below_start_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = small(LogConfig {
+            retention_ms: Some(10_000),
+            ..LogConfig::default()
+        });
+        let log = Log::open(&path, config).await.unwrap();
+        // Three generations of data, 10 s apart (record timestamps drive retention).
+        for generation in 0..3i64 {
+            for index in 0..14 {
+                let timestamp = 100_000 + generation * 10_000 + index;
+                log.append(batch_mut("r", 4, 1000, timestamp))
+                    .await
+                    .unwrap();
+            }
+            log.roll().await.unwrap();
+        }
+        let segments = log.segments();
+        let now = 100_000 + 2 * 10_000 + 5_000; // generation 0 and 1 are > 10 s old at most partly
+        let cutoff = now - 10_000;
+        let expected: Vec<i64> = segments
+            .iter()
+            .take_while(|segment| segment.sealed && segment.max_timestamp < cutoff)
+            .map(|segment| segment.base_offset)
+            .collect();
+        assert!(
+            !expected.is_empty() && expected.len() < segments.len() - 1,
+            "{segments:?}"
+        );
+        let report = log.enforce_retention(now).await.unwrap();
+        assert_eq!(report.deleted_segments, expected);
+        let start = log.log_start_offset();
+        assert_eq!(start, segments[expected.len()].base_offset);
+        assert_eq!(report.log_start_offset, start);
+        for segment in &segments[..expected.len()] {
+            assert!(!segment.path.exists(), "{} deleted", segment.path.display());
+            assert!(!segment.path.with_extension("index").exists());
+        }
+        let error = log.read(start - 1, 100).await.unwrap_err();
+        assert!(
+            matches!(error, StorageError::OffsetOutOfRange { log_start, .. } if log_start == start)
+        );
+        assert_eq!(read_all(&log, start).await.first().unwrap().0, start);
+
+        // Nothing more is expired now; a second pass deletes nothing.
+        assert!(
+            log.enforce_retention(now)
+                .await
+                .unwrap()
+                .deleted_segments
+                .is_empty()
+        );
+        log.close().await.unwrap();
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(
+            log.log_start_offset(),
+            start,
+            "the log start survives a restart"
+        );
+        // Far in the future everything has expired; the active segment is rolled too.
+        let end = log.log_end_offset();
+        log.close().await.unwrap();
+        let log = Log::open(
+            &path,
+            small(LogConfig {
+                retention_ms: Some(10_000),
+                ..LogConfig::default()
+            }),
+        )
+        .await
+        .unwrap();
+        log.enforce_retention(10_000_000).await.unwrap();
+        assert_eq!(log.log_start_offset(), end);
+        assert!(log.read(end, 100).await.unwrap().chunks.is_empty());
+        assert_eq!(
+            log.append(batch_mut("new", 1, 1, 0))
+                .await
+                .unwrap()
+                .base_offset,
+            end
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_by_size_keeps_at_least_retention_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = small(LogConfig {
+            retention_bytes: Some(150_000),
+            retention_ms: None,
+            ..LogConfig::default()
+        });
+        let log = Log::open(&path, config).await.unwrap();
+        for _ in 0..80 {
+            log.append(batch_mut("z", 4, 1000, 0)).await.unwrap();
+        }
+        let total = log.size_bytes();
+        let segments = log.segments();
+        let report = log.enforce_retention(0).await.unwrap();
+        assert!(!report.deleted_segments.is_empty());
+        let kept = log.size_bytes();
+        assert_eq!(kept, total - report.deleted_bytes);
+        assert!(kept >= 150_000, "kept {kept}");
+        let next_victim = segments[report.deleted_segments.len()].size_bytes;
+        assert!(
+            kept - next_victim < 150_000,
+            "one more deletion would go below the limit"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncate_removes_the_batch_holding_the_offset_and_everything_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
+        for index in 0..40 {
+            log.append(batch_mut(&format!("t{index}"), 5, 1000, index))
+                .await
+                .unwrap();
+        }
+        let segments_before = log.segments().len();
+        assert_eq!(
+            log.truncate(1_000).await.unwrap(),
+            200,
+            "past the end: no-op"
+        );
+        assert_eq!(log.truncate(52).await.unwrap(), 50);
+        assert_eq!(log.log_end_offset(), 50);
+        assert!(log.segments().len() < segments_before);
+        assert!(log.segments().iter().all(|segment| segment.path.exists()));
+        assert!(matches!(log.read(50, 10).await, Ok(outcome) if outcome.chunks.is_empty()));
+        assert!(log.read(51, 10).await.is_err());
+        assert_eq!(
+            log.append(batch_mut("after", 1, 10, 0))
+                .await
+                .unwrap()
+                .base_offset,
+            50
+        );
+        log.close().await.unwrap();
+        let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 51);
+        assert!(all[50].1.starts_with(b"after-0"));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
+        // Batch i holds timestamps 1000*i .. 1000*i+4 (one record each ms).
+        for index in 0..40i64 {
+            log.append(batch_mut("ts", 5, 900, 1000 * index))
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.offset_for_timestamp(-5).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(2).await.unwrap(), Some(2));
+        assert_eq!(
+            log.offset_for_timestamp(5).await.unwrap(),
+            Some(5),
+            "next batch"
+        );
+        assert_eq!(log.offset_for_timestamp(17_003).await.unwrap(), Some(88));
+        assert_eq!(log.offset_for_timestamp(39_004).await.unwrap(), Some(199));
+        assert_eq!(log.offset_for_timestamp(39_005).await.unwrap(), None);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn waiting_readers_wake_when_data_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        let reader = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                log.wait_for_data(0).await;
+                log.read(0, 1 << 20).await.unwrap().to_vec()
+            })
+        };
+        glommio::yield_if_needed().await;
+        log.append(batch_mut("wake", 1, 10, 0)).await.unwrap();
+        let got = records(&reader.await);
+        assert_eq!(got.len(), 1);
         log.close().await.unwrap();
     });
 }
