@@ -205,8 +205,13 @@ impl Appender {
     }
 
     /// Whether `append` must go to a new segment, given `group_bytes` already headed for
-    /// the active one.
-    fn needs_roll(&self, group_bytes: usize, append: &PendingAppend) -> bool {
+    /// the active one, the first of which has max timestamp `group_first_timestamp`.
+    fn needs_roll(
+        &self,
+        group_bytes: usize,
+        group_first_timestamp: Option<i64>,
+        append: &PendingAppend,
+    ) -> bool {
         let config = &self.inner.config;
         let meta = self.active.segment.meta.borrow();
         let size = meta.size_bytes + group_bytes as u64;
@@ -216,21 +221,25 @@ impl Appender {
         if size + append.records.len() as u64 > config.segment_bytes {
             return true;
         }
-        meta.first_timestamp.is_some_and(|first| {
-            append.max_timestamp().saturating_sub(first) > config.segment_ms as i64
-        })
+        meta.first_timestamp
+            .or(group_first_timestamp)
+            .is_some_and(|first| {
+                append.max_timestamp().saturating_sub(first) > config.segment_ms as i64
+            })
     }
 
     /// Takes `first` and every append queued right behind it (up to the write limit and the
     /// segment boundary), writes them at once and answers them all.
     async fn append_group(&mut self, first: PendingAppend) {
-        if self.needs_roll(0, &first)
+        if self.needs_roll(0, None, &first)
             && let Err(error) = self.roll().await
         {
             drop(first.reply.send(Err(error)));
             return;
         }
         let mut group_bytes = first.records.len();
+        // note_batch takes a segment's first timestamp from its first batch's max timestamp.
+        let group_first_timestamp = Some(first.batches[0].0.max_timestamp);
         let mut group = vec![first];
         loop {
             let mut queue = self.inner.queue.borrow_mut();
@@ -238,7 +247,7 @@ impl Appender {
                 break;
             };
             let fits = group_bytes + next.records.len() <= GROUP_WRITE_BYTES_MAX;
-            if !fits || self.needs_roll(group_bytes, next) {
+            if !fits || self.needs_roll(group_bytes, group_first_timestamp, next) {
                 break;
             }
             let Some(Command::Append(next)) = queue.pop_front() else {
@@ -400,12 +409,12 @@ impl Appender {
         if let Err(error) = old.write_indexes().await {
             tracing::warn!(%error, "could not write the sealed segment's index; recovery will rebuild it");
         }
-        let segment = Rc::new(Segment {
-            base_offset: next_offset,
+        let segment = Rc::new(Segment::new(
+            next_offset,
             path,
             file,
-            meta: std::cell::RefCell::new(SegmentMeta::empty(next_offset)),
-        });
+            SegmentMeta::empty(next_offset),
+        ));
         self.inner
             .state
             .borrow_mut()
@@ -433,30 +442,20 @@ impl Appender {
             return Err(self.inner.state.borrow().out_of_range(offset));
         }
         self.sync(false).await?;
-        {
-            // Hide the doomed range from readers before touching any file.
-            let mut state = self.inner.state.borrow_mut();
-            state.log_end = offset;
-            state.cache.truncate(offset);
-        }
-        // Whole segments past the offset go first, newest first, so that a crash in the
-        // middle leaves a contiguous prefix.
-        loop {
-            let last = self.inner.state.borrow().active();
-            if last.base_offset <= offset {
-                break;
-            }
-            self.inner
-                .state
-                .borrow_mut()
+        // Find the cut while the log is unchanged: scanning the segment that holds the
+        // offset rebuilds its metadata as it will be after the cut.
+        let target = {
+            let state = self.inner.state.borrow();
+            let (_, segment) = state
                 .segments
-                .remove(&last.base_offset);
-            remove_segment_files(&last).await?;
-        }
-        let target = self.inner.state.borrow().active();
+                .range(..=offset)
+                .next_back()
+                .expect("offset >= log start");
+            segment.clone()
+        };
         let size = target.meta.borrow().size_bytes;
         let interval = self.inner.config.index_interval_bytes;
-        let (meta, stop) = Segment::scan(
+        let (mut meta, stop) = Segment::scan(
             &target.file,
             &target.path,
             target.base_offset,
@@ -472,9 +471,34 @@ impl Appender {
                 reason: format!("truncation to offset {offset} did not find its batch: {stop:?}"),
             });
         }
+        let new_end = meta.next_offset;
+        // One synchronous step moves readers to the truncated log; a read already under way
+        // on a changed segment sees its truncation count move and starts again.
+        let doomed: Vec<Rc<Segment>> = {
+            let mut state = self.inner.state.borrow_mut();
+            let doomed: Vec<_> = state
+                .segments
+                .split_off(&(target.base_offset + 1))
+                .into_values()
+                .collect();
+            for segment in doomed.iter().chain(std::iter::once(&target)) {
+                segment.truncations.set(segment.truncations.get() + 1);
+            }
+            meta.sealed = false;
+            *target.meta.borrow_mut() = meta;
+            state.log_end = new_end;
+            state.cache.truncate(new_end);
+            doomed
+        };
+        // Newer segments go first, newest first, so that a crash in the middle leaves a
+        // contiguous prefix (the target still whole).
+        for segment in doomed.iter().rev() {
+            remove_segment_files(segment).await?;
+        }
+        let cut = target.meta.borrow().size_bytes;
         target
             .file
-            .truncate(meta.size_bytes)
+            .truncate(cut)
             .await
             .map_err(|error| io::io_error(&target.path, "truncate", error.into()))?;
         io::fdatasync(&target.file, &target.path).await?;
@@ -485,9 +509,6 @@ impl Appender {
             remove_if_present(&index).await?;
         }
         io::sync_directory(&self.inner.dir).await?;
-        let new_end = meta.next_offset;
-        *target.meta.borrow_mut() = meta;
-        self.inner.state.borrow_mut().log_end = new_end;
         self.active = Active::open(target).await?;
         tracing::info!(offset, new_end, "truncated the log");
         Ok(new_end)

@@ -242,59 +242,69 @@ impl Log {
             .acquire_static_permit(records.len() as u64)
             .await
             .map_err(|_| StorageError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        self.inner.submit(Command::Append(PendingAppend {
-            records,
-            batches,
-            reply,
-            _permit: permit,
-        }))?;
-        answer.await.map_err(|_| StorageError::Closed)?
+        self.call(|reply| {
+            Command::Append(PendingAppend {
+                records,
+                batches,
+                reply,
+                _permit: permit,
+            })
+        })
+        .await
     }
 
     /// Reads whole batches from the one holding `offset`, up to `max_bytes` but at least
     /// one batch. At the log end the answer is empty; outside the log it is
     /// `OffsetOutOfRange`. Tail reads come from memory, older ones from disk.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
-        let (segment, log_start_offset, log_end_offset) = {
-            let state = self.inner.state.borrow();
-            if offset < state.log_start || offset > state.log_end {
-                return Err(state.out_of_range(offset));
-            }
-            let bounds = (state.log_start, state.log_end);
-            let outcome = |chunks| ReadOutcome {
-                chunks,
-                log_start_offset: bounds.0,
-                log_end_offset: bounds.1,
+        loop {
+            let (segment, log_start_offset, log_end_offset) = {
+                let state = self.inner.state.borrow();
+                if offset < state.log_start || offset > state.log_end {
+                    return Err(state.out_of_range(offset));
+                }
+                let (log_start_offset, log_end_offset) = (state.log_start, state.log_end);
+                let outcome = |chunks| ReadOutcome {
+                    chunks,
+                    log_start_offset,
+                    log_end_offset,
+                };
+                if offset == state.log_end {
+                    return Ok(outcome(Vec::new()));
+                }
+                if let Some(chunks) = state.cache.read(offset, max_bytes) {
+                    return Ok(outcome(chunks));
+                }
+                let segment = state
+                    .segments
+                    .range(..=offset)
+                    .next_back()
+                    .map(|(_, s)| s.clone());
+                (
+                    segment.ok_or_else(|| state.out_of_range(offset))?,
+                    log_start_offset,
+                    log_end_offset,
+                )
             };
-            if offset == state.log_end {
-                return Ok(outcome(Vec::new()));
+            let truncations = segment.truncations.get();
+            let result = segment.read(offset, max_bytes).await;
+            if segment.truncations.get() != truncations {
+                // A truncation cut this segment while it was being read: what was read may
+                // be gone. Answer from the log as it is now.
+                continue;
             }
-            if let Some(chunks) = state.cache.read(offset, max_bytes) {
-                return Ok(outcome(chunks));
+            let chunks = result?;
+            if chunks.is_empty() {
+                return Err(StorageError::Internal {
+                    reason: format!("offset {offset} is below the log end but no segment holds it"),
+                });
             }
-            let segment = state
-                .segments
-                .range(..=offset)
-                .next_back()
-                .map(|(_, s)| s.clone());
-            (
-                segment.ok_or_else(|| state.out_of_range(offset))?,
-                bounds.0,
-                bounds.1,
-            )
-        };
-        let chunks = segment.read(offset, max_bytes).await?;
-        if chunks.is_empty() {
-            return Err(StorageError::Internal {
-                reason: format!("offset {offset} is below the log end but no segment holds it"),
+            return Ok(ReadOutcome {
+                chunks,
+                log_start_offset,
+                log_end_offset,
             });
         }
-        Ok(ReadOutcome {
-            chunks,
-            log_start_offset,
-            log_end_offset,
-        })
     }
 
     /// Waits until the log end is past `offset` (new data for a reader at `offset`), or the
@@ -360,41 +370,42 @@ impl Log {
     /// Removes every batch from the one holding `offset` on; returns the new log end
     /// (a batch boundary at or before `offset`). For a follower whose log diverged.
     pub async fn truncate(&self, offset: i64) -> Result<i64, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.submit(Command::Truncate { offset, reply })?;
-        answer.await.map_err(|_| StorageError::Closed)?
+        self.call(|reply| Command::Truncate { offset, reply }).await
     }
 
     /// Seals the active segment and starts a new one (no-op when it is empty).
     pub async fn roll(&self) -> Result<(), StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.submit(Command::Roll { reply })?;
-        answer.await.map_err(|_| StorageError::Closed)?
+        self.call(|reply| Command::Roll { reply }).await
     }
 
     /// Makes everything appended so far durable now, whatever `flush.ms` says.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.submit(Command::Flush { reply })?;
-        answer.await.map_err(|_| StorageError::Closed)?
+        self.call(|reply| Command::Flush { reply }).await
     }
 
     /// Deletes whole sealed segments past `retention.ms` (judged by their newest record
     /// against `now_ms`) or beyond `retention.bytes`, oldest first, and moves the log start.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.submit(Command::Retention { now_ms, reply })?;
-        answer.await.map_err(|_| StorageError::Closed)?
+        self.call(|reply| Command::Retention { now_ms, reply })
+            .await
     }
 
     /// Finishes every queued command, syncs, and stops the appender. Later calls fail
     /// with `Closed`.
     pub async fn close(&self) -> Result<(), StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.submit(Command::Close { reply })?;
-        let result = answer.await.map_err(|_| StorageError::Closed)?;
+        let result = self.call(|reply| Command::Close { reply }).await;
         self.inner.data_arrived.notify_all();
         result
+    }
+
+    /// Queues a command for the appender and waits for its answer.
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Command,
+    ) -> Result<T, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(command(reply))?;
+        answer.await.map_err(|_| StorageError::Closed)?
     }
 
     pub fn stats(&self) -> LogStats {
@@ -500,12 +511,7 @@ async fn open_sealed(
         .await
         .map_err(|error| io::io_error(path, "stat", error.into()))?;
     if let Some(meta) = load_indexes(path, base_offset, size).await {
-        return Ok(Segment {
-            base_offset,
-            path: path.to_path_buf(),
-            file,
-            meta: RefCell::new(meta),
-        });
+        return Ok(Segment::new(base_offset, path.to_path_buf(), file, meta));
     }
     tracing::warn!(path = %path.display(), "index missing or damaged: rebuilding from the segment");
     let (mut meta, stop) = Segment::scan(
@@ -536,12 +542,7 @@ async fn open_sealed(
         ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
     }
     meta.sealed = true;
-    let segment = Segment {
-        base_offset,
-        path: path.to_path_buf(),
-        file,
-        meta: RefCell::new(meta),
-    };
+    let segment = Segment::new(base_offset, path.to_path_buf(), file, meta);
     if let Err(error) = segment.write_indexes().await {
         tracing::warn!(%error, "could not rewrite the index; it will be rebuilt at next open");
     }
@@ -620,10 +621,5 @@ async fn open_active(
     for stale in [offset_index_path(path), time_index_path(path)] {
         let _ = std::fs::remove_file(stale);
     }
-    Ok(Segment {
-        base_offset,
-        path: path.to_path_buf(),
-        file,
-        meta: RefCell::new(meta),
-    })
+    Ok(Segment::new(base_offset, path.to_path_buf(), file, meta))
 }

@@ -1,7 +1,7 @@
 //! One segment: a file of whole batches named by its base offset, its in-memory indexes,
 //! the scan that rebuilds them, and reads by offset.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaFile, ReadResult};
@@ -97,6 +97,9 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub file: DmaFile,
     pub meta: RefCell<SegmentMeta>,
+    /// Bumped each time the segment is cut (or dropped) by a truncation. A reader that
+    /// sees it move during its read throws the read away and starts again.
+    pub truncations: Cell<u64>,
 }
 
 /// Why a scan stopped.
@@ -165,6 +168,16 @@ impl<'a> Window<'a> {
 }
 
 impl Segment {
+    pub fn new(base_offset: i64, path: PathBuf, file: DmaFile, meta: SegmentMeta) -> Segment {
+        Segment {
+            base_offset,
+            path,
+            file,
+            meta: RefCell::new(meta),
+            truncations: Cell::new(0),
+        }
+    }
+
     /// Walks the segment from the start, checking every batch (framing, CRC, contiguous
     /// offsets) and rebuilding the indexes. Stops at `limit`, at the first invalid bytes,
     /// or before the batch holding `stop_at_offset`.

@@ -63,8 +63,8 @@ impl TailCache {
     /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one), or
     /// `None` when the cache does not reach back to `offset`.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Option<Vec<Chunk>> {
-        let first = self.batches.front()?;
-        if offset < first.base_offset {
+        let (first, last) = (self.batches.front()?, self.batches.back()?);
+        if offset < first.base_offset || offset >= last.next_offset {
             return None;
         }
         let start = self

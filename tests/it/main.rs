@@ -3,5 +3,6 @@
 
 mod storage_disk_full;
 mod storage_log;
+mod storage_model;
 mod storage_recovery;
 mod support;
