@@ -150,22 +150,25 @@ impl Appender {
     /// The next command, running the interval flush when its deadline comes first.
     async fn next_command(&mut self) -> Option<Command> {
         loop {
+            // The deadline comes first: under a constant stream of appends the queue is never
+            // empty, and `flush.ms` must still bound how long data stays unsynced.
+            let due = self
+                .active
+                .sync_deadline
+                .is_some_and(|deadline| Instant::now() >= deadline);
+            if due && let Err(error) = self.sync(false).await {
+                tracing::error!(%error, "interval flush failed; retrying");
+                self.active.sync_deadline = Some(Instant::now() + self.flush_interval());
+            }
             if let Some(command) = self.inner.queue.borrow_mut().pop_front() {
                 return Some(command);
             }
             match self.active.sync_deadline {
                 None => self.inner.appender_wake.wait().await,
                 Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        if let Err(error) = self.sync(false).await {
-                            tracing::error!(%error, "interval flush failed; retrying");
-                            self.active.sync_deadline = Some(now + self.flush_interval());
-                        }
-                        continue;
-                    }
+                    let wait = deadline.saturating_duration_since(Instant::now());
                     let wake = self.inner.appender_wake.wait();
-                    futures_lite::future::or(wake, glommio::timer::sleep(deadline - now)).await;
+                    futures_lite::future::or(wake, glommio::timer::sleep(wait)).await;
                 }
             }
         }

@@ -442,3 +442,43 @@ fn waiting_readers_wake_when_data_arrives() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn interval_flush_runs_even_when_appends_never_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = LogConfig {
+            flush_ms: 5,
+            tail_cache_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config).await.unwrap();
+        // 24 appenders of 1 MiB keep more waiting than one group write takes (16 MiB), so
+        // the appender's queue is never empty.
+        let appended = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        let tasks: Vec<_> = (0..24)
+            .map(|_| {
+                let log = log.clone();
+                let appended = appended.clone();
+                glommio::spawn_local(async move {
+                    let batch = batch_mut("load", 1000, 1000, 0);
+                    while appended.get() < 400 && log.stats().fdatasyncs < 3 {
+                        log.append(batch.clone()).await.unwrap();
+                        appended.set(appended.get() + 1);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let stats = log.stats();
+        assert!(
+            stats.fdatasyncs >= 3,
+            "flush.ms=5 must sync while busy: {stats:?} after {} appends",
+            appended.get()
+        );
+        log.close().await.unwrap();
+    });
+}
