@@ -97,30 +97,46 @@ pub(crate) struct Active {
 impl Active {
     pub async fn open(segment: Rc<Segment>) -> Result<Active, StorageError> {
         let size = segment.meta.borrow().size_bytes;
-        let start = align_down(size);
-        let mut tail_block = Vec::new();
-        if size > start {
-            let read =
-                io::read_at(&segment.file, &segment.path, start, (size - start) as usize).await?;
-            tail_block.extend_from_slice(&read);
-        }
-        assert_eq!(
-            tail_block.len() as u64,
-            size - start,
-            "tail block must be readable"
-        );
-        Ok(Active {
+        let tail_block = read_tail_block(&segment, size).await?;
+        Ok(Active::with_tail(segment, tail_block))
+    }
+
+    fn with_tail(segment: Rc<Segment>, tail_block: Vec<u8>) -> Active {
+        Active {
             segment,
             tail_block,
             unsynced_bytes: 0,
             sync_deadline: None,
-        })
+        }
     }
+}
+
+/// The bytes of the partial block that ends at `size`: `[align_down(size), size)`.
+async fn read_tail_block(segment: &Segment, size: u64) -> Result<Vec<u8>, StorageError> {
+    let start = align_down(size);
+    let mut tail_block = Vec::new();
+    if size > start {
+        let read =
+            io::read_at(&segment.file, &segment.path, start, (size - start) as usize).await?;
+        tail_block.extend_from_slice(&read);
+    }
+    assert_eq!(
+        tail_block.len() as u64,
+        size - start,
+        "tail block must be readable"
+    );
+    Ok(tail_block)
 }
 
 pub(crate) async fn run(inner: Rc<LogInner>, active: Active) {
     let mut appender = Appender { inner, active };
     while let Some(command) = appender.next_command().await {
+        if let Some(failure) = appender.failure()
+            && !matches!(command, Command::Close { .. })
+        {
+            command.fail(failure);
+            continue;
+        }
         match command {
             Command::Append(first) => appender.append_group(first).await,
             Command::Truncate { offset, reply } => {
@@ -132,7 +148,10 @@ pub(crate) async fn run(inner: Rc<LogInner>, active: Active) {
                 drop(reply.send(appender.retention(now_ms).await))
             }
             Command::Close { reply } => {
-                let result = appender.sync(false).await;
+                let result = match appender.failure() {
+                    Some(failure) => Err(failure),
+                    None => appender.sync(false).await,
+                };
                 appender.shut_down();
                 drop(reply.send(result));
                 return;
@@ -174,6 +193,22 @@ impl Appender {
         }
     }
 
+    fn failure(&self) -> Option<StorageError> {
+        let state = self.inner.state.borrow();
+        state
+            .failure
+            .clone()
+            .map(|reason| StorageError::LogFailed { reason })
+    }
+
+    /// Stops accepting changes after a failure that left memory and disk out of step. Reads
+    /// go on; reopening the log recovers from what is on disk.
+    fn fail_log(&self, error: &StorageError) {
+        let dir = self.inner.dir.display();
+        tracing::error!(%error, %dir, "partition log failed: writes refused until it is reopened");
+        self.inner.state.borrow_mut().failure = Some(error.to_string());
+    }
+
     fn count(&self, update: impl FnOnce(&mut LogStats)) {
         let mut stats = self.inner.stats.get();
         update(&mut stats);
@@ -186,6 +221,7 @@ impl Appender {
 
     fn shut_down(&mut self) {
         self.inner.state.borrow_mut().closed = true;
+        drop(self.inner.lock.borrow_mut().take());
         let rest: Vec<Command> = self.inner.queue.borrow_mut().drain(..).collect();
         for command in rest {
             command.fail(StorageError::Closed);
@@ -262,6 +298,9 @@ impl Appender {
         match self.write_group(&mut group, group_bytes).await {
             Ok(new_tail) => self.commit(group, new_tail),
             Err(error) => {
+                if let Err(cleanup) = self.discard_unacknowledged().await {
+                    self.fail_log(&cleanup);
+                }
                 for append in group {
                     drop(append.reply.send(Err(error.clone())));
                 }
@@ -328,6 +367,25 @@ impl Appender {
             self.active.sync_deadline = Some(Instant::now() + self.flush_interval());
         }
         Ok(new_tail)
+    }
+
+    /// After a failed group write: removes whatever it may have left past the acknowledged
+    /// end (a write that landed before its fdatasync failed, or a partial write), so that
+    /// recovery can never adopt batches whose appenders were told they failed.
+    async fn discard_unacknowledged(&mut self) -> Result<(), StorageError> {
+        let segment = self.active.segment.clone();
+        let end = segment.meta.borrow().size_bytes;
+        if !self.active.tail_block.is_empty() {
+            // Rewrites an existing block: needs no new space on a full disk.
+            let tail = &self.active.tail_block;
+            io::write_all_at(&segment.file, &segment.path, tail, align_down(end)).await?;
+        }
+        segment
+            .file
+            .truncate(align_up(end))
+            .await
+            .map_err(|error| io::io_error(&segment.path, "truncate", error.into()))?;
+        self.sync(true).await
     }
 
     /// Makes a written group visible: indexes, tail cache, log end; then answers it.
@@ -475,8 +533,12 @@ impl Appender {
             });
         }
         let new_end = meta.next_offset;
-        // One synchronous step moves readers to the truncated log; a read already under way
-        // on a changed segment sees its truncation count move and starts again.
+        let cut = meta.size_bytes;
+        // Bytes below the cut do not change: the new tail block can be read now.
+        let tail_block = read_tail_block(&target, cut).await?;
+        // One synchronous step moves readers and the appender to the truncated log; a read
+        // already under way on a changed segment sees its truncation count move and starts
+        // again.
         let doomed: Vec<Rc<Segment>> = {
             let mut state = self.inner.state.borrow_mut();
             let doomed: Vec<_> = state
@@ -493,12 +555,27 @@ impl Appender {
             state.cache.truncate(new_end);
             doomed
         };
-        // Newer segments go first, newest first, so that a crash in the middle leaves a
-        // contiguous prefix (the target still whole).
+        self.active = Active::with_tail(target.clone(), tail_block);
+        // From here memory is ahead of the disk: a failure stops the log until reopened.
+        if let Err(error) = self.cut_files(&doomed, &target, cut).await {
+            self.fail_log(&error);
+            return Err(error);
+        }
+        tracing::info!(offset, new_end, "truncated the log");
+        Ok(new_end)
+    }
+
+    /// The file side of a truncation: newer segments go first, newest first, so that a
+    /// crash in the middle leaves a contiguous prefix (the target still whole).
+    async fn cut_files(
+        &self,
+        doomed: &[Rc<Segment>],
+        target: &Segment,
+        cut: u64,
+    ) -> Result<(), StorageError> {
         for segment in doomed.iter().rev() {
             remove_segment_files(segment).await?;
         }
-        let cut = target.meta.borrow().size_bytes;
         target
             .file
             .truncate(cut)
@@ -511,10 +588,7 @@ impl Appender {
         ] {
             remove_if_present(&index).await?;
         }
-        io::sync_directory(&self.inner.dir).await?;
-        self.active = Active::open(target).await?;
-        tracing::info!(offset, new_end, "truncated the log");
-        Ok(new_end)
+        io::sync_directory(&self.inner.dir).await
     }
 
     async fn retention(&mut self, now_ms: i64) -> Result<RetentionReport, StorageError> {
@@ -553,10 +627,25 @@ impl Appender {
             }
             victims
         };
-        let mut report = RetentionReport::default();
-        {
+        let log_start_offset = self.inner.state.borrow().log_start;
+        let mut report = RetentionReport {
+            log_start_offset,
+            ..RetentionReport::default()
+        };
+        // Files go first, oldest first; then the segments whose files are gone leave the map
+        // in one step. A failed unlink never leaves memory ahead of the disk, nor a gap on it.
+        let mut deleted = 0;
+        let mut outcome = Ok(());
+        for victim in &victims {
+            if let Err(error) = remove_segment_files(victim).await {
+                outcome = Err(error);
+                break;
+            }
+            deleted += 1;
+        }
+        if deleted > 0 {
             let mut state = self.inner.state.borrow_mut();
-            for victim in &victims {
+            for victim in &victims[..deleted] {
                 state.segments.remove(&victim.base_offset);
                 report.deleted_segments.push(victim.base_offset);
                 report.deleted_bytes += victim.meta.borrow().size_bytes;
@@ -571,19 +660,16 @@ impl Appender {
             state.cache.drop_before(log_start);
             report.log_start_offset = log_start;
         }
-        for victim in &victims {
-            remove_segment_files(victim).await?;
-        }
-        if !victims.is_empty() {
+        if !report.deleted_segments.is_empty() {
             io::sync_directory(&self.inner.dir).await?;
             tracing::info!(
-                deleted = victims.len(),
+                deleted = report.deleted_segments.len(),
                 bytes = report.deleted_bytes,
                 log_start = report.log_start_offset,
                 "retention deleted segments"
             );
         }
-        Ok(report)
+        outcome.map(|()| report)
     }
 }
 

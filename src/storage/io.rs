@@ -204,3 +204,40 @@ pub(crate) async fn write_file_atomically(path: &Path, data: &[u8]) -> Result<()
         .await
         .map_err(|error| io_error(path, "rename", error.into()))
 }
+
+/// An exclusive lock on a partition directory (`<dir>/.lock`, flock), so that two logs, in
+/// this process or another, never write the same files.
+pub(crate) struct DirectoryLock {
+    file: std::fs::File,
+}
+
+impl DirectoryLock {
+    pub fn acquire(directory: &Path) -> Result<DirectoryLock, StorageError> {
+        use std::os::fd::AsRawFd;
+        let path = directory.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| io_error(&path, "open lock file", error))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            return Err(StorageError::Locked {
+                path: directory.to_path_buf(),
+            });
+        }
+        Ok(DirectoryLock { file })
+    }
+}
+
+impl Drop for DirectoryLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // Unlock explicitly: closing is not enough while a child forked meanwhile still
+        // shares the descriptor (until its exec closes it).
+        // SAFETY: as above.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}

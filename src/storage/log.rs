@@ -95,6 +95,9 @@ pub(crate) struct LogState {
     pub log_end: i64,
     pub cache: TailCache,
     pub closed: bool,
+    /// Set when a failure left memory and disk out of step: writes are refused (reads go
+    /// on) until the log is reopened.
+    pub failure: Option<String>,
 }
 
 impl LogState {
@@ -124,13 +127,22 @@ pub(crate) struct LogInner {
     pub data_arrived: Event,
     pub pending_bytes: Rc<Semaphore>,
     pub stats: Cell<LogStats>,
+    /// Exclusive lock on the partition directory, released at close.
+    pub lock: RefCell<Option<io::DirectoryLock>>,
 }
 
 impl LogInner {
     fn submit(&self, command: Command) -> Result<(), StorageError> {
-        if self.state.borrow().closed {
+        let state = self.state.borrow();
+        if state.closed {
             return Err(StorageError::Closed);
         }
+        if let (Some(reason), false) = (&state.failure, matches!(command, Command::Close { .. })) {
+            return Err(StorageError::LogFailed {
+                reason: reason.clone(),
+            });
+        }
+        drop(state);
         self.queue.borrow_mut().push_back(command);
         self.appender_wake.notify();
         Ok(())
@@ -150,8 +162,14 @@ impl Log {
     /// the active segment is validated batch by batch and cut back to its last whole batch.
     pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Log, StorageError> {
         let dir = dir.into();
+        let created = !dir.exists();
         std::fs::create_dir_all(&dir)
             .map_err(|error| io::io_error(&dir, "create directory", error))?;
+        if created && let Some(parent) = dir.parent() {
+            // The new directory's entry must be durable before anything in it is.
+            io::sync_directory(parent).await?;
+        }
+        let lock = io::DirectoryLock::acquire(&dir)?;
         io::prepare_device(&dir).await?;
         let mut bases = list_segments(&dir)?;
         if bases.is_empty() {
@@ -160,6 +178,9 @@ impl Log {
             io::sync_directory(&dir).await?;
             bases.push(0);
         }
+        // Nothing on disk changes until every segment has been checked: a directory that
+        // is refused is left exactly as it was found.
+        let mut repairs = Vec::new();
         let mut segments = BTreeMap::new();
         let mut previous: Option<(PathBuf, i64)> = None;
         for (position, &base_offset) in bases.iter().enumerate() {
@@ -183,12 +204,20 @@ impl Log {
             }
             let is_active = position + 1 == bases.len();
             let segment = if is_active {
-                open_active(&path, base_offset, &config).await?
+                Rc::new(open_active(&path, base_offset, &config).await?)
             } else {
-                open_sealed(&path, base_offset, &config).await?
+                let (segment, repair) = open_sealed(&path, base_offset, &config).await?;
+                let segment = Rc::new(segment);
+                if let Some(repair) = repair {
+                    repairs.push((segment.clone(), repair));
+                }
+                segment
             };
             previous = Some((path, segment.meta.borrow().next_offset));
-            segments.insert(base_offset, Rc::new(segment));
+            segments.insert(base_offset, segment);
+        }
+        for (segment, repair) in repairs {
+            repair_sealed(&segment, repair).await?;
         }
         let log_start = *segments.keys().next().expect("at least one segment");
         let log_end = segments
@@ -206,6 +235,7 @@ impl Log {
                 log_end,
                 cache: TailCache::new(config.tail_cache_bytes),
                 closed: false,
+                failure: None,
             }),
             config,
             queue: RefCell::new(VecDeque::new()),
@@ -213,6 +243,7 @@ impl Log {
             data_arrived: Event::default(),
             pending_bytes: Rc::new(Semaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
             stats: Cell::new(LogStats::default()),
+            lock: RefCell::new(Some(lock)),
         });
         let active_segment = inner.state.borrow().active();
         let active = appender::Active::open(active_segment).await?;
@@ -470,6 +501,9 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
         let entry = entry.map_err(|error| io::io_error(dir, "list directory", error))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue; // the lock file and the self-test probe
+        }
         if name.ends_with(".tmp") {
             let _ = std::fs::remove_file(&path);
             continue;
@@ -500,53 +534,75 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
     Ok(bases)
 }
 
+/// What a sealed segment needs once the whole directory has been found consistent.
+struct SealedRepair {
+    /// Cut zero padding left when a crash lost the trim that sealing does.
+    trim: bool,
+}
+
 async fn open_sealed(
     path: &Path,
     base_offset: i64,
     config: &LogConfig,
-) -> Result<Segment, StorageError> {
+) -> Result<(Segment, Option<SealedRepair>), StorageError> {
     let file = io::open_rw(path, false).await?;
     let size = file
         .file_size()
         .await
         .map_err(|error| io::io_error(path, "stat", error.into()))?;
     if let Some(meta) = load_indexes(path, base_offset, size).await {
-        return Ok(Segment::new(base_offset, path.to_path_buf(), file, meta));
+        return Ok((
+            Segment::new(base_offset, path.to_path_buf(), file, meta),
+            None,
+        ));
     }
     tracing::warn!(path = %path.display(), "index missing or damaged: rebuilding from the segment");
-    let (mut meta, stop) = Segment::scan(
-        &file,
-        path,
-        base_offset,
-        size,
-        None,
-        config.index_interval_bytes,
-    )
-    .await?;
-    match stop {
-        ScanStop::End => {}
+    let interval = config.index_interval_bytes;
+    let (mut meta, stop) = Segment::scan(&file, path, base_offset, size, None, interval).await?;
+    let corrupt = |position, reason| StorageError::CorruptSegment {
+        path: path.to_path_buf(),
+        position,
+        reason,
+    };
+    let trim = match stop {
+        ScanStop::End => false,
         ScanStop::ZeroPadding => {
-            // Sealing cut the file to its exact size but the crash lost that: redo it.
-            file.truncate(meta.size_bytes)
-                .await
-                .map_err(|error| io::io_error(path, "truncate", error.into()))?;
-            io::fdatasync(&file, path).await?;
+            // Only the padding of the block the segment ended in can be zeros: sealing trims
+            // it, and a crash may lose that trim. Zeros anywhere else are lost data.
+            let end = meta.size_bytes;
+            let rest = io::read_at(&file, path, end, (size - end) as usize).await?;
+            if size > io::align_up(end) || rest.iter().any(|&byte| byte != 0) {
+                let reason = format!(
+                    "zeros where a batch should start, {} bytes before the end",
+                    size - end
+                );
+                return Err(corrupt(end, reason));
+            }
+            true
         }
-        ScanStop::Damaged { position, reason } => {
-            return Err(StorageError::CorruptSegment {
-                path: path.to_path_buf(),
-                position,
-                reason,
-            });
-        }
+        ScanStop::Damaged { position, reason } => return Err(corrupt(position, reason)),
         ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
-    }
+    };
     meta.sealed = true;
     let segment = Segment::new(base_offset, path.to_path_buf(), file, meta);
+    Ok((segment, Some(SealedRepair { trim })))
+}
+
+async fn repair_sealed(segment: &Segment, repair: SealedRepair) -> Result<(), StorageError> {
+    let path = &segment.path;
+    if repair.trim {
+        let size = segment.meta.borrow().size_bytes;
+        segment
+            .file
+            .truncate(size)
+            .await
+            .map_err(|error| io::io_error(path, "truncate", error.into()))?;
+        io::fdatasync(&segment.file, path).await?;
+    }
     if let Err(error) = segment.write_indexes().await {
         tracing::warn!(%error, "could not rewrite the index; it will be rebuilt at next open");
     }
-    Ok(segment)
+    Ok(())
 }
 
 /// Loads a sealed segment's summary and indexes from its index files, if both are intact
@@ -584,6 +640,24 @@ async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
     (out.len() as u64 == size).then_some(out)
 }
 
+/// Copies `[position, end)` of a segment to `<segment>.damaged-at-<position>` (ignored
+/// by recovery) before the tail is cut.
+fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, StorageError> {
+    use std::io::{Seek, SeekFrom};
+    let mut name = path.file_name().expect("a segment file").to_os_string();
+    name.push(format!(".damaged-at-{position}"));
+    let kept = path.with_file_name(name);
+    let copy = || -> std::io::Result<()> {
+        let mut source = std::fs::File::open(path)?;
+        source.seek(SeekFrom::Start(position))?;
+        let mut target = std::fs::File::create(&kept)?;
+        std::io::copy(&mut source, &mut target)?;
+        target.sync_all()
+    };
+    copy().map_err(|error| io::io_error(&kept, "preserve damaged tail", error))?;
+    Ok(kept)
+}
+
 async fn open_active(
     path: &Path,
     base_offset: i64,
@@ -604,7 +678,11 @@ async fn open_active(
     )
     .await?;
     if let ScanStop::Damaged { position, reason } = &stop {
+        // Keep what is about to be cut: with flush.ms=0 it is a torn write that was never
+        // acknowledged, but damage further back would otherwise be lost for good.
+        let kept = preserve_damaged_tail(path, *position)?;
         tracing::warn!(
+            kept = %kept.display(),
             path = %path.display(),
             position,
             reason,

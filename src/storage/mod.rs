@@ -71,8 +71,14 @@ pub enum StorageError {
     },
     #[error("direct-I/O self-test failed on {}: {reason}", path.display())]
     SelfTest { path: PathBuf, reason: String },
+    #[error("partition directory {} is already open (by this or another process)", path.display())]
+    Locked { path: PathBuf },
     #[error("the partition log is closed")]
     Closed,
+    #[error(
+        "the partition log refuses writes after a failure ({reason}); reopen it to recover from disk"
+    )]
+    LogFailed { reason: String },
     #[error("internal error: {reason}")]
     Internal { reason: String },
 }

@@ -1226,7 +1226,8 @@ fn check_files(model: &Model, path: &Path) -> Result<(), String> {
     }
     actual.sort();
     let last = model.segments.len() - 1;
-    let mut expected = Vec::new();
+    // The directory lock lives as long as the partition directory.
+    let mut expected = vec![".lock".to_string()];
     for (index, segment) in model.segments.iter().enumerate() {
         let stem = format!("{:020}", segment.base);
         expected.push(format!("{stem}.log"));

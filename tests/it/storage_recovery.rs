@@ -368,3 +368,97 @@ fn kill_9_loses_nothing_acknowledged() {
         });
     }
 }
+
+#[test]
+fn zeros_inside_a_sealed_segment_are_damage_and_the_directory_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let segments = multi_segment_log(&path).await;
+        let first = &segments[0];
+        // Zero the header of a batch in the middle, as a lost write would, and lose the index.
+        let mut bytes = std::fs::read(&first.path).unwrap();
+        let batch_length = spate::record::BatchHeader::parse(&bytes)
+            .unwrap()
+            .total_bytes();
+        bytes[batch_length * 2..batch_length * 2 + 64].fill(0);
+        std::fs::write(&first.path, &bytes).unwrap();
+        std::fs::remove_file(first.path.with_extension("index")).unwrap();
+        let listing = |path: &Path| {
+            let mut names: Vec<(String, u64)> = std::fs::read_dir(path)
+                .unwrap()
+                .map(|entry| entry.unwrap())
+                .map(|entry| {
+                    (
+                        entry.file_name().to_string_lossy().into_owned(),
+                        entry.metadata().unwrap().len(),
+                    )
+                })
+                .filter(|(name, _)| !name.starts_with('.'))
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing(&path);
+
+        let error = Log::open(&path, small_segments())
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(error, StorageError::CorruptSegment { .. }),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&first.path.display().to_string()),
+            "{error}"
+        );
+        assert_eq!(
+            listing(&path),
+            before,
+            "a refused directory is not modified"
+        );
+    });
+}
+
+#[test]
+fn a_cut_tail_is_kept_beside_the_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let (path, start, end, last_base, bytes) = three_batch_log(root.path().join("original"));
+    let dir = root.path().join("flipped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut damaged = bytes.clone();
+    damaged[start as usize + 30] ^= 0x01;
+    let segment = dir.join(path.file_name().unwrap());
+    std::fs::write(&segment, &damaged).unwrap();
+    let dir_for_check = dir.clone();
+    run(move || async move { check_prefix(&dir_for_check, last_base).await });
+    let kept = dir.join(format!(
+        "{}.damaged-at-{start}",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let kept_bytes = std::fs::read(&kept).expect("the cut bytes are kept");
+    assert_eq!(
+        &kept_bytes[..(end - start) as usize],
+        &damaged[start as usize..end as usize]
+    );
+}
+
+#[test]
+fn a_partition_directory_is_opened_by_one_log_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        let error = Log::open(&path, LogConfig::default())
+            .await
+            .err()
+            .expect("locked");
+        assert!(matches!(error, StorageError::Locked { .. }), "{error}");
+        log.close().await.unwrap();
+        let again = Log::open(&path, LogConfig::default()).await.unwrap();
+        again.close().await.unwrap();
+    });
+}

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use bytes::{Bytes, BytesMut};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -69,4 +71,53 @@ pub async fn read_all(log: &spate::storage::Log, from: i64) -> Vec<(i64, Vec<u8>
         out.extend(got);
     }
     out
+}
+
+/// A small ext4 filesystem on a loop device, unmounted on drop.
+pub struct LoopMount {
+    pub mount_point: PathBuf,
+}
+
+impl LoopMount {
+    /// Formats a `size_mib` ext4 image under `dir` and mounts it; `None` when the machine
+    /// cannot (not root) and the skip variable is set.
+    pub fn new(dir: &Path, size_mib: u64) -> Option<LoopMount> {
+        let image = dir.join("disk.img");
+        let mount_point = dir.join("mnt");
+        std::fs::create_dir_all(&mount_point).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size_mib << 20)
+            .unwrap();
+        let ok =
+            |command: &mut Command| command.output().is_ok_and(|output| output.status.success());
+        let formatted = ok(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-m", "0"])
+            .arg(&image));
+        let mounted = formatted
+            && ok(Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&image)
+                .arg(&mount_point));
+        if !mounted {
+            if std::env::var_os("SPATE_SKIP_ROOT_TESTS").is_some() {
+                eprintln!("skipped: mounting a loop device needs root");
+                return None;
+            }
+            panic!(
+                "could not mount an ext4 loop image (needs root and mkfs.ext4); set SPATE_SKIP_ROOT_TESTS=1 to skip"
+            );
+        }
+        Some(LoopMount { mount_point })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
+    }
 }

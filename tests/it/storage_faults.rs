@@ -1,0 +1,210 @@
+//! Real faults on a real filesystem: a full disk, and files that cannot be deleted
+//! (`chattr +i`), on a small ext4 image mounted on a loop device. Needs root (CI and the
+//! development machines run as root); elsewhere set SPATE_SKIP_ROOT_TESTS=1.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use spate::storage::{Log, LogConfig, StorageError};
+
+use crate::support::{LoopMount, batch_mut, read_all, run};
+
+/// Writes zeros to `path` until the filesystem is full.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 256 * 1024];
+    loop {
+        if let Err(error) = file.write_all(&chunk).and_then(|_| file.sync_all()) {
+            assert_eq!(
+                error.raw_os_error(),
+                Some(28),
+                "expected ENOSPC, got {error}"
+            );
+            // Take the last blocks one at a time.
+            let block = [0u8; 4096];
+            while file.write_all(&block).and_then(|_| file.sync_all()).is_ok() {}
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_fails_appends_cleanly_and_the_log_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = LoopMount::new(dir.path(), 24) else {
+        return;
+    };
+    let root = mount.mount_point.clone();
+    run(move || async move {
+        let path = root.join("p");
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        for index in 0..20 {
+            log.append(batch_mut(&format!("before{index}"), 8, 1000, 0))
+                .await
+                .unwrap();
+        }
+        let acknowledged = read_all(&log, 0).await;
+        let end = log.log_end_offset();
+
+        let filler = root.join("filler");
+        fill(&filler);
+        let mut failures = 0;
+        for index in 0..40 {
+            match log
+                .append(batch_mut(&format!("full{index}"), 8, 1000, 0))
+                .await
+            {
+                Ok(_) => {} // blocks freed by the filesystem may still take a little
+                Err(error) => {
+                    assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+                    assert!(error.to_string().contains("disk full"), "{error}");
+                    failures += 1;
+                }
+            }
+        }
+        assert!(
+            failures > 30,
+            "appends on a full disk must fail: {failures} failed"
+        );
+        let end_when_full = log.log_end_offset();
+        assert!(
+            end_when_full - end < 80,
+            "at most a few appends squeezed in"
+        );
+        assert_eq!(
+            &read_all(&log, 0).await[..acknowledged.len()],
+            &acknowledged[..]
+        );
+
+        std::fs::remove_file(&filler).unwrap();
+        let after = log.append(batch_mut("after", 8, 1000, 0)).await.unwrap();
+        assert_eq!(
+            after.base_offset, end_when_full,
+            "offsets continue with no gap"
+        );
+        let everything = read_all(&log, 0).await;
+        log.close().await.unwrap();
+
+        let log = Log::open(&path, config).await.unwrap();
+        assert_eq!(
+            read_all(&log, 0).await,
+            everything,
+            "everything acknowledged survives reopen"
+        );
+        log.close().await.unwrap();
+    });
+    drop(mount);
+}
+
+/// Marks `path` immutable (or not): unlinking it then fails with EPERM.
+fn immutable(path: &Path, on: bool) {
+    let flag = if on { "+i" } else { "-i" };
+    let status = Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .expect("chattr (e2fsprogs)");
+    assert!(status.success(), "chattr {flag} {}", path.display());
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: spate::limits::SEGMENT_BYTES_MIN,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn a_truncation_that_cannot_delete_a_segment_stops_writes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = LoopMount::new(dir.path(), 24) else {
+        return;
+    };
+    let root = mount.mount_point.clone();
+    run(move || async move {
+        let path = root.join("p");
+        let log = Log::open(&path, small_segments()).await.unwrap();
+        for index in 0..40 {
+            log.append(batch_mut(&format!("t{index}"), 5, 1000, 0))
+                .await
+                .unwrap();
+        }
+        let before = read_all(&log, 0).await;
+        let newest = log.segments().last().unwrap().path.clone();
+        immutable(&newest, true);
+
+        let error = log.truncate(7).await.unwrap_err();
+        assert!(matches!(error, StorageError::Io { .. }), "{error}");
+        // Memory moved ahead of the disk: writes are refused, reads still answer.
+        let refused = log.append(batch_mut("after", 1, 10, 0)).await.unwrap_err();
+        assert!(
+            matches!(refused, StorageError::LogFailed { .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("reopen"), "{refused}");
+        assert_eq!(read_all(&log, 0).await.len(), 5);
+        assert!(log.close().await.is_err(), "close reports the failure");
+
+        immutable(&newest, false);
+        // Newest-first deletion failed at the first file: the disk still holds the whole
+        // log, contiguous, and reopening recovers it.
+        let log = Log::open(&path, small_segments()).await.unwrap();
+        assert_eq!(read_all(&log, 0).await, before);
+        assert_eq!(log.truncate(7).await.unwrap(), 5);
+        assert_eq!(
+            log.append(batch_mut("after", 1, 10, 0))
+                .await
+                .unwrap()
+                .base_offset,
+            5
+        );
+        log.close().await.unwrap();
+    });
+    drop(mount);
+}
+
+#[test]
+fn retention_that_cannot_delete_a_segment_keeps_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = LoopMount::new(dir.path(), 24) else {
+        return;
+    };
+    let root = mount.mount_point.clone();
+    run(move || async move {
+        let path = root.join("p");
+        let config = LogConfig {
+            retention_ms: Some(1_000),
+            ..small_segments()
+        };
+        let log = Log::open(&path, config).await.unwrap();
+        for index in 0..40 {
+            log.append(batch_mut(&format!("r{index}"), 5, 1000, 10_000))
+                .await
+                .unwrap();
+        }
+        let segments = log.segments();
+        immutable(&segments[0].path, true);
+
+        let error = log.enforce_retention(1_000_000).await.unwrap_err();
+        assert!(matches!(error, StorageError::Io { .. }), "{error}");
+        assert_eq!(
+            log.log_start_offset(),
+            0,
+            "nothing was deleted, the start stays"
+        );
+        assert_eq!(read_all(&log, 0).await.len(), 200);
+
+        immutable(&segments[0].path, false);
+        let report = log.enforce_retention(1_000_000).await.unwrap();
+        assert_eq!(report.deleted_segments.first(), Some(&0));
+        assert!(!segments[0].path.exists());
+        assert_eq!(log.log_start_offset(), report.log_start_offset);
+        log.close().await.unwrap();
+    });
+    drop(mount);
+}
