@@ -83,15 +83,19 @@ fn main() {
     ];
     println!("## Appends");
     println!();
-    println!("| batch | fio write MB/s | flush.ms=100 MB/s | ratio | flush.ms=0 MB/s | ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| batch | fio write MB/s | glommio write_at MB/s | flush.ms=100 MB/s | vs fio | vs glommio | flush.ms=0 MB/s | vs fio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, batch_bytes) in batch_sizes {
         let fio = fio(&options, "write", batch_bytes);
+        let floor = median(&options, || raw_write_run(&options, batch_bytes));
         let interval = median(&options, || append_run(&options, batch_bytes, 1, 100));
         let sync = median(&options, || append_run(&options, batch_bytes, 1, 0));
         println!(
-            "| {name} | {fio:.0} | {interval:.0} | {:.2} | {sync:.0} | {:.2} |",
+            "| {name} | {fio:.0} | {floor:.0} | {interval:.0} | {:.2} | {:.2} | {sync:.0} | {:.2} |",
             interval / fio,
+            interval / floor,
             sync / fio
         );
     }
@@ -125,11 +129,17 @@ fn main() {
 }
 
 /// `SPATE_BENCH_PROFILE=<batch bytes>:<appenders>:<flush.ms>` runs that one append
-/// scenario in a loop for a profiler (`perf record -g cargo bench ...`) and exits.
+/// scenario for a profiler (`perf record -g cargo bench ...`) and exits;
+/// `SPATE_BENCH_PROFILE=raw:<block bytes>` runs glommio's bare write loop instead.
 fn profile_only(options: &Options) -> bool {
     let Ok(spec) = std::env::var("SPATE_BENCH_PROFILE") else {
         return false;
     };
+    if let Some(size) = spec.strip_prefix("raw:") {
+        let rate = raw_write_run(options, size.parse().expect("a number"));
+        println!("{spec}: {rate:.0} MB/s");
+        return true;
+    }
     let parts: Vec<u64> = spec
         .split(':')
         .map(|part| part.parse().expect("a number"))
@@ -229,6 +239,37 @@ fn append_run(options: &Options, batch_bytes: usize, appenders: usize, flush_ms:
             .join(format!("append-{batch_bytes}-{appenders}-{flush_ms}")),
     );
     rate
+}
+
+/// MB/s of glommio alone: sequential `DmaFile::write_at` of `block_bytes` to a fresh file,
+/// one at a time, then one fdatasync. The floor under Spate's appends on this runtime.
+fn raw_write_run(options: &Options, block_bytes: usize) -> f64 {
+    let path = options.dir.join("raw.dat");
+    let _ = std::fs::remove_file(&path);
+    let (run_bytes, run_time) = (options.run_bytes, options.run_time);
+    on_pinned_executor(options, move || async move {
+        // A non-empty file first, for glommio's IOPOLL probe (GLOMMIO_NOTES 1).
+        std::fs::write(&path, vec![1u8; 4096]).expect("probe file");
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&path)
+            .await
+            .expect("open");
+        let started = Instant::now();
+        let mut position = 0u64;
+        while position < run_bytes && started.elapsed() < run_time {
+            let mut buffer = file.alloc_dma_buffer(block_bytes);
+            buffer.as_bytes_mut().fill(b'v');
+            file.write_at(buffer, position).await.expect("write");
+            position += block_bytes as u64;
+        }
+        file.fdatasync().await.expect("fdatasync");
+        let seconds = started.elapsed().as_secs_f64();
+        file.close().await.expect("close");
+        let _ = std::fs::remove_file(&path);
+        position as f64 / MIB / seconds
+    })
 }
 
 /// MB/s of sequential 1 MiB reads of a log of 64 KiB batches: from disk (log reopened, so
