@@ -1,6 +1,6 @@
 use spate::storage::{Log, LogConfig, StorageError};
 
-use crate::support::{batch_mut, read_all, records, run};
+use crate::support::{batch_mut, in_temp_dir, read_all, records, run};
 
 #[test]
 fn append_then_read_back_from_cache_and_disk() {
@@ -57,9 +57,7 @@ fn small(config: LogConfig) -> LogConfig {
 
 #[test]
 fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let log = Log::open(&path, LogConfig::default()).await.unwrap();
         let tasks: Vec<_> = (0..64)
             .map(|lane| {
@@ -100,9 +98,7 @@ fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
 
 #[test]
 fn interval_flush_acknowledges_before_syncing_and_syncs_within_flush_ms() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let config = LogConfig {
             flush_ms: 50,
             ..LogConfig::default()
@@ -149,9 +145,7 @@ fn interval_flush_acknowledges_before_syncing_and_syncs_within_flush_ms() {
 
 #[test]
 fn bad_batches_are_rejected_and_the_log_is_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let log = Log::open(&path, LogConfig::default()).await.unwrap();
         log.append(batch_mut("good", 3, 10, 0)).await.unwrap();
         let before = (log.log_end_offset(), log.size_bytes());
@@ -204,9 +198,7 @@ fn bad_batches_are_rejected_and_the_log_is_unchanged() {
 
 #[test]
 fn rolls_by_size_and_by_time_and_reads_across_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let config = small(LogConfig {
             segment_ms: 60_000,
             ..LogConfig::default()
@@ -240,9 +232,7 @@ fn rolls_by_size_and_by_time_and_reads_across_segments() {
 
 #[test]
 fn retention_deletes_exactly_the_expired_segments_and_reads_below_start_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let config = small(LogConfig {
             retention_ms: Some(10_000),
             ..LogConfig::default()
@@ -328,9 +318,7 @@ fn retention_deletes_exactly_the_expired_segments_and_reads_below_start_fail() {
 
 #[test]
 fn retention_by_size_keeps_at_least_retention_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let config = small(LogConfig {
             retention_bytes: Some(150_000),
             retention_ms: None,
@@ -358,9 +346,7 @@ fn retention_by_size_keeps_at_least_retention_bytes() {
 
 #[test]
 fn truncate_removes_the_batch_holding_the_offset_and_everything_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
         for index in 0..40 {
             log.append(batch_mut(&format!("t{index}"), 5, 1000, index))
@@ -397,9 +383,7 @@ fn truncate_removes_the_batch_holding_the_offset_and_everything_after() {
 
 #[test]
 fn offset_for_timestamp_finds_the_first_record_at_or_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
         // Batch i holds timestamps 1000*i .. 1000*i+4 (one record each ms).
         for index in 0..40i64 {
@@ -424,9 +408,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
 
 #[test]
 fn waiting_readers_wake_when_data_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let log = Log::open(&path, LogConfig::default()).await.unwrap();
         let reader = {
             let log = log.clone();
@@ -445,9 +427,7 @@ fn waiting_readers_wake_when_data_arrives() {
 
 #[test]
 fn interval_flush_runs_even_when_appends_never_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let config = LogConfig {
             flush_ms: 5,
             tail_cache_bytes: 0,

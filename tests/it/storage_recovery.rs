@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use spate::storage::{Log, LogConfig, StorageError};
 
-use crate::support::{batch_mut, read_all, records, run};
+use crate::support::{batch_mut, in_temp_dir, read_all, records, run};
 
 fn small_segments() -> LogConfig {
     LogConfig {
@@ -36,6 +36,20 @@ fn three_batch_log(dir: PathBuf) -> (PathBuf, u64, u64, i64, Vec<u8>) {
             bytes,
         )
     })
+}
+
+/// Puts `contents` in `dir` as the log's only segment, checks the recovered prefix with
+/// `check_prefix`, and removes `dir`.
+async fn check_variant(
+    dir: &Path,
+    file_name: &std::ffi::OsStr,
+    contents: &[u8],
+    expected_end: i64,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(file_name), contents).unwrap();
+    check_prefix(dir, expected_end).await;
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Reopens `dir` and checks the log holds exactly offsets `[0, expected_end)` with the
@@ -71,12 +85,9 @@ fn a_tail_cut_at_every_byte_of_the_last_batch_keeps_exactly_the_whole_batches() 
     let root_path = root.path().to_path_buf();
     run(move || async move {
         for cut in start..=end {
-            let dir = root_path.join(format!("cut-{cut}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(&file_name), &bytes[..cut as usize]).unwrap();
             let expected = if cut == end { last_base + 3 } else { last_base };
-            check_prefix(&dir, expected).await;
-            std::fs::remove_dir_all(&dir).unwrap();
+            let variant = root_path.join(format!("cut-{cut}"));
+            check_variant(&variant, &file_name, &bytes[..cut as usize], expected).await;
         }
     });
 }
@@ -89,11 +100,8 @@ fn a_flipped_byte_in_the_last_batch_cuts_that_batch_only() {
     let root_path = root.path().to_path_buf();
     run(move || async move {
         for position in start..end {
-            let dir = root_path.join(format!("flip-{position}"));
-            std::fs::create_dir_all(&dir).unwrap();
             let mut damaged = bytes.clone();
             damaged[position as usize] ^= 0x5a;
-            std::fs::write(dir.join(&file_name), &damaged).unwrap();
             // Bytes 12..16 of a batch (partition leader epoch) are outside Kafka's CRC and
             // carry no offset: a flip there is invisible, as in Kafka. Every other byte is
             // covered by the CRC, the length/magic checks or offset continuity.
@@ -103,8 +111,8 @@ fn a_flipped_byte_in_the_last_batch_cuts_that_batch_only() {
             } else {
                 last_base
             };
-            check_prefix(&dir, expected).await;
-            std::fs::remove_dir_all(&dir).unwrap();
+            let variant = root_path.join(format!("flip-{position}"));
+            check_variant(&variant, &file_name, &damaged, expected).await;
         }
     });
 }
@@ -150,9 +158,7 @@ async fn multi_segment_log(dir: &Path) -> Vec<spate::storage::SegmentInfo> {
 
 #[test]
 fn missing_or_damaged_index_files_are_rebuilt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let segments = multi_segment_log(&path).await;
         let first = &segments[0];
         let index = first.path.with_extension("index");
@@ -186,9 +192,7 @@ fn missing_or_damaged_index_files_are_rebuilt() {
 
 #[test]
 fn a_directory_with_a_gap_or_an_overlap_is_refused_naming_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let segments = multi_segment_log(&path).await;
         let middle = &segments[1];
         let moved = path.join("moved-away");
@@ -226,9 +230,7 @@ fn a_directory_with_a_gap_or_an_overlap_is_refused_naming_the_file() {
 
 #[test]
 fn a_damaged_sealed_segment_is_never_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let segments = multi_segment_log(&path).await;
         let first = &segments[0];
         let mut bytes = std::fs::read(&first.path).unwrap();
@@ -371,9 +373,7 @@ fn kill_9_loses_nothing_acknowledged() {
 
 #[test]
 fn zeros_inside_a_sealed_segment_are_damage_and_the_directory_is_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let segments = multi_segment_log(&path).await;
         let first = &segments[0];
         // Zero the header of a batch in the middle, as a lost write would, and lose the index.
@@ -448,9 +448,7 @@ fn a_cut_tail_is_kept_beside_the_segment() {
 
 #[test]
 fn a_partition_directory_is_opened_by_one_log_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
-    run(move || async move {
+    in_temp_dir(|path| async move {
         let log = Log::open(&path, LogConfig::default()).await.unwrap();
         let error = Log::open(&path, LogConfig::default())
             .await

@@ -23,6 +23,21 @@ where
         .expect("executor thread")
 }
 
+/// Runs `make(path)` on a fresh executor, where `path` is a partition directory (not yet
+/// created) inside a temporary directory that lives until the run ends.
+pub fn in_temp_dir<Make, Fut, T>(make: Make) -> T
+where
+    Make: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("p");
+    let result = run(move || make(path));
+    drop(dir);
+    result
+}
+
 /// A batch of `count` records; record `i` has value `{tag}-{i}` padded to `value_bytes`.
 pub fn batch(tag: &str, count: usize, value_bytes: usize, timestamp: i64) -> Bytes {
     let mut builder = BatchBuilder::new();
