@@ -4,9 +4,11 @@
 //! - [`record`]: the Kafka RecordBatch v2 format, pure code with no I/O.
 //! - [`storage`]: the partition log on direct I/O (segments, indexes, group commit,
 //!   retention, recovery). It knows nothing of the network.
+//! - [`protocol`]: the native binary protocol, pure code shared by server and client.
 //!
 //! See docs/ARCHITECTURE.md for the code map and the invariants.
 
 pub mod limits;
+pub mod protocol;
 pub mod record;
 pub mod storage;

@@ -1,0 +1,210 @@
+//! Spate's native binary protocol: frames and messages. Pure code shared by the server
+//! and the client: no I/O, no async. docs/PROTOCOL.md is the specification; this module
+//! is its one implementation.
+//!
+//! Every decoder treats its input as hostile: a frame length is checked against the frame
+//! limit before anything is allocated, array counts are checked against the bytes that
+//! follow, a body with bytes left over is an error, and nothing panics.
+
+mod frame;
+mod messages;
+#[cfg(test)]
+mod tests;
+pub mod wire;
+
+pub use frame::{
+    REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES, RequestHeader, decode_request_header, split_frame,
+};
+pub use messages::*;
+
+/// Default largest frame (request or response) a peer accepts, length field excluded.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+
+/// Why bytes could not be decoded. Connection-level: the peer gets `InvalidRequest` (or the
+/// connection is closed when the frame itself is unusable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frame of {length} bytes is larger than the limit of {max} bytes")]
+    FrameTooLarge { length: usize, max: usize },
+    #[error("{what}: {needed} bytes needed, {available} available")]
+    Truncated {
+        what: &'static str,
+        needed: usize,
+        available: usize,
+    },
+    #[error("{what}: {reason}")]
+    Invalid {
+        what: &'static str,
+        reason: &'static str,
+    },
+    #[error("{what}: {count} unexpected bytes after the message")]
+    TrailingBytes { what: &'static str, count: usize },
+    #[error("unknown request kind {0}")]
+    UnknownApiKey(u16),
+    #[error("unknown error code {0}")]
+    UnknownErrorCode(u16),
+}
+
+/// Request kinds. The numbers are part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    Metadata = 1,
+    CreateTopics = 2,
+    DeleteTopics = 3,
+    DescribeTopics = 4,
+    Produce = 5,
+    Fetch = 6,
+    ListOffsets = 7,
+}
+
+impl ApiKey {
+    pub const ALL: [ApiKey; 8] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopics,
+        ApiKey::DeleteTopics,
+        ApiKey::DescribeTopics,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    pub fn from_u16(value: u16) -> Result<ApiKey, ProtocolError> {
+        ApiKey::ALL
+            .get(value as usize)
+            .copied()
+            .ok_or(ProtocolError::UnknownApiKey(value))
+    }
+
+    /// Versions of this request this implementation speaks, lowest and highest.
+    pub fn versions(self) -> (u16, u16) {
+        (1, 1)
+    }
+}
+
+/// Every failure a response can carry. The numbers are part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    None = 0,
+    UnknownTopicOrPartition = 1,
+    OffsetOutOfRange = 2,
+    CorruptBatch = 3,
+    RecordTooLarge = 4,
+    NotOwner = 5,
+    Timeout = 6,
+    InvalidRequest = 7,
+    UnsupportedVersion = 8,
+    UnknownRequestKind = 9,
+    TopicAlreadyExists = 10,
+    InvalidConfig = 11,
+    InvalidPartitions = 12,
+    DiskFull = 13,
+    StorageError = 14,
+    ShuttingDown = 15,
+    ResourceLimit = 16,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 17] = [
+        ErrorCode::None,
+        ErrorCode::UnknownTopicOrPartition,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::CorruptBatch,
+        ErrorCode::RecordTooLarge,
+        ErrorCode::NotOwner,
+        ErrorCode::Timeout,
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownRequestKind,
+        ErrorCode::TopicAlreadyExists,
+        ErrorCode::InvalidConfig,
+        ErrorCode::InvalidPartitions,
+        ErrorCode::DiskFull,
+        ErrorCode::StorageError,
+        ErrorCode::ShuttingDown,
+        ErrorCode::ResourceLimit,
+    ];
+
+    pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
+        ErrorCode::ALL
+            .get(value as usize)
+            .copied()
+            .ok_or(ProtocolError::UnknownErrorCode(value))
+    }
+
+    /// Whether a client may retry the same request unchanged and expect success later.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotOwner
+                | ErrorCode::Timeout
+                | ErrorCode::DiskFull
+                | ErrorCode::ShuttingDown
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            ErrorCode::None => "none",
+            ErrorCode::UnknownTopicOrPartition => "unknown topic or partition",
+            ErrorCode::OffsetOutOfRange => "offset out of range",
+            ErrorCode::CorruptBatch => "corrupt record batch",
+            ErrorCode::RecordTooLarge => "record too large",
+            ErrorCode::NotOwner => "not the owner of the partition",
+            ErrorCode::Timeout => "timed out",
+            ErrorCode::InvalidRequest => "invalid request",
+            ErrorCode::UnsupportedVersion => "unsupported version",
+            ErrorCode::UnknownRequestKind => "unknown request kind",
+            ErrorCode::TopicAlreadyExists => "topic already exists",
+            ErrorCode::InvalidConfig => "invalid config",
+            ErrorCode::InvalidPartitions => "invalid partition count",
+            ErrorCode::DiskFull => "disk full",
+            ErrorCode::StorageError => "storage error",
+            ErrorCode::ShuttingDown => "broker shutting down",
+            ErrorCode::ResourceLimit => "resource limit reached",
+        };
+        f.write_str(name)
+    }
+}
+
+/// An error code with the message that explains it to a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Status {
+    pub fn ok() -> Status {
+        Status {
+            code: ErrorCode::None,
+            message: String::new(),
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.code == ErrorCode::None
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}

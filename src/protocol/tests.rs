@@ -1,0 +1,453 @@
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), "[a-z0-9._-]{1,40}", "\\PC{0,10}"]
+}
+
+fn blob() -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
+}
+
+fn status() -> impl Strategy<Value = Status> {
+    (0u16..17, name()).prop_map(|(code, message)| Status {
+        code: ErrorCode::from_u16(code).unwrap(),
+        message,
+    })
+}
+
+fn configs() -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::collection::vec((name(), name()), 0..4)
+}
+
+fn partitions<T: std::fmt::Debug>(inner: BoxedStrategy<T>) -> impl Strategy<Value = Vec<T>> {
+    prop::collection::vec(inner, 0..4)
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        name().prop_map(|client_id| Request::ApiVersions(ApiVersionsRequest { client_id })),
+        prop::collection::vec(name(), 0..4)
+            .prop_map(|topics| Request::Metadata(MetadataRequest { topics })),
+        prop::collection::vec((name(), any::<u32>(), configs()), 0..3).prop_map(|topics| {
+            Request::CreateTopics(CreateTopicsRequest {
+                topics: topics
+                    .into_iter()
+                    .map(|(name, partitions, configs)| NewTopic {
+                        name,
+                        partitions,
+                        configs,
+                    })
+                    .collect(),
+            })
+        }),
+        prop::collection::vec(name(), 0..4)
+            .prop_map(|names| Request::DeleteTopics(DeleteTopicsRequest { names })),
+        prop::collection::vec(name(), 0..4)
+            .prop_map(|names| Request::DescribeTopics(DescribeTopicsRequest { names })),
+        (
+            prop::sample::select(vec![Acks::None, Acks::Leader, Acks::All]),
+            any::<u32>(),
+            prop::collection::vec((name(), partitions((any::<u32>(), blob()).boxed())), 0..3),
+        )
+            .prop_map(|(acks, timeout_ms, topics)| {
+                Request::Produce(ProduceRequest {
+                    acks,
+                    timeout_ms,
+                    topics: topics
+                        .into_iter()
+                        .map(|(name, partitions)| ProduceTopic {
+                            name,
+                            partitions: partitions
+                                .into_iter()
+                                .map(|(partition, records)| ProducePartition { partition, records })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+            }),
+        (
+            any::<(u32, u32, u32)>(),
+            prop::collection::vec((name(), partitions(any::<(u32, i64, u32)>().boxed())), 0..3),
+        )
+            .prop_map(|((max_wait_ms, min_bytes, max_bytes), topics)| {
+                Request::Fetch(FetchRequest {
+                    max_wait_ms,
+                    min_bytes,
+                    max_bytes,
+                    topics: topics
+                        .into_iter()
+                        .map(|(name, partitions)| FetchTopic {
+                            name,
+                            partitions: partitions
+                                .into_iter()
+                                .map(|(partition, offset, max_bytes)| FetchPartition {
+                                    partition,
+                                    offset,
+                                    max_bytes,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+            }),
+        prop::collection::vec((name(), partitions(any::<(u32, i64)>().boxed())), 0..3).prop_map(
+            |topics| {
+                Request::ListOffsets(ListOffsetsRequest {
+                    topics: topics
+                        .into_iter()
+                        .map(|(name, partitions)| ListOffsetsTopic {
+                            name,
+                            partitions: partitions
+                                .into_iter()
+                                .map(|(partition, timestamp)| ListOffsetsPartition {
+                                    partition,
+                                    timestamp,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+            }
+        ),
+    ]
+}
+
+fn response() -> impl Strategy<Value = (ApiKey, Response)> {
+    let fetch_partition = (any::<u32>(), status(), any::<i64>(), any::<i64>(), blob()).prop_map(
+        |(partition, status, high_watermark, log_start_offset, records)| FetchPartitionResponse {
+            partition,
+            status,
+            high_watermark,
+            log_start_offset,
+            records,
+        },
+    );
+    prop_oneof![
+        (
+            name(),
+            prop::collection::vec(any::<(u16, u16, u16)>(), 0..9),
+            any::<(u16, u16)>()
+        )
+            .prop_map(|(broker_version, apis, (shard_count, shard_id))| {
+                let apis = apis
+                    .into_iter()
+                    .map(|(api_key, min_version, max_version)| ApiVersionRange {
+                        api_key,
+                        min_version,
+                        max_version,
+                    })
+                    .collect();
+                (
+                    ApiKey::ApiVersions,
+                    Response::ApiVersions(ApiVersionsResponse {
+                        broker_version,
+                        apis,
+                        shard_count,
+                        shard_id,
+                    }),
+                )
+            }),
+        (
+            prop::collection::vec((any::<u16>(), name(), any::<u16>()), 0..4),
+            prop::collection::vec(
+                (
+                    name(),
+                    status(),
+                    prop::collection::vec(any::<(u32, u16)>(), 0..5)
+                ),
+                0..4
+            ),
+        )
+            .prop_map(|(shards, topics)| {
+                let shards = shards
+                    .into_iter()
+                    .map(|(shard_id, host, port)| ShardAddress {
+                        shard_id,
+                        host,
+                        port,
+                    })
+                    .collect();
+                let topics = topics
+                    .into_iter()
+                    .map(|(name, status, partitions)| TopicMetadata {
+                        name,
+                        status,
+                        partitions: partitions
+                            .into_iter()
+                            .map(|(partition, shard_id)| PartitionMetadata {
+                                partition,
+                                shard_id,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                (
+                    ApiKey::Metadata,
+                    Response::Metadata(MetadataResponse { shards, topics }),
+                )
+            }),
+        prop::collection::vec((name(), status()), 0..4).prop_map(|topics| {
+            let topics = topics
+                .into_iter()
+                .map(|(name, status)| TopicStatus { name, status })
+                .collect();
+            (ApiKey::CreateTopics, Response::CreateTopics(topics))
+        }),
+        prop::collection::vec((name(), status(), any::<u32>(), configs()), 0..4).prop_map(
+            |topics| {
+                let topics = topics
+                    .into_iter()
+                    .map(|(name, status, partitions, configs)| TopicDescription {
+                        name,
+                        status,
+                        partitions,
+                        configs,
+                    })
+                    .collect();
+                (ApiKey::DescribeTopics, Response::DescribeTopics(topics))
+            }
+        ),
+        prop::collection::vec(
+            (
+                name(),
+                prop::collection::vec((any::<u32>(), status(), any::<(i64, i64)>()), 0..4)
+            ),
+            0..3
+        )
+        .prop_map(|topics| {
+            let topics = topics
+                .into_iter()
+                .map(|(name, partitions)| ProduceTopicResponse {
+                    name,
+                    partitions: partitions
+                        .into_iter()
+                        .map(|(partition, status, (base_offset, log_end_offset))| {
+                            ProducePartitionResponse {
+                                partition,
+                                status,
+                                base_offset,
+                                log_end_offset,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect();
+            (
+                ApiKey::Produce,
+                Response::Produce(ProduceResponse { topics }),
+            )
+        }),
+        prop::collection::vec((name(), prop::collection::vec(fetch_partition, 0..4)), 0..3)
+            .prop_map(|topics| {
+                let topics = topics
+                    .into_iter()
+                    .map(|(name, partitions)| FetchTopicResponse { name, partitions })
+                    .collect();
+                (ApiKey::Fetch, Response::Fetch(FetchResponse { topics }))
+            }),
+        (1u16..17, name()).prop_map(|(code, message)| {
+            let status = Status {
+                code: ErrorCode::from_u16(code).unwrap(),
+                message,
+            };
+            (ApiKey::Produce, Response::Failed(status))
+        }),
+    ]
+}
+
+/// Frames a request and takes it apart again through the stream decoder.
+fn through_the_wire(request: &Request, correlation_id: u32) -> (RequestHeader, Request) {
+    let mut buffer = request.encode(correlation_id);
+    let frame = split_frame(&mut buffer, usize::MAX)
+        .unwrap()
+        .expect("a whole frame");
+    assert!(buffer.is_empty());
+    let (header, body) = decode_request_header(frame).unwrap();
+    (header, Request::decode(&header, body).unwrap())
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(request in request(), correlation_id in any::<u32>()) {
+        let (header, decoded) = through_the_wire(&request, correlation_id);
+        prop_assert_eq!(header.correlation_id, correlation_id);
+        prop_assert_eq!(header.api_key, request.api_key() as u16);
+        prop_assert_eq!(decoded, request);
+    }
+
+    #[test]
+    fn responses_round_trip((api_key, response) in response(), correlation_id in any::<u32>()) {
+        let mut buffer = response.encode(correlation_id);
+        let frame = split_frame(&mut buffer, usize::MAX).unwrap().expect("a whole frame");
+        prop_assert!(buffer.is_empty());
+        prop_assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()), correlation_id);
+        let decoded = Response::decode(api_key, frame.slice(RESPONSE_HEADER_BYTES..)).unwrap();
+        prop_assert_eq!(decoded, response);
+    }
+
+    #[test]
+    fn any_truncation_of_a_request_is_an_error_not_a_panic(request in request(), cut in any::<prop::sample::Index>()) {
+        let frame = request.encode(7);
+        let body_start = 4 + REQUEST_HEADER_BYTES;
+        prop_assume!(frame.len() > body_start);
+        let (header, body) = decode_request_header(frame.freeze().slice(4..)).unwrap();
+        let cut = cut.index(body.len().max(1));
+        prop_assume!(cut < body.len());
+        prop_assert!(Request::decode(&header, body.slice(..cut)).is_err());
+        let mut longer = BytesMut::from(&body[..]);
+        longer.extend_from_slice(&[0]);
+        prop_assert!(Request::decode(&header, longer.freeze()).is_err(), "trailing bytes are an error");
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic(api_key in 0u16..10, body in prop::collection::vec(any::<u8>(), 0..200)) {
+        let header = RequestHeader { api_key, api_version: 1, correlation_id: 1 };
+        let _ = Request::decode(&header, Bytes::from(body.clone()));
+        if let Ok(key) = ApiKey::from_u16(api_key) {
+            let _ = Response::decode(key, Bytes::from(body));
+        }
+    }
+}
+
+#[test]
+fn fetch_pieces_carry_the_records_without_copying_them() {
+    let records = Bytes::from_static(b"batch bytes stand here");
+    let fetch = FetchResponse {
+        topics: vec![FetchTopicResponse {
+            name: "t".into(),
+            partitions: vec![
+                FetchPartitionResponse {
+                    partition: 0,
+                    status: Status::ok(),
+                    high_watermark: 10,
+                    log_start_offset: 0,
+                    records: records.clone(),
+                },
+                FetchPartitionResponse {
+                    partition: 1,
+                    status: Status::error(ErrorCode::OffsetOutOfRange, "offset 99 is past the end"),
+                    high_watermark: 3,
+                    log_start_offset: 0,
+                    records: Bytes::new(),
+                },
+            ],
+        }],
+    };
+    let pieces = fetch.clone().into_pieces(42);
+    let mut joined = BytesMut::new();
+    let mut payload_pointers = Vec::new();
+    for piece in &pieces {
+        match piece {
+            Piece::Encoded(bytes) => joined.extend_from_slice(bytes),
+            Piece::Payload(payload) => {
+                payload_pointers.push(payload.as_ptr());
+                joined.extend_from_slice(payload);
+            }
+        }
+    }
+    assert_eq!(
+        payload_pointers,
+        vec![records.as_ptr()],
+        "the payload is the caller's bytes"
+    );
+    assert_eq!(joined, Response::Fetch(fetch.clone()).encode(42));
+    let frame = split_frame(&mut joined, usize::MAX).unwrap().unwrap();
+    let decoded = Response::decode(ApiKey::Fetch, frame.slice(4..)).unwrap();
+    assert_eq!(decoded, Response::Fetch(fetch));
+}
+
+#[test]
+fn frames_are_split_from_a_stream_and_bounded() {
+    let first = Request::Metadata(MetadataRequest {
+        topics: vec!["a".into()],
+    })
+    .encode(1);
+    let second = Request::ApiVersions(ApiVersionsRequest {
+        client_id: "c".into(),
+    })
+    .encode(2);
+    let mut stream = BytesMut::new();
+    stream.extend_from_slice(&first);
+    stream.extend_from_slice(&second[..5]);
+    assert!(split_frame(&mut stream, 1024).unwrap().is_some());
+    assert!(
+        split_frame(&mut stream, 1024).unwrap().is_none(),
+        "partial frame waits"
+    );
+    stream.extend_from_slice(&second[5..]);
+    let frame = split_frame(&mut stream, 1024).unwrap().unwrap();
+    assert_eq!(decode_request_header(frame).unwrap().0.correlation_id, 2);
+    assert!(stream.is_empty());
+
+    let mut huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+    let error = split_frame(&mut huge, FRAME_BYTES_MAX_DEFAULT).unwrap_err();
+    assert!(
+        matches!(error, ProtocolError::FrameTooLarge { .. }),
+        "{error}"
+    );
+    assert!(
+        huge.capacity() < 1024,
+        "nothing allocated for a hostile length"
+    );
+}
+
+#[test]
+fn hostile_counts_are_refused_before_allocating() {
+    // A Metadata request claiming four billion topic names in a 4-byte body.
+    let header = RequestHeader {
+        api_key: ApiKey::Metadata as u16,
+        api_version: 1,
+        correlation_id: 1,
+    };
+    let error =
+        Request::decode(&header, Bytes::from_static(&[0xff, 0xff, 0xff, 0xff])).unwrap_err();
+    assert!(matches!(error, ProtocolError::Invalid { .. }), "{error}");
+    let unknown = RequestHeader {
+        api_key: 99,
+        ..header
+    };
+    assert_eq!(
+        Request::decode(&unknown, Bytes::new()).unwrap_err(),
+        ProtocolError::UnknownApiKey(99)
+    );
+    let bad_acks = {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(&[5]);
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        body.freeze()
+    };
+    let produce = RequestHeader {
+        api_key: ApiKey::Produce as u16,
+        ..header
+    };
+    assert!(Request::decode(&produce, bad_acks).is_err());
+}
+
+#[test]
+fn versions_are_negotiated_from_both_ranges() {
+    let response = |min, max| ApiVersionsResponse {
+        broker_version: "x".into(),
+        apis: vec![ApiVersionRange {
+            api_key: ApiKey::Fetch as u16,
+            min_version: min,
+            max_version: max,
+        }],
+        shard_count: 1,
+        shard_id: 0,
+    };
+    assert_eq!(response(1, 5).negotiate(ApiKey::Fetch), Some(1));
+    assert_eq!(response(0, 1).negotiate(ApiKey::Fetch), Some(1));
+    assert_eq!(
+        response(2, 3).negotiate(ApiKey::Fetch),
+        None,
+        "no common version"
+    );
+    assert_eq!(
+        response(1, 1).negotiate(ApiKey::Produce),
+        None,
+        "kind not offered"
+    );
+}
