@@ -5,9 +5,11 @@
 //! - [`storage`]: the partition log on direct I/O (segments, indexes, group commit,
 //!   retention, recovery). It knows nothing of the network.
 //! - [`protocol`]: the native binary protocol, pure code shared by server and client.
+//! - [`broker`]: topics, their durable metadata and the partition-to-shard table.
 //!
 //! See docs/ARCHITECTURE.md for the code map and the invariants.
 
+pub mod broker;
 pub mod limits;
 pub mod protocol;
 pub mod record;

@@ -1,0 +1,334 @@
+//! Topic metadata: names, partition counts and configs, stored durably and copied to
+//! every shard, and the partition-to-shard table derived from it.
+//!
+//! File `<data dir>/metadata.bin`: magic `SPATEMTA`, `u32` format version, `u32` CRC-32C
+//! of the payload, `u64` payload length (all little-endian), then the payload: the rkyv
+//! archive of [`ClusterMetadata`], validated when read. It is replaced atomically
+//! (temporary file, fsync, rename, directory fsync), so a crash leaves the old or the new
+//! metadata, never a mix.
+
+use std::path::{Path, PathBuf};
+
+use rkyv::rancor;
+
+use crate::protocol::{ErrorCode, NewTopic, Status};
+use crate::storage::LogConfig;
+
+const MAGIC: &[u8; 8] = b"SPATEMTA";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 24;
+
+/// Most partitions one topic may have.
+pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
+/// Longest topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct ClusterMetadata {
+    /// Bumped by every change, so shards can tell which copy is newer.
+    pub generation: u64,
+    pub topics: Vec<TopicRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub partitions: u32,
+    /// Only the configs set at creation; the rest take the defaults.
+    pub configs: Vec<(String, String)>,
+}
+
+impl TopicRecord {
+    /// The topic's log config: its own settings over the defaults.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig::from_pairs(
+            self.configs
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .expect("configs were validated when the topic was created")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata file {}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("metadata file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClusterMetadata {
+    pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
+        self.topics.iter().find(|topic| topic.name == name)
+    }
+
+    /// Adds a topic after checking its name, partition count and configs.
+    pub fn create_topic(&mut self, topic: &NewTopic) -> Result<(), Status> {
+        validate_topic_name(&topic.name)?;
+        if self.topic(&topic.name).is_some() {
+            return Err(Status::error(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic {} already exists", topic.name),
+            ));
+        }
+        if topic.partitions == 0 || topic.partitions > TOPIC_PARTITIONS_MAX {
+            return Err(Status::error(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "partition count must be between 1 and {TOPIC_PARTITIONS_MAX}, not {}",
+                    topic.partitions
+                ),
+            ));
+        }
+        LogConfig::from_pairs(
+            topic
+                .configs
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .map_err(|error| Status::error(ErrorCode::InvalidConfig, error.to_string()))?;
+        self.topics.push(TopicRecord {
+            name: topic.name.clone(),
+            partitions: topic.partitions,
+            configs: topic.configs.clone(),
+        });
+        self.generation += 1;
+        Ok(())
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<TopicRecord, Status> {
+        let position = self
+            .topics
+            .iter()
+            .position(|topic| topic.name == name)
+            .ok_or_else(|| {
+                Status::error(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic {name} does not exist"),
+                )
+            })?;
+        self.generation += 1;
+        Ok(self.topics.remove(position))
+    }
+
+    /// Reads the metadata in `data_dir`; a missing file is an empty cluster, a damaged one
+    /// an error that names it.
+    pub fn load(data_dir: &Path) -> Result<ClusterMetadata, MetadataError> {
+        let path = metadata_path(data_dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ClusterMetadata::default());
+            }
+            Err(source) => return Err(MetadataError::Io { path, source }),
+        };
+        decode(&bytes).map_err(|reason| MetadataError::Corrupt { path, reason })
+    }
+
+    /// Replaces the metadata in `data_dir` atomically and durably.
+    pub fn save(&self, data_dir: &Path) -> Result<(), MetadataError> {
+        let path = metadata_path(data_dir);
+        let temporary = data_dir.join("metadata.bin.tmp");
+        let io_error = |source| MetadataError::Io {
+            path: path.clone(),
+            source,
+        };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&encode(self))?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(data_dir)?.sync_all()
+        };
+        write().map_err(io_error)
+    }
+}
+
+fn metadata_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("metadata.bin")
+}
+
+fn encode(metadata: &ClusterMetadata) -> Vec<u8> {
+    let payload = rkyv::to_bytes::<rancor::Error>(metadata).expect("metadata serializes");
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+        return Err("not a Spate metadata file (bad magic or too short)".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!("unknown format version {version}"));
+    }
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    let length = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER_BYTES..];
+    if payload.len() as u64 != length {
+        return Err(format!(
+            "payload is {} bytes, header says {length}",
+            payload.len()
+        ));
+    }
+    if crc32c::crc32c(payload) != crc {
+        return Err("CRC mismatch".into());
+    }
+    // rkyv reads from aligned memory; validation (bytecheck) runs before any field is used.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<ClusterMetadata, rancor::Error>(&aligned)
+        .map_err(|error| format!("invalid archive: {error}"))
+}
+
+/// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), Status> {
+    let valid_chars = name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
+    if name.is_empty()
+        || name.len() > TOPIC_NAME_BYTES_MAX
+        || !valid_chars
+        || name == "."
+        || name == ".."
+    {
+        return Err(Status::error(
+            ErrorCode::InvalidRequest,
+            format!(
+                "invalid topic name {name:?}: use 1 to {TOPIC_NAME_BYTES_MAX} of letters, digits, '.', '_' and '-'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The shard that owns `partition` of `topic`: a stable hash of the name spreads topics,
+/// consecutive partitions go to consecutive shards. Every shard computes the same table.
+pub fn shard_for(topic: &str, partition: u32, shard_count: usize) -> usize {
+    assert!(shard_count > 0, "at least one shard");
+    let spread = crc32c::crc32c(topic.as_bytes()) as usize;
+    (spread + partition as usize) % shard_count
+}
+
+/// Where a partition's log lives: `<data dir>/topics/<topic>-<partition>`, as Kafka names it.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join("topics").join(format!("{topic}-{partition}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_topic(name: &str, partitions: u32, configs: &[(&str, &str)]) -> NewTopic {
+        NewTopic {
+            name: name.into(),
+            partitions,
+            configs: configs
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn topics_are_checked_saved_and_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ClusterMetadata::load(dir.path()).unwrap(),
+            ClusterMetadata::default()
+        );
+        let mut metadata = ClusterMetadata::default();
+        metadata
+            .create_topic(&new_topic("orders", 6, &[("flush.ms", "100")]))
+            .unwrap();
+        metadata
+            .create_topic(&new_topic("clicks.v2", 1, &[]))
+            .unwrap();
+        assert_eq!(metadata.generation, 2);
+        let code = |result: Result<(), Status>| result.unwrap_err().code;
+        assert_eq!(
+            code(metadata.create_topic(&new_topic("orders", 1, &[]))),
+            ErrorCode::TopicAlreadyExists
+        );
+        assert_eq!(
+            code(metadata.create_topic(&new_topic("bad/name", 1, &[]))),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(metadata.create_topic(&new_topic("..", 1, &[]))),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(metadata.create_topic(&new_topic("zero", 0, &[]))),
+            ErrorCode::InvalidPartitions
+        );
+        assert_eq!(
+            code(metadata.create_topic(&new_topic("cfg", 1, &[("flush.ms", "x")]))),
+            ErrorCode::InvalidConfig
+        );
+        assert_eq!(metadata.topic("orders").unwrap().log_config().flush_ms, 100);
+
+        metadata.save(dir.path()).unwrap();
+        let loaded = ClusterMetadata::load(dir.path()).unwrap();
+        assert_eq!(loaded, metadata);
+        let mut changed = loaded.clone();
+        changed.delete_topic("orders").unwrap();
+        assert!(changed.delete_topic("orders").is_err());
+        changed.save(dir.path()).unwrap();
+        assert_eq!(ClusterMetadata::load(dir.path()).unwrap().topics.len(), 1);
+        assert!(!dir.path().join("metadata.bin.tmp").exists());
+    }
+
+    #[test]
+    fn damage_is_detected_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic(&new_topic("orders", 3, &[])).unwrap();
+        metadata.save(dir.path()).unwrap();
+        let path = dir.path().join("metadata.bin");
+        let good = std::fs::read(&path).unwrap();
+        for position in 0..good.len() {
+            let mut damaged = good.clone();
+            damaged[position] ^= 0x20;
+            std::fs::write(&path, &damaged).unwrap();
+            let error = ClusterMetadata::load(dir.path()).expect_err("damage detected");
+            assert!(error.to_string().contains("metadata.bin"), "{error}");
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(ClusterMetadata::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_shard_table_is_stable_and_spreads_partitions() {
+        let shards: Vec<usize> = (0..8)
+            .map(|partition| shard_for("orders", partition, 4))
+            .collect();
+        assert_eq!(
+            shards,
+            (0..8)
+                .map(|partition| shard_for("orders", partition, 4))
+                .collect::<Vec<_>>()
+        );
+        for shard in 0..4 {
+            assert_eq!(shards.iter().filter(|&&owner| owner == shard).count(), 2);
+        }
+        assert!((0..100).all(|partition| shard_for("x", partition, 1) == 0));
+        assert_eq!(
+            partition_dir(Path::new("/d"), "orders", 3),
+            Path::new("/d/topics/orders-3")
+        );
+    }
+}
