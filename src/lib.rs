@@ -6,11 +6,15 @@
 //!   retention, recovery). It knows nothing of the network.
 //! - [`protocol`]: the native binary protocol, pure code shared by server and client.
 //! - [`broker`]: topics, their durable metadata and the partition-to-shard table.
+//! - [`server`]: the thread-per-core network server (shards, connections, handlers).
+//! - [`client`]: the Rust client (blocking sockets), on `protocol` and `record` only.
 //!
 //! See docs/ARCHITECTURE.md for the code map and the invariants.
 
 pub mod broker;
+pub mod client;
 pub mod limits;
 pub mod protocol;
 pub mod record;
+pub mod server;
 pub mod storage;

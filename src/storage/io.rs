@@ -205,9 +205,9 @@ pub(crate) async fn write_file_atomically(path: &Path, data: &[u8]) -> Result<()
         .map_err(|error| io_error(path, "rename", error.into()))
 }
 
-/// An exclusive lock on a partition directory (`<dir>/.lock`, flock), so that two logs, in
+/// An exclusive lock on a directory (`<dir>/.lock`, flock): two logs, or two brokers, in
 /// this process or another, never write the same files.
-pub(crate) struct DirectoryLock {
+pub struct DirectoryLock {
     file: std::fs::File,
 }
 

@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
+pub use io::DirectoryLock;
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 
 use crate::record::BatchError;
@@ -71,7 +72,7 @@ pub enum StorageError {
     },
     #[error("direct-I/O self-test failed on {}: {reason}", path.display())]
     SelfTest { path: PathBuf, reason: String },
-    #[error("partition directory {} is already open (by this or another process)", path.display())]
+    #[error("directory {} is in use (locked by another Spate log or broker, in this or another process)", path.display())]
     Locked { path: PathBuf },
     #[error("the partition log is closed")]
     Closed,

@@ -1,0 +1,278 @@
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::{
+    Acks, ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeTopicsRequest, FRAME_BYTES_MAX_DEFAULT, FetchPartition,
+    FetchPartitionResponse, FetchRequest, FetchTopic, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsTopic, MetadataRequest, MetadataResponse, NewTopic, ProducePartition,
+    ProducePartitionResponse, ProduceRequest, ProduceTopic, ProtocolError, Request, Response,
+    Status, TopicDescription, TopicStatus, split_frame,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the broker at {address}: {source}")]
+    Unreachable {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("connection to the broker failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the broker sent a malformed response: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the broker answered with an error: {0}")]
+    Broker(Status),
+    #[error("the broker sent an unexpected response")]
+    Unexpected,
+}
+
+/// One connection to a broker (or one of its shards). Requests are sent one at a time.
+pub struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+    next_correlation_id: u32,
+    /// What the broker said at the handshake.
+    pub versions: ApiVersionsResponse,
+}
+
+impl Connection {
+    /// Connects and negotiates versions.
+    pub fn connect(address: &str, client_id: &str) -> Result<Connection, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            address: address.to_string(),
+            source,
+        };
+        let addresses: Vec<_> = address.to_socket_addrs().map_err(unreachable)?.collect();
+        let first = addresses.first().ok_or_else(|| {
+            unreachable(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            ))
+        })?;
+        let stream =
+            TcpStream::connect_timeout(first, Duration::from_secs(5)).map_err(unreachable)?;
+        stream.set_nodelay(true)?;
+        let mut connection = Connection {
+            stream,
+            buffer: BytesMut::new(),
+            next_correlation_id: 1,
+            versions: ApiVersionsResponse {
+                broker_version: String::new(),
+                apis: Vec::new(),
+                shard_count: 0,
+                shard_id: 0,
+            },
+        };
+        let request = Request::ApiVersions(ApiVersionsRequest {
+            client_id: client_id.to_string(),
+        });
+        match connection.call(&request)? {
+            Response::ApiVersions(versions) => connection.versions = versions,
+            _ => return Err(ClientError::Unexpected),
+        }
+        for api_key in ApiKey::ALL {
+            if connection.versions.negotiate(api_key).is_none() {
+                return Err(ClientError::Broker(Status::error(
+                    crate::protocol::ErrorCode::UnsupportedVersion,
+                    format!("the broker speaks no version of {api_key:?} that this client does"),
+                )));
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Sends a request and waits for its response. A request-level failure is an error.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let correlation_id = self.send(request)?;
+        let response = self.receive(request.api_key(), correlation_id)?;
+        match response {
+            Response::Failed(status) => Err(ClientError::Broker(status)),
+            response => Ok(response),
+        }
+    }
+
+    fn send(&mut self, request: &Request) -> Result<u32, ClientError> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        self.stream.write_all(&request.encode(correlation_id))?;
+        Ok(correlation_id)
+    }
+
+    fn receive(&mut self, api_key: ApiKey, correlation_id: u32) -> Result<Response, ClientError> {
+        loop {
+            if let Some(frame) = split_frame(&mut self.buffer, FRAME_BYTES_MAX_DEFAULT * 4)? {
+                if frame.len() < 4 {
+                    return Err(ClientError::Unexpected);
+                }
+                let got = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
+                if got != correlation_id {
+                    return Err(ClientError::Unexpected);
+                }
+                return Ok(Response::decode(api_key, frame.slice(4..))?);
+            }
+            let filled = self.buffer.len();
+            self.buffer.resize(filled + 64 * 1024, 0);
+            let read = self.stream.read(&mut self.buffer[filled..])?;
+            self.buffer.truncate(filled + read);
+            if read == 0 {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection",
+                )));
+            }
+        }
+    }
+
+    pub fn metadata(&mut self, topics: &[&str]) -> Result<MetadataResponse, ClientError> {
+        let topics = topics.iter().map(|topic| topic.to_string()).collect();
+        match self.call(&Request::Metadata(MetadataRequest { topics }))? {
+            Response::Metadata(metadata) => Ok(metadata),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        configs: &[(String, String)],
+    ) -> Result<TopicStatus, ClientError> {
+        let topic = NewTopic {
+            name: name.to_string(),
+            partitions,
+            configs: configs.to_vec(),
+        };
+        match self.call(&Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![topic],
+        }))? {
+            Response::CreateTopics(mut topics) if topics.len() == 1 => Ok(topics.remove(0)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<TopicStatus, ClientError> {
+        match self.call(&Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec![name.to_string()],
+        }))? {
+            Response::DeleteTopics(mut topics) if topics.len() == 1 => Ok(topics.remove(0)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Describes the named topics, or every topic when `names` is empty.
+    pub fn describe_topics(
+        &mut self,
+        names: &[&str],
+    ) -> Result<Vec<TopicDescription>, ClientError> {
+        let names = names.iter().map(|name| name.to_string()).collect();
+        match self.call(&Request::DescribeTopics(DescribeTopicsRequest { names }))? {
+            Response::DescribeTopics(topics) => Ok(topics),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Appends `records` (whole batches) to one partition. With `Acks::None` nothing is
+    /// awaited and `Ok(None)` is returned.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+        acks: Acks,
+    ) -> Result<Option<ProducePartitionResponse>, ClientError> {
+        let request = Request::Produce(ProduceRequest {
+            acks,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: topic.to_string(),
+                partitions: vec![ProducePartition { partition, records }],
+            }],
+        });
+        if acks == Acks::None {
+            self.send(&request)?;
+            return Ok(None);
+        }
+        match self.call(&request)? {
+            Response::Produce(mut response) => {
+                let partition = response
+                    .topics
+                    .pop()
+                    .and_then(|mut topic| topic.partitions.pop());
+                partition.map(Some).ok_or(ClientError::Unexpected)
+            }
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Reads whole batches of one partition from `offset`, waiting up to `max_wait_ms` for
+    /// at least one byte.
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<FetchPartitionResponse, ClientError> {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes,
+            topics: vec![FetchTopic {
+                name: topic.to_string(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    offset,
+                    max_bytes,
+                }],
+            }],
+        });
+        match self.call(&request)? {
+            Response::Fetch(mut response) => {
+                let partition = response
+                    .topics
+                    .pop()
+                    .and_then(|mut topic| topic.partitions.pop());
+                partition.ok_or(ClientError::Unexpected)
+            }
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// `timestamp`: `OFFSET_EARLIEST`, `OFFSET_LATEST` or a time in ms.
+    pub fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, ClientError> {
+        let request = Request::ListOffsets(ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: topic.to_string(),
+                partitions: vec![ListOffsetsPartition {
+                    partition,
+                    timestamp,
+                }],
+            }],
+        });
+        match self.call(&request)? {
+            Response::ListOffsets(mut response) => {
+                let partition = response
+                    .topics
+                    .pop()
+                    .and_then(|mut topic| topic.partitions.pop());
+                let partition = partition.ok_or(ClientError::Unexpected)?;
+                if partition.status.is_ok() {
+                    Ok(partition.offset)
+                } else {
+                    Err(ClientError::Broker(partition.status))
+                }
+            }
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+}

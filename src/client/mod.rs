@@ -1,0 +1,7 @@
+//! The Rust client: a connection that speaks the native protocol (`connection.rs`), and on
+//! top of it an admin client, a producer and a consumer. Depends on `protocol` and `record`
+//! only: no glommio, plain blocking sockets, usable from any thread.
+
+mod connection;
+
+pub use connection::{ClientError, Connection};

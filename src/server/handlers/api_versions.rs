@@ -1,0 +1,22 @@
+use crate::protocol::{ApiKey, ApiVersionRange, ApiVersionsResponse, Response};
+use crate::server::shard::Shard;
+
+pub(super) fn handle(shard: &Shard) -> Response {
+    let apis = ApiKey::ALL
+        .iter()
+        .map(|&api_key| {
+            let (min_version, max_version) = api_key.versions();
+            ApiVersionRange {
+                api_key: api_key as u16,
+                min_version,
+                max_version,
+            }
+        })
+        .collect();
+    Response::ApiVersions(ApiVersionsResponse {
+        broker_version: env!("CARGO_PKG_VERSION").to_string(),
+        apis,
+        shard_count: shard.count as u16,
+        shard_id: shard.id as u16,
+    })
+}

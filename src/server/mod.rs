@@ -1,0 +1,239 @@
+//! The network server: one glommio executor pinned per shard. Each shard owns its
+//! partitions, accepts connections on the shared port (SO_REUSEPORT) and on its own port,
+//! and reaches other shards only through a mesh of glommio channels.
+
+mod config;
+mod connection;
+mod handlers;
+mod shard;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+pub use config::{FileConfig, ServerConfig, parse_cpus, parse_listen};
+use shard::{Shard, ShardMessage};
+
+use crate::broker::metadata::ClusterMetadata;
+
+/// Messages a shard may queue for another before the sender waits.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// Runs the broker until `shutdown` is set, then stops accepting, lets every log finish its
+/// queued appends and sync, and returns. Fails with one clear message when the data
+/// directory or a port cannot be used.
+pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), String> {
+    config.validate()?;
+    if config.listen.port() == 0 {
+        config
+            .listen
+            .set_port(free_port_range(config.listen.ip(), config.shards)?);
+    }
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|error| format!("cannot use data directory {}: {error}", data_dir.display()))?;
+    let _lock =
+        crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
+    let metadata = ClusterMetadata::load(data_dir).map_err(|error| error.to_string())?;
+    // Probe every port with a plain bind first: glommio's listeners set SO_REUSEPORT, which
+    // would let a second broker share a port silently.
+    for port in std::iter::once(config.listen.port())
+        .chain((0..config.shards).map(|shard| config.shard_port(shard)))
+    {
+        let address = std::net::SocketAddr::new(config.listen.ip(), port);
+        std::net::TcpListener::bind(address)
+            .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    }
+
+    let placement = placement(&config)?;
+    let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
+    let config = Arc::new(config);
+    let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("spate-shard")
+        .on_all_shards({
+            let config = config.clone();
+            let shutdown = shutdown.clone();
+            move || run_shard(config, mesh, metadata, shutdown, ready_sender)
+        })
+        .map_err(|error| format!("cannot start the shards: {error}"))?;
+
+    let mut failure = None;
+    for _ in 0..config.shards {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = failure.or(Some(error)),
+            Err(_) => failure = failure.or(Some("a shard stopped while starting".to_string())),
+        }
+    }
+    if failure.is_some() {
+        shutdown.store(true, Ordering::SeqCst);
+    } else {
+        tracing::info!(
+            listen = %config.listen,
+            shards = config.shards,
+            shard_ports = format!("{}-{}", config.shard_port(0), config.shard_port(config.shards - 1)),
+            data_dir = %config.data_dir.display(),
+            "spate is serving"
+        );
+    }
+    for result in handles.join_all() {
+        if let Err(error) = result {
+            failure = failure.or(Some(format!("a shard failed: {error}")));
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => {
+            tracing::info!("spate stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Port 0 means "any": a port P with P+1..=P+shards free too, for the shard listeners.
+fn free_port_range(ip: std::net::IpAddr, shards: usize) -> Result<u16, String> {
+    for _ in 0..50 {
+        let probe = std::net::TcpListener::bind((ip, 0))
+            .map_err(|error| format!("cannot listen on {ip}: {error}"))?;
+        let port = probe
+            .local_addr()
+            .map_err(|error| error.to_string())?
+            .port();
+        if usize::from(port) + shards < usize::from(u16::MAX)
+            && (1..=shards as u16)
+                .all(|offset| std::net::TcpListener::bind((ip, port + offset)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    Err(format!(
+        "cannot find {} free consecutive ports on {ip}",
+        shards + 1
+    ))
+}
+
+/// One core per shard: the listed cores, or spread over the machine. More shards than
+/// cores run unpinned (useful for tests, not for speed).
+fn placement(config: &ServerConfig) -> Result<PoolPlacement, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
+    Ok(match &config.cpus {
+        Some(cpus) => {
+            let online =
+                glommio::CpuSet::online().map_err(|error| format!("cannot list cores: {error}"))?;
+            PoolPlacement::Custom(
+                cpus.iter()
+                    .map(|&cpu| online.clone().filter(|location| location.cpu == cpu))
+                    .collect(),
+            )
+        }
+        None if config.shards <= cores => PoolPlacement::MaxSpread(config.shards, None),
+        None => {
+            tracing::warn!(
+                shards = config.shards,
+                cores,
+                "more shards than cores: shards are not pinned"
+            );
+            PoolPlacement::Unbound(config.shards)
+        }
+    })
+}
+
+async fn run_shard(
+    config: Arc<ServerConfig>,
+    mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
+    metadata: ClusterMetadata,
+    shutdown: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(channels) => channels,
+        Err(error) => {
+            let _ = ready.send(Err(format!("cannot connect the shards: {error}")));
+            return;
+        }
+    };
+    let id = senders.peer_id();
+    let config = Rc::new((*config).clone());
+    let shard = match Shard::open(id, config.clone(), metadata, senders).await {
+        Ok(shard) => shard,
+        Err(error) => {
+            let _ = ready.send(Err(format!(
+                "shard {id} cannot open its partitions: {error}"
+            )));
+            return;
+        }
+    };
+    let listeners = [
+        config.listen,
+        std::net::SocketAddr::new(config.listen.ip(), config.shard_port(id)),
+    ];
+    let mut bound = Vec::new();
+    for address in listeners {
+        match TcpListener::bind(address) {
+            Ok(listener) => bound.push(Rc::new(listener)),
+            Err(error) => {
+                let _ = ready.send(Err(format!("cannot listen on {address}: {error}")));
+                shard.close().await;
+                return;
+            }
+        }
+    }
+    for (peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                glommio::spawn_local(shard.clone().handle_message(message)).detach();
+            }
+            tracing::debug!(shard = shard.id, peer, "mesh channel closed");
+        })
+        .detach();
+    }
+    let connections = Rc::new(std::cell::Cell::new(0usize));
+    for listener in &bound {
+        let listener = listener.clone();
+        let shard = shard.clone();
+        let connections = connections.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if connections.get() >= shard.config.connections_max_per_shard {
+                    tracing::warn!(
+                        limit = shard.config.connections_max_per_shard,
+                        "refusing a connection: limit reached"
+                    );
+                    drop(stream);
+                    continue;
+                }
+                connections.set(connections.get() + 1);
+                let shard = shard.clone();
+                let connections = connections.clone();
+                glommio::spawn_local(async move {
+                    connection::serve(shard, stream).await;
+                    connections.set(connections.get() - 1);
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+    let _ = ready.send(Ok(()));
+    while !shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    shard.shutting_down.set(true);
+    drop(bound);
+    shard.close().await;
+}

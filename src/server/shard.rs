@@ -1,0 +1,671 @@
+//! One shard: the partitions it owns, its copy of the topic metadata, and the messages
+//! shards send each other. Lives on one pinned glommio executor; nothing here is shared
+//! with another core except through the mesh of glommio channels.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use glommio::sync::Semaphore;
+
+use super::ServerConfig;
+use crate::broker::metadata::{ClusterMetadata, TopicRecord, partition_dir, shard_for};
+use crate::protocol::{
+    ErrorCode, FetchPartitionResponse, ListOffsetsPartitionResponse, NewTopic, OFFSET_EARLIEST,
+    OFFSET_LATEST, Payload, ProducePartitionResponse, Status, TopicStatus,
+};
+use crate::storage::{Chunk, Log, StorageError};
+
+/// Everything one shard asks of another. Closed: a new cross-shard interaction is a new
+/// variant here. Replies travel on the oneshot channel inside the message.
+pub(crate) enum ShardMessage {
+    Produce {
+        topic: String,
+        partition: u32,
+        records: Bytes,
+        reply: oneshot::Sender<ProducePartitionResponse>,
+    },
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+        reply: oneshot::Sender<FetchPartitionResponse>,
+    },
+    WaitForData {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        reply: oneshot::Sender<()>,
+    },
+    ListOffsets {
+        topic: String,
+        partition: u32,
+        timestamp: i64,
+        reply: oneshot::Sender<ListOffsetsPartitionResponse>,
+    },
+    /// To shard 0, which owns topic metadata changes.
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        reply: oneshot::Sender<Vec<TopicStatus>>,
+    },
+    DeleteTopics {
+        names: Vec<String>,
+        reply: oneshot::Sender<Vec<TopicStatus>>,
+    },
+    /// From shard 0 to every shard: the new metadata and the topics it no longer has.
+    ApplyMetadata {
+        metadata: ClusterMetadata,
+        deleted: Vec<TopicRecord>,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Records a fetch returns: views of this shard's log (no copy), or bytes another shard
+/// copied out of its log.
+pub(crate) enum FetchPayload {
+    Local(Vec<Chunk>),
+    Remote(Bytes),
+}
+
+impl Payload for FetchPayload {
+    fn payload_len(&self) -> usize {
+        match self {
+            FetchPayload::Local(chunks) => chunks.iter().map(|chunk| chunk.len()).sum(),
+            FetchPayload::Remote(bytes) => bytes.len(),
+        }
+    }
+}
+
+pub(crate) struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Rc<ServerConfig>,
+    pub metadata: RefCell<ClusterMetadata>,
+    logs: RefCell<HashMap<(String, u32), Log>>,
+    peers: Senders<ShardMessage>,
+    /// Shard 0 applies one metadata change at a time.
+    admin: Semaphore,
+    pub shutting_down: Cell<bool>,
+}
+
+fn storage_status(error: &StorageError) -> Status {
+    let code = match error {
+        StorageError::InvalidBatch(_) => ErrorCode::CorruptBatch,
+        StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::DiskFull { .. } => ErrorCode::DiskFull,
+        StorageError::Closed => ErrorCode::ShuttingDown,
+        _ => ErrorCode::StorageError,
+    };
+    Status::error(code, error.to_string())
+}
+
+impl Shard {
+    /// Opens the partitions this shard owns.
+    pub async fn open(
+        id: usize,
+        config: Rc<ServerConfig>,
+        metadata: ClusterMetadata,
+        peers: Senders<ShardMessage>,
+    ) -> Result<Rc<Shard>, StorageError> {
+        let shard = Rc::new(Shard {
+            id,
+            count: config.shards,
+            config,
+            metadata: RefCell::new(ClusterMetadata::default()),
+            logs: RefCell::new(HashMap::new()),
+            peers,
+            admin: Semaphore::new(1),
+            shutting_down: Cell::new(false),
+        });
+        shard.apply_metadata(metadata, Vec::new()).await?;
+        Ok(shard)
+    }
+
+    /// Closes every log (each finishes its queued appends and syncs).
+    pub async fn close(&self) {
+        let logs: Vec<Log> = self.logs.borrow_mut().drain().map(|(_, log)| log).collect();
+        for log in logs {
+            if let Err(error) = log.close().await {
+                tracing::warn!(%error, dir = %log.dir().display(), "closing a partition log");
+            }
+        }
+    }
+
+    /// The owner of a partition, or why there is none.
+    pub fn owner(&self, topic: &str, partition: u32) -> Result<usize, Status> {
+        let metadata = self.metadata.borrow();
+        let record = metadata.topic(topic).ok_or_else(|| unknown_topic(topic))?;
+        if partition >= record.partitions {
+            return Err(Status::error(
+                ErrorCode::UnknownTopicOrPartition,
+                format!(
+                    "topic {topic} has partitions 0 to {}, not {partition}",
+                    record.partitions - 1
+                ),
+            ));
+        }
+        Ok(shard_for(topic, partition, self.count))
+    }
+
+    fn log(&self, topic: &str, partition: u32) -> Result<Log, Status> {
+        self.logs
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+            .ok_or_else(|| {
+                Status::error(
+                    ErrorCode::NotOwner,
+                    format!("shard {} does not own {topic}-{partition}", self.id),
+                )
+            })
+    }
+
+    /// Sends `message` to shard `peer` (never this one).
+    pub async fn send(&self, peer: usize, message: ShardMessage) -> Result<(), Status> {
+        assert_ne!(peer, self.id, "local work is done in place");
+        self.peers.send_to(peer, message).await.map_err(|_| {
+            Status::error(ErrorCode::ShuttingDown, format!("shard {peer} is stopping"))
+        })
+    }
+
+    /// Appends to a partition, here or on its owner.
+    pub async fn produce(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+    ) -> ProducePartitionResponse {
+        let failed = |status| ProducePartitionResponse {
+            partition,
+            status,
+            base_offset: -1,
+            log_end_offset: -1,
+        };
+        let owner = match self.owner(topic, partition) {
+            Ok(owner) => owner,
+            Err(status) => return failed(status),
+        };
+        if owner == self.id {
+            return self.produce_local(topic, partition, records).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::Produce {
+            topic: topic.to_string(),
+            partition,
+            records,
+            reply,
+        };
+        if let Err(status) = self.send(owner, message).await {
+            return failed(status);
+        }
+        answer.await.unwrap_or_else(|_| {
+            failed(Status::error(
+                ErrorCode::ShuttingDown,
+                "the owning shard stopped",
+            ))
+        })
+    }
+
+    async fn produce_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+    ) -> ProducePartitionResponse {
+        let failed = |status| ProducePartitionResponse {
+            partition,
+            status,
+            base_offset: -1,
+            log_end_offset: -1,
+        };
+        let log = match self.log(topic, partition) {
+            Ok(log) => log,
+            Err(status) => return failed(status),
+        };
+        // The log patches base offsets in place, so it takes its own copy of the batches.
+        match log.append(BytesMut::from(&records[..])).await {
+            Ok(info) => ProducePartitionResponse {
+                partition,
+                status: Status::ok(),
+                base_offset: info.base_offset,
+                log_end_offset: log.log_end_offset(),
+            },
+            Err(error) => failed(storage_status(&error)),
+        }
+    }
+
+    /// Reads a partition here (views of the log) or on its owner (a copy).
+    pub async fn fetch(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+    ) -> FetchPartitionResponse<FetchPayload> {
+        let failed = |status| FetchPartitionResponse {
+            partition,
+            status,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: FetchPayload::Remote(Bytes::new()),
+        };
+        let owner = match self.owner(topic, partition) {
+            Ok(owner) => owner,
+            Err(status) => return failed(status),
+        };
+        if owner == self.id {
+            return self.fetch_local(topic, partition, offset, max_bytes).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::Fetch {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes,
+            reply,
+        };
+        if let Err(status) = self.send(owner, message).await {
+            return failed(status);
+        }
+        match answer.await {
+            Ok(response) => FetchPartitionResponse {
+                partition,
+                status: response.status,
+                high_watermark: response.high_watermark,
+                log_start_offset: response.log_start_offset,
+                records: FetchPayload::Remote(response.records),
+            },
+            Err(_) => failed(Status::error(
+                ErrorCode::ShuttingDown,
+                "the owning shard stopped",
+            )),
+        }
+    }
+
+    async fn fetch_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+    ) -> FetchPartitionResponse<FetchPayload> {
+        let log = match self.log(topic, partition) {
+            Ok(log) => log,
+            Err(status) => {
+                return FetchPartitionResponse {
+                    partition,
+                    status,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    records: FetchPayload::Local(Vec::new()),
+                };
+            }
+        };
+        match log.read(offset, max_bytes as usize).await {
+            Ok(outcome) => FetchPartitionResponse {
+                partition,
+                status: Status::ok(),
+                high_watermark: outcome.log_end_offset,
+                log_start_offset: outcome.log_start_offset,
+                records: FetchPayload::Local(outcome.chunks),
+            },
+            Err(error) => FetchPartitionResponse {
+                partition,
+                status: storage_status(&error),
+                high_watermark: log.log_end_offset(),
+                log_start_offset: log.log_start_offset(),
+                records: FetchPayload::Local(Vec::new()),
+            },
+        }
+    }
+
+    /// Resolves once the partition's log end passes `offset` (or the partition is gone).
+    pub async fn wait_for_data(self: &Rc<Self>, topic: &str, partition: u32, offset: i64) {
+        let Ok(owner) = self.owner(topic, partition) else {
+            return;
+        };
+        if owner == self.id {
+            if let Ok(log) = self.log(topic, partition) {
+                log.wait_for_data(offset).await;
+            }
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::WaitForData {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            reply,
+        };
+        if self.send(owner, message).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    pub async fn list_offset(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> ListOffsetsPartitionResponse {
+        let failed = |status| ListOffsetsPartitionResponse {
+            partition,
+            status,
+            offset: -1,
+        };
+        let owner = match self.owner(topic, partition) {
+            Ok(owner) => owner,
+            Err(status) => return failed(status),
+        };
+        if owner != self.id {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::ListOffsets {
+                topic: topic.to_string(),
+                partition,
+                timestamp,
+                reply,
+            };
+            if let Err(status) = self.send(owner, message).await {
+                return failed(status);
+            }
+            return answer.await.unwrap_or_else(|_| {
+                failed(Status::error(
+                    ErrorCode::ShuttingDown,
+                    "the owning shard stopped",
+                ))
+            });
+        }
+        let log = match self.log(topic, partition) {
+            Ok(log) => log,
+            Err(status) => return failed(status),
+        };
+        let offset = match timestamp {
+            OFFSET_EARLIEST => Ok(Some(log.log_start_offset())),
+            OFFSET_LATEST => Ok(Some(log.log_end_offset())),
+            timestamp => log.offset_for_timestamp(timestamp).await,
+        };
+        match offset {
+            Ok(offset) => ListOffsetsPartitionResponse {
+                partition,
+                status: Status::ok(),
+                offset: offset.unwrap_or(-1),
+            },
+            Err(error) => failed(storage_status(&error)),
+        }
+    }
+
+    /// Creates topics (shard 0 does it; other shards forward).
+    pub async fn create_topics(self: &Rc<Self>, topics: Vec<NewTopic>) -> Vec<TopicStatus> {
+        if self.id != 0 {
+            let (reply, answer) = oneshot::channel();
+            return match self
+                .send(
+                    0,
+                    ShardMessage::CreateTopics {
+                        topics: topics.clone(),
+                        reply,
+                    },
+                )
+                .await
+            {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| all_failed(&topics, "shard 0 stopped")),
+                Err(status) => all_failed(&topics, &status.message),
+            };
+        }
+        let _turn = self.admin.acquire_permit(1).await;
+        let mut metadata = self.metadata.borrow().clone();
+        let statuses: Vec<TopicStatus> = topics
+            .iter()
+            .map(|topic| TopicStatus {
+                name: topic.name.clone(),
+                status: metadata
+                    .create_topic(topic)
+                    .err()
+                    .unwrap_or_else(Status::ok),
+            })
+            .collect();
+        if statuses.iter().any(|topic| topic.status.is_ok())
+            && let Err(status) = self.publish(metadata, Vec::new()).await
+        {
+            return all_failed(&topics, &status.message);
+        }
+        statuses
+    }
+
+    /// Deletes topics and their data (shard 0 does it; other shards forward).
+    pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicStatus> {
+        if self.id != 0 {
+            let (reply, answer) = oneshot::channel();
+            return match self
+                .send(
+                    0,
+                    ShardMessage::DeleteTopics {
+                        names: names.clone(),
+                        reply,
+                    },
+                )
+                .await
+            {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| all_failed_names(&names, "shard 0 stopped")),
+                Err(status) => all_failed_names(&names, &status.message),
+            };
+        }
+        let _turn = self.admin.acquire_permit(1).await;
+        let mut metadata = self.metadata.borrow().clone();
+        let mut deleted = Vec::new();
+        let statuses: Vec<TopicStatus> = names
+            .iter()
+            .map(|name| {
+                let status = match metadata.delete_topic(name) {
+                    Ok(record) => {
+                        deleted.push(record);
+                        Status::ok()
+                    }
+                    Err(status) => status,
+                };
+                TopicStatus {
+                    name: name.clone(),
+                    status,
+                }
+            })
+            .collect();
+        if !deleted.is_empty()
+            && let Err(status) = self.publish(metadata, deleted).await
+        {
+            return all_failed_names(&names, &status.message);
+        }
+        statuses
+    }
+
+    /// Saves new metadata and has every shard apply it before answering.
+    async fn publish(
+        self: &Rc<Self>,
+        metadata: ClusterMetadata,
+        deleted: Vec<TopicRecord>,
+    ) -> Result<(), Status> {
+        metadata
+            .save(&self.config.data_dir)
+            .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()))?;
+        let mut answers = Vec::new();
+        for peer in (0..self.count).filter(|&peer| peer != self.id) {
+            let (reply, answer) = oneshot::channel();
+            let message = ShardMessage::ApplyMetadata {
+                metadata: metadata.clone(),
+                deleted: deleted.clone(),
+                reply,
+            };
+            self.send(peer, message).await?;
+            answers.push(answer);
+        }
+        self.apply_metadata(metadata, deleted)
+            .await
+            .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()))?;
+        for answer in answers {
+            answer.await.map_err(|_| {
+                Status::error(
+                    ErrorCode::StorageError,
+                    "a shard failed to apply the metadata",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes a new copy of the metadata: opens partitions this shard now owns, closes and
+    /// removes those of deleted topics.
+    pub async fn apply_metadata(
+        &self,
+        metadata: ClusterMetadata,
+        deleted: Vec<TopicRecord>,
+    ) -> Result<(), StorageError> {
+        for topic in &deleted {
+            for partition in 0..topic.partitions {
+                if shard_for(&topic.name, partition, self.count) != self.id {
+                    continue;
+                }
+                let log = self
+                    .logs
+                    .borrow_mut()
+                    .remove(&(topic.name.clone(), partition));
+                if let Some(log) = log {
+                    let _ = log.close().await;
+                }
+                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+                if let Err(error) = std::fs::remove_dir_all(&dir)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(%error, dir = %dir.display(), "removing a deleted partition");
+                }
+            }
+        }
+        for topic in &metadata.topics {
+            for partition in 0..topic.partitions {
+                let key = (topic.name.clone(), partition);
+                if shard_for(&topic.name, partition, self.count) != self.id
+                    || self.logs.borrow().contains_key(&key)
+                {
+                    continue;
+                }
+                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+                let log = Log::open(dir, topic.log_config()).await?;
+                self.logs.borrow_mut().insert(key, log);
+            }
+        }
+        *self.metadata.borrow_mut() = metadata;
+        Ok(())
+    }
+
+    /// Serves a message from another shard.
+    pub async fn handle_message(self: Rc<Self>, message: ShardMessage) {
+        match message {
+            ShardMessage::Produce {
+                topic,
+                partition,
+                records,
+                reply,
+            } => {
+                let _ = reply.send(self.produce_local(&topic, partition, records).await);
+            }
+            ShardMessage::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                reply,
+            } => {
+                let response = self.fetch_local(&topic, partition, offset, max_bytes).await;
+                // The bytes leave this core: copy them out of the log's buffers.
+                let records = match response.records {
+                    FetchPayload::Local(chunks) => {
+                        let mut bytes =
+                            BytesMut::with_capacity(chunks.iter().map(|chunk| chunk.len()).sum());
+                        for chunk in &chunks {
+                            bytes.extend_from_slice(chunk);
+                        }
+                        bytes.freeze()
+                    }
+                    FetchPayload::Remote(bytes) => bytes,
+                };
+                let _ = reply.send(FetchPartitionResponse {
+                    partition,
+                    status: response.status,
+                    high_watermark: response.high_watermark,
+                    log_start_offset: response.log_start_offset,
+                    records,
+                });
+            }
+            ShardMessage::WaitForData {
+                topic,
+                partition,
+                offset,
+                reply,
+            } => {
+                self.wait_for_data(&topic, partition, offset).await;
+                let _ = reply.send(());
+            }
+            ShardMessage::ListOffsets {
+                topic,
+                partition,
+                timestamp,
+                reply,
+            } => {
+                let _ = reply.send(self.list_offset(&topic, partition, timestamp).await);
+            }
+            ShardMessage::CreateTopics { topics, reply } => {
+                let _ = reply.send(self.create_topics(topics).await);
+            }
+            ShardMessage::DeleteTopics { names, reply } => {
+                let _ = reply.send(self.delete_topics(names).await);
+            }
+            ShardMessage::ApplyMetadata {
+                metadata,
+                deleted,
+                reply,
+            } => {
+                match self.apply_metadata(metadata, deleted).await {
+                    Ok(()) => drop(reply.send(())),
+                    // Dropping the reply tells shard 0 that this shard failed.
+                    Err(error) => {
+                        tracing::error!(%error, shard = self.id, "applying topic metadata")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn unknown_topic(topic: &str) -> Status {
+    Status::error(
+        ErrorCode::UnknownTopicOrPartition,
+        format!("topic {topic} does not exist"),
+    )
+}
+
+fn all_failed(topics: &[NewTopic], reason: &str) -> Vec<TopicStatus> {
+    topics
+        .iter()
+        .map(|topic| TopicStatus {
+            name: topic.name.clone(),
+            status: Status::error(ErrorCode::StorageError, reason),
+        })
+        .collect()
+}
+
+fn all_failed_names(names: &[String], reason: &str) -> Vec<TopicStatus> {
+    names
+        .iter()
+        .map(|name| TopicStatus {
+            name: name.clone(),
+            status: Status::error(ErrorCode::StorageError, reason),
+        })
+        .collect()
+}

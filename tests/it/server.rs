@@ -1,0 +1,460 @@
+//! The broker end to end: the real `spate` binary on loopback, driven by the Rust client
+//! and by raw bytes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spate::client::{ClientError, Connection};
+use spate::protocol::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
+
+use crate::support::{batch, records};
+
+/// A broker process on loopback with its own data directory; stopped (SIGTERM) on drop.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A port P such that P and the shard ports after it are free right now.
+fn free_ports(count: usize) -> u16 {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        if usize::from(port) + count >= usize::from(u16::MAX) {
+            continue;
+        }
+        let free = (1..=count as u16)
+            .all(|offset| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok());
+        if free {
+            return port;
+        }
+    }
+    panic!("no free ports");
+}
+
+impl Broker {
+    pub fn start(shards: usize) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut broker = Broker::start_in(&data_dir, shards, &[]);
+        broker._dir = Some(dir);
+        broker
+    }
+
+    pub fn start_in(data_dir: &Path, shards: usize, extra: &[&str]) -> Broker {
+        let port = free_ports(shards + 1);
+        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                &shards.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let broker = Broker {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Connection::connect(&broker.address(), "probe").is_err() {
+            assert!(Instant::now() < deadline, "the broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn shard_address(&self, shard: usize) -> String {
+        format!("127.0.0.1:{}", self.port + 1 + shard as u16)
+    }
+
+    pub fn connect(&self) -> Connection {
+        Connection::connect(&self.address(), "test").unwrap()
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().unwrap();
+            assert!(status.success(), "graceful stop exits 0, got {status}");
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn values(bytes: &[u8]) -> Vec<(i64, String)> {
+    records(bytes)
+        .into_iter()
+        .map(|(offset, value)| (offset, String::from_utf8_lossy(&value).into_owned()))
+        .collect()
+}
+
+/// Reads a partition from `offset` to its end.
+fn read_partition(
+    connection: &mut Connection,
+    topic: &str,
+    partition: u32,
+    mut offset: i64,
+) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    loop {
+        let answer = connection
+            .fetch(topic, partition, offset, 1 << 20, 0)
+            .unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+        let got: Vec<_> = values(&answer.records)
+            .into_iter()
+            .filter(|(at, _)| *at >= offset)
+            .collect();
+        match got.last() {
+            Some((last, _)) => offset = last + 1,
+            None => return out,
+        }
+        out.extend(got);
+    }
+}
+
+#[test]
+fn produce_and_consume_with_one_and_two_shards() {
+    for shards in [1, 2] {
+        let broker = Broker::start(shards);
+        let mut client = broker.connect();
+        assert_eq!(client.versions.shard_count as usize, shards);
+        assert!(
+            client
+                .create_topic("orders", 4, &[])
+                .unwrap()
+                .status
+                .is_ok()
+        );
+        for partition in 0..4 {
+            for round in 0..3 {
+                let answer = client
+                    .produce(
+                        "orders",
+                        partition,
+                        batch(&format!("p{partition}r{round}"), 5, 100, 1_000),
+                        Acks::All,
+                    )
+                    .unwrap()
+                    .unwrap();
+                assert!(answer.status.is_ok(), "{}", answer.status);
+                assert_eq!(answer.base_offset, round * 5);
+            }
+        }
+        for partition in 0..4 {
+            let got = read_partition(&mut client, "orders", partition, 0);
+            assert_eq!(got.len(), 15);
+            for (index, (offset, value)) in got.iter().enumerate() {
+                assert_eq!(*offset, index as i64);
+                assert!(
+                    value.starts_with(&format!("p{partition}r{}-{}", index / 5, index % 5)),
+                    "{value}"
+                );
+            }
+            assert_eq!(
+                client
+                    .list_offset("orders", partition, OFFSET_LATEST)
+                    .unwrap(),
+                15
+            );
+            assert_eq!(
+                client
+                    .list_offset("orders", partition, OFFSET_EARLIEST)
+                    .unwrap(),
+                0
+            );
+        }
+    }
+}
+
+#[test]
+fn a_request_on_a_shard_that_does_not_own_the_partition_is_answered() {
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("routed", 4, &[]).unwrap();
+    let metadata = client.metadata(&["routed"]).unwrap();
+    assert_eq!(metadata.shards.len(), 2);
+    for partition in &metadata.topics[0].partitions {
+        let other = 1 - partition.shard_id as usize;
+        let mut elsewhere = Connection::connect(&broker.shard_address(other), "test").unwrap();
+        assert_eq!(elsewhere.versions.shard_id as usize, other);
+        let answer = elsewhere
+            .produce(
+                "routed",
+                partition.partition,
+                batch("fwd", 3, 10, 0),
+                Acks::All,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+        let got = read_partition(&mut elsewhere, "routed", partition.partition, 0);
+        assert_eq!(got.len(), 3);
+        let mut owner =
+            Connection::connect(&broker.shard_address(partition.shard_id as usize), "test")
+                .unwrap();
+        assert_eq!(
+            read_partition(&mut owner, "routed", partition.partition, 0),
+            got
+        );
+    }
+}
+
+#[test]
+fn long_polling_wakes_on_new_data() {
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("poll", 1, &[]).unwrap();
+    let address = broker.address();
+    let waiter = std::thread::spawn(move || {
+        let mut consumer = Connection::connect(&address, "consumer").unwrap();
+        let started = Instant::now();
+        let answer = consumer.fetch("poll", 0, 0, 1 << 20, 20_000).unwrap();
+        (values(&answer.records), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    client
+        .produce("poll", 0, batch("wake", 1, 10, 0), Acks::All)
+        .unwrap();
+    let (got, waited) = waiter.join().unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "the fetch returned the new record, not a timeout ({waited:?})"
+    );
+    // A fetch with nothing to return waits its full time and comes back empty.
+    let answer = client.fetch("poll", 0, 1, 1 << 20, 200).unwrap();
+    assert!(answer.status.is_ok() && answer.records.is_empty());
+}
+
+#[test]
+fn a_restart_keeps_topics_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut broker = Broker::start_in(&data_dir, 2, &[]);
+    let mut client = broker.connect();
+    client
+        .create_topic("kept", 2, &[("flush.ms".into(), "0".into())])
+        .unwrap();
+    client
+        .produce("kept", 1, batch("before", 4, 10, 0), Acks::All)
+        .unwrap();
+    drop(client);
+    broker.stop();
+    let broker = Broker::start_in(&data_dir, 2, &[]);
+    let mut client = broker.connect();
+    let topics = client.describe_topics(&[]).unwrap();
+    assert_eq!(topics.len(), 1);
+    assert_eq!(topics[0].partitions, 2);
+    assert!(
+        topics[0]
+            .configs
+            .contains(&("flush.ms".to_string(), "0".to_string()))
+    );
+    let got = read_partition(&mut client, "kept", 1, 0);
+    assert_eq!(got.len(), 4);
+    let next = client
+        .produce("kept", 1, batch("after", 1, 10, 0), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.base_offset, 4);
+}
+
+#[test]
+fn errors_come_back_with_codes_and_messages() {
+    let broker = Broker::start(1);
+    let mut client = broker.connect();
+    let unknown = client
+        .produce("missing", 0, batch("x", 1, 1, 0), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(unknown.status.code, ErrorCode::UnknownTopicOrPartition);
+    assert!(unknown.status.message.contains("missing"));
+    client.create_topic("t", 1, &[]).unwrap();
+    assert_eq!(
+        client.create_topic("t", 1, &[]).unwrap().status.code,
+        ErrorCode::TopicAlreadyExists
+    );
+    let bad_config = client
+        .create_topic("u", 1, &[("flush.ms".into(), "soon".into())])
+        .unwrap();
+    assert_eq!(bad_config.status.code, ErrorCode::InvalidConfig);
+    let no_partition = client
+        .produce("t", 7, batch("x", 1, 1, 0), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(no_partition.status.code, ErrorCode::UnknownTopicOrPartition);
+    let mut corrupt = batch("x", 1, 1, 0).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let answer = client
+        .produce("t", 0, Bytes::from(corrupt), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status.code, ErrorCode::CorruptBatch);
+    let out_of_range = client.fetch("t", 0, 99, 1 << 20, 0).unwrap();
+    assert_eq!(out_of_range.status.code, ErrorCode::OffsetOutOfRange);
+    assert!(client.delete_topic("t").unwrap().status.is_ok());
+    assert_eq!(
+        client.delete_topic("t").unwrap().status.code,
+        ErrorCode::UnknownTopicOrPartition
+    );
+    assert!(
+        !broker.data_dir.join("topics/t-0").exists(),
+        "a deleted topic's data is removed"
+    );
+}
+
+/// Sends raw bytes on a fresh connection and returns whatever comes back before the
+/// broker closes it (or a short timeout).
+fn raw_exchange(address: &str, bytes: &[u8], close_write: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    if close_write {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn garbage_truncated_and_oversized_frames_leave_the_broker_serving() {
+    let broker = Broker::start(2);
+    let address = broker.address();
+    // Oversized: a length far over the 8 MiB limit closes the connection at once.
+    assert!(raw_exchange(&address, &u32::MAX.to_be_bytes(), false).is_empty());
+    // Garbage: random bytes that frame as an unknown request kind get an error answer.
+    let garbage = [0, 0, 0, 9, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5];
+    let answer = raw_exchange(&address, &garbage, true);
+    assert!(answer.len() > 8, "an error response");
+    assert_eq!(
+        u16::from_be_bytes([answer[8], answer[9]]),
+        ErrorCode::UnknownRequestKind as u16
+    );
+    // A known kind with a malformed body: InvalidRequest.
+    let mut malformed = vec![0, 0, 0, 12, 0, 1, 0, 1, 0, 0, 0, 7];
+    malformed.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+    let answer = raw_exchange(&address, &malformed, true);
+    assert_eq!(
+        u16::from_be_bytes([answer[8], answer[9]]),
+        ErrorCode::InvalidRequest as u16
+    );
+    // Truncated: a frame that never completes, then the client goes away.
+    assert!(raw_exchange(&address, &[0, 0, 1, 0, 0, 5], true).is_empty());
+    // A header shorter than a request header closes the connection.
+    assert!(raw_exchange(&address, &[0, 0, 0, 2, 0, 1], true).is_empty());
+    // The next client is served normally.
+    let mut client = broker.connect();
+    client.create_topic("after", 1, &[]).unwrap();
+    assert!(
+        client
+            .produce("after", 0, batch("ok", 1, 1, 0), Acks::All)
+            .unwrap()
+            .unwrap()
+            .status
+            .is_ok()
+    );
+}
+
+fn spate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_flags_an_unusable_data_directory_and_a_busy_port_fail_with_one_clear_line() {
+    let bad_flag = spate(&["serve", "--shards", "many"]);
+    assert!(!bad_flag.status.success());
+    assert!(String::from_utf8_lossy(&bad_flag.stderr).contains("--shards"));
+
+    let bad_cpus = spate(&["serve", "--cpus", "0-"]);
+    assert!(!bad_cpus.status.success());
+    assert!(String::from_utf8_lossy(&bad_cpus.stderr).contains("core list"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let unusable = spate(&[
+        "serve",
+        "--data-dir",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+    ]);
+    assert_eq!(unusable.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&unusable.stderr);
+    assert!(message.contains("data directory"), "{message}");
+
+    let broker = Broker::start(1);
+    let busy = spate(&[
+        "serve",
+        "--data-dir",
+        dir.path().join("other").to_str().unwrap(),
+        "--listen",
+        &broker.address(),
+        "--shards",
+        "1",
+    ]);
+    assert_eq!(busy.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        message.contains(&broker.address()) && message.contains("listen"),
+        "{message}"
+    );
+
+    let same_dir = spate(&[
+        "serve",
+        "--data-dir",
+        broker.data_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(same_dir.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&same_dir.stderr).contains("in use"));
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_client_error() {
+    let port = free_ports(0);
+    let error = Connection::connect(&format!("127.0.0.1:{port}"), "test")
+        .err()
+        .expect("unreachable");
+    assert!(matches!(error, ClientError::Unreachable { .. }));
+    assert!(error.to_string().contains(&port.to_string()));
+}
