@@ -1,10 +1,16 @@
-//! `spate`: the broker (`spate serve`) and, next, its command-line client.
+//! `spate`: the broker (`spate serve`) and its command-line client (`spate topic`,
+//! `spate produce`, `spate consume`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use spate::client::StartAt;
+use spate::protocol::Acks;
 use spate::server::{FileConfig, ServerConfig, parse_cpus, parse_listen};
 
 #[derive(Parser)]
@@ -22,6 +28,83 @@ struct Cli {
 enum Command {
     /// Run the broker (defaults: ./spate-data, 127.0.0.1:7070, one shard per core).
     Serve(ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        #[arg(long, global = true, default_value = cli::DEFAULT_BROKER)]
+        broker: String,
+    },
+    /// Produce one record per line of stdin.
+    Produce {
+        topic: String,
+        /// Partition to write to (default: by key hash, else sticky per batch).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Split each line at the first SEP: the text before it is the key.
+        #[arg(long)]
+        key_separator: Option<String>,
+        /// Acknowledgements to wait for: 0, 1 or all.
+        #[arg(long, default_value = "all", value_parser = parse_acks)]
+        acks: Acks,
+        /// Print "PARTITION OFFSET" for each acknowledged record, in input order.
+        #[arg(long)]
+        print_offsets: bool,
+        #[arg(long, default_value = cli::DEFAULT_BROKER)]
+        broker: String,
+    },
+    /// Print records (from the end unless told otherwise).
+    Consume {
+        topic: String,
+        /// Only this partition (default: all).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Start at the earliest offset.
+        #[arg(long, conflicts_with = "offset")]
+        from_beginning: bool,
+        /// Start at this offset (with --partition).
+        #[arg(long, requires = "partition")]
+        offset: Option<i64>,
+        /// Exit after this many records.
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Exit after this many ms without a new record.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// kcat format: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp.
+        #[arg(long, default_value = "%v\\n")]
+        format: String,
+        #[arg(long, default_value = cli::DEFAULT_BROKER)]
+        broker: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// A topic config as key=value (repeatable), e.g. flush.ms=100.
+        #[arg(long = "config")]
+        configs: Vec<String>,
+    },
+    /// List topic names.
+    List,
+    /// Show a topic's partitions, owners, offsets and configs.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+fn parse_acks(value: &str) -> Result<Acks, String> {
+    match value {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("invalid acks {other:?}: expected 0, 1 or all")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -56,6 +139,56 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Topic { command, broker } => match command {
+            TopicCommand::Create {
+                name,
+                partitions,
+                configs,
+            } => cli::topic::create(&broker, &name, partitions, &configs),
+            TopicCommand::List => cli::topic::list(&broker),
+            TopicCommand::Describe { name } => cli::topic::describe_topic(&broker, &name),
+            TopicCommand::Delete { name } => cli::topic::delete(&broker, &name),
+        },
+        Command::Produce {
+            topic,
+            partition,
+            key_separator,
+            acks,
+            print_offsets,
+            broker,
+        } => cli::produce::run(cli::produce::ProduceOptions {
+            broker: &broker,
+            topic: &topic,
+            partition,
+            key_separator: key_separator.as_deref(),
+            acks,
+            print_offsets,
+        }),
+        Command::Consume {
+            topic,
+            partition,
+            from_beginning,
+            offset,
+            max_messages,
+            timeout_ms,
+            format,
+            broker,
+        } => {
+            let start = match (from_beginning, offset) {
+                (_, Some(offset)) => StartAt::Offset(offset),
+                (true, None) => StartAt::Earliest,
+                (false, None) => StartAt::Latest,
+            };
+            cli::consume::run(cli::consume::ConsumeOptions {
+                broker: &broker,
+                topic: &topic,
+                partition,
+                start,
+                max_messages,
+                timeout: timeout_ms.map(Duration::from_millis),
+                format: &format,
+            })
+        }
     };
     if let Err(error) = result {
         eprintln!("error: {error}");

@@ -3,5 +3,10 @@
 //! only: no glommio, plain blocking sockets, usable from any thread.
 
 mod connection;
+mod consumer;
+pub mod partitioner;
+mod producer;
 
 pub use connection::{ClientError, Connection};
+pub use consumer::{PartitionConsumer, StartAt};
+pub use producer::{Delivery, Producer, ProducerConfig, now_ms};

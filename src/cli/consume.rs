@@ -1,0 +1,182 @@
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use spate::client::{PartitionConsumer, StartAt};
+use spate::record::Record;
+
+use super::{connect, describe};
+
+pub struct ConsumeOptions<'a> {
+    pub broker: &'a str,
+    pub topic: &'a str,
+    pub partition: Option<u32>,
+    pub start: StartAt,
+    pub max_messages: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub format: &'a str,
+}
+
+/// Prints records until `max_messages` have been printed or `timeout` passes with no new
+/// record (without either, until interrupted).
+pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
+    let format = Format::parse(options.format)?;
+    let mut connection = connect(options.broker)?;
+    let metadata = connection.metadata(&[options.topic]).map_err(describe)?;
+    let topic = metadata.topics.into_iter().next().ok_or("empty metadata")?;
+    if !topic.status.is_ok() {
+        return Err(format!(
+            "cannot consume {}: {}",
+            options.topic, topic.status
+        ));
+    }
+    let partitions: Vec<u32> = match options.partition {
+        Some(partition) if partition as usize >= topic.partitions.len() => {
+            return Err(format!(
+                "topic {} has partitions 0 to {}, not {partition}",
+                options.topic,
+                topic.partitions.len() - 1
+            ));
+        }
+        Some(partition) => vec![partition],
+        None => topic
+            .partitions
+            .iter()
+            .map(|partition| partition.partition)
+            .collect(),
+    };
+    let mut consumers = Vec::new();
+    for partition in partitions {
+        consumers.push(
+            PartitionConsumer::new(&mut connection, options.topic, partition, options.start)
+                .map_err(describe)?,
+        );
+    }
+    // One partition: long-poll it; several: poll each briefly in turn.
+    let wait = if consumers.len() == 1 {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_millis(20)
+    };
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let mut out = std::io::stdout().lock();
+    loop {
+        for consumer in consumers.iter_mut() {
+            let records = consumer.poll(&mut connection, wait).map_err(describe)?;
+            if !records.is_empty() {
+                last_record = Instant::now();
+            }
+            for record in records {
+                if options.max_messages.is_some_and(|max| printed >= max) {
+                    break;
+                }
+                format
+                    .write(&mut out, options.topic, consumer.partition(), &record)
+                    .map_err(|error| error.to_string())?;
+                printed += 1;
+            }
+            out.flush().map_err(|error| error.to_string())?;
+            if options.max_messages.is_some_and(|max| printed >= max) {
+                return Ok(());
+            }
+        }
+        if options
+            .timeout
+            .is_some_and(|timeout| last_record.elapsed() >= timeout)
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// kcat's format tokens: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp,
+/// %% a percent sign; \n and \t escapes.
+enum Token {
+    Text(Vec<u8>),
+    Topic,
+    Partition,
+    Offset,
+    Key,
+    Value,
+    Timestamp,
+}
+
+struct Format(Vec<Token>);
+
+impl Format {
+    fn parse(format: &str) -> Result<Format, String> {
+        let mut tokens = Vec::new();
+        let mut text = Vec::new();
+        let mut chars = format.chars();
+        while let Some(c) = chars.next() {
+            let token = match c {
+                '%' => match chars.next() {
+                    Some('t') => Token::Topic,
+                    Some('p') => Token::Partition,
+                    Some('o') => Token::Offset,
+                    Some('k') => Token::Key,
+                    Some('v') => Token::Value,
+                    Some('T') => Token::Timestamp,
+                    Some('%') => {
+                        text.push(b'%');
+                        continue;
+                    }
+                    other => {
+                        return Err(format!(
+                            "unknown format token %{} in {format:?}",
+                            other.map(String::from).unwrap_or_default()
+                        ));
+                    }
+                },
+                '\\' => {
+                    match chars.next() {
+                        Some('n') => text.push(b'\n'),
+                        Some('t') => text.push(b'\t'),
+                        Some('\\') => text.push(b'\\'),
+                        other => {
+                            return Err(format!(
+                                "unknown escape \\{} in {format:?}",
+                                other.map(String::from).unwrap_or_default()
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                c => {
+                    let mut buffer = [0u8; 4];
+                    text.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
+                    continue;
+                }
+            };
+            if !text.is_empty() {
+                tokens.push(Token::Text(std::mem::take(&mut text)));
+            }
+            tokens.push(token);
+        }
+        if !text.is_empty() {
+            tokens.push(Token::Text(text));
+        }
+        Ok(Format(tokens))
+    }
+
+    fn write(
+        &self,
+        out: &mut impl Write,
+        topic: &str,
+        partition: u32,
+        record: &Record,
+    ) -> std::io::Result<()> {
+        for token in &self.0 {
+            match token {
+                Token::Text(text) => out.write_all(text)?,
+                Token::Topic => out.write_all(topic.as_bytes())?,
+                Token::Partition => write!(out, "{partition}")?,
+                Token::Offset => write!(out, "{}", record.offset)?,
+                Token::Key => out.write_all(record.key.as_deref().unwrap_or_default())?,
+                Token::Value => out.write_all(record.value.as_deref().unwrap_or_default())?,
+                Token::Timestamp => write!(out, "{}", record.timestamp)?,
+            }
+        }
+        Ok(())
+    }
+}

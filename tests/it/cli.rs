@@ -1,0 +1,263 @@
+//! The command-line client against a real broker: commands as documented, exit codes, and
+//! keyed records landing where Kafka's partitioner puts them, in order.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use spate::client::partitioner::partition_for_key;
+
+use crate::server::Broker;
+
+fn spate(broker: &Broker, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .args(["--broker", &broker.address()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn failed(output: &Output, needle: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(needle),
+        "stderr {stderr:?} lacks {needle:?}"
+    );
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one clear line: {stderr:?}"
+    );
+}
+
+#[test]
+fn topic_commands_work_and_fail_clearly() {
+    let broker = Broker::start(2);
+    ok(&spate(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--config",
+            "flush.ms=100",
+        ],
+        "",
+    ));
+    ok(&spate(&broker, &["topic", "create", "clicks"], ""));
+    assert_eq!(
+        ok(&spate(&broker, &["topic", "list"], "")),
+        "clicks\norders\n"
+    );
+    let described = ok(&spate(&broker, &["topic", "describe", "orders"], ""));
+    assert!(
+        described.contains("PartitionCount: 3") && described.contains("flush.ms=100"),
+        "{described}"
+    );
+    assert_eq!(described.matches("Partition: ").count(), 3);
+    failed(
+        &spate(&broker, &["topic", "create", "orders"], ""),
+        "already exists",
+    );
+    failed(
+        &spate(
+            &broker,
+            &["topic", "create", "x", "--config", "nonsense"],
+            "",
+        ),
+        "key=value",
+    );
+    failed(
+        &spate(&broker, &["topic", "describe", "nope"], ""),
+        "does not exist",
+    );
+    ok(&spate(&broker, &["topic", "delete", "clicks"], ""));
+    failed(
+        &spate(&broker, &["topic", "delete", "clicks"], ""),
+        "does not exist",
+    );
+    assert_eq!(ok(&spate(&broker, &["topic", "list"], "")), "orders\n");
+}
+
+#[test]
+fn produce_prints_offsets_and_consume_formats_records() {
+    let broker = Broker::start(2);
+    ok(&spate(
+        &broker,
+        &["topic", "create", "t", "--partitions", "2"],
+        "",
+    ));
+    let lines: String = (0..10).map(|index| format!("value-{index}\n")).collect();
+    let offsets = ok(&spate(
+        &broker,
+        &["produce", "t", "--partition", "1", "--print-offsets"],
+        &lines,
+    ));
+    let expected: String = (0..10).map(|index| format!("1 {index}\n")).collect();
+    assert_eq!(offsets, expected);
+
+    let consumed = ok(&spate(
+        &broker,
+        &[
+            "consume",
+            "t",
+            "--partition",
+            "1",
+            "--from-beginning",
+            "--max-messages",
+            "10",
+            "--format",
+            "%p:%o:%v\\n",
+        ],
+        "",
+    ));
+    let expected: String = (0..10)
+        .map(|index| format!("1:{index}:value-{index}\n"))
+        .collect();
+    assert_eq!(consumed, expected);
+
+    let from_offset = ok(&spate(
+        &broker,
+        &[
+            "consume",
+            "t",
+            "--partition",
+            "1",
+            "--offset",
+            "7",
+            "--max-messages",
+            "2",
+        ],
+        "",
+    ));
+    assert_eq!(from_offset, "value-7\nvalue-8\n");
+    // With nothing new, --timeout-ms ends the consumer.
+    let idle = ok(&spate(
+        &broker,
+        &["consume", "t", "--timeout-ms", "300"],
+        "",
+    ));
+    assert_eq!(idle, "");
+    failed(
+        &spate(&broker, &["consume", "missing", "--timeout-ms", "100"], ""),
+        "does not exist",
+    );
+    failed(
+        &spate(&broker, &["produce", "t", "--partition", "9"], "x\n"),
+        "partitions 0 to 1",
+    );
+    failed(
+        &spate(
+            &broker,
+            &["produce", "t", "--acks", "0", "--print-offsets"],
+            "x\n",
+        ),
+        "acks",
+    );
+    let bad_acks = spate(&broker, &["produce", "t", "--acks", "2"], "");
+    assert_eq!(
+        bad_acks.status.code(),
+        Some(2),
+        "clap's exit code for a bad flag"
+    );
+}
+
+#[test]
+fn keyed_records_keep_per_key_order_in_kafkas_partition() {
+    let broker = Broker::start(2);
+    ok(&spate(
+        &broker,
+        &["topic", "create", "keyed", "--partitions", "4"],
+        "",
+    ));
+    let keys = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    let lines: String = (0..50)
+        .map(|index| format!("{}:{index}\n", keys[index % keys.len()]))
+        .collect();
+    let offsets = ok(&spate(
+        &broker,
+        &[
+            "produce",
+            "keyed",
+            "--key-separator",
+            ":",
+            "--print-offsets",
+        ],
+        &lines,
+    ));
+    let partitions: Vec<u32> = offsets
+        .lines()
+        .map(|line| line.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    for (index, partition) in partitions.iter().enumerate() {
+        let key = keys[index % keys.len()];
+        assert_eq!(
+            *partition,
+            partition_for_key(key.as_bytes(), 4),
+            "key {key} lands where Kafka would put it"
+        );
+    }
+    let consumed = ok(&spate(
+        &broker,
+        &[
+            "consume",
+            "keyed",
+            "--from-beginning",
+            "--max-messages",
+            "50",
+            "--format",
+            "%k %v\\n",
+        ],
+        "",
+    ));
+    for key in keys {
+        let values: Vec<u32> = consumed
+            .lines()
+            .filter(|line| line.starts_with(&format!("{key} ")))
+            .map(|line| line.split(' ').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(values.len(), 10);
+        assert!(
+            values.windows(2).all(|pair| pair[0] < pair[1]),
+            "{key}: {values:?} in order"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_one_clear_line_and_exit_1() {
+    // Nothing listens on port 1 (and no test broker can take it).
+    let address = "127.0.0.1:1";
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["topic", "list", "--broker", address])
+        .output()
+        .unwrap();
+    failed(&output, "cannot reach the broker");
+}
