@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod clock;
 pub mod limits;
 pub mod protocol;
 pub mod record;

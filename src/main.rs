@@ -127,6 +127,21 @@ struct ServeArgs {
     /// Create a topic on its first produce.
     #[arg(long)]
     auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    #[arg(long)]
+    default_partitions: Option<u32>,
+    /// Largest request frame accepted, in bytes (default 8 MiB).
+    #[arg(long)]
+    frame_bytes_max: Option<usize>,
+    /// Connections one shard serves at once (default 1024).
+    #[arg(long)]
+    connections_max_per_shard: Option<usize>,
+    /// Requests of one connection worked on at once (default 64).
+    #[arg(long)]
+    in_flight_max_per_connection: Option<usize>,
+    /// How often retention runs, in ms (default 300000).
+    #[arg(long)]
+    retention_check_interval_ms: Option<u64>,
 }
 
 fn main() {
@@ -215,6 +230,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         config.cpus = Some(cpus);
     }
     config.auto_create_topics |= args.auto_create_topics;
+    config.default_partitions = args.default_partitions.unwrap_or(config.default_partitions);
+    config.frame_bytes_max = args.frame_bytes_max.unwrap_or(config.frame_bytes_max);
+    config.connections_max_per_shard = args
+        .connections_max_per_shard
+        .unwrap_or(config.connections_max_per_shard);
+    config.in_flight_max_per_connection = args
+        .in_flight_max_per_connection
+        .unwrap_or(config.in_flight_max_per_connection);
+    config.retention_check_interval_ms = args
+        .retention_check_interval_ms
+        .unwrap_or(config.retention_check_interval_ms);
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.clone())

@@ -9,4 +9,4 @@ mod producer;
 
 pub use connection::{ClientError, Connection};
 pub use consumer::{PartitionConsumer, StartAt};
-pub use producer::{Delivery, Producer, ProducerConfig, now_ms};
+pub use producer::{Delivery, Producer, ProducerConfig};

@@ -2,10 +2,11 @@
 //! each batch with the chosen acks, and reports where every record landed.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::partitioner::partition_for_key;
 use super::{ClientError, Connection};
+use crate::clock::now_ms;
 use crate::protocol::{Acks, ErrorCode, Status};
 use crate::record::BatchBuilder;
 
@@ -54,12 +55,6 @@ pub struct Producer {
     next_sequence: u64,
     /// Keyless records go here until its batch is sent (Kafka's sticky partitioner).
     sticky_partition: u32,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 impl Producer {

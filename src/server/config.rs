@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub connections_max_per_shard: usize,
     /// Requests of one connection being worked on at once; reading stops beyond it.
     pub in_flight_max_per_connection: usize,
+    /// How often each shard applies retention to its partitions (Kafka's
+    /// `log.retention.check.interval.ms`, default 5 minutes).
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max_per_shard: 1024,
             in_flight_max_per_connection: 64,
+            retention_check_interval_ms: 300_000,
         }
     }
 }
@@ -57,6 +61,7 @@ pub struct FileConfig {
     pub frame_bytes_max: Option<usize>,
     pub connections_max_per_shard: Option<usize>,
     pub in_flight_max_per_connection: Option<usize>,
+    pub retention_check_interval_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -95,6 +100,9 @@ impl FileConfig {
         }
         if let Some(value) = self.in_flight_max_per_connection {
             config.in_flight_max_per_connection = value;
+        }
+        if let Some(value) = self.retention_check_interval_ms {
+            config.retention_check_interval_ms = value;
         }
         Ok(())
     }
@@ -139,6 +147,9 @@ impl ServerConfig {
         }
         if self.default_partitions == 0 {
             return Err("default-partitions must be at least 1".to_string());
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err("retention-check-interval-ms must be at least 1".to_string());
         }
         if self.connections_max_per_shard == 0 || self.in_flight_max_per_connection == 0 {
             return Err("connection and in-flight limits must be at least 1".to_string());

@@ -229,6 +229,20 @@ async fn run_shard(
         })
         .detach();
     }
+    {
+        let shard = shard.clone();
+        let interval = Duration::from_millis(config.retention_check_interval_ms);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                if shard.shutting_down.get() {
+                    return;
+                }
+                shard.enforce_retention().await;
+            }
+        })
+        .detach();
+    }
     let _ = ready.send(Ok(()));
     while !shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(50)).await;

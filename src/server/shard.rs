@@ -136,6 +136,28 @@ impl Shard {
         }
     }
 
+    /// Applies retention to every partition this shard owns (deleting expired or excess
+    /// segments), judged against the wall clock.
+    pub async fn enforce_retention(&self) {
+        let now_ms = crate::clock::now_ms();
+        let logs: Vec<Log> = self.logs.borrow().values().cloned().collect();
+        for log in logs {
+            match log.enforce_retention(now_ms).await {
+                Ok(report) if !report.deleted_segments.is_empty() => tracing::info!(
+                    dir = %log.dir().display(),
+                    segments = report.deleted_segments.len(),
+                    bytes = report.deleted_bytes,
+                    log_start = report.log_start_offset,
+                    "retention"
+                ),
+                Ok(_) | Err(StorageError::Closed) => {}
+                Err(error) => {
+                    tracing::warn!(%error, dir = %log.dir().display(), "retention failed")
+                }
+            }
+        }
+    }
+
     /// The owner of a partition, or why there is none.
     pub fn owner(&self, topic: &str, partition: u32) -> Result<usize, Status> {
         let metadata = self.metadata.borrow();

@@ -458,3 +458,141 @@ fn an_unreachable_broker_is_a_clear_client_error() {
     assert!(matches!(error, ClientError::Unreachable { .. }));
     assert!(error.to_string().contains(&port.to_string()));
 }
+
+#[test]
+fn the_broker_applies_retention_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        2,
+        &["--retention-check-interval-ms", "100"],
+    );
+    let mut client = broker.connect();
+    client
+        .create_topic("old", 1, &[("retention.ms".into(), "60000".into())])
+        .unwrap();
+    // Record timestamps from 1970: long past a minute of retention.
+    for _ in 0..3 {
+        client
+            .produce("old", 0, batch("ancient", 5, 100, 1_000), Acks::All)
+            .unwrap();
+    }
+    assert_eq!(client.list_offset("old", 0, OFFSET_EARLIEST).unwrap(), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.list_offset("old", 0, OFFSET_EARLIEST).unwrap() != 15 {
+        assert!(Instant::now() < deadline, "retention never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let below = client.fetch("old", 0, 0, 1 << 20, 0).unwrap();
+    assert_eq!(below.status.code, ErrorCode::OffsetOutOfRange);
+    assert_eq!(below.log_start_offset, 15);
+}
+
+#[test]
+fn auto_creation_and_acks_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let broker = Broker::start_in(
+        &data_dir,
+        2,
+        &["--auto-create-topics", "--default-partitions", "3"],
+    );
+    let mut client = broker.connect();
+    let answer = client
+        .produce("fresh", 2, batch("auto", 2, 10, 0), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert!(answer.status.is_ok(), "{}", answer.status);
+    assert_eq!(
+        client.metadata(&["fresh"]).unwrap().topics[0]
+            .partitions
+            .len(),
+        3
+    );
+    // acks=0: no answer comes; a later request on the same connection sees the records.
+    assert!(
+        client
+            .produce("fresh", 2, batch("fire", 3, 10, 0), Acks::None)
+            .unwrap()
+            .is_none()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.list_offset("fresh", 2, OFFSET_LATEST).unwrap() != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the acks=0 records never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(broker);
+    // Without the flag, producing to an unknown topic is an error.
+    let broker = Broker::start_in(&dir.path().join("other"), 1, &[]);
+    let mut client = broker.connect();
+    let answer = client
+        .produce("fresh", 0, batch("no", 1, 1, 0), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status.code, ErrorCode::UnknownTopicOrPartition);
+}
+
+#[test]
+fn limits_from_a_config_file_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spate.toml");
+    std::fs::write(
+        &config,
+        "frame-bytes-max = 4096\nconnections-max-per-shard = 2\n",
+    )
+    .unwrap();
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        1,
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut client = broker.connect();
+    client.create_topic("small", 1, &[]).unwrap();
+    assert!(
+        client
+            .produce("small", 0, batch("fits", 2, 100, 0), Acks::All)
+            .unwrap()
+            .unwrap()
+            .status
+            .is_ok()
+    );
+    let too_big = client.produce("small", 0, batch("big", 10, 1000, 0), Acks::All);
+    assert!(
+        too_big.is_err(),
+        "a frame over frame-bytes-max closes the connection"
+    );
+    // The connection limit: with two connections open (the one above was closed by the
+    // oversized frame), a third is turned away, and a slot frees when one closes.
+    let connect_retrying = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Connection::connect(&broker.address(), "limit") {
+                Ok(connection) => return connection,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(error) => panic!("no free connection slot: {error}"),
+            }
+        }
+    };
+    let first = connect_retrying();
+    let second = connect_retrying();
+    assert!(
+        Connection::connect(&broker.address(), "third").is_err(),
+        "a connection over the limit is refused"
+    );
+    drop(first);
+    let _again = connect_retrying();
+    drop(second);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "shard = 3\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["serve", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid config file"));
+}
