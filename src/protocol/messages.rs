@@ -47,9 +47,17 @@ impl Acks {
 
 // ---- shared pieces ------------------------------------------------------------------------
 
+/// Longest status message sent: messages may quote client input (a topic name), so they
+/// are cut here rather than trusted to fit a `u16` length.
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
+
 fn put_status(out: &mut BytesMut, status: &Status) {
     out.put_u16(status.code as u16);
-    put_string(out, &status.message);
+    let mut end = status.message.len().min(STATUS_MESSAGE_BYTES_MAX);
+    while !status.message.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_string(out, &status.message[..end]);
 }
 
 fn read_status(reader: &mut Reader, what: &'static str) -> Result<Status, ProtocolError> {

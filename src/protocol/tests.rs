@@ -451,3 +451,18 @@ fn versions_are_negotiated_from_both_ranges() {
         "kind not offered"
     );
 }
+
+#[test]
+fn long_status_messages_are_cut_not_fatal() {
+    let message = format!("topic {} does not exist", "é".repeat(40_000));
+    let response = Response::Failed(Status::error(ErrorCode::UnknownTopicOrPartition, message));
+    let mut frame = response.encode(3);
+    let frame = split_frame(&mut frame, usize::MAX).unwrap().unwrap();
+    match Response::decode(ApiKey::Metadata, frame.slice(4..)).unwrap() {
+        Response::Failed(status) => {
+            assert!(status.message.len() <= STATUS_MESSAGE_BYTES_MAX);
+            assert!(status.message.starts_with("topic é"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

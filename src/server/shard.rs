@@ -39,6 +39,7 @@ pub(crate) enum ShardMessage {
         topic: String,
         partition: u32,
         offset: i64,
+        max_wait_ms: u32,
         reply: oneshot::Sender<()>,
     },
     ListOffsets {
@@ -346,14 +347,24 @@ impl Shard {
         }
     }
 
-    /// Resolves once the partition's log end passes `offset` (or the partition is gone).
-    pub async fn wait_for_data(self: &Rc<Self>, topic: &str, partition: u32, offset: i64) {
+    /// Resolves once the partition's log end passes `offset`, the partition is gone, or
+    /// `max_wait_ms` has passed. The owner applies the deadline itself, so a wait whose
+    /// fetch gave up does not linger on another shard.
+    pub async fn wait_for_data(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_wait_ms: u32,
+    ) {
         let Ok(owner) = self.owner(topic, partition) else {
             return;
         };
         if owner == self.id {
             if let Ok(log) = self.log(topic, partition) {
-                log.wait_for_data(offset).await;
+                let deadline =
+                    glommio::timer::sleep(std::time::Duration::from_millis(u64::from(max_wait_ms)));
+                futures_lite::future::or(log.wait_for_data(offset), deadline).await;
             }
             return;
         }
@@ -362,6 +373,7 @@ impl Shard {
             topic: topic.to_string(),
             partition,
             offset,
+            max_wait_ms,
             reply,
         };
         if self.send(owner, message).await.is_ok() {
@@ -629,9 +641,11 @@ impl Shard {
                 topic,
                 partition,
                 offset,
+                max_wait_ms,
                 reply,
             } => {
-                self.wait_for_data(&topic, partition, offset).await;
+                self.wait_for_data(&topic, partition, offset, max_wait_ms)
+                    .await;
                 let _ = reply.send(());
             }
             ShardMessage::ListOffsets {

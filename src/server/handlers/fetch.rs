@@ -18,6 +18,7 @@ pub(super) async fn handle(
     let mut response = read_all(shard, &request).await;
     let total: usize = bytes_in(&response);
     if total < request.min_bytes.max(1) as usize && request.max_wait_ms > 0 {
+        let max_wait_ms = request.max_wait_ms;
         let waits: Vec<_> = request
             .topics
             .iter()
@@ -28,9 +29,11 @@ pub(super) async fn handle(
             })
             .map(|(name, partition, offset)| {
                 let shard = shard.clone();
-                glommio::spawn_local(
-                    async move { shard.wait_for_data(&name, partition, offset).await },
-                )
+                glommio::spawn_local(async move {
+                    shard
+                        .wait_for_data(&name, partition, offset, max_wait_ms)
+                        .await
+                })
             })
             .collect();
         if !waits.is_empty() {
