@@ -1,7 +1,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use spate::client::{PartitionConsumer, StartAt};
+use spate::client::{ClientError, PartitionConsumer, ShardRouter, StartAt};
 use spate::record::Record;
 
 use super::{connect, describe};
@@ -20,35 +20,34 @@ pub struct ConsumeOptions<'a> {
 /// record (without either, until interrupted).
 pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
     let format = Format::parse(options.format)?;
-    let mut connection = connect(options.broker)?;
-    let metadata = connection.metadata(&[options.topic]).map_err(describe)?;
-    let topic = metadata.topics.into_iter().next().ok_or("empty metadata")?;
-    if !topic.status.is_ok() {
-        return Err(format!(
-            "cannot consume {}: {}",
-            options.topic, topic.status
-        ));
-    }
+    let connection = connect(options.broker)?;
+    // Each partition is read from the shard that owns it.
+    let mut router =
+        ShardRouter::new(connection, options.topic, "spate-cli").map_err(|error| match error {
+            ClientError::Broker(status) => format!("cannot consume {}: {status}", options.topic),
+            other => describe(other),
+        })?;
     let partitions: Vec<u32> = match options.partition {
-        Some(partition) if partition as usize >= topic.partitions.len() => {
+        Some(partition) if partition >= router.partitions() => {
             return Err(format!(
                 "topic {} has partitions 0 to {}, not {partition}",
                 options.topic,
-                topic.partitions.len() - 1
+                router.partitions() - 1
             ));
         }
         Some(partition) => vec![partition],
-        None => topic
-            .partitions
-            .iter()
-            .map(|partition| partition.partition)
-            .collect(),
+        None => (0..router.partitions()).collect(),
     };
     let mut consumers = Vec::new();
     for partition in partitions {
         consumers.push(
-            PartitionConsumer::new(&mut connection, options.topic, partition, options.start)
-                .map_err(describe)?,
+            PartitionConsumer::new(
+                router.connection_for(partition).map_err(describe)?,
+                options.topic,
+                partition,
+                options.start,
+            )
+            .map_err(describe)?,
         );
     }
     // One partition: long-poll it; several: poll each briefly in turn.
@@ -62,7 +61,10 @@ pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     loop {
         for consumer in consumers.iter_mut() {
-            let records = consumer.poll(&mut connection, wait).map_err(describe)?;
+            let connection = router
+                .connection_for(consumer.partition())
+                .map_err(describe)?;
+            let records = consumer.poll(connection, wait).map_err(describe)?;
             if !records.is_empty() {
                 last_record = Instant::now();
             }

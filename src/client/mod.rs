@@ -6,7 +6,9 @@ mod connection;
 mod consumer;
 pub mod partitioner;
 mod producer;
+mod router;
 
 pub use connection::{ClientError, Connection};
 pub use consumer::{PartitionConsumer, StartAt};
 pub use producer::{Delivery, Producer, ProducerConfig};
+pub use router::ShardRouter;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::partitioner::partition_for_key;
-use super::{ClientError, Connection};
+use super::{ClientError, Connection, ShardRouter};
 use crate::clock::now_ms;
 use crate::protocol::{Acks, ErrorCode, Status};
 use crate::record::BatchBuilder;
@@ -47,7 +47,7 @@ struct PendingBatch {
 }
 
 pub struct Producer {
-    connection: Connection,
+    router: ShardRouter,
     topic: String,
     partitions: u32,
     config: ProducerConfig,
@@ -58,24 +58,17 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer for `topic`, which must exist.
+    /// A producer for `topic`, which must exist. Each batch goes straight to the shard
+    /// that owns its partition.
     pub fn new(
-        mut connection: Connection,
+        connection: Connection,
         topic: &str,
         config: ProducerConfig,
     ) -> Result<Producer, ClientError> {
-        let metadata = connection.metadata(&[topic])?;
-        let topic_metadata = metadata
-            .topics
-            .into_iter()
-            .next()
-            .ok_or(ClientError::Unexpected)?;
-        if !topic_metadata.status.is_ok() {
-            return Err(ClientError::Broker(topic_metadata.status));
-        }
-        let partitions = topic_metadata.partitions.len() as u32;
+        let router = ShardRouter::new(connection, topic, "spate-producer")?;
+        let partitions = router.partitions();
         Ok(Producer {
-            connection,
+            router,
             topic: topic.to_string(),
             partitions,
             config,
@@ -167,9 +160,13 @@ impl Producer {
             self.sticky_partition = (self.sticky_partition + 1) % self.partitions;
         }
         let records = batch.builder.build(0);
-        let answer = self
-            .connection
-            .produce(&self.topic, partition, records, self.config.acks)?;
+        let acks = self.config.acks;
+        let answer = self.router.connection_for(partition)?.produce(
+            &self.topic,
+            partition,
+            records,
+            acks,
+        )?;
         let base_offset = match answer {
             None => -1,
             Some(answer) if answer.status.is_ok() => answer.base_offset,

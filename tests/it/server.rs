@@ -596,3 +596,35 @@ fn limits_from_a_config_file_are_enforced() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid config file"));
 }
+
+#[test]
+fn the_router_talks_to_the_owning_shard_directly() {
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("direct", 6, &[]).unwrap();
+    let metadata = client.metadata(&["direct"]).unwrap();
+    let mut router = spate::client::ShardRouter::new(broker.connect(), "direct", "test").unwrap();
+    assert_eq!(router.partitions(), 6);
+    for partition in &metadata.topics[0].partitions {
+        assert_eq!(router.owner(partition.partition), Some(partition.shard_id));
+        let connection = router.connection_for(partition.partition).unwrap();
+        assert_eq!(
+            connection.versions.shard_id, partition.shard_id,
+            "connected to the owner itself"
+        );
+        let answer = connection
+            .produce(
+                "direct",
+                partition.partition,
+                batch("d", 2, 10, 0),
+                Acks::All,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(answer.status.is_ok());
+    }
+    let error = spate::client::ShardRouter::new(broker.connect(), "absent", "test")
+        .err()
+        .expect("unknown topic");
+    assert!(error.to_string().contains("absent"), "{error}");
+}

@@ -1,0 +1,86 @@
+//! Shard-aware routing: one connection per shard of the broker, so that each partition's
+//! requests go straight to the shard that owns it and cross no core inside the broker.
+
+use std::collections::HashMap;
+
+use super::{ClientError, Connection};
+
+pub struct ShardRouter {
+    client_id: String,
+    /// `host:port` of each shard, from metadata.
+    addresses: HashMap<u16, String>,
+    /// Owner of each partition of `topic`.
+    owners: Vec<u16>,
+    connections: HashMap<u16, Connection>,
+    topic: String,
+}
+
+impl ShardRouter {
+    /// Learns the topic's partitions and the shards' addresses through `bootstrap`.
+    pub fn new(
+        mut bootstrap: Connection,
+        topic: &str,
+        client_id: &str,
+    ) -> Result<ShardRouter, ClientError> {
+        let metadata = bootstrap.metadata(&[topic])?;
+        let topic_metadata = metadata
+            .topics
+            .into_iter()
+            .next()
+            .ok_or(ClientError::Unexpected)?;
+        if !topic_metadata.status.is_ok() {
+            return Err(ClientError::Broker(topic_metadata.status));
+        }
+        let mut owners = vec![0u16; topic_metadata.partitions.len()];
+        for partition in &topic_metadata.partitions {
+            *owners
+                .get_mut(partition.partition as usize)
+                .ok_or(ClientError::Unexpected)? = partition.shard_id;
+        }
+        let addresses = metadata
+            .shards
+            .into_iter()
+            .map(|shard| (shard.shard_id, format!("{}:{}", shard.host, shard.port)))
+            .collect();
+        let mut connections = HashMap::new();
+        connections.insert(bootstrap.versions.shard_id, bootstrap);
+        Ok(ShardRouter {
+            client_id: client_id.to_string(),
+            addresses,
+            owners,
+            connections,
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// The shard that owns `partition`.
+    pub fn owner(&self, partition: u32) -> Option<u16> {
+        self.owners.get(partition as usize).copied()
+    }
+
+    /// A connection to the shard that owns `partition` (opened on first use). Unknown
+    /// partitions get the bootstrap connection, whose broker answers with the error.
+    pub fn connection_for(&mut self, partition: u32) -> Result<&mut Connection, ClientError> {
+        let shard = match self.owner(partition) {
+            Some(shard) if self.addresses.contains_key(&shard) => shard,
+            _ => *self
+                .connections
+                .keys()
+                .next()
+                .expect("the bootstrap connection"),
+        };
+        if !self.connections.contains_key(&shard) {
+            let connection = Connection::connect(&self.addresses[&shard], &self.client_id)?;
+            self.connections.insert(shard, connection);
+        }
+        Ok(self.connections.get_mut(&shard).expect("inserted above"))
+    }
+}
