@@ -65,6 +65,16 @@ pub enum MetadataError {
 }
 
 impl ClusterMetadata {
+    /// The names asked for, or every topic's name when none was (as Kafka's metadata and
+    /// describe requests treat an empty list).
+    pub fn names_or_all(&self, requested: Vec<String>) -> Vec<String> {
+        if requested.is_empty() {
+            self.topics.iter().map(|topic| topic.name.clone()).collect()
+        } else {
+            requested
+        }
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
         self.topics.iter().find(|topic| topic.name == name)
     }

@@ -433,25 +433,31 @@ impl Shard {
         }
     }
 
+    /// Sends an admin request to shard 0, which owns metadata changes, and waits for its
+    /// per-topic answers; if shard 0 cannot answer, every topic fails with the reason.
+    async fn ask_coordinator(
+        &self,
+        names: Vec<String>,
+        message: impl FnOnce(oneshot::Sender<Vec<TopicStatus>>) -> ShardMessage,
+    ) -> Vec<TopicStatus> {
+        let (reply, answer) = oneshot::channel();
+        let reason = match self.send(0, message(reply)).await {
+            Ok(()) => match answer.await {
+                Ok(statuses) => return statuses,
+                Err(_) => "shard 0 stopped".to_string(),
+            },
+            Err(status) => status.message,
+        };
+        all_failed(&names, &reason)
+    }
+
     /// Creates topics (shard 0 does it; other shards forward).
     pub async fn create_topics(self: &Rc<Self>, topics: Vec<NewTopic>) -> Vec<TopicStatus> {
+        let names: Vec<String> = topics.iter().map(|topic| topic.name.clone()).collect();
         if self.id != 0 {
-            let (reply, answer) = oneshot::channel();
-            return match self
-                .send(
-                    0,
-                    ShardMessage::CreateTopics {
-                        topics: topics.clone(),
-                        reply,
-                    },
-                )
-                .await
-            {
-                Ok(()) => answer
-                    .await
-                    .unwrap_or_else(|_| all_failed(&topics, "shard 0 stopped")),
-                Err(status) => all_failed(&topics, &status.message),
-            };
+            return self
+                .ask_coordinator(names, |reply| ShardMessage::CreateTopics { topics, reply })
+                .await;
         }
         let _turn = self.admin.acquire_permit(1).await;
         let mut metadata = self.metadata.borrow().clone();
@@ -468,7 +474,7 @@ impl Shard {
         if statuses.iter().any(|topic| topic.status.is_ok())
             && let Err(status) = self.publish(metadata, Vec::new()).await
         {
-            return all_failed(&topics, &status.message);
+            return all_failed(&names, &status.message);
         }
         statuses
     }
@@ -476,22 +482,13 @@ impl Shard {
     /// Deletes topics and their data (shard 0 does it; other shards forward).
     pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicStatus> {
         if self.id != 0 {
-            let (reply, answer) = oneshot::channel();
-            return match self
-                .send(
-                    0,
-                    ShardMessage::DeleteTopics {
-                        names: names.clone(),
-                        reply,
-                    },
-                )
-                .await
-            {
-                Ok(()) => answer
-                    .await
-                    .unwrap_or_else(|_| all_failed_names(&names, "shard 0 stopped")),
-                Err(status) => all_failed_names(&names, &status.message),
-            };
+            let forwarded = names.clone();
+            return self
+                .ask_coordinator(names, |reply| ShardMessage::DeleteTopics {
+                    names: forwarded,
+                    reply,
+                })
+                .await;
         }
         let _turn = self.admin.acquire_permit(1).await;
         let mut metadata = self.metadata.borrow().clone();
@@ -515,7 +512,7 @@ impl Shard {
         if !deleted.is_empty()
             && let Err(status) = self.publish(metadata, deleted).await
         {
-            return all_failed_names(&names, &status.message);
+            return all_failed(&names, &status.message);
         }
         statuses
     }
@@ -686,17 +683,7 @@ fn unknown_topic(topic: &str) -> Status {
     )
 }
 
-fn all_failed(topics: &[NewTopic], reason: &str) -> Vec<TopicStatus> {
-    topics
-        .iter()
-        .map(|topic| TopicStatus {
-            name: topic.name.clone(),
-            status: Status::error(ErrorCode::StorageError, reason),
-        })
-        .collect()
-}
-
-fn all_failed_names(names: &[String], reason: &str) -> Vec<TopicStatus> {
+fn all_failed(names: &[String], reason: &str) -> Vec<TopicStatus> {
     names
         .iter()
         .map(|name| TopicStatus {

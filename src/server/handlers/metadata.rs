@@ -15,15 +15,7 @@ pub(super) fn handle(shard: &Shard, request: MetadataRequest) -> Response {
         })
         .collect();
     let metadata = shard.metadata.borrow();
-    let names: Vec<String> = if request.topics.is_empty() {
-        metadata
-            .topics
-            .iter()
-            .map(|topic| topic.name.clone())
-            .collect()
-    } else {
-        request.topics
-    };
+    let names = metadata.names_or_all(request.topics);
     let topics = names
         .into_iter()
         .map(|name| match metadata.topic(&name) {

@@ -17,15 +17,7 @@ pub(super) async fn delete(shard: &Rc<Shard>, request: DeleteTopicsRequest) -> R
 
 pub(super) fn describe(shard: &Shard, request: DescribeTopicsRequest) -> Response {
     let metadata = shard.metadata.borrow();
-    let names: Vec<String> = if request.names.is_empty() {
-        metadata
-            .topics
-            .iter()
-            .map(|topic| topic.name.clone())
-            .collect()
-    } else {
-        request.names
-    };
+    let names = metadata.names_or_all(request.names);
     let topics = names
         .into_iter()
         .map(|name| match metadata.topic(&name) {
