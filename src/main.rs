@@ -152,6 +152,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A client command writing into a closed pipe (`spate consume ... | head`) ends
+        // quietly, as Unix tools do. The broker keeps SIGPIPE ignored: its sockets need it.
+        // SAFETY: restores the default disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topic { command, broker } => match command {

@@ -257,3 +257,32 @@ fn an_unreachable_broker_is_one_clear_line_and_exit_1() {
         .unwrap();
     failed(&output, "cannot reach the broker");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let broker = Broker::start(1);
+    ok(&spate(&broker, &["topic", "create", "many"], ""));
+    let lines: String = (0..2000).map(|index| format!("line-{index}\n")).collect();
+    ok(&spate(&broker, &["produce", "many"], &lines));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "consume",
+            "many",
+            "--from-beginning",
+            "--max-messages",
+            "2000",
+            "--broker",
+            &broker.address(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away, like `| head -0`
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
