@@ -4,6 +4,9 @@ use std::io::{BufRead, Write};
 use spate::client::{Delivery, Producer, ProducerConfig};
 use spate::protocol::Acks;
 
+/// How often a quiet stdin lets lingering batches go out.
+const LINGER_CHECK: std::time::Duration = std::time::Duration::from_millis(5);
+
 use super::{connect, describe};
 
 pub struct ProduceOptions<'a> {
@@ -29,9 +32,28 @@ pub fn run(options: ProduceOptions<'_>) -> Result<(), String> {
     };
     let mut producer = Producer::new(connection, options.topic, config).map_err(describe)?;
     let mut printer = OffsetPrinter::default();
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = line.map_err(|error| format!("reading stdin: {error}"))?;
+    // Lines arrive on a thread so that a batch whose linger time is up goes out even while
+    // stdin is quiet (an interactive session), not only when the next line comes.
+    let (lines, incoming) = std::sync::mpsc::sync_channel::<std::io::Result<String>>(1024);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let line = match incoming.recv_timeout(LINGER_CHECK) {
+            Ok(line) => line.map_err(|error| format!("reading stdin: {error}"))?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                printer.add(
+                    producer.send_lingering().map_err(describe)?,
+                    options.print_offsets,
+                )?;
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let (key, value) = match options
             .key_separator
             .and_then(|separator| line.split_once(separator))

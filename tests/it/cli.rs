@@ -286,3 +286,35 @@ fn output_into_a_closed_pipe_ends_quietly() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn an_interactive_producer_sends_each_line_without_waiting_for_eof() {
+    let broker = Broker::start(1);
+    ok(&spate(&broker, &["topic", "create", "live"], ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["produce", "live", "--broker", &broker.address()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed\n").unwrap();
+    stdin.flush().unwrap();
+    // stdin stays open: the line must still reach the broker (linger, not EOF, sends it).
+    let mut client = broker.connect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client
+        .list_offset("live", 0, spate::protocol::OFFSET_LATEST)
+        .unwrap()
+        != 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the typed line was held back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
