@@ -24,8 +24,8 @@ use crate::broker::metadata::ClusterMetadata;
 /// Messages a shard may queue for another before the sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 
-/// Runs the broker until `shutdown` is set, then stops accepting, lets every log finish its
-/// queued appends and sync, and returns. Fails with one clear message when the data
+/// Runs the broker until `shutdown` is set, then lets every log finish its queued appends
+/// and sync, and returns (the shard threads are left to the process's exit). Fails with one clear message when the data
 /// directory or a port cannot be used.
 pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), String> {
     config.validate()?;
@@ -40,33 +40,43 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     let _lock =
         crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
     let metadata = ClusterMetadata::load(data_dir).map_err(|error| error.to_string())?;
-    // Probe every port with a plain bind first: glommio's listeners set SO_REUSEPORT, which
-    // would let a second broker share a port silently.
+    // Probe every port first: the listeners set SO_REUSEPORT, which would let a second
+    // broker share a port silently.
     for port in std::iter::once(config.listen.port())
         .chain((0..config.shards).map(|shard| config.shard_port(shard)))
     {
         let address = std::net::SocketAddr::new(config.listen.ip(), port);
-        std::net::TcpListener::bind(address)
-            .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+        port_is_free(address)?;
     }
 
     let placement = placement(&config)?;
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let config = Arc::new(config);
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (stopped_sender, stopped) = std::sync::mpsc::channel::<()>();
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-shard")
         .on_all_shards({
             let config = config.clone();
             let shutdown = shutdown.clone();
-            move || run_shard(config, mesh, metadata, shutdown, ready_sender)
+            move || {
+                run_shard(
+                    config,
+                    mesh,
+                    metadata,
+                    shutdown,
+                    ready_sender,
+                    stopped_sender,
+                )
+            }
         })
         .map_err(|error| format!("cannot start the shards: {error}"))?;
 
     let mut failure = None;
+    let mut started = 0;
     for _ in 0..config.shards {
         match ready.recv() {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => started += 1,
             Ok(Err(error)) => failure = failure.or(Some(error)),
             Err(_) => failure = failure.or(Some("a shard stopped while starting".to_string())),
         }
@@ -82,11 +92,16 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             "spate is serving"
         );
     }
-    for result in handles.join_all() {
-        if let Err(error) = result {
-            failure = failure.or(Some(format!("a shard failed: {error}")));
+    // Each started shard reports once its logs are closed and synced. Its thread may still
+    // be parked in a connection's read; the process exits after this returns, so the
+    // threads are not joined.
+    for _ in 0..started {
+        if stopped.recv().is_err() {
+            failure = failure.or(Some("a shard failed while stopping".to_string()));
+            break;
         }
     }
+    drop(handles);
     match failure {
         Some(error) => Err(error),
         None => {
@@ -94,6 +109,47 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// Whether nothing else serves `address`. A plain bind also fails on the TIME_WAIT sockets a
+/// just-stopped broker leaves, and that broker's listeners linger for a moment after its
+/// exit (io_uring tears down in-flight accepts asynchronously); so a failed bind counts only
+/// if something still accepts connections there for the next few seconds.
+fn port_is_free(address: std::net::SocketAddr) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let error = match std::net::TcpListener::bind(address) {
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() != std::io::ErrorKind::AddrInUse => {
+                return Err(format!("cannot listen on {address}: {error}"));
+            }
+            Err(error) => error,
+        };
+        if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot listen on {address}: {error} (something is listening there)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A listener with SO_REUSEPORT (every shard accepts on the shared port) and SO_REUSEADDR
+/// (a restarted broker binds over the TIME_WAIT sockets its predecessor left; glommio's own
+/// `bind` sets only the former).
+fn bind_listener(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the fd is a bound, listening TCP socket that we own and hand over.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Port 0 means "any": a port P with P+1..=P+shards free too, for the shard listeners.
@@ -150,6 +206,7 @@ async fn run_shard(
     metadata: ClusterMetadata,
     shutdown: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    stopped: std::sync::mpsc::Sender<()>,
 ) {
     let (senders, mut receivers) = match mesh.join().await {
         Ok(channels) => channels,
@@ -175,7 +232,7 @@ async fn run_shard(
     ];
     let mut bound = Vec::new();
     for address in listeners {
-        match TcpListener::bind(address) {
+        match bind_listener(address) {
             Ok(listener) => bound.push(Rc::new(listener)),
             Err(error) => {
                 let _ = ready.send(Err(format!("cannot listen on {address}: {error}")));
@@ -250,4 +307,5 @@ async fn run_shard(
     shard.shutting_down.set(true);
     drop(bound);
     shard.close().await;
+    let _ = stopped.send(());
 }

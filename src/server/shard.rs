@@ -329,6 +329,16 @@ impl Shard {
                 };
             }
         };
+        if max_bytes == 0 {
+            // The response's byte budget is spent: offsets only, no records.
+            return FetchPartitionResponse {
+                partition,
+                status: Status::ok(),
+                high_watermark: log.log_end_offset(),
+                log_start_offset: log.log_start_offset(),
+                records: FetchPayload::Local(Vec::new()),
+            };
+        }
         match log.read(offset, max_bytes as usize).await {
             Ok(outcome) => FetchPartitionResponse {
                 partition,

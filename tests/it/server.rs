@@ -48,7 +48,10 @@ impl Broker {
     }
 
     pub fn start_in(data_dir: &Path, shards: usize, extra: &[&str]) -> Broker {
-        let port = free_ports(shards + 1);
+        Broker::start_at(data_dir, shards, free_ports(shards + 1), extra)
+    }
+
+    pub fn start_at(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Broker {
         let child = Command::new(env!("CARGO_BIN_EXE_spate"))
             .args([
                 "serve",
@@ -61,7 +64,12 @@ impl Broker {
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // SPATE_TEST_BROKER_LOG=1 shows the brokers' logs when a test needs explaining.
+            .stderr(if std::env::var_os("SPATE_TEST_BROKER_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let broker = Broker {
@@ -627,4 +635,126 @@ fn the_router_talks_to_the_owning_shard_directly() {
         .err()
         .expect("unknown topic");
     assert!(error.to_string().contains("absent"), "{error}");
+}
+
+fn fetch_request(
+    entries: &[(u32, i64)],
+    max_bytes: u32,
+    min_bytes: u32,
+    max_wait_ms: u32,
+) -> spate::protocol::Request {
+    use spate::protocol::{FetchPartition, FetchRequest, FetchTopic, Request};
+    Request::Fetch(FetchRequest {
+        max_wait_ms,
+        min_bytes,
+        max_bytes,
+        topics: vec![FetchTopic {
+            name: "f".into(),
+            partitions: entries
+                .iter()
+                .map(|&(partition, offset)| FetchPartition {
+                    partition,
+                    offset,
+                    max_bytes: 16 << 20,
+                })
+                .collect(),
+        }],
+    })
+}
+
+#[test]
+fn hostile_fetches_are_refused_and_responses_stay_within_max_bytes() {
+    use spate::protocol::Response;
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("f", 3, &[]).unwrap();
+    for partition in 0..3 {
+        client
+            .produce("f", partition, batch("big", 50, 1000, 0), Acks::All)
+            .unwrap();
+    }
+    let refused = |client: &mut Connection, request| match client.call(&request) {
+        Err(ClientError::Broker(status)) => {
+            assert_eq!(status.code, ErrorCode::InvalidRequest, "{status}")
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    };
+    refused(&mut client, fetch_request(&[(0, 0), (0, 0)], 1 << 20, 1, 0));
+    let many: Vec<(u32, i64)> = (0..1001).map(|index| (index, 0)).collect();
+    refused(&mut client, fetch_request(&many, 1 << 20, 1, 0));
+    // max_bytes 1: the first partition returns its one batch, the others only offsets.
+    let Response::Fetch(response) = client
+        .call(&fetch_request(&[(0, 0), (1, 0), (2, 0)], 1, 1, 0))
+        .unwrap()
+    else {
+        panic!("a fetch response")
+    };
+    let partitions = &response.topics[0].partitions;
+    assert_eq!(values(&partitions[0].records).len(), 50);
+    for partition in &partitions[1..] {
+        assert!(partition.status.is_ok() && partition.records.is_empty());
+        assert_eq!(partition.high_watermark, 50);
+    }
+    // The broker is still whole.
+    assert!(
+        client
+            .produce("f", 0, batch("after", 1, 1, 0), Acks::All)
+            .unwrap()
+            .unwrap()
+            .status
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_fetch_waits_for_min_bytes_not_just_the_first_record() {
+    use spate::protocol::Response;
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("f", 1, &[]).unwrap();
+    let one_batch = batch("m", 10, 100, 0).len() as u32;
+    let address = broker.address();
+    let fetcher = std::thread::spawn(move || {
+        let mut consumer = Connection::connect(&address, "consumer").unwrap();
+        let request = fetch_request(&[(0, 0)], 1 << 20, 3 * one_batch, 20_000);
+        match consumer.call(&request).unwrap() {
+            Response::Fetch(response) => response.topics[0].partitions[0].records.len() as u32,
+            other => panic!("{other:?}"),
+        }
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(100));
+        client
+            .produce("f", 0, batch("m", 10, 100, 0), Acks::All)
+            .unwrap();
+    }
+    assert!(
+        fetcher.join().unwrap() >= 3 * one_batch,
+        "the fetch returned before min_bytes arrived"
+    );
+}
+
+#[test]
+fn a_broker_restarts_on_its_port_right_after_a_stop_with_clients_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    // Other tests take ports from the kernel's ephemeral range (free_ports) and could grab
+    // this one between the stop and the restart; take it from below that range instead.
+    let port = (20_000..30_000u16)
+        .step_by(7)
+        .find(|&port| {
+            (0..3).all(|offset| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
+        })
+        .expect("a free port below the ephemeral range");
+    let mut broker = Broker::start_at(&data_dir, 2, port, &[]);
+    let mut client = broker.connect();
+    client.create_topic("r", 2, &[]).unwrap();
+    client
+        .produce("r", 0, batch("x", 1, 1, 0), Acks::All)
+        .unwrap();
+    broker.stop(); // the client is still connected: the broker's side ends in TIME_WAIT
+    drop(client);
+    let broker = Broker::start_at(&data_dir, 2, port, &[]);
+    let mut client = broker.connect();
+    assert_eq!(client.list_offset("r", 0, OFFSET_LATEST).unwrap(), 1);
 }

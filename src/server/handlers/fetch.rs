@@ -1,61 +1,111 @@
+use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Outgoing;
 use crate::protocol::{
-    FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse, Payload,
+    ErrorCode, FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse, Payload,
+    Status,
 };
 use crate::server::shard::{FetchPayload, Shard};
 
-/// Reads every partition; if fewer than `min_bytes` came back, waits (up to `max_wait_ms`)
-/// for new data on any of them and reads once more. Records are sent as they sit in the
-/// log (tail cache or disk buffer) when this shard owns the partition.
+/// Most partition entries one fetch may name.
+pub const FETCH_PARTITIONS_MAX: usize = 1000;
+/// Largest `max_bytes` honoured for a whole response (a larger one is lowered to this).
+pub const FETCH_RESPONSE_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// Longest long poll honoured (a longer `max_wait_ms` is lowered to this).
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+/// Reads every partition; while fewer than `min_bytes` came back and `max_wait_ms` has not
+/// passed, waits for new data on any of them and reads again. Records are sent as they sit
+/// in the log (tail cache or disk buffer) when this shard owns the partition.
 pub(super) async fn handle(
     shard: &Rc<Shard>,
-    request: FetchRequest,
+    mut request: FetchRequest,
     correlation_id: u32,
-) -> Outgoing {
-    let mut response = read_all(shard, &request).await;
-    let total: usize = bytes_in(&response);
-    if total < request.min_bytes.max(1) as usize && request.max_wait_ms > 0 {
-        let max_wait_ms = request.max_wait_ms;
-        let waits: Vec<_> = request
-            .topics
-            .iter()
-            .flat_map(|topic| {
-                topic.partitions.iter().map(move |partition| {
-                    (topic.name.clone(), partition.partition, partition.offset)
+) -> Result<Outgoing, Status> {
+    check(&request)?;
+    request.max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
+    let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = request.min_bytes.max(1) as usize;
+    loop {
+        let response = read_all(shard, &request).await;
+        let now = Instant::now();
+        if bytes_in(&response) >= min_bytes || now >= deadline {
+            return Ok(Outgoing::Pieces(response.into_pieces(correlation_id)));
+        }
+        // Wait for any partition's log end to pass what was just seen.
+        let waits: Vec<_> =
+            request
+                .topics
+                .iter()
+                .zip(&response.topics)
+                .flat_map(|(topic, answered)| {
+                    topic.partitions.iter().zip(&answered.partitions).map(
+                        move |(partition, answer)| {
+                            (
+                                topic.name.clone(),
+                                partition.partition,
+                                partition.offset.max(answer.high_watermark),
+                            )
+                        },
+                    )
                 })
-            })
-            .map(|(name, partition, offset)| {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    shard
-                        .wait_for_data(&name, partition, offset, max_wait_ms)
-                        .await
+                .map(|(name, partition, offset)| {
+                    let shard = shard.clone();
+                    let wait_ms = (deadline - now).as_millis() as u32;
+                    glommio::spawn_local(async move {
+                        shard.wait_for_data(&name, partition, offset, wait_ms).await
+                    })
                 })
-            })
-            .collect();
-        if !waits.is_empty() {
-            let any_data = async {
-                let mut waits = waits;
-                futures_lite::future::poll_fn(|context| {
-                    for wait in waits.iter_mut() {
-                        if std::pin::Pin::new(wait).poll(context).is_ready() {
-                            return std::task::Poll::Ready(());
-                        }
+                .collect();
+        drop(response);
+        let any_data = async {
+            let mut waits = waits;
+            futures_lite::future::poll_fn(|context| {
+                for wait in waits.iter_mut() {
+                    if std::future::Future::poll(std::pin::Pin::new(wait), context).is_ready() {
+                        return std::task::Poll::Ready(());
                     }
-                    std::task::Poll::Pending
-                })
-                .await
-            };
-            let timeout =
-                glommio::timer::sleep(Duration::from_millis(u64::from(request.max_wait_ms)));
-            futures_lite::future::or(any_data, timeout).await;
-            response = read_all(shard, &request).await;
+                }
+                std::task::Poll::Pending
+            })
+            .await
+        };
+        futures_lite::future::or(any_data, glommio::timer::sleep(deadline - now)).await;
+    }
+}
+
+/// Bounds what one request may ask for: a hostile fetch must not make the answer (or the
+/// waits behind it) unbounded.
+fn check(request: &FetchRequest) -> Result<(), Status> {
+    let entries: usize = request
+        .topics
+        .iter()
+        .map(|topic| topic.partitions.len())
+        .sum();
+    if entries > FETCH_PARTITIONS_MAX {
+        return Err(Status::error(
+            ErrorCode::InvalidRequest,
+            format!("a fetch may name at most {FETCH_PARTITIONS_MAX} partitions, not {entries}"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for topic in &request.topics {
+        for partition in &topic.partitions {
+            if !seen.insert((topic.name.as_str(), partition.partition)) {
+                return Err(Status::error(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "partition {}-{} is named twice in one fetch",
+                        topic.name, partition.partition
+                    ),
+                ));
+            }
         }
     }
-    Outgoing::Pieces(response.into_pieces(correlation_id))
+    Ok(())
 }
 
 fn bytes_in(response: &FetchResponse<FetchPayload>) -> usize {
@@ -67,6 +117,9 @@ fn bytes_in(response: &FetchResponse<FetchPayload>) -> usize {
         .sum()
 }
 
+/// One read of every partition. The response stays within `max_bytes` except that the first
+/// partition with data returns at least one whole batch, as Kafka does; once the budget is
+/// spent, later partitions report their offsets with no records.
 async fn read_all(shard: &Rc<Shard>, request: &FetchRequest) -> FetchResponse<FetchPayload> {
     let mut remaining = request.max_bytes as usize;
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -74,8 +127,7 @@ async fn read_all(shard: &Rc<Shard>, request: &FetchRequest) -> FetchResponse<Fe
         let mut partitions: Vec<FetchPartitionResponse<FetchPayload>> =
             Vec::with_capacity(topic.partitions.len());
         for partition in &topic.partitions {
-            // At least one batch per partition, as Kafka does; the limit shrinks as data comes.
-            let max_bytes = (partition.max_bytes as usize).min(remaining.max(1)) as u32;
+            let max_bytes = (partition.max_bytes as usize).min(remaining) as u32;
             let answer = shard
                 .fetch(
                     &topic.name,
@@ -86,6 +138,7 @@ async fn read_all(shard: &Rc<Shard>, request: &FetchRequest) -> FetchResponse<Fe
                 .await;
             remaining = remaining.saturating_sub(answer.records.payload_len());
             partitions.push(answer);
+            glommio::yield_if_needed().await;
         }
         topics.push(FetchTopicResponse {
             name: topic.name.clone(),

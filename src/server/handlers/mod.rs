@@ -71,7 +71,10 @@ pub(crate) async fn handle(
         Request::DescribeTopics(request) => topics::describe(&shard, request),
         Request::Produce(request) => return produce::handle(&shard, request, correlation_id).await,
         Request::Fetch(request) => {
-            return Some(fetch::handle(&shard, request, correlation_id).await);
+            return Some(match fetch::handle(&shard, request, correlation_id).await {
+                Ok(outgoing) => outgoing,
+                Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
+            });
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
     };
