@@ -196,6 +196,23 @@ impl Shard {
         })
     }
 
+    /// Sends shard `peer` the message `make` builds around a reply channel and waits for
+    /// the answer; a shard that stops first answers `ShuttingDown`.
+    async fn ask<T>(
+        &self,
+        peer: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> ShardMessage,
+    ) -> Result<T, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(peer, make(reply)).await?;
+        answer.await.map_err(|_| {
+            Status::error(
+                ErrorCode::ShuttingDown,
+                format!("shard {peer} stopped before answering"),
+            )
+        })
+    }
+
     /// Appends to a partition, here or on its owner.
     pub async fn produce(
         self: &Rc<Self>,
@@ -203,35 +220,23 @@ impl Shard {
         partition: u32,
         records: Bytes,
     ) -> ProducePartitionResponse {
-        let failed = |status| ProducePartitionResponse {
-            partition,
-            status,
-            base_offset: -1,
-            log_end_offset: -1,
+        let answer = match self.owner(topic, partition) {
+            Ok(owner) if owner == self.id => {
+                return self.produce_local(topic, partition, records).await;
+            }
+            Ok(owner) => {
+                let topic = topic.to_string();
+                self.ask(owner, |reply| ShardMessage::Produce {
+                    topic,
+                    partition,
+                    records,
+                    reply,
+                })
+                .await
+            }
+            Err(status) => Err(status),
         };
-        let owner = match self.owner(topic, partition) {
-            Ok(owner) => owner,
-            Err(status) => return failed(status),
-        };
-        if owner == self.id {
-            return self.produce_local(topic, partition, records).await;
-        }
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::Produce {
-            topic: topic.to_string(),
-            partition,
-            records,
-            reply,
-        };
-        if let Err(status) = self.send(owner, message).await {
-            return failed(status);
-        }
-        answer.await.unwrap_or_else(|_| {
-            failed(Status::error(
-                ErrorCode::ShuttingDown,
-                "the owning shard stopped",
-            ))
-        })
+        answer.unwrap_or_else(|status| produce_failed(partition, status))
     }
 
     async fn produce_local(
@@ -240,15 +245,9 @@ impl Shard {
         partition: u32,
         records: Bytes,
     ) -> ProducePartitionResponse {
-        let failed = |status| ProducePartitionResponse {
-            partition,
-            status,
-            base_offset: -1,
-            log_end_offset: -1,
-        };
         let log = match self.log(topic, partition) {
             Ok(log) => log,
-            Err(status) => return failed(status),
+            Err(status) => return produce_failed(partition, status),
         };
         // The log patches base offsets in place, so it takes its own copy of the batches.
         match log.append(BytesMut::from(&records[..])).await {
@@ -258,7 +257,7 @@ impl Shard {
                 base_offset: info.base_offset,
                 log_end_offset: log.log_end_offset(),
             },
-            Err(error) => failed(storage_status(&error)),
+            Err(error) => produce_failed(partition, storage_status(&error)),
         }
     }
 
@@ -270,32 +269,24 @@ impl Shard {
         offset: i64,
         max_bytes: u32,
     ) -> FetchPartitionResponse<FetchPayload> {
-        let failed = |status| FetchPartitionResponse {
-            partition,
-            status,
-            high_watermark: -1,
-            log_start_offset: -1,
-            records: FetchPayload::Remote(Bytes::new()),
+        let answer = match self.owner(topic, partition) {
+            Ok(owner) if owner == self.id => {
+                return self.fetch_local(topic, partition, offset, max_bytes).await;
+            }
+            Ok(owner) => {
+                let topic = topic.to_string();
+                self.ask(owner, |reply| ShardMessage::Fetch {
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes,
+                    reply,
+                })
+                .await
+            }
+            Err(status) => Err(status),
         };
-        let owner = match self.owner(topic, partition) {
-            Ok(owner) => owner,
-            Err(status) => return failed(status),
-        };
-        if owner == self.id {
-            return self.fetch_local(topic, partition, offset, max_bytes).await;
-        }
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::Fetch {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            max_bytes,
-            reply,
-        };
-        if let Err(status) = self.send(owner, message).await {
-            return failed(status);
-        }
-        match answer.await {
+        match answer {
             Ok(response) => FetchPartitionResponse {
                 partition,
                 status: response.status,
@@ -303,10 +294,7 @@ impl Shard {
                 log_start_offset: response.log_start_offset,
                 records: FetchPayload::Remote(response.records),
             },
-            Err(_) => failed(Status::error(
-                ErrorCode::ShuttingDown,
-                "the owning shard stopped",
-            )),
+            Err(status) => fetch_failed(partition, status),
         }
     }
 
@@ -319,41 +307,32 @@ impl Shard {
     ) -> FetchPartitionResponse<FetchPayload> {
         let log = match self.log(topic, partition) {
             Ok(log) => log,
-            Err(status) => {
-                return FetchPartitionResponse {
-                    partition,
-                    status,
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    records: FetchPayload::Local(Vec::new()),
-                };
+            Err(status) => return fetch_failed(partition, status),
+        };
+        // With the response's byte budget spent (max_bytes 0), or on a read error: offsets
+        // only, no records.
+        let status = if max_bytes == 0 {
+            Status::ok()
+        } else {
+            match log.read(offset, max_bytes as usize).await {
+                Ok(outcome) => {
+                    return FetchPartitionResponse {
+                        partition,
+                        status: Status::ok(),
+                        high_watermark: outcome.log_end_offset,
+                        log_start_offset: outcome.log_start_offset,
+                        records: FetchPayload::Local(outcome.chunks),
+                    };
+                }
+                Err(error) => storage_status(&error),
             }
         };
-        if max_bytes == 0 {
-            // The response's byte budget is spent: offsets only, no records.
-            return FetchPartitionResponse {
-                partition,
-                status: Status::ok(),
-                high_watermark: log.log_end_offset(),
-                log_start_offset: log.log_start_offset(),
-                records: FetchPayload::Local(Vec::new()),
-            };
-        }
-        match log.read(offset, max_bytes as usize).await {
-            Ok(outcome) => FetchPartitionResponse {
-                partition,
-                status: Status::ok(),
-                high_watermark: outcome.log_end_offset,
-                log_start_offset: outcome.log_start_offset,
-                records: FetchPayload::Local(outcome.chunks),
-            },
-            Err(error) => FetchPartitionResponse {
-                partition,
-                status: storage_status(&error),
-                high_watermark: log.log_end_offset(),
-                log_start_offset: log.log_start_offset(),
-                records: FetchPayload::Local(Vec::new()),
-            },
+        FetchPartitionResponse {
+            partition,
+            status,
+            high_watermark: log.log_end_offset(),
+            log_start_offset: log.log_start_offset(),
+            records: FetchPayload::Local(Vec::new()),
         }
     }
 
@@ -367,27 +346,30 @@ impl Shard {
         offset: i64,
         max_wait_ms: u32,
     ) {
-        let Ok(owner) = self.owner(topic, partition) else {
-            return;
-        };
-        if owner == self.id {
-            if let Ok(log) = self.log(topic, partition) {
-                let deadline =
-                    glommio::timer::sleep(std::time::Duration::from_millis(u64::from(max_wait_ms)));
-                futures_lite::future::or(log.wait_for_data(offset), deadline).await;
+        match self.owner(topic, partition) {
+            Ok(owner) if owner == self.id => {
+                if let Ok(log) = self.log(topic, partition) {
+                    let wait = std::time::Duration::from_millis(u64::from(max_wait_ms));
+                    futures_lite::future::or(
+                        log.wait_for_data(offset),
+                        glommio::timer::sleep(wait),
+                    )
+                    .await;
+                }
             }
-            return;
-        }
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::WaitForData {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            max_wait_ms,
-            reply,
-        };
-        if self.send(owner, message).await.is_ok() {
-            let _ = answer.await;
+            Ok(owner) => {
+                let topic = topic.to_string();
+                let _ = self
+                    .ask(owner, |reply| ShardMessage::WaitForData {
+                        topic,
+                        partition,
+                        offset,
+                        max_wait_ms,
+                        reply,
+                    })
+                    .await;
+            }
+            Err(_) => {}
         }
     }
 
@@ -397,36 +379,24 @@ impl Shard {
         partition: u32,
         timestamp: i64,
     ) -> ListOffsetsPartitionResponse {
-        let failed = |status| ListOffsetsPartitionResponse {
-            partition,
-            status,
-            offset: -1,
-        };
-        let owner = match self.owner(topic, partition) {
-            Ok(owner) => owner,
-            Err(status) => return failed(status),
-        };
-        if owner != self.id {
-            let (reply, answer) = oneshot::channel();
-            let message = ShardMessage::ListOffsets {
-                topic: topic.to_string(),
-                partition,
-                timestamp,
-                reply,
-            };
-            if let Err(status) = self.send(owner, message).await {
-                return failed(status);
+        let log = match self.owner(topic, partition) {
+            Ok(owner) if owner == self.id => match self.log(topic, partition) {
+                Ok(log) => log,
+                Err(status) => return offsets_failed(partition, status),
+            },
+            Ok(owner) => {
+                let topic = topic.to_string();
+                let answer = self
+                    .ask(owner, |reply| ShardMessage::ListOffsets {
+                        topic,
+                        partition,
+                        timestamp,
+                        reply,
+                    })
+                    .await;
+                return answer.unwrap_or_else(|status| offsets_failed(partition, status));
             }
-            return answer.await.unwrap_or_else(|_| {
-                failed(Status::error(
-                    ErrorCode::ShuttingDown,
-                    "the owning shard stopped",
-                ))
-            });
-        }
-        let log = match self.log(topic, partition) {
-            Ok(log) => log,
-            Err(status) => return failed(status),
+            Err(status) => return offsets_failed(partition, status),
         };
         let offset = match timestamp {
             OFFSET_EARLIEST => Ok(Some(log.log_start_offset())),
@@ -439,7 +409,7 @@ impl Shard {
                 status: Status::ok(),
                 offset: offset.unwrap_or(-1),
             },
-            Err(error) => failed(storage_status(&error)),
+            Err(error) => offsets_failed(partition, storage_status(&error)),
         }
     }
 
@@ -450,15 +420,10 @@ impl Shard {
         names: Vec<String>,
         message: impl FnOnce(oneshot::Sender<Vec<TopicStatus>>) -> ShardMessage,
     ) -> Vec<TopicStatus> {
-        let (reply, answer) = oneshot::channel();
-        let reason = match self.send(0, message(reply)).await {
-            Ok(()) => match answer.await {
-                Ok(statuses) => return statuses,
-                Err(_) => "shard 0 stopped".to_string(),
-            },
-            Err(status) => status.message,
-        };
-        all_failed(&names, &reason)
+        match self.ask(0, message).await {
+            Ok(statuses) => statuses,
+            Err(status) => all_failed(&names, &status.message),
+        }
     }
 
     /// Creates topics (shard 0 does it; other shards forward).
@@ -691,6 +656,33 @@ fn unknown_topic(topic: &str) -> Status {
         ErrorCode::UnknownTopicOrPartition,
         format!("topic {topic} does not exist"),
     )
+}
+
+fn produce_failed(partition: u32, status: Status) -> ProducePartitionResponse {
+    ProducePartitionResponse {
+        partition,
+        status,
+        base_offset: -1,
+        log_end_offset: -1,
+    }
+}
+
+fn fetch_failed(partition: u32, status: Status) -> FetchPartitionResponse<FetchPayload> {
+    FetchPartitionResponse {
+        partition,
+        status,
+        high_watermark: -1,
+        log_start_offset: -1,
+        records: FetchPayload::Local(Vec::new()),
+    }
+}
+
+fn offsets_failed(partition: u32, status: Status) -> ListOffsetsPartitionResponse {
+    ListOffsetsPartitionResponse {
+        partition,
+        status,
+        offset: -1,
+    }
 }
 
 fn all_failed(names: &[String], reason: &str) -> Vec<TopicStatus> {

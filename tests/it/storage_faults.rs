@@ -8,7 +8,7 @@ use std::process::Command;
 
 use spate::storage::{Log, LogConfig, StorageError};
 
-use crate::support::{LoopMount, batch_mut, read_all, run};
+use crate::support::{batch_mut, on_loop_mount, read_all};
 
 /// Writes zeros to `path` until the filesystem is full.
 fn fill(path: &Path) {
@@ -31,12 +31,7 @@ fn fill(path: &Path) {
 
 #[test]
 fn a_full_disk_fails_appends_cleanly_and_the_log_recovers_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = LoopMount::new(dir.path(), 24) else {
-        return;
-    };
-    let root = mount.mount_point.clone();
-    run(move || async move {
+    on_loop_mount(|root| async move {
         let path = root.join("p");
         let config = LogConfig {
             segment_bytes: 1 << 20,
@@ -98,7 +93,6 @@ fn a_full_disk_fails_appends_cleanly_and_the_log_recovers_when_space_returns() {
         );
         log.close().await.unwrap();
     });
-    drop(mount);
 }
 
 /// Marks `path` immutable (or not): unlinking it then fails with EPERM.
@@ -121,12 +115,7 @@ fn small_segments() -> LogConfig {
 
 #[test]
 fn a_truncation_that_cannot_delete_a_segment_stops_writes_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = LoopMount::new(dir.path(), 24) else {
-        return;
-    };
-    let root = mount.mount_point.clone();
-    run(move || async move {
+    on_loop_mount(|root| async move {
         let path = root.join("p");
         let log = Log::open(&path, small_segments()).await.unwrap();
         for index in 0..40 {
@@ -165,17 +154,11 @@ fn a_truncation_that_cannot_delete_a_segment_stops_writes_and_loses_nothing() {
         );
         log.close().await.unwrap();
     });
-    drop(mount);
 }
 
 #[test]
 fn retention_that_cannot_delete_a_segment_keeps_the_log_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = LoopMount::new(dir.path(), 24) else {
-        return;
-    };
-    let root = mount.mount_point.clone();
-    run(move || async move {
+    on_loop_mount(|root| async move {
         let path = root.join("p");
         let config = LogConfig {
             retention_ms: Some(1_000),
@@ -206,5 +189,4 @@ fn retention_that_cannot_delete_a_segment_keeps_the_log_start() {
         assert_eq!(log.log_start_offset(), report.log_start_offset);
         log.close().await.unwrap();
     });
-    drop(mount);
 }

@@ -88,6 +88,23 @@ pub async fn read_all(log: &spate::storage::Log, from: i64) -> Vec<(i64, Vec<u8>
     out
 }
 
+/// Runs `make(root)` on a fresh executor, where `root` is the mount point of a fresh 24 MiB
+/// ext4 image (unmounted afterwards); does nothing where mounting is not possible and
+/// SPATE_SKIP_ROOT_TESTS is set.
+pub fn on_loop_mount<Make, Fut>(make: Make)
+where
+    Make: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(mount) = LoopMount::new(dir.path(), 24) else {
+        return;
+    };
+    let root = mount.mount_point.clone();
+    run(move || make(root));
+    drop(mount);
+}
+
 /// A small ext4 filesystem on a loop device, unmounted on drop.
 pub struct LoopMount {
     pub mount_point: PathBuf,
