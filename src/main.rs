@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use spate::client::StartAt;
 use spate::protocol::Acks;
-use spate::server::{FileConfig, ServerConfig, parse_cpus, parse_listen};
+use spate::server::{ServerConfig, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -109,39 +109,11 @@ fn parse_acks(value: &str) -> Result<Acks, String> {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML file with any of the settings below (flags override it).
+    /// TOML file with any of the settings below, in kebab-case (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where topics and their partitions are stored.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Address of the shared listener; shard i also listens on port+1+i.
-    #[arg(long, value_parser = parse_listen)]
-    listen: Option<std::net::SocketAddr>,
-    /// Number of shards (one pinned core each).
-    #[arg(long)]
-    shards: Option<usize>,
-    /// Cores to pin the shards to, e.g. 0,2,4-6 (one per shard).
-    #[arg(long, value_parser = parse_cpus)]
-    cpus: Option<Vec<usize>>,
-    /// Create a topic on its first produce.
-    #[arg(long)]
-    auto_create_topics: bool,
-    /// Partitions of an auto-created topic.
-    #[arg(long)]
-    default_partitions: Option<u32>,
-    /// Largest request frame accepted, in bytes (default 8 MiB).
-    #[arg(long)]
-    frame_bytes_max: Option<usize>,
-    /// Connections one shard serves at once (default 1024).
-    #[arg(long)]
-    connections_max_per_shard: Option<usize>,
-    /// Requests of one connection worked on at once (default 64).
-    #[arg(long)]
-    in_flight_max_per_connection: Option<usize>,
-    /// How often retention runs, in ms (default 300000).
-    #[arg(long)]
-    retention_check_interval_ms: Option<u64>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 fn main() {
@@ -220,33 +192,9 @@ fn main() {
 fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = ServerConfig::default();
     if let Some(path) = &args.config {
-        FileConfig::read(path)?.apply(&mut config)?;
+        Settings::read(path)?.apply(&mut config);
     }
-    if let Some(data_dir) = args.data_dir {
-        config.data_dir = data_dir;
-    }
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(shards) = args.shards {
-        config.shards = shards;
-    }
-    if let Some(cpus) = args.cpus {
-        config.shards = args.shards.unwrap_or(cpus.len());
-        config.cpus = Some(cpus);
-    }
-    config.auto_create_topics |= args.auto_create_topics;
-    config.default_partitions = args.default_partitions.unwrap_or(config.default_partitions);
-    config.frame_bytes_max = args.frame_bytes_max.unwrap_or(config.frame_bytes_max);
-    config.connections_max_per_shard = args
-        .connections_max_per_shard
-        .unwrap_or(config.connections_max_per_shard);
-    config.in_flight_max_per_connection = args
-        .in_flight_max_per_connection
-        .unwrap_or(config.in_flight_max_per_connection);
-    config.retention_check_interval_ms = args
-        .retention_check_interval_ms
-        .unwrap_or(config.retention_check_interval_ms);
+    args.settings.apply(&mut config);
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.clone())

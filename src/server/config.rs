@@ -26,6 +26,12 @@ pub struct ServerConfig {
     pub connections_max_per_shard: usize,
     /// Requests of one connection being worked on at once; reading stops beyond it.
     pub in_flight_max_per_connection: usize,
+    /// A connection with no request for this long is closed (Kafka's
+    /// `connections.max.idle.ms`, default 10 minutes).
+    pub connections_max_idle_ms: u64,
+    /// Partitions one shard may own. Each open partition holds file descriptors and
+    /// buffers, so a create that would pass this is refused before anything is written.
+    pub partitions_max_per_shard: u32,
     /// How often each shard applies retention to its partitions (Kafka's
     /// `log.retention.check.interval.ms`, default 5 minutes).
     pub retention_check_interval_ms: u64,
@@ -43,68 +49,127 @@ impl Default for ServerConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max_per_shard: 1024,
             in_flight_max_per_connection: 64,
+            connections_max_idle_ms: 600_000,
+            partitions_max_per_shard: 2000,
             retention_check_interval_ms: 300_000,
         }
     }
 }
 
-/// The TOML file's keys: each optional, each the same as a flag.
-#[derive(Debug, Default, Deserialize)]
+/// The settings a user may give, each optional: the same struct is read from the TOML file
+/// (kebab-case keys) and from `spate serve`'s flags, so the two cannot drift apart. Flags
+/// are applied after the file, so they win.
+#[derive(Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
+pub struct Settings {
+    /// Where topics and their partitions are stored [default: ./spate-data].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    pub listen: Option<String>,
+    /// Address of the shared listener; shard i also listens on port+1+i
+    /// [default: 127.0.0.1:7070].
+    #[arg(long, value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "listen_from_text")]
+    pub listen: Option<SocketAddr>,
+    /// Number of shards, one pinned core each [default: one per core].
+    #[arg(long)]
     pub shards: Option<usize>,
-    pub cpus: Option<String>,
+    /// Cores to pin the shards to, e.g. 0,2,4-6 (one per shard; sets --shards to match).
+    #[arg(long, value_parser = parse_core_list)]
+    #[serde(default, deserialize_with = "cpus_from_text")]
+    pub cpus: Option<CoreList>,
+    /// Create a topic on its first produce [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic [default: 1].
+    #[arg(long)]
     pub default_partitions: Option<u32>,
+    /// Largest request frame accepted, in bytes [default: 8 MiB].
+    #[arg(long)]
     pub frame_bytes_max: Option<usize>,
+    /// Connections one shard serves at once; more are refused [default: 1024].
+    #[arg(long)]
     pub connections_max_per_shard: Option<usize>,
+    /// Requests of one connection worked on at once [default: 64].
+    #[arg(long)]
     pub in_flight_max_per_connection: Option<usize>,
+    /// A connection that sends nothing for this long is closed [default: 600000].
+    #[arg(long)]
+    pub connections_max_idle_ms: Option<u64>,
+    /// Partitions one shard may own; creating more is refused [default: 2000].
+    #[arg(long)]
+    pub partitions_max_per_shard: Option<u32>,
+    /// How often retention runs, in ms [default: 300000].
+    #[arg(long)]
     pub retention_check_interval_ms: Option<u64>,
 }
 
-impl FileConfig {
-    pub fn read(path: &Path) -> Result<FileConfig, String> {
+/// A parsed `--cpus` list (a newtype, so clap takes it as one value, not many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
+fn parse_core_list(value: &str) -> Result<CoreList, String> {
+    parse_cpus(value).map(CoreList)
+}
+
+fn listen_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn cpus_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<CoreList>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_core_list(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+impl Settings {
+    pub fn read(path: &Path) -> Result<Settings, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
         toml::from_str(&text)
             .map_err(|error| format!("invalid config file {}: {error}", path.display()))
     }
 
-    /// Applies the file's settings over `config`.
-    pub fn apply(self, config: &mut ServerConfig) -> Result<(), String> {
-        if let Some(value) = self.data_dir {
-            config.data_dir = value;
+    /// Applies the settings given over `config`.
+    pub fn apply(self, config: &mut ServerConfig) {
+        fn set<T>(target: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *target = value;
+            }
         }
-        if let Some(value) = self.listen {
-            config.listen = parse_listen(&value)?;
+        set(&mut config.data_dir, self.data_dir);
+        set(&mut config.listen, self.listen);
+        set(&mut config.shards, self.shards);
+        if let Some(CoreList(cpus)) = self.cpus {
+            config.shards = self.shards.unwrap_or(cpus.len());
+            config.cpus = Some(cpus);
         }
-        if let Some(value) = self.shards {
-            config.shards = value;
-        }
-        if let Some(value) = self.cpus {
-            config.cpus = Some(parse_cpus(&value)?);
-        }
-        if let Some(value) = self.auto_create_topics {
-            config.auto_create_topics = value;
-        }
-        if let Some(value) = self.default_partitions {
-            config.default_partitions = value;
-        }
-        if let Some(value) = self.frame_bytes_max {
-            config.frame_bytes_max = value;
-        }
-        if let Some(value) = self.connections_max_per_shard {
-            config.connections_max_per_shard = value;
-        }
-        if let Some(value) = self.in_flight_max_per_connection {
-            config.in_flight_max_per_connection = value;
-        }
-        if let Some(value) = self.retention_check_interval_ms {
-            config.retention_check_interval_ms = value;
-        }
-        Ok(())
+        set(&mut config.auto_create_topics, self.auto_create_topics);
+        set(&mut config.default_partitions, self.default_partitions);
+        set(&mut config.frame_bytes_max, self.frame_bytes_max);
+        set(
+            &mut config.connections_max_per_shard,
+            self.connections_max_per_shard,
+        );
+        set(
+            &mut config.in_flight_max_per_connection,
+            self.in_flight_max_per_connection,
+        );
+        set(
+            &mut config.connections_max_idle_ms,
+            self.connections_max_idle_ms,
+        );
+        set(
+            &mut config.partitions_max_per_shard,
+            self.partitions_max_per_shard,
+        );
+        set(
+            &mut config.retention_check_interval_ms,
+            self.retention_check_interval_ms,
+        );
     }
 }
 
@@ -153,6 +218,12 @@ impl ServerConfig {
         }
         if self.connections_max_per_shard == 0 || self.in_flight_max_per_connection == 0 {
             return Err("connection and in-flight limits must be at least 1".to_string());
+        }
+        if self.connections_max_idle_ms == 0 {
+            return Err("connections-max-idle-ms must be at least 1".to_string());
+        }
+        if self.partitions_max_per_shard == 0 {
+            return Err("partitions-max-per-shard must be at least 1".to_string());
         }
         Ok(())
     }
@@ -203,19 +274,25 @@ mod tests {
         assert!(parse_cpus("1-").is_err());
         assert!(parse_listen("localhost").is_err());
 
-        let file: FileConfig =
+        let file: Settings =
             toml::from_str("shards = 1\nlisten = \"127.0.0.1:9000\"\nauto-create-topics = true")
                 .unwrap();
         let mut config = ServerConfig::default();
-        file.apply(&mut config).unwrap();
+        file.apply(&mut config);
         assert_eq!(config.shards, 1);
         assert_eq!(config.shard_port(0), 9001);
         assert!(config.auto_create_topics);
         config.validate().unwrap();
         assert!(
-            toml::from_str::<FileConfig>("shard = 1").is_err(),
+            toml::from_str::<Settings>("shard = 1").is_err(),
             "unknown keys are refused"
         );
+        let error = toml::from_str::<Settings>("listen = \"nowhere\"").unwrap_err();
+        assert!(error.to_string().contains("expected HOST:PORT"), "{error}");
+        let file: Settings = toml::from_str("cpus = \"0-1\"").unwrap();
+        let mut config = ServerConfig::default();
+        file.apply(&mut config);
+        assert_eq!((config.shards, config.cpus), (2, Some(vec![0, 1])));
 
         let bad = ServerConfig {
             shards: 2,

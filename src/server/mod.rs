@@ -16,7 +16,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
-pub use config::{FileConfig, ServerConfig, parse_cpus, parse_listen};
+pub use config::{CoreList, ServerConfig, Settings, parse_cpus, parse_listen};
 use shard::{Shard, ShardMessage};
 
 use crate::broker::metadata::ClusterMetadata;
