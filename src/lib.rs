@@ -19,3 +19,4 @@ pub mod protocol;
 pub mod record;
 pub mod server;
 pub mod storage;
+mod wake;

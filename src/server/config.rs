@@ -115,14 +115,18 @@ fn listen_from_text<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<SocketAddr>, D::Error> {
     let text = String::deserialize(deserializer)?;
-    parse_listen(&text).map(Some).map_err(serde::de::Error::custom)
+    parse_listen(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn cpus_from_text<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<CoreList>, D::Error> {
     let text = String::deserialize(deserializer)?;
-    parse_core_list(&text).map(Some).map_err(serde::de::Error::custom)
+    parse_core_list(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl Settings {

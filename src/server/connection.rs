@@ -1,7 +1,14 @@
 //! One client connection: a reader that splits frames and starts a handler per request
 //! (up to the in-flight limit), and a writer that sends answers as they complete.
+//!
+//! A connection ends when the client closes it, sends an unusable frame, stays idle past
+//! `connections_max_idle_ms`, does not take its answers within the write timeout, or when
+//! the shard stops. In every case the requests already started are finished and their
+//! answers sent (or the write gives up) before the socket is closed: an append that was
+//! written is acknowledged if the client is still there to hear it.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -12,9 +19,18 @@ use glommio::sync::Semaphore;
 use super::handlers::{self, Outgoing};
 use super::shard::{FetchPayload, Shard};
 use crate::protocol::{Piece, decode_request_header, split_frame};
+use crate::wake::Latch;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A client that takes none of an answer's bytes for this long is dropped, so a reader
+/// that stalls cannot pin the answers (and the log buffers they reference) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a closing connection keeps reading (and discarding) so its last answers reach
+/// the client; see the end of `serve`.
+const LINGER: Duration = Duration::from_secs(2);
 
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream
@@ -22,24 +38,38 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .map(|address| address.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
+    let _ = stream.set_read_timeout(Some(idle));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let (mut reader, mut writer) = futures_lite::io::split(stream);
+    // Set when the connection is ending: the reader stops, and waiting requests (long
+    // polls) answer with what they have.
+    let closed = Rc::new(Latch::default());
     let in_flight_max = shard.config.in_flight_max_per_connection;
     let (answers, pending) = local_channel::new_bounded::<Outgoing>(in_flight_max);
-    let writer_task = glommio::spawn_local(async move {
-        while let Some(outgoing) = pending.recv().await {
-            let written = match outgoing {
-                Outgoing::Frame(frame) => writer.write_all(&frame).await,
-                Outgoing::Pieces(pieces) => write_pieces(&mut writer, pieces).await,
-            };
-            if written.is_err() {
-                break;
+    let writer_task = glommio::spawn_local({
+        let closed = closed.clone();
+        let peer = peer.clone();
+        async move {
+            while let Some(outgoing) = pending.recv().await {
+                let written = match outgoing {
+                    Outgoing::Frame(frame) => writer.write_all(&frame).await,
+                    Outgoing::Pieces(pieces) => write_pieces(&mut writer, pieces).await,
+                    Outgoing::Close => break,
+                };
+                if let Err(error) = written {
+                    tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
+                    break;
+                }
             }
+            closed.set();
+            let _ = writer.close().await;
         }
-        let _ = writer.close().await;
     });
     let in_flight = Rc::new(Semaphore::new(in_flight_max as u64));
     let answers = Rc::new(answers);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut client_done = false;
     'connection: loop {
         loop {
             let frame = match split_frame(&mut buffer, shard.config.frame_bytes_max) {
@@ -63,8 +93,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             let shard = shard.clone();
             let answers = answers.clone();
+            let closed = closed.clone();
             glommio::spawn_local(async move {
-                if let Some(outgoing) = handlers::handle(shard, header, body).await {
+                if let Some(outgoing) = handlers::handle(shard, header, body, &closed).await {
                     let _ = answers.send(outgoing).await;
                 }
                 drop(permit);
@@ -73,15 +104,54 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let filled = buffer.len();
         buffer.resize(filled + READ_CHUNK_BYTES, 0);
-        match reader.read(&mut buffer[filled..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => buffer.truncate(filled + read),
+        // `None`: the shard is stopping or the connection is closing.
+        let read = futures_lite::future::or(
+            async { Some(reader.read(&mut buffer[filled..]).await) },
+            async {
+                futures_lite::future::or(shard.stopping.wait(), closed.wait()).await;
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(read)) if read > 0 => buffer.truncate(filled + read),
+            Some(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => {
+                buffer.truncate(filled);
+                // Idle means no requests at all: one still being answered (a long poll)
+                // keeps the connection.
+                if in_flight.available() < in_flight_max as u64 {
+                    continue;
+                }
+                tracing::info!(%peer, idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                break;
+            }
+            Some(Ok(0)) => {
+                client_done = true;
+                break;
+            }
+            Some(_) | None => break,
         }
     }
+    closed.set();
     // Let the answers already started go out, then close.
     let _ = in_flight.acquire(in_flight_max as u64).await;
     drop(answers);
     writer_task.await;
+    if !client_done {
+        // Closing a socket with unread input makes the kernel send a reset, and a reset
+        // destroys the answers still in the client's receive buffer. So after the FIN
+        // (sent by the writer), read and discard until the client closes too, for a
+        // bounded time, as web servers do ("lingering close").
+        let linger = async {
+            let mut sink = vec![0u8; READ_CHUNK_BYTES];
+            while let Ok(read) = reader.read(&mut sink).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(linger, glommio::timer::sleep(LINGER)).await;
+    }
 }
 
 async fn write_pieces<W: futures_lite::AsyncWrite + Unpin>(

@@ -9,8 +9,8 @@ mod shard;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
@@ -23,6 +23,10 @@ use crate::broker::metadata::ClusterMetadata;
 
 /// Messages a shard may queue for another before the sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// How long a stopping broker waits for its connections to finish the requests they had
+/// started before it closes the logs anyway.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the broker until `shutdown` is set, then lets every log finish its queued appends
 /// and sync, and returns (the shard threads are left to the process's exit). Fails with one clear message when the data
@@ -54,21 +58,17 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     let config = Arc::new(config);
     let (ready_sender, ready) = std::sync::mpsc::channel::<Result<(), String>>();
     let (stopped_sender, stopped) = std::sync::mpsc::channel::<()>();
+    let lifecycle = Lifecycle {
+        shutdown: shutdown.clone(),
+        drained: Arc::new(AtomicUsize::new(0)),
+        ready: ready_sender,
+        stopped: stopped_sender,
+    };
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-shard")
         .on_all_shards({
             let config = config.clone();
-            let shutdown = shutdown.clone();
-            move || {
-                run_shard(
-                    config,
-                    mesh,
-                    metadata,
-                    shutdown,
-                    ready_sender,
-                    stopped_sender,
-                )
-            }
+            move || run_shard(config, mesh, metadata, lifecycle)
         })
         .map_err(|error| format!("cannot start the shards: {error}"))?;
 
@@ -200,14 +200,30 @@ fn placement(config: &ServerConfig) -> Result<PoolPlacement, String> {
     })
 }
 
+/// How the shards and `serve` tell each other where they are: the stop flag (set by a
+/// signal or a failed start), how many shards have drained, and one report from each
+/// shard when it is ready and when it has stopped.
+#[derive(Clone)]
+struct Lifecycle {
+    shutdown: Arc<AtomicBool>,
+    drained: Arc<AtomicUsize>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    stopped: std::sync::mpsc::Sender<()>,
+}
+
 async fn run_shard(
     config: Arc<ServerConfig>,
     mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
     metadata: ClusterMetadata,
-    shutdown: Arc<AtomicBool>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
-    stopped: std::sync::mpsc::Sender<()>,
+    lifecycle: Lifecycle,
 ) {
+    let Lifecycle {
+        shutdown,
+        drained,
+        ready,
+        stopped,
+    } = lifecycle;
+    let arrival = Arrival(drained.clone());
     let (senders, mut receivers) = match mesh.join().await {
         Ok(channels) => channels,
         Err(error) => {
@@ -233,7 +249,7 @@ async fn run_shard(
     let mut bound = Vec::new();
     for address in listeners {
         match bind_listener(address) {
-            Ok(listener) => bound.push(Rc::new(listener)),
+            Ok(listener) => bound.push(listener),
             Err(error) => {
                 let _ = ready.send(Err(format!("cannot listen on {address}: {error}")));
                 shard.close().await;
@@ -251,48 +267,22 @@ async fn run_shard(
         })
         .detach();
     }
-    let connections = Rc::new(std::cell::Cell::new(0usize));
-    for listener in &bound {
-        let listener = listener.clone();
-        let shard = shard.clone();
-        let connections = connections.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if connections.get() >= shard.config.connections_max_per_shard {
-                    tracing::warn!(
-                        limit = shard.config.connections_max_per_shard,
-                        "refusing a connection: limit reached"
-                    );
-                    drop(stream);
-                    continue;
-                }
-                connections.set(connections.get() + 1);
-                let shard = shard.clone();
-                let connections = connections.clone();
-                glommio::spawn_local(async move {
-                    connection::serve(shard, stream).await;
-                    connections.set(connections.get() - 1);
-                })
-                .detach();
-            }
+    let connections = Rc::new(Connections::default());
+    let accepting: Vec<glommio::Task<()>> = bound
+        .into_iter()
+        .map(|listener| {
+            let shard = shard.clone();
+            let connections = connections.clone();
+            glommio::spawn_local(accept_loop(listener, shard, connections))
         })
-        .detach();
-    }
+        .collect();
     {
         let shard = shard.clone();
         let interval = Duration::from_millis(config.retention_check_interval_ms);
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(interval).await;
-                if shard.shutting_down.get() {
+                if shard.stopping.is_set() {
                     return;
                 }
                 shard.enforce_retention().await;
@@ -304,8 +294,80 @@ async fn run_shard(
     while !shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    shard.shutting_down.set(true);
-    drop(bound);
+
+    // Stopping: refuse new requests and stop accepting (dropping an accept loop closes its
+    // listener); each connection stops reading, finishes the requests it had started,
+    // sends their answers and closes.
+    shard.stopping.set();
+    drop(accepting);
+    let deadline = Instant::now() + SHUTDOWN_DRAIN;
+    futures_lite::future::or(
+        connections
+            .changed
+            .wait_until(|| connections.open.get() == 0),
+        glommio::timer::sleep(SHUTDOWN_DRAIN),
+    )
+    .await;
+    if connections.open.get() > 0 {
+        tracing::warn!(
+            shard = shard.id,
+            connections = connections.open.get(),
+            "connections still busy after the shutdown grace period; closing the logs under them"
+        );
+    }
+    // A request admitted on one shard may still be appending on another, so no shard
+    // closes its logs before every shard has drained its connections.
+    drop(arrival);
+    while drained.load(Ordering::SeqCst) < config.shards && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
     shard.close().await;
     let _ = stopped.send(());
+}
+
+/// The connections a shard has open; `changed` wakes the shutdown when one closes.
+#[derive(Default)]
+struct Connections {
+    open: std::cell::Cell<usize>,
+    changed: crate::wake::Event,
+}
+
+/// Counts a shard as drained when dropped: on the normal path once its connections have
+/// closed, and on every early return (a shard that failed to start has nothing to drain).
+struct Arrival(Arc<AtomicUsize>);
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shard: Rc<Shard>, connections: Rc<Connections>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if connections.open.get() >= shard.config.connections_max_per_shard {
+            tracing::warn!(
+                limit = shard.config.connections_max_per_shard,
+                "refusing a connection: limit reached"
+            );
+            drop(stream);
+            continue;
+        }
+        connections.open.set(connections.open.get() + 1);
+        let shard = shard.clone();
+        let connections = connections.clone();
+        glommio::spawn_local(async move {
+            connection::serve(shard, stream).await;
+            connections.open.set(connections.open.get() - 1);
+            connections.changed.notify_all();
+        })
+        .detach();
+    }
 }

@@ -2,7 +2,7 @@
 //! shards send each other. Lives on one pinned glommio executor; nothing here is shared
 //! with another core except through the mesh of glommio channels.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -18,6 +18,7 @@ use crate::protocol::{
     OFFSET_LATEST, Payload, ProducePartitionResponse, Status, TopicStatus,
 };
 use crate::storage::{Chunk, Log, StorageError};
+use crate::wake::Latch;
 
 /// Everything one shard asks of another. Closed: a new cross-shard interaction is a new
 /// variant here. Replies travel on the oneshot channel inside the message.
@@ -90,7 +91,8 @@ pub(crate) struct Shard {
     peers: Senders<ShardMessage>,
     /// Shard 0 applies one metadata change at a time.
     admin: Semaphore,
-    pub shutting_down: Cell<bool>,
+    /// Set once when the broker begins to stop: new requests are refused, waits end.
+    pub stopping: Latch,
 }
 
 fn storage_status(error: &StorageError) -> Status {
@@ -121,7 +123,7 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             peers,
             admin: Semaphore::new(1),
-            shutting_down: Cell::new(false),
+            stopping: Latch::default(),
         });
         shard.apply_metadata(metadata, Vec::new()).await?;
         Ok(shard)
@@ -175,17 +177,36 @@ impl Shard {
         Ok(shard_for(topic, partition, self.count))
     }
 
+    /// The open log of a partition this shard owns, or why there is none.
     fn log(&self, topic: &str, partition: u32) -> Result<Log, Status> {
-        self.logs
-            .borrow()
-            .get(&(topic.to_string(), partition))
-            .cloned()
-            .ok_or_else(|| {
-                Status::error(
-                    ErrorCode::NotOwner,
-                    format!("shard {} does not own {topic}-{partition}", self.id),
-                )
-            })
+        if let Some(log) = self.logs.borrow().get(&(topic.to_string(), partition)) {
+            return Ok(log.clone());
+        }
+        Err(self.no_log(topic, partition))
+    }
+
+    /// Why a partition has no open log here: the broker is stopping, the topic is gone
+    /// (deleted while the request was on its way), or another shard owns it.
+    fn no_log(&self, topic: &str, partition: u32) -> Status {
+        if self.stopping.is_set() {
+            return Status::error(ErrorCode::ShuttingDown, "the broker is shutting down");
+        }
+        match self.owner(topic, partition) {
+            Err(status) => status,
+            Ok(_) => Status::error(
+                ErrorCode::NotOwner,
+                format!("shard {} does not own {topic}-{partition}", self.id),
+            ),
+        }
+    }
+
+    /// The answer for a storage error; a log closed under a request (its topic deleted)
+    /// answers as the missing partition does.
+    fn storage_status(&self, topic: &str, partition: u32, error: &StorageError) -> Status {
+        match error {
+            StorageError::Closed => self.no_log(topic, partition),
+            error => storage_status(error),
+        }
     }
 
     /// Sends `message` to shard `peer` (never this one).
@@ -257,7 +278,7 @@ impl Shard {
                 base_offset: info.base_offset,
                 log_end_offset: log.log_end_offset(),
             },
-            Err(error) => produce_failed(partition, storage_status(&error)),
+            Err(error) => produce_failed(partition, self.storage_status(topic, partition, &error)),
         }
     }
 
@@ -324,7 +345,7 @@ impl Shard {
                         records: FetchPayload::Local(outcome.chunks),
                     };
                 }
-                Err(error) => storage_status(&error),
+                Err(error) => self.storage_status(topic, partition, &error),
             }
         };
         FetchPartitionResponse {
@@ -350,11 +371,9 @@ impl Shard {
             Ok(owner) if owner == self.id => {
                 if let Ok(log) = self.log(topic, partition) {
                     let wait = std::time::Duration::from_millis(u64::from(max_wait_ms));
-                    futures_lite::future::or(
-                        log.wait_for_data(offset),
-                        glommio::timer::sleep(wait),
-                    )
-                    .await;
+                    let give_up =
+                        futures_lite::future::or(glommio::timer::sleep(wait), self.stopping.wait());
+                    futures_lite::future::or(log.wait_for_data(offset), give_up).await;
                 }
             }
             Ok(owner) => {
@@ -409,7 +428,7 @@ impl Shard {
                 status: Status::ok(),
                 offset: offset.unwrap_or(-1),
             },
-            Err(error) => offsets_failed(partition, storage_status(&error)),
+            Err(error) => offsets_failed(partition, self.storage_status(topic, partition, &error)),
         }
     }
 
@@ -658,7 +677,7 @@ fn unknown_topic(topic: &str) -> Status {
     )
 }
 
-fn produce_failed(partition: u32, status: Status) -> ProducePartitionResponse {
+pub(crate) fn produce_failed(partition: u32, status: Status) -> ProducePartitionResponse {
     ProducePartitionResponse {
         partition,
         status,

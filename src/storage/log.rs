@@ -16,10 +16,10 @@ use super::segment::{
     ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
 };
 use super::tail_cache::TailCache;
-use super::wake::{Event, Notify};
 use super::{Chunk, LogConfig, StorageError, io};
 use crate::limits::{BATCH_BYTES_MAX, PENDING_APPEND_BYTES_MAX};
 use crate::record::{BatchError, RecordIter, split_batches};
+use crate::wake::{Event, Notify};
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,6 @@ mod io;
 mod log;
 mod segment;
 mod tail_cache;
-mod wake;
 
 use std::path::PathBuf;
 use std::rc::Rc;

@@ -125,7 +125,7 @@ fn values(bytes: &[u8]) -> Vec<(i64, String)> {
 }
 
 /// Reads a partition from `offset` to its end.
-fn read_partition(
+pub fn read_partition(
     connection: &mut Connection,
     topic: &str,
     partition: u32,
@@ -637,7 +637,8 @@ fn the_router_talks_to_the_owning_shard_directly() {
     assert!(error.to_string().contains("absent"), "{error}");
 }
 
-fn fetch_request(
+pub fn fetch_request(
+    topic: &str,
     entries: &[(u32, i64)],
     max_bytes: u32,
     min_bytes: u32,
@@ -649,7 +650,7 @@ fn fetch_request(
         min_bytes,
         max_bytes,
         topics: vec![FetchTopic {
-            name: "f".into(),
+            name: topic.into(),
             partitions: entries
                 .iter()
                 .map(|&(partition, offset)| FetchPartition {
@@ -679,12 +680,15 @@ fn hostile_fetches_are_refused_and_responses_stay_within_max_bytes() {
         }
         other => panic!("expected InvalidRequest, got {other:?}"),
     };
-    refused(&mut client, fetch_request(&[(0, 0), (0, 0)], 1 << 20, 1, 0));
+    refused(
+        &mut client,
+        fetch_request("f", &[(0, 0), (0, 0)], 1 << 20, 1, 0),
+    );
     let many: Vec<(u32, i64)> = (0..1001).map(|index| (index, 0)).collect();
-    refused(&mut client, fetch_request(&many, 1 << 20, 1, 0));
+    refused(&mut client, fetch_request("f", &many, 1 << 20, 1, 0));
     // max_bytes 1: the first partition returns its one batch, the others only offsets.
     let Response::Fetch(response) = client
-        .call(&fetch_request(&[(0, 0), (1, 0), (2, 0)], 1, 1, 0))
+        .call(&fetch_request("f", &[(0, 0), (1, 0), (2, 0)], 1, 1, 0))
         .unwrap()
     else {
         panic!("a fetch response")
@@ -716,7 +720,7 @@ fn a_fetch_waits_for_min_bytes_not_just_the_first_record() {
     let address = broker.address();
     let fetcher = std::thread::spawn(move || {
         let mut consumer = Connection::connect(&address, "consumer").unwrap();
-        let request = fetch_request(&[(0, 0)], 1 << 20, 3 * one_batch, 20_000);
+        let request = fetch_request("f", &[(0, 0)], 1 << 20, 3 * one_batch, 20_000);
         match consumer.call(&request).unwrap() {
             Response::Fetch(response) => response.topics[0].partitions[0].records.len() as u32,
             other => panic!("{other:?}"),

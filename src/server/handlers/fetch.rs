@@ -8,6 +8,7 @@ use crate::protocol::{
     Status,
 };
 use crate::server::shard::{FetchPayload, Shard};
+use crate::wake::Latch;
 
 /// Most partition entries one fetch may name.
 pub const FETCH_PARTITIONS_MAX: usize = 1000;
@@ -17,12 +18,14 @@ pub const FETCH_RESPONSE_BYTES_MAX: u32 = 64 * 1024 * 1024;
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
 /// Reads every partition; while fewer than `min_bytes` came back and `max_wait_ms` has not
-/// passed, waits for new data on any of them and reads again. Records are sent as they sit
-/// in the log (tail cache or disk buffer) when this shard owns the partition.
+/// passed, waits for new data on any of them and reads again; a connection that is closing
+/// (`closed`) ends the wait early. Records are sent as they sit in the log (tail cache or
+/// disk buffer) when this shard owns the partition.
 pub(super) async fn handle(
     shard: &Rc<Shard>,
     mut request: FetchRequest,
     correlation_id: u32,
+    closed: &Latch,
 ) -> Result<Outgoing, Status> {
     check(&request)?;
     request.max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
@@ -32,7 +35,7 @@ pub(super) async fn handle(
     loop {
         let response = read_all(shard, &request).await;
         let now = Instant::now();
-        if bytes_in(&response) >= min_bytes || now >= deadline {
+        if bytes_in(&response) >= min_bytes || now >= deadline || closed.is_set() {
             return Ok(Outgoing::Pieces(response.into_pieces(correlation_id)));
         }
         // Wait for any partition's log end to pass what was just seen.
@@ -73,7 +76,9 @@ pub(super) async fn handle(
             })
             .await
         };
-        futures_lite::future::or(any_data, glommio::timer::sleep(deadline - now)).await;
+        let give_up =
+            futures_lite::future::or(glommio::timer::sleep(deadline - now), closed.wait());
+        futures_lite::future::or(any_data, give_up).await;
     }
 }
 

@@ -12,20 +12,26 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 
 use super::shard::{FetchPayload, Shard};
-use crate::protocol::{ApiKey, ErrorCode, Piece, Request, RequestHeader, Response, Status};
+use crate::protocol::{Acks, ApiKey, ErrorCode, Piece, Request, RequestHeader, Response, Status};
+use crate::wake::Latch;
 
 /// A response ready to be written: one encoded frame, or a fetch answer in pieces whose
 /// record payloads are written as they are.
 pub(crate) enum Outgoing {
     Frame(BytesMut),
     Pieces(Vec<Piece<FetchPayload>>),
+    /// Close the connection after the answers before this one (how a failed acks=0
+    /// produce is reported, as in Kafka: the client sees the connection drop).
+    Close,
 }
 
-/// Answers one request; `None` when no answer is due (a produce with acks=0).
+/// Answers one request; `None` when no answer is due (a produce with acks=0). `closed` is
+/// set when the connection is ending: a long poll then answers with what it has.
 pub(crate) async fn handle(
     shard: Rc<Shard>,
     header: RequestHeader,
     body: Bytes,
+    closed: &Latch,
 ) -> Option<Outgoing> {
     let correlation_id = header.correlation_id;
     let failed = |code, message: String| {
@@ -57,7 +63,12 @@ pub(crate) async fn handle(
             return failed(ErrorCode::InvalidRequest, error.to_string());
         }
     };
-    if shard.shutting_down.get() {
+    if shard.stopping.is_set() {
+        if let Request::Produce(request) = &request
+            && request.acks == Acks::None
+        {
+            return Some(Outgoing::Close);
+        }
         return failed(
             ErrorCode::ShuttingDown,
             "the broker is shutting down".to_string(),
@@ -71,10 +82,12 @@ pub(crate) async fn handle(
         Request::DescribeTopics(request) => topics::describe(&shard, request),
         Request::Produce(request) => return produce::handle(&shard, request, correlation_id).await,
         Request::Fetch(request) => {
-            return Some(match fetch::handle(&shard, request, correlation_id).await {
-                Ok(outgoing) => outgoing,
-                Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
-            });
+            return Some(
+                match fetch::handle(&shard, request, correlation_id, closed).await {
+                    Ok(outgoing) => outgoing,
+                    Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
+                },
+            );
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
     };

@@ -1,11 +1,12 @@
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use super::Outgoing;
 use crate::protocol::{
     Acks, ErrorCode, NewTopic, ProducePartitionResponse, ProduceRequest, ProduceResponse,
-    ProduceTopicResponse, Response,
+    ProduceTopicResponse, Response, Status,
 };
-use crate::server::shard::Shard;
+use crate::server::shard::{Shard, produce_failed};
 
 /// Appends every partition's batches (partitions in parallel, on their owners) and answers
 /// once all are durable under their topic's flush policy; with acks=0, not at all.
@@ -33,6 +34,10 @@ pub(super) async fn handle(
             }
         }
     }
+    // The whole request shares one deadline, as Kafka's produce timeout does. An append
+    // still running when it passes is answered `Timeout` and left to finish: the client
+    // cannot know whether it landed (a retry may duplicate it, as in Kafka).
+    let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms));
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let tasks: Vec<_> = topic
@@ -41,16 +46,34 @@ pub(super) async fn handle(
             .map(|partition| {
                 let shard = shard.clone();
                 let name = topic.name.clone();
-                glommio::spawn_local(async move {
-                    shard
-                        .produce(&name, partition.partition, partition.records)
-                        .await
-                })
+                let id = partition.partition;
+                let task = glommio::spawn_local(async move {
+                    shard.produce(&name, id, partition.records).await
+                });
+                (id, task)
             })
             .collect();
         let mut partitions: Vec<ProducePartitionResponse> = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            partitions.push(task.await);
+        for (id, mut task) in tasks {
+            let timer = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+            let answer = futures_lite::future::or(async { Some((&mut task).await) }, async {
+                timer.await;
+                None
+            })
+            .await;
+            partitions.push(answer.unwrap_or_else(|| {
+                task.detach();
+                produce_failed(
+                    id,
+                    Status::error(
+                        ErrorCode::Timeout,
+                        format!(
+                            "not acknowledged within the request's timeout_ms ({} ms); the append may still complete",
+                            request.timeout_ms
+                        ),
+                    ),
+                )
+            }));
         }
         topics.push(ProduceTopicResponse {
             name: topic.name,
@@ -58,7 +81,25 @@ pub(super) async fn handle(
         });
     }
     if request.acks == Acks::None {
-        return None;
+        // No answer is due; a failure closes the connection, so the client notices.
+        let failure = topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |partition| (topic, partition))
+            })
+            .find(|(_, partition)| !partition.status.is_ok());
+        return failure.map(|(topic, partition)| {
+            tracing::warn!(
+                topic = topic.name,
+                partition = partition.partition,
+                status = %partition.status,
+                "an acks=0 produce failed: closing its connection"
+            );
+            Outgoing::Close
+        });
     }
     Some(Outgoing::Frame(
         Response::Produce(ProduceResponse { topics }).encode(correlation_id),

@@ -1,5 +1,6 @@
-//! Two tiny single-threaded wake-up primitives (a log and its waiters share one executor,
-//! so no atomics are needed).
+//! Tiny single-threaded wake-up primitives. Everything that waits on one of them lives on
+//! the same executor as what wakes it (a log and its readers, a shard and its
+//! connections), so no atomics are needed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -72,6 +73,31 @@ impl Event {
     }
 }
 
+/// A flag that is set once and stays set, waking everyone waiting for it (a shard's
+/// "stopping", a connection's "closed").
+#[derive(Default)]
+pub(crate) struct Latch {
+    set: Cell<bool>,
+    event: Event,
+}
+
+impl Latch {
+    pub fn set(&self) {
+        if !self.set.replace(true) {
+            self.event.notify_all();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    /// Resolves once the latch is set (at once if it already is).
+    pub async fn wait(&self) {
+        self.event.wait_until(|| self.set.get()).await
+    }
+}
+
 /// Removes a waiter's waker when its future completes or is dropped.
 struct Registration<'a> {
     event: &'a Event,
@@ -112,5 +138,21 @@ mod tests {
         event.notify_all();
         assert!(waiting.as_mut().poll(&mut context).is_ready());
         assert_eq!(event.waiting(), 0);
+    }
+
+    #[test]
+    fn a_latch_wakes_every_waiter_and_stays_set() {
+        let latch = Latch::default();
+        let mut context = Context::from_waker(Waker::noop());
+        let mut first = Box::pin(latch.wait());
+        let mut second = Box::pin(latch.wait());
+        assert!(first.as_mut().poll(&mut context).is_pending());
+        assert!(second.as_mut().poll(&mut context).is_pending());
+        assert!(!latch.is_set());
+        latch.set();
+        assert!(first.as_mut().poll(&mut context).is_ready());
+        assert!(second.as_mut().poll(&mut context).is_ready());
+        assert!(pin!(latch.wait()).poll(&mut context).is_ready());
+        assert!(latch.is_set());
     }
 }

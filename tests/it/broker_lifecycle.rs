@@ -1,0 +1,360 @@
+//! How connections and the broker end: a graceful stop under load, idle connections,
+//! produce timeouts on a stalled disk, and failed acks=0 produces.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use spate::protocol::{
+    Acks, ApiKey, ErrorCode, ProducePartition, ProduceRequest, ProduceTopic, Request, Response,
+    split_frame,
+};
+
+use crate::server::{Broker, read_partition};
+use crate::support::{LoopMount, batch};
+
+fn produce_request(
+    topic: &str,
+    partition: u32,
+    value: &str,
+    acks: Acks,
+    timeout_ms: u32,
+) -> Request {
+    Request::Produce(ProduceRequest {
+        acks,
+        timeout_ms,
+        topics: vec![ProduceTopic {
+            name: topic.to_string(),
+            partitions: vec![ProducePartition {
+                partition,
+                records: batch(value, 1, 0, 0),
+            }],
+        }],
+    })
+}
+
+/// Reads response frames until the broker closes the connection (or `limit` passes);
+/// returns each response with its correlation id.
+fn read_responses(
+    stream: &mut TcpStream,
+    api_key: ApiKey,
+    limit: Duration,
+) -> Vec<(u32, Response)> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buffer = BytesMut::new();
+    let mut responses = Vec::new();
+    loop {
+        while let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
+            let correlation_id = u32::from_be_bytes(frame[..4].try_into().unwrap());
+            responses.push((
+                correlation_id,
+                Response::decode(api_key, frame.slice(4..)).unwrap(),
+            ));
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return responses,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// The record value a test produced for request `index` of connection `connection`; the
+/// batch helper turns a tag into values `<tag>-<record index>`.
+fn tag(connection: usize, index: usize) -> String {
+    format!("c{connection}r{index}")
+}
+
+#[test]
+fn a_graceful_stop_answers_every_append_it_made_and_makes_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut broker = Broker::start_in(&data_dir, 2, &[]);
+    let mut admin = broker.connect();
+    admin.create_topic("g", 2, &[]).unwrap();
+
+    // Four connections pipeline single-record produces as fast as the broker takes them;
+    // each request's record is unique, so every acknowledgement names one record.
+    const CONNECTIONS: usize = 4;
+    const REQUESTS: usize = 20_000;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|connection| {
+            let address = broker.address();
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(address).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let sender = std::thread::spawn(move || {
+                    for index in 0..REQUESTS {
+                        let request = produce_request(
+                            "g",
+                            (index % 2) as u32,
+                            &tag(connection, index),
+                            Acks::All,
+                            30_000,
+                        );
+                        if writer.write_all(&request.encode(index as u32)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut acked = BTreeMap::new();
+                let mut refused = 0;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let mut buffer = BytesMut::new();
+                loop {
+                    while let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
+                        let index = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+                        // A request the stopping broker did not take is refused whole.
+                        let response = Response::decode(ApiKey::Produce, frame.slice(4..)).unwrap();
+                        let (status, at) = match response {
+                            Response::Produce(response) => {
+                                let partition = &response.topics[0].partitions[0];
+                                (
+                                    partition.status.clone(),
+                                    (partition.partition, partition.base_offset),
+                                )
+                            }
+                            Response::Failed(status) => (status, (0, -1)),
+                            other => panic!("not a produce answer: {other:?}"),
+                        };
+                        if status.is_ok() {
+                            acked.insert(tag(connection, index), at);
+                        } else {
+                            assert_eq!(status.code, ErrorCode::ShuttingDown, "{status}");
+                            refused += 1;
+                        }
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let mut chunk = [0u8; 64 * 1024];
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                    }
+                }
+                sender.join().unwrap();
+                (acked, refused)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.load(Ordering::SeqCst) < 2_000 {
+        assert!(Instant::now() < deadline, "the broker answers produces");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    broker.stop(); // SIGTERM while requests are in flight on every connection
+    let mut acked = BTreeMap::new();
+    for client in clients {
+        let (from_client, _refused) = client.join().unwrap();
+        acked.extend(from_client);
+    }
+    assert!(acked.len() >= 2_000);
+
+    // After a restart the log holds exactly the acknowledged records, where their
+    // acknowledgements said: none lost, and no append made without its answer reaching
+    // the client (which would become a duplicate when the client retries).
+    let broker = Broker::start_in(&data_dir, 2, &[]);
+    let mut client = broker.connect();
+    let mut stored = BTreeMap::new();
+    for partition in 0..2 {
+        for (offset, value) in read_partition(&mut client, "g", partition, 0) {
+            let value = value
+                .strip_suffix("-0")
+                .expect("one record per batch")
+                .to_string();
+            assert!(
+                stored.insert(value, (partition, offset)).is_none(),
+                "no record twice"
+            );
+        }
+    }
+    let unacknowledged: Vec<_> = stored
+        .keys()
+        .filter(|value| !acked.contains_key(*value))
+        .take(5)
+        .collect();
+    assert!(
+        unacknowledged.is_empty(),
+        "appended but never acknowledged: {unacknowledged:?}"
+    );
+    assert_eq!(stored, acked);
+}
+
+#[test]
+fn a_stop_ends_long_polls_with_an_answer() {
+    let mut broker = Broker::start(2);
+    let mut admin = broker.connect();
+    admin.create_topic("p", 2, &[]).unwrap();
+    let mut polls: Vec<TcpStream> = (0..2)
+        .map(|partition| {
+            let mut stream = TcpStream::connect(broker.address()).unwrap();
+            let request = crate::server::fetch_request("p", &[(partition, 0)], 1 << 20, 1, 30_000);
+            stream.write_all(&request.encode(7)).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // both polls are waiting
+    let started = Instant::now();
+    broker.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a stop does not wait out 30 s long polls"
+    );
+    for stream in &mut polls {
+        let responses = read_responses(stream, ApiKey::Fetch, Duration::from_secs(5));
+        assert_eq!(
+            responses.len(),
+            1,
+            "the poll is answered before the connection closes"
+        );
+        let Response::Fetch(fetch) = &responses[0].1 else {
+            panic!("a fetch answer")
+        };
+        assert!(fetch.topics[0].partitions[0].status.is_ok());
+    }
+}
+
+#[test]
+fn idle_connections_are_closed_but_a_long_poll_is_not_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        1,
+        &["--connections-max-idle-ms", "300"],
+    );
+    let mut admin = broker.connect();
+    admin.create_topic("i", 1, &[]).unwrap();
+    drop(admin);
+
+    let mut idle = TcpStream::connect(broker.address()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        idle.read(&mut byte).unwrap(),
+        0,
+        "the broker closes an idle connection"
+    );
+
+    let mut polling = TcpStream::connect(broker.address()).unwrap();
+    let request = crate::server::fetch_request("i", &[(0, 0)], 1 << 20, 1, 1_500);
+    polling.write_all(&request.encode(1)).unwrap();
+    let responses = read_responses(&mut polling, ApiKey::Fetch, Duration::from_secs(5));
+    assert_eq!(
+        responses.len(),
+        1,
+        "a 1.5 s poll outlives a 300 ms idle limit"
+    );
+}
+
+#[test]
+fn a_failed_acks_zero_produce_closes_the_connection() {
+    let broker = Broker::start(1);
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    let request = produce_request("absent", 0, "x", Acks::None, 30_000);
+    stream.write_all(&request.encode(1)).unwrap();
+    let responses = read_responses(&mut stream, ApiKey::Produce, Duration::from_secs(5));
+    assert!(
+        responses.is_empty(),
+        "no answer for acks=0, and the connection is closed"
+    );
+    // A successful acks=0 produce keeps the connection.
+    let mut admin = broker.connect();
+    admin.create_topic("present", 1, &[]).unwrap();
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    stream
+        .write_all(&produce_request("present", 0, "x", Acks::None, 30_000).encode(1))
+        .unwrap();
+    let metadata = Request::Metadata(spate::protocol::MetadataRequest { topics: vec![] });
+    stream.write_all(&metadata.encode(2)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(header[4..].try_into().unwrap()),
+        2,
+        "only the metadata answer"
+    );
+}
+
+/// Unfreezes a frozen filesystem on drop, so a failing test cannot leave it frozen.
+struct Frozen<'a>(&'a std::path::Path);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_produce_on_a_stalled_disk_times_out_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = LoopMount::new(dir.path(), 64) else {
+        return;
+    };
+    let data_dir = mount.mount_point.join("data");
+    let mut broker = Broker::start_in(&data_dir, 1, &[]);
+    let mut admin = broker.connect();
+    admin.create_topic("s", 1, &[]).unwrap();
+    admin
+        .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
+        .unwrap();
+
+    let frozen = std::process::Command::new("fsfreeze")
+        .arg("-f")
+        .arg(&mount.mount_point)
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    let guard = Frozen(&mount.mount_point);
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    stream
+        .write_all(&produce_request("s", 0, "stalled", Acks::All, 300).encode(1))
+        .unwrap();
+    let mut buffer = BytesMut::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let response = loop {
+        if let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
+            break Response::decode(ApiKey::Produce, frame.slice(4..)).unwrap();
+        }
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).unwrap();
+        assert!(read > 0, "an answer, not a closed connection");
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let Response::Produce(response) = response else {
+        panic!("a produce answer")
+    };
+    let status = &response.topics[0].partitions[0].status;
+    assert_eq!(status.code, ErrorCode::Timeout, "{status}");
+    // Requests that need no disk are still served while it is stalled.
+    assert_eq!(admin.metadata(&["s"]).unwrap().topics.len(), 1);
+
+    drop(guard);
+    // The timed-out append was not abandoned: it lands once the disk moves again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .list_offset("s", 0, spate::protocol::OFFSET_LATEST)
+        .unwrap()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the stalled append completes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.stop();
+    drop(mount);
+}
