@@ -162,7 +162,7 @@ impl ClusterMetadata {
     }
 }
 
-fn metadata_path(data_dir: &Path) -> PathBuf {
+pub fn metadata_path(data_dir: &Path) -> PathBuf {
     data_dir.join("metadata.bin")
 }
 
@@ -233,6 +233,46 @@ pub fn shard_for(topic: &str, partition: u32, shard_count: usize) -> usize {
     (spread + partition as usize) % shard_count
 }
 
+/// How many partitions each of `shard_count` shards owns.
+pub fn partitions_per_shard(topics: &[TopicRecord], shard_count: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; shard_count];
+    for topic in topics {
+        for partition in 0..topic.partitions {
+            counts[shard_for(&topic.name, partition, shard_count)] += 1;
+        }
+    }
+    counts
+}
+
+/// Entries under `<data dir>/topics` that are no partition of `metadata`: left by a crash
+/// between a topic's directories and its metadata (a create that did not finish, a delete
+/// that did not finish removing).
+pub fn stray_partition_dirs(
+    data_dir: &Path,
+    metadata: &ClusterMetadata,
+) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(data_dir.join("topics")) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut strays = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let known = name.rsplit_once('-').is_some_and(|(topic, partition)| {
+            let partition: Option<u32> = partition.parse().ok();
+            matches!((metadata.topic(topic), partition), (Some(record), Some(partition)) if partition < record.partitions
+                && entry.path() == partition_dir(data_dir, topic, partition))
+        });
+        if !known {
+            strays.push(entry.path());
+        }
+    }
+    strays.sort();
+    Ok(strays)
+}
+
 /// Where a partition's log lives: `<data dir>/topics/<topic>-<partition>`, as Kafka names it.
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
     data_dir.join("topics").join(format!("{topic}-{partition}"))
@@ -251,6 +291,28 @@ mod tests {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn stray_directories_are_those_of_no_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut metadata = ClusterMetadata::default();
+        metadata.create_topic(&new_topic("a-b", 2, &[])).unwrap();
+        for name in ["a-b-0", "a-b-1", "a-b-2", "a-0", "gone-0", "a-b-x"] {
+            std::fs::create_dir_all(dir.path().join("topics").join(name)).unwrap();
+        }
+        let strays: Vec<String> = stray_partition_dirs(dir.path(), &metadata)
+            .unwrap()
+            .iter()
+            .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(strays, ["a-0", "a-b-2", "a-b-x", "gone-0"]);
+        assert_eq!(
+            partitions_per_shard(&metadata.topics, 2)
+                .iter()
+                .sum::<u32>(),
+            2
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     let _lock =
         crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
     let metadata = ClusterMetadata::load(data_dir).map_err(|error| error.to_string())?;
+    remove_stray_partitions(data_dir, &metadata)?;
+    raise_descriptor_limit();
     // Probe every port first: the listeners set SO_REUSEPORT, which would let a second
     // broker share a port silently.
     for port in std::iter::once(config.listen.port())
@@ -109,6 +111,71 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// File descriptors this process may still open before it nears its limit: the limit,
+/// less those open now, less a reserve (a quarter of the limit, at most 4096) kept for
+/// connections and segment rolls. `None` where the numbers cannot be read.
+pub(crate) fn descriptors_free() -> Option<u64> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let limit = descriptor_limit()?;
+    let reserve = (limit / 4).min(4096);
+    Some(limit.saturating_sub(open).saturating_sub(reserve))
+}
+
+fn descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// Raises the soft file-descriptor limit to the hard one, as brokers need many (two per
+/// partition and one per sealed segment, one per connection).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Removes partition directories that no topic claims (left by a crash in the middle of
+/// a topic's creation or deletion), so a topic created later under that name starts empty.
+fn remove_stray_partitions(
+    data_dir: &std::path::Path,
+    metadata: &ClusterMetadata,
+) -> Result<(), String> {
+    use crate::broker::metadata::{metadata_path, stray_partition_dirs};
+    let strays = stray_partition_dirs(data_dir, metadata)
+        .map_err(|error| format!("cannot list {}/topics: {error}", data_dir.display()))?;
+    // Without its metadata file every partition looks stray: refuse rather than delete.
+    if !strays.is_empty() && !metadata_path(data_dir).exists() {
+        return Err(format!(
+            "{} holds partition directories but no {}: restore that file or move the directories away",
+            data_dir.display(),
+            metadata_path(data_dir).display()
+        ));
+    }
+    for dir in strays {
+        tracing::warn!(dir = %dir.display(), "removing a partition directory no topic claims");
+        let removed = if dir.is_dir() {
+            std::fs::remove_dir_all(&dir)
+        } else {
+            std::fs::remove_file(&dir)
+        };
+        removed.map_err(|error| format!("cannot remove stray {}: {error}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Whether nothing else serves `address`. A plain bind also fails on the TIME_WAIT sockets a
@@ -236,9 +303,7 @@ async fn run_shard(
     let shard = match Shard::open(id, config.clone(), metadata, senders).await {
         Ok(shard) => shard,
         Err(error) => {
-            let _ = ready.send(Err(format!(
-                "shard {id} cannot open its partitions: {error}"
-            )));
+            let _ = ready.send(Err(error));
             return;
         }
     };

@@ -12,7 +12,9 @@ use glommio::channels::channel_mesh::Senders;
 use glommio::sync::Semaphore;
 
 use super::ServerConfig;
-use crate::broker::metadata::{ClusterMetadata, TopicRecord, partition_dir, shard_for};
+use crate::broker::metadata::{
+    ClusterMetadata, TopicRecord, partition_dir, partitions_per_shard, shard_for,
+};
 use crate::protocol::{
     ErrorCode, FetchPartitionResponse, ListOffsetsPartitionResponse, NewTopic, OFFSET_EARLIEST,
     OFFSET_LATEST, Payload, ProducePartitionResponse, Status, TopicStatus,
@@ -58,7 +60,19 @@ pub(crate) enum ShardMessage {
         names: Vec<String>,
         reply: oneshot::Sender<Vec<TopicStatus>>,
     },
-    /// From shard 0 to every shard: the new metadata and the topics it no longer has.
+    /// From shard 0 to every shard, before new topics are saved: open (creating) the
+    /// partitions of `topics` that this shard owns; on failure, none stay open.
+    OpenPartitions {
+        topics: Vec<TopicRecord>,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    /// From shard 0: close and remove the partitions of `topics` (a creation rolled back).
+    DropPartitions {
+        topics: Vec<TopicRecord>,
+        reply: oneshot::Sender<()>,
+    },
+    /// From shard 0 to every shard, once saved: the new metadata, and the topics it no
+    /// longer has (whose partitions are closed and removed).
     ApplyMetadata {
         metadata: ClusterMetadata,
         deleted: Vec<TopicRecord>,
@@ -114,7 +128,7 @@ impl Shard {
         config: Rc<ServerConfig>,
         metadata: ClusterMetadata,
         peers: Senders<ShardMessage>,
-    ) -> Result<Rc<Shard>, StorageError> {
+    ) -> Result<Rc<Shard>, String> {
         let shard = Rc::new(Shard {
             id,
             count: config.shards,
@@ -125,7 +139,11 @@ impl Shard {
             admin: Semaphore::new(1),
             stopping: Latch::default(),
         });
-        shard.apply_metadata(metadata, Vec::new()).await?;
+        shard
+            .open_partitions(&metadata.topics, Opening::Existing)
+            .await
+            .map_err(|status| status.message)?;
+        *shard.metadata.borrow_mut() = metadata;
         Ok(shard)
     }
 
@@ -455,19 +473,56 @@ impl Shard {
         }
         let _turn = self.admin.acquire_permit(1).await;
         let mut metadata = self.metadata.borrow().clone();
-        let statuses: Vec<TopicStatus> = topics
+        let mut budget = Budget::new(&self.config, &metadata);
+        let mut created = Vec::new();
+        let mut statuses: Vec<TopicStatus> = topics
             .iter()
-            .map(|topic| TopicStatus {
-                name: topic.name.clone(),
-                status: metadata
-                    .create_topic(topic)
-                    .err()
-                    .unwrap_or_else(Status::ok),
+            .map(|topic| {
+                let status = match metadata.create_topic(topic) {
+                    Err(status) => status,
+                    Ok(()) => {
+                        let record = metadata.topic(&topic.name).expect("just added").clone();
+                        match budget.take(&record) {
+                            Ok(()) => {
+                                created.push(record);
+                                Status::ok()
+                            }
+                            Err(status) => {
+                                let _ = metadata.delete_topic(&topic.name);
+                                status
+                            }
+                        }
+                    }
+                };
+                TopicStatus {
+                    name: topic.name.clone(),
+                    status,
+                }
             })
             .collect();
-        if statuses.iter().any(|topic| topic.status.is_ok())
-            && let Err(status) = self.publish(metadata, Vec::new()).await
-        {
+        if created.is_empty() {
+            return statuses;
+        }
+        // Directories first, metadata last: a topic is saved only once every shard holds
+        // its partitions open, so a saved topic always opens again on restart. Anything
+        // that fails before the save is rolled back; a crash leaves stray directories,
+        // which the next start removes.
+        let outcome = match self.open_everywhere(&created).await {
+            Ok(()) => metadata
+                .save(&self.config.data_dir)
+                .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string())),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = outcome {
+            self.drop_everywhere(&created).await;
+            for topic in &mut statuses {
+                if created.iter().any(|record| record.name == topic.name) {
+                    topic.status = status.clone();
+                }
+            }
+            return statuses;
+        }
+        if let Err(status) = self.apply_everywhere(metadata, Vec::new()).await {
             return all_failed(&names, &status.message);
         }
         statuses
@@ -503,90 +558,144 @@ impl Shard {
                 }
             })
             .collect();
-        if !deleted.is_empty()
-            && let Err(status) = self.publish(metadata, deleted).await
-        {
+        if deleted.is_empty() {
+            return statuses;
+        }
+        let saved = metadata
+            .save(&self.config.data_dir)
+            .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()));
+        if let Err(status) = saved.and(self.apply_everywhere(metadata, deleted).await) {
             return all_failed(&names, &status.message);
         }
         statuses
     }
 
-    /// Saves new metadata and has every shard apply it before answering.
-    async fn publish(
-        self: &Rc<Self>,
+    /// Has every shard open the partitions it owns of `topics`; the first failure is
+    /// returned (the caller rolls back with `drop_everywhere`).
+    async fn open_everywhere(&self, topics: &[TopicRecord]) -> Result<(), Status> {
+        for peer in (0..self.count).filter(|&peer| peer != self.id) {
+            let topics = topics.to_vec();
+            self.ask(peer, |reply| ShardMessage::OpenPartitions { topics, reply })
+                .await??;
+        }
+        self.open_partitions(topics, Opening::Fresh).await
+    }
+
+    /// Has every shard close and remove its partitions of `topics`.
+    async fn drop_everywhere(&self, topics: &[TopicRecord]) {
+        for peer in (0..self.count).filter(|&peer| peer != self.id) {
+            let topics = topics.to_vec();
+            let _ = self
+                .ask(peer, |reply| ShardMessage::DropPartitions { topics, reply })
+                .await;
+        }
+        self.drop_partitions(topics).await;
+    }
+
+    /// Has every shard take the (saved) metadata before answering.
+    async fn apply_everywhere(
+        &self,
         metadata: ClusterMetadata,
         deleted: Vec<TopicRecord>,
     ) -> Result<(), Status> {
-        metadata
-            .save(&self.config.data_dir)
-            .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()))?;
-        let mut answers = Vec::new();
         for peer in (0..self.count).filter(|&peer| peer != self.id) {
-            let (reply, answer) = oneshot::channel();
-            let message = ShardMessage::ApplyMetadata {
-                metadata: metadata.clone(),
-                deleted: deleted.clone(),
+            let (metadata, deleted) = (metadata.clone(), deleted.clone());
+            self.ask(peer, |reply| ShardMessage::ApplyMetadata {
+                metadata,
+                deleted,
                 reply,
-            };
-            self.send(peer, message).await?;
-            answers.push(answer);
+            })
+            .await?;
         }
-        self.apply_metadata(metadata, deleted)
-            .await
-            .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()))?;
-        for answer in answers {
-            answer.await.map_err(|_| {
-                Status::error(
-                    ErrorCode::StorageError,
-                    "a shard failed to apply the metadata",
-                )
-            })?;
+        self.apply_metadata(metadata, deleted).await;
+        Ok(())
+    }
+
+    /// The partitions of `topic` this shard owns.
+    fn owned(&self, topic: &TopicRecord) -> impl Iterator<Item = u32> {
+        let (name, id, count) = (topic.name.clone(), self.id, self.count);
+        (0..topic.partitions).filter(move |&partition| shard_for(&name, partition, count) == id)
+    }
+
+    /// Opens the partitions this shard owns of `topics`. `Fresh` partitions (of a topic
+    /// being created) start empty: a directory already there is a leftover of a failed
+    /// creation and is removed. If one fails, those opened by this call are dropped again.
+    async fn open_partitions(
+        &self,
+        topics: &[TopicRecord],
+        opening: Opening,
+    ) -> Result<(), Status> {
+        let mut opened = Vec::new();
+        for topic in topics {
+            for partition in self.owned(topic) {
+                let key = (topic.name.clone(), partition);
+                if self.logs.borrow().contains_key(&key) {
+                    continue;
+                }
+                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+                let cleared = match opening {
+                    Opening::Fresh => remove_dir(&dir).map_err(|error| error.to_string()),
+                    Opening::Existing => Ok(()),
+                };
+                let log = match cleared {
+                    Ok(()) => Log::open(dir, topic.log_config())
+                        .await
+                        .map_err(|error| error.to_string()),
+                    Err(error) => Err(format!("cannot clear {}: {error}", dir.display())),
+                };
+                match log {
+                    Ok(log) => {
+                        self.logs.borrow_mut().insert(key.clone(), log);
+                        opened.push(key);
+                    }
+                    Err(error) => {
+                        if opening == Opening::Fresh {
+                            for (name, partition) in opened {
+                                self.drop_partition(&name, partition).await;
+                            }
+                        }
+                        return Err(Status::error(
+                            ErrorCode::StorageError,
+                            format!(
+                                "shard {} cannot open partition {}-{partition}: {error}",
+                                self.id, topic.name
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    /// Takes a new copy of the metadata: opens partitions this shard now owns, closes and
-    /// removes those of deleted topics.
-    pub async fn apply_metadata(
-        &self,
-        metadata: ClusterMetadata,
-        deleted: Vec<TopicRecord>,
-    ) -> Result<(), StorageError> {
-        for topic in &deleted {
-            for partition in 0..topic.partitions {
-                if shard_for(&topic.name, partition, self.count) != self.id {
-                    continue;
-                }
-                let log = self
-                    .logs
-                    .borrow_mut()
-                    .remove(&(topic.name.clone(), partition));
-                if let Some(log) = log {
-                    let _ = log.close().await;
-                }
-                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
-                if let Err(error) = std::fs::remove_dir_all(&dir)
-                    && error.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(%error, dir = %dir.display(), "removing a deleted partition");
-                }
+    /// Closes and removes this shard's partitions of `topics`.
+    async fn drop_partitions(&self, topics: &[TopicRecord]) {
+        for topic in topics {
+            for partition in self.owned(topic) {
+                self.drop_partition(&topic.name, partition).await;
             }
         }
-        for topic in &metadata.topics {
-            for partition in 0..topic.partitions {
-                let key = (topic.name.clone(), partition);
-                if shard_for(&topic.name, partition, self.count) != self.id
-                    || self.logs.borrow().contains_key(&key)
-                {
-                    continue;
-                }
-                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
-                let log = Log::open(dir, topic.log_config()).await?;
-                self.logs.borrow_mut().insert(key, log);
-            }
+    }
+
+    async fn drop_partition(&self, topic: &str, partition: u32) {
+        let log = self
+            .logs
+            .borrow_mut()
+            .remove(&(topic.to_string(), partition));
+        if let Some(log) = log {
+            let _ = log.close().await;
         }
+        let dir = partition_dir(&self.config.data_dir, topic, partition);
+        if let Err(error) = remove_dir(&dir) {
+            tracing::warn!(%error, dir = %dir.display(), "removing a partition directory");
+        }
+    }
+
+    /// Takes a new copy of the metadata (its new partitions are already open), then closes
+    /// and removes the partitions of deleted topics.
+    pub async fn apply_metadata(&self, metadata: ClusterMetadata, deleted: Vec<TopicRecord>) {
         *self.metadata.borrow_mut() = metadata;
-        Ok(())
+        self.drop_partitions(&deleted).await;
     }
 
     /// Serves a message from another shard.
@@ -653,20 +762,95 @@ impl Shard {
             ShardMessage::DeleteTopics { names, reply } => {
                 let _ = reply.send(self.delete_topics(names).await);
             }
+            ShardMessage::OpenPartitions { topics, reply } => {
+                let _ = reply.send(self.open_partitions(&topics, Opening::Fresh).await);
+            }
+            ShardMessage::DropPartitions { topics, reply } => {
+                self.drop_partitions(&topics).await;
+                let _ = reply.send(());
+            }
             ShardMessage::ApplyMetadata {
                 metadata,
                 deleted,
                 reply,
             } => {
-                match self.apply_metadata(metadata, deleted).await {
-                    Ok(()) => drop(reply.send(())),
-                    // Dropping the reply tells shard 0 that this shard failed.
-                    Err(error) => {
-                        tracing::error!(%error, shard = self.id, "applying topic metadata")
-                    }
-                }
+                self.apply_metadata(metadata, deleted).await;
+                let _ = reply.send(());
             }
         }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Partitions of a topic being created.
+    Fresh,
+    /// Partitions of a saved topic, at start-up.
+    Existing,
+}
+
+/// Removes a partition directory if it is there.
+fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// What new partitions may still take: each shard's partition limit, and the process's
+/// file descriptors (an open partition holds its directory lock and its active segment,
+/// plus one per sealed segment; a share of the limit is kept for connections).
+struct Budget {
+    per_shard: Vec<u32>,
+    max_per_shard: u32,
+    descriptors_free: Option<u64>,
+}
+
+/// Descriptors a new, empty partition opens.
+const DESCRIPTORS_PER_PARTITION: u64 = 2;
+
+impl Budget {
+    fn new(config: &ServerConfig, metadata: &ClusterMetadata) -> Budget {
+        Budget {
+            per_shard: partitions_per_shard(&metadata.topics, config.shards),
+            max_per_shard: config.partitions_max_per_shard,
+            descriptors_free: super::descriptors_free(),
+        }
+    }
+
+    /// Counts `topic`'s partitions against the budget, or says why they do not fit.
+    fn take(&mut self, topic: &TopicRecord) -> Result<(), Status> {
+        let mut per_shard = self.per_shard.clone();
+        for (shard, count) in partitions_per_shard(std::slice::from_ref(topic), per_shard.len())
+            .into_iter()
+            .enumerate()
+        {
+            per_shard[shard] += count;
+            if per_shard[shard] > self.max_per_shard {
+                return Err(Status::error(
+                    ErrorCode::ResourceLimit,
+                    format!(
+                        "topic {} would give shard {shard} {} partitions; the limit is {} (partitions-max-per-shard)",
+                        topic.name, per_shard[shard], self.max_per_shard
+                    ),
+                ));
+            }
+        }
+        let needed = u64::from(topic.partitions) * DESCRIPTORS_PER_PARTITION;
+        if let Some(free) = self.descriptors_free {
+            if needed > free {
+                return Err(Status::error(
+                    ErrorCode::ResourceLimit,
+                    format!(
+                        "topic {} needs about {needed} file descriptors and the broker has {free} to spare; raise its limit (ulimit -n)",
+                        topic.name
+                    ),
+                ));
+            }
+            self.descriptors_free = Some(free - needed);
+        }
+        self.per_shard = per_shard;
+        Ok(())
     }
 }
 

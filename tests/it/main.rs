@@ -9,3 +9,4 @@ mod storage_log;
 mod storage_model;
 mod storage_recovery;
 mod support;
+mod topic_admin;

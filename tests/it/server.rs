@@ -22,7 +22,7 @@ pub struct Broker {
 }
 
 /// A port P such that P and the shard ports after it are free right now.
-fn free_ports(count: usize) -> u16 {
+pub fn free_ports(count: usize) -> u16 {
     for _ in 0..100 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
@@ -52,7 +52,20 @@ impl Broker {
     }
 
     pub fn start_at(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Broker {
-        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        Broker::start_with(data_dir, shards, port, extra, |_| {})
+    }
+
+    /// Starts a broker whose command `configure` may adjust first (limits, environment).
+    pub fn start_with(
+        data_dir: &Path,
+        shards: usize,
+        port: u16,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Broker {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
+        configure(&mut command);
+        let child = command
             .args([
                 "serve",
                 "--listen",
@@ -396,7 +409,7 @@ fn garbage_truncated_and_oversized_frames_leave_the_broker_serving() {
     );
 }
 
-fn spate(args: &[&str]) -> std::process::Output {
+pub fn spate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(args)
         .output()

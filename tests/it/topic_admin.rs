@@ -1,0 +1,179 @@
+//! Topic creation within the broker's budgets, rollback of a creation that fails part way,
+//! and the start-up sweep of directories no topic claims.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use spate::protocol::{Acks, ErrorCode};
+
+use crate::server::{Broker, free_ports, spate};
+use crate::support::batch;
+
+/// Names of the entries under `<data dir>/topics`, sorted.
+fn partition_dirs(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("topics"))
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A broker that may open at most `descriptors` files.
+fn start_limited(data_dir: &Path, descriptors: u64) -> Broker {
+    Broker::start_with(data_dir, 1, free_ports(2), &[], move |command| {
+        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: descriptors,
+                    rlim_max: descriptors,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+#[test]
+fn creation_stays_within_the_partition_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let broker = Broker::start_in(&data_dir, 2, &["--partitions-max-per-shard", "8"]);
+    let mut client = broker.connect();
+    let status = client.create_topic("big", 20, &[]).unwrap().status;
+    assert_eq!(status.code, ErrorCode::ResourceLimit, "{status}");
+    assert!(
+        status.message.contains("partitions-max-per-shard"),
+        "{status}"
+    );
+    assert!(client.create_topic("fits", 16, &[]).unwrap().status.is_ok());
+    let status = client.create_topic("one-more", 1, &[]).unwrap().status;
+    assert_eq!(
+        status.code,
+        ErrorCode::ResourceLimit,
+        "every shard is full: {status}"
+    );
+    assert!(
+        partition_dirs(&data_dir)
+            .iter()
+            .all(|name| name.starts_with("fits-"))
+    );
+    client.delete_topic("fits").unwrap();
+    assert!(
+        client
+            .create_topic("one-more", 1, &[])
+            .unwrap()
+            .status
+            .is_ok()
+    );
+}
+
+#[test]
+fn creation_stays_within_the_file_descriptors_and_the_broker_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut broker = start_limited(&data_dir, 256);
+    let mut client = broker.connect();
+    // 300 partitions would need about 600 descriptors: refused before anything is
+    // created, with a reason the operator can act on.
+    let status = client.create_topic("many", 300, &[]).unwrap().status;
+    assert_eq!(status.code, ErrorCode::ResourceLimit, "{status}");
+    assert!(status.message.contains("ulimit -n"), "{status}");
+    assert!(partition_dirs(&data_dir).is_empty());
+    assert!(client.create_topic("few", 10, &[]).unwrap().status.is_ok());
+    client
+        .produce("few", 3, batch("kept", 2, 1, 0), Acks::All)
+        .unwrap();
+    drop(client);
+    broker.stop();
+
+    // The saved topics are the ones whose partitions opened, so a restart under the same
+    // limit works.
+    let broker = start_limited(&data_dir, 256);
+    let mut client = broker.connect();
+    assert_eq!(
+        client
+            .list_offset("few", 3, spate::protocol::OFFSET_LATEST)
+            .unwrap(),
+        2
+    );
+}
+
+#[test]
+fn a_creation_that_fails_on_one_shard_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let broker = Broker::start_in(&data_dir, 2, &[]);
+    let mut client = broker.connect();
+    // A file where partition t-3's directory must go: that partition cannot open.
+    std::fs::create_dir_all(data_dir.join("topics")).unwrap();
+    std::fs::write(data_dir.join("topics/t-3"), b"in the way").unwrap();
+    let status = client.create_topic("t", 6, &[]).unwrap().status;
+    assert_eq!(status.code, ErrorCode::StorageError, "{status}");
+    assert!(status.message.contains("t-3"), "{status}");
+    assert_eq!(
+        partition_dirs(&data_dir),
+        ["t-3"],
+        "the other partitions are rolled back"
+    );
+    assert!(
+        client.metadata(&[]).unwrap().topics.is_empty(),
+        "t was not created"
+    );
+    // Every shard still serves, and t can be created once the way is clear.
+    std::fs::remove_file(data_dir.join("topics/t-3")).unwrap();
+    assert!(client.create_topic("t", 6, &[]).unwrap().status.is_ok());
+    for partition in 0..6 {
+        let answer = client
+            .produce("t", partition, batch("x", 1, 1, 0), Acks::All)
+            .unwrap()
+            .unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+    }
+}
+
+#[test]
+fn start_up_removes_directories_no_topic_claims_but_not_without_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut broker = Broker::start_in(&data_dir, 1, &[]);
+    broker.connect().create_topic("real", 1, &[]).unwrap();
+    broker.stop();
+    // As a crash in the middle of a creation or deletion would leave them.
+    std::fs::create_dir_all(data_dir.join("topics/ghost-0")).unwrap();
+    std::fs::write(
+        data_dir.join("topics/ghost-0/00000000000000000000.log"),
+        b"",
+    )
+    .unwrap();
+    std::fs::create_dir_all(data_dir.join("topics/real-1")).unwrap();
+    let mut broker = Broker::start_in(&data_dir, 1, &[]);
+    assert_eq!(partition_dirs(&data_dir), ["real-0"]);
+    broker.stop();
+
+    // With the metadata file gone every partition would look stray: refuse to start.
+    std::fs::remove_file(data_dir.join("metadata.bin")).unwrap();
+    let output = spate(&[
+        "serve",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_ports(2)),
+        "--shards",
+        "1",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no ") && stderr.contains("metadata.bin"),
+        "{stderr}"
+    );
+    assert_eq!(partition_dirs(&data_dir), ["real-0"], "nothing was removed");
+}
