@@ -21,13 +21,29 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error("connection to the broker failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the broker sent a malformed response: {0}")]
     Protocol(#[from] ProtocolError),
     #[error("the broker answered with an error: {0}")]
     Broker(Status),
     #[error("the broker sent an unexpected response")]
     Unexpected,
+    #[error("the broker did not answer in time (the connection is no longer usable)")]
+    TimedOut,
+}
+
+/// Default longest wait for an answer (or for the broker to take a request's bytes). Every
+/// wait the broker itself may add is shorter: produce timeouts and long polls are at most
+/// 30 s.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(65);
+
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> ClientError {
+        match error.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::TimedOut,
+            _ => ClientError::Io(error),
+        }
+    }
 }
 
 /// One connection to a broker (or one of its shards). Requests are sent one at a time.
@@ -42,6 +58,16 @@ pub struct Connection {
 impl Connection {
     /// Connects and negotiates versions.
     pub fn connect(address: &str, client_id: &str) -> Result<Connection, ClientError> {
+        Connection::connect_with_timeout(address, client_id, ANSWER_TIMEOUT)
+    }
+
+    /// Connects and negotiates versions; a broker that leaves a request unanswered for
+    /// `answer_timeout` fails it with `TimedOut`.
+    pub fn connect_with_timeout(
+        address: &str,
+        client_id: &str,
+        answer_timeout: Duration,
+    ) -> Result<Connection, ClientError> {
         let unreachable = |source| ClientError::Unreachable {
             address: address.to_string(),
             source,
@@ -56,6 +82,8 @@ impl Connection {
         let stream =
             TcpStream::connect_timeout(first, Duration::from_secs(5)).map_err(unreachable)?;
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(answer_timeout))?;
+        stream.set_write_timeout(Some(answer_timeout))?;
         let mut connection = Connection {
             stream,
             buffer: BytesMut::new(),

@@ -481,6 +481,20 @@ fn an_unreachable_broker_is_a_clear_client_error() {
 }
 
 #[test]
+fn a_broker_that_never_answers_is_a_timeout_not_a_hang() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let error = Connection::connect_with_timeout(&address, "t", Duration::from_millis(300))
+        .err()
+        .expect("no answer to the handshake");
+    assert!(matches!(error, ClientError::TimedOut), "{error}");
+    assert!(error.to_string().contains("did not answer in time"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(silent);
+}
+
+#[test]
 fn the_broker_applies_retention_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_in(
