@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub connections_max_per_shard: usize,
     /// Requests of one connection being worked on at once; reading stops beyond it.
     pub in_flight_max_per_connection: usize,
+    /// Bytes one connection may hold in requests being worked on and answers not yet
+    /// written (a fetch counts the records it may return); reading stops beyond it.
+    pub buffered_bytes_max_per_connection: usize,
     /// A connection with no request for this long is closed (Kafka's
     /// `connections.max.idle.ms`, default 10 minutes).
     pub connections_max_idle_ms: u64,
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max_per_shard: 1024,
             in_flight_max_per_connection: 64,
+            buffered_bytes_max_per_connection: 64 << 20,
             connections_max_idle_ms: 600_000,
             partitions_max_per_shard: 2000,
             retention_check_interval_ms: 300_000,
@@ -92,6 +96,9 @@ pub struct Settings {
     /// Requests of one connection worked on at once [default: 64].
     #[arg(long)]
     pub in_flight_max_per_connection: Option<usize>,
+    /// Bytes of requests and unwritten answers one connection may hold [default: 64 MiB].
+    #[arg(long)]
+    pub buffered_bytes_max_per_connection: Option<usize>,
     /// A connection that sends nothing for this long is closed [default: 600000].
     #[arg(long)]
     pub connections_max_idle_ms: Option<u64>,
@@ -163,6 +170,10 @@ impl Settings {
             self.in_flight_max_per_connection,
         );
         set(
+            &mut config.buffered_bytes_max_per_connection,
+            self.buffered_bytes_max_per_connection,
+        );
+        set(
             &mut config.connections_max_idle_ms,
             self.connections_max_idle_ms,
         );
@@ -222,6 +233,12 @@ impl ServerConfig {
         }
         if self.connections_max_per_shard == 0 || self.in_flight_max_per_connection == 0 {
             return Err("connection and in-flight limits must be at least 1".to_string());
+        }
+        if self.buffered_bytes_max_per_connection < self.frame_bytes_max {
+            return Err(format!(
+                "buffered-bytes-max-per-connection ({}) must be at least frame-bytes-max ({}): one request must fit",
+                self.buffered_bytes_max_per_connection, self.frame_bytes_max
+            ));
         }
         if self.connections_max_idle_ms == 0 {
             return Err("connections-max-idle-ms must be at least 1".to_string());

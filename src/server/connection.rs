@@ -1,5 +1,6 @@
 //! One client connection: a reader that splits frames and starts a handler per request
-//! (up to the in-flight limit), and a writer that sends answers as they complete.
+//! (up to the in-flight limits on requests and on bytes), and a writer that sends answers
+//! as they complete.
 //!
 //! A connection ends when the client closes it, sends an unusable frame, stays idle past
 //! `connections_max_idle_ms`, does not take its answers within the write timeout, or when
@@ -14,7 +15,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 
 use super::handlers::{self, Outgoing};
 use super::shard::{FetchPayload, Shard};
@@ -32,6 +33,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// the client; see the end of `serve`.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// An answer on its way to the writer, holding its request's share of the connection's
+/// byte budget until it is written.
+struct Answer {
+    outgoing: Outgoing,
+    held: StaticPermit,
+}
+
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream
         .peer_addr()
@@ -46,17 +54,18 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // polls) answer with what they have.
     let closed = Rc::new(Latch::default());
     let in_flight_max = shard.config.in_flight_max_per_connection;
-    let (answers, pending) = local_channel::new_bounded::<Outgoing>(in_flight_max);
+    let (answers, pending) = local_channel::new_bounded::<Answer>(in_flight_max);
     let writer_task = glommio::spawn_local({
         let closed = closed.clone();
         let peer = peer.clone();
         async move {
-            while let Some(outgoing) = pending.recv().await {
+            while let Some(Answer { outgoing, held }) = pending.recv().await {
                 let written = match outgoing {
                     Outgoing::Frame(frame) => writer.write_all(&frame).await,
                     Outgoing::Pieces(pieces) => write_pieces(&mut writer, pieces).await,
                     Outgoing::Close => break,
                 };
+                drop(held);
                 if let Err(error) = written {
                     tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
                     break;
@@ -67,6 +76,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     });
     let in_flight = Rc::new(Semaphore::new(in_flight_max as u64));
+    let bytes_max = shard.config.buffered_bytes_max_per_connection;
+    let in_flight_bytes = Rc::new(Semaphore::new(bytes_max as u64));
     let answers = Rc::new(answers);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut client_done = false;
@@ -80,6 +91,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     break 'connection;
                 }
             };
+            let frame_bytes = frame.len();
             let (header, body) = match decode_request_header(frame) {
                 Ok(parts) => parts,
                 Err(error) => {
@@ -87,16 +99,32 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     break 'connection;
                 }
             };
-            // Stop reading while too many requests of this connection are in flight.
+            let correlation_id = header.correlation_id;
+            let (request, weight) = match handlers::decode(&header, body) {
+                Ok(mut request) => {
+                    let weight = handlers::weigh(&mut request, frame_bytes, bytes_max);
+                    (Ok(request), weight)
+                }
+                Err(failure) => (Err(failure), frame_bytes.min(bytes_max)),
+            };
+            // Stop reading while too many requests of this connection, or too many of
+            // their bytes, are in flight.
             let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else {
+                break 'connection;
+            };
+            let Ok(held) = in_flight_bytes.acquire_static_permit(weight as u64).await else {
                 break 'connection;
             };
             let shard = shard.clone();
             let answers = answers.clone();
             let closed = closed.clone();
             glommio::spawn_local(async move {
-                if let Some(outgoing) = handlers::handle(shard, header, body, &closed).await {
-                    let _ = answers.send(outgoing).await;
+                let outgoing = match request {
+                    Ok(request) => handlers::handle(shard, request, correlation_id, &closed).await,
+                    Err(failure) => Some(failure),
+                };
+                if let Some(outgoing) = outgoing {
+                    let _ = answers.send(Answer { outgoing, held }).await;
                 }
                 drop(permit);
             })

@@ -633,6 +633,41 @@ fn limits_from_a_config_file_are_enforced() {
 }
 
 #[test]
+fn a_connection_s_byte_budget_bounds_its_fetch_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        1,
+        &[
+            "--frame-bytes-max",
+            "65536",
+            "--buffered-bytes-max-per-connection",
+            "1048576",
+        ],
+    );
+    let mut client = broker.connect();
+    client.create_topic("b", 1, &[]).unwrap();
+    for index in 0..40 {
+        let records = batch(&format!("b{index}"), 1, 50_000, 0);
+        let answer = client.produce("b", 0, records, Acks::All).unwrap().unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+    }
+    // 2 MB are there and the fetch asks for 16 MiB, but one connection may hold only
+    // 1 MiB: the answer is cut to fit.
+    let answer = client.fetch("b", 0, 0, 16 << 20, 0).unwrap();
+    assert!(answer.status.is_ok(), "{}", answer.status);
+    assert!(
+        (512 << 10..1 << 20).contains(&answer.records.len()),
+        "{} bytes",
+        answer.records.len()
+    );
+
+    let output = spate(&["serve", "--buffered-bytes-max-per-connection", "1000"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("must be at least frame-bytes-max"));
+}
+
+#[test]
 fn the_router_talks_to_the_owning_shard_directly() {
     let broker = Broker::start(2);
     let mut client = broker.connect();

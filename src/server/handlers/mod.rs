@@ -25,54 +25,77 @@ pub(crate) enum Outgoing {
     Close,
 }
 
-/// Answers one request; `None` when no answer is due (a produce with acks=0). `closed` is
-/// set when the connection is ending: a long poll then answers with what it has.
-pub(crate) async fn handle(
-    shard: Rc<Shard>,
-    header: RequestHeader,
-    body: Bytes,
-    closed: &Latch,
-) -> Option<Outgoing> {
-    let correlation_id = header.correlation_id;
+/// Decodes a request, or gives the failure answer for one that cannot be served: an
+/// unknown kind, an unsupported version, a malformed body.
+pub(crate) fn decode(header: &RequestHeader, body: Bytes) -> Result<Request, Outgoing> {
     let failed = |code, message: String| {
-        Some(Outgoing::Frame(
-            Response::Failed(Status::error(code, message)).encode(correlation_id),
-        ))
+        Outgoing::Frame(
+            Response::Failed(Status::error(code, message)).encode(header.correlation_id),
+        )
     };
     let Ok(api_key) = ApiKey::from_u16(header.api_key) else {
-        return failed(
+        return Err(failed(
             ErrorCode::UnknownRequestKind,
             format!("unknown request kind {}", header.api_key),
-        );
+        ));
     };
     let (min_version, max_version) = api_key.versions();
     let version_ok = (min_version..=max_version).contains(&header.api_version);
     if !version_ok && api_key != ApiKey::ApiVersions {
-        return failed(
+        return Err(failed(
             ErrorCode::UnsupportedVersion,
             format!(
                 "{api_key:?} version {} is not supported (this broker speaks {min_version} to {max_version})",
                 header.api_version
             ),
-        );
+        ));
     }
-    let request = match Request::decode(&header, body) {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(%error, api_key = ?api_key, "malformed request");
-            return failed(ErrorCode::InvalidRequest, error.to_string());
+    Request::decode(header, body).map_err(|error| {
+        tracing::warn!(%error, api_key = ?api_key, "malformed request");
+        failed(ErrorCode::InvalidRequest, error.to_string())
+    })
+}
+
+/// The bytes a request may hold in memory until its answer is written: its frame, plus
+/// for a fetch the records it may return. A fetch asking for more than `budget` leaves
+/// room for is lowered to fit (a first batch larger than that still comes whole, as
+/// Kafka's fetch rules require).
+pub(crate) fn weigh(request: &mut Request, frame_bytes: usize, budget: usize) -> usize {
+    let answer_bytes = match request {
+        Request::Fetch(fetch) => {
+            let room = budget.saturating_sub(frame_bytes).max(1);
+            fetch.max_bytes = fetch
+                .max_bytes
+                .min(fetch::FETCH_RESPONSE_BYTES_MAX)
+                .min(room as u32);
+            fetch.max_bytes as usize
         }
+        _ => 0,
     };
+    (frame_bytes + answer_bytes).min(budget)
+}
+
+/// Answers one request; `None` when no answer is due (a produce with acks=0). `closed` is
+/// set when the connection is ending: a long poll then answers with what it has.
+pub(crate) async fn handle(
+    shard: Rc<Shard>,
+    request: Request,
+    correlation_id: u32,
+    closed: &Latch,
+) -> Option<Outgoing> {
     if shard.stopping.is_set() {
         if let Request::Produce(request) = &request
             && request.acks == Acks::None
         {
             return Some(Outgoing::Close);
         }
-        return failed(
-            ErrorCode::ShuttingDown,
-            "the broker is shutting down".to_string(),
-        );
+        return Some(Outgoing::Frame(
+            Response::Failed(Status::error(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down",
+            ))
+            .encode(correlation_id),
+        ));
     }
     let response = match request {
         Request::ApiVersions(_) => api_versions::handle(&shard),
