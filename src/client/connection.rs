@@ -113,6 +113,12 @@ impl Connection {
         Ok(connection)
     }
 
+    /// The socket, bytes read past the last answer, and the next correlation id: what a
+    /// `Pipeline` takes over.
+    pub(super) fn into_parts(self) -> (TcpStream, BytesMut, u32) {
+        (self.stream, self.buffer, self.next_correlation_id)
+    }
+
     /// Sends a request and waits for its response. A request-level failure is an error.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         let correlation_id = self.send(request)?;

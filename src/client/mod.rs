@@ -5,10 +5,12 @@
 mod connection;
 mod consumer;
 pub mod partitioner;
+mod pipeline;
 mod producer;
 mod router;
 
 pub use connection::{ClientError, Connection};
 pub use consumer::{PartitionConsumer, StartAt};
+pub use pipeline::{Answer, Pipeline};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use router::ShardRouter;

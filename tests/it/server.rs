@@ -668,6 +668,52 @@ fn a_connection_s_byte_budget_bounds_its_fetch_answers() {
 }
 
 #[test]
+fn a_pipeline_keeps_many_requests_in_flight_and_matches_every_answer() {
+    use spate::client::Pipeline;
+    use spate::protocol::{ProducePartition, ProduceRequest, ProduceTopic, Request, Response};
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("pipe", 2, &[]).unwrap();
+    let (answers, received) = std::sync::mpsc::channel();
+    let mut pipeline = Pipeline::new(broker.connect(), 8, answers).unwrap();
+    for index in 0..500u32 {
+        let request = Request::Produce(ProduceRequest {
+            acks: Acks::All,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: "pipe".into(),
+                partitions: vec![ProducePartition {
+                    partition: index % 2,
+                    records: batch(&format!("p{index}"), 1, 1, 0),
+                }],
+            }],
+        });
+        pipeline.send(&request, index).unwrap();
+        assert!(pipeline.in_flight() <= 8);
+    }
+    pipeline.drain();
+    drop(pipeline);
+    let mut offsets: Vec<Vec<i64>> = vec![Vec::new(), Vec::new()];
+    for answer in received {
+        let Ok(Response::Produce(response)) = answer.response else {
+            panic!("a produce answer")
+        };
+        let partition = &response.topics[0].partitions[0];
+        assert!(partition.status.is_ok());
+        assert_eq!(
+            partition.partition,
+            answer.token % 2,
+            "the answer carries its token"
+        );
+        offsets[partition.partition as usize].push(partition.base_offset);
+    }
+    for mut partition in offsets {
+        partition.sort();
+        assert_eq!(partition, (0..250).collect::<Vec<i64>>());
+    }
+}
+
+#[test]
 fn the_router_talks_to_the_owning_shard_directly() {
     let broker = Broker::start(2);
     let mut client = broker.connect();
