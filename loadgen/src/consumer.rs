@@ -1,0 +1,142 @@
+//! A consumer thread: long-polls its share of the partitions (partition `p` goes to
+//! consumer `p % consumers`) on their owning shards, counts records and batch bytes, and
+//! for e2e reads each value's send time to record the latency from send to receipt.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use spate::client::Connection;
+use spate::protocol::{FetchPartition, FetchRequest, FetchTopic, Request, Response};
+use spate::record::{BatchHeader, RecordIter};
+
+use crate::options::{Plan, Workload};
+use crate::run::{Layout, Shared};
+use crate::stats::Recorder;
+
+/// Bytes asked of each partition per fetch.
+const PARTITION_FETCH_BYTES: u32 = 4 << 20;
+
+/// Reads from `start[p]` for each assigned partition until `done` says so.
+pub fn run(
+    index: usize,
+    plan: &Plan,
+    layout: &Layout,
+    shared: &Arc<Shared>,
+    start: &[i64],
+    recorder: &Recorder,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let mine: Vec<u32> = (0..plan.partitions)
+        .filter(|partition| *partition as usize % plan.consumers == index)
+        .collect();
+    let mut by_shard: HashMap<u16, Vec<u32>> = HashMap::new();
+    for &partition in &mine {
+        by_shard
+            .entry(layout.owners[partition as usize])
+            .or_default()
+            .push(partition);
+    }
+    let mut connections = HashMap::new();
+    for &shard in by_shard.keys() {
+        let address = &layout.addresses[&shard];
+        let connection = Connection::connect(address, "spate-loadgen")
+            .with_context(|| format!("connecting to shard {shard} at {address}"))?;
+        connections.insert(shard, connection);
+    }
+    let mut offsets: HashMap<u32, i64> = mine.iter().map(|&p| (p, start[p as usize])).collect();
+    let e2e = plan.workload == Workload::E2e;
+    let mut latencies = Vec::new();
+    while !done() && !shared.stop.load(Ordering::Relaxed) {
+        for (shard, partitions) in &by_shard {
+            let request = Request::Fetch(FetchRequest {
+                max_wait_ms: 100,
+                min_bytes: 1,
+                max_bytes: 64 << 20,
+                topics: vec![FetchTopic {
+                    name: plan.topic.clone(),
+                    partitions: partitions
+                        .iter()
+                        .map(|&partition| FetchPartition {
+                            partition,
+                            offset: offsets[&partition],
+                            max_bytes: PARTITION_FETCH_BYTES,
+                        })
+                        .collect(),
+                }],
+            });
+            let connection = connections.get_mut(shard).expect("connected above");
+            let response = connection
+                .call(&request)
+                .with_context(|| format!("fetching from shard {shard}"))?;
+            let received = Instant::now();
+            let Response::Fetch(response) = response else {
+                anyhow::bail!("shard {shard} answered a fetch with another kind");
+            };
+            for partition in response
+                .topics
+                .into_iter()
+                .flat_map(|topic| topic.partitions)
+            {
+                if !partition.status.is_ok() {
+                    anyhow::bail!("partition {}: {}", partition.partition, partition.status);
+                }
+                let offset = offsets
+                    .get_mut(&partition.partition)
+                    .context("an unasked partition")?;
+                let (records, bytes) = count(
+                    &partition.records,
+                    offset,
+                    e2e.then_some((&mut latencies, shared, received)),
+                )?;
+                recorder.record(records, bytes, latencies.drain(..));
+                shared.consumed.fetch_add(records, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts the records at or past `offset` in `batches` (and their batches' bytes),
+/// advancing `offset`; with `e2e`, gathers each record's latency from the send time its
+/// value starts with.
+fn count(
+    batches: &[u8],
+    offset: &mut i64,
+    mut e2e: Option<(&mut Vec<Duration>, &Shared, Instant)>,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut rest = batches;
+    while rest.len() >= spate::limits::BATCH_HEADER_BYTES {
+        let header = BatchHeader::parse(rest).context("a malformed batch")?;
+        let total = header.total_bytes();
+        if total > rest.len() {
+            break;
+        }
+        let batch = &rest[..total];
+        rest = &rest[total..];
+        if header.last_offset() < *offset {
+            continue;
+        }
+        records += (header.last_offset() - (*offset).max(header.base_offset) + 1) as u64;
+        bytes += total as u64;
+        if let Some((latencies, shared, received)) = e2e.as_mut() {
+            let received = received.duration_since(shared.epoch).as_nanos() as u64;
+            let body = &batch[spate::limits::BATCH_HEADER_BYTES..];
+            for record in RecordIter::new(body) {
+                let record = record.context("a malformed record")?;
+                if header.base_offset + i64::from(record.offset_delta) < *offset {
+                    continue;
+                }
+                if let Some(value) = record.value.filter(|value| value.len() >= 8) {
+                    let sent = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
+                    latencies.push(Duration::from_nanos(received.saturating_sub(sent)));
+                }
+            }
+        }
+        *offset = header.last_offset() + 1;
+    }
+    Ok((records, bytes))
+}

@@ -1,0 +1,271 @@
+//! A producer thread: builds batches per partition (by size, record count and linger),
+//! pipelines them to the owning shards, and records each record's latency when its batch
+//! is acknowledged. With a target rate it is open-loop: record `i` is due at
+//! `start + i / rate`, and its latency counts from then, so a broker stall shows in the
+//! percentiles instead of silently slowing the sender (coordinated omission).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use spate::client::partitioner::partition_for_key;
+use spate::client::{Answer, Connection, Pipeline};
+use spate::protocol::{Acks, ProducePartition, ProduceRequest, ProduceTopic, Request, Response};
+use spate::record::BatchBuilder;
+
+use crate::options::Plan;
+use crate::run::{Layout, Shared};
+use crate::stats::Recorder;
+
+/// What a sent batch carries to its acknowledgement.
+struct Sent {
+    partition: u32,
+    records: u64,
+    bytes: u64,
+    /// When each record was due (open-loop) or handed to the batch (closed-loop), as
+    /// nanoseconds since the run's epoch.
+    due: Vec<u64>,
+}
+
+struct Open {
+    builder: BatchBuilder,
+    due: Vec<u64>,
+    since: Instant,
+}
+
+/// Sends `records` records (or until the run stops), then waits for their answers.
+pub fn run(
+    index: usize,
+    plan: &Plan,
+    layout: &Layout,
+    shared: &Arc<Shared>,
+    records: Option<u64>,
+    recorder: &Arc<Recorder>,
+) -> anyhow::Result<()> {
+    let (answers, acknowledged) = mpsc::channel::<Answer<Sent>>();
+    let collector = {
+        let recorder = recorder.clone();
+        let shared = shared.clone();
+        let acks = plan.acks;
+        std::thread::Builder::new()
+            .name(format!("ack-{index}"))
+            .spawn(move || collect(acknowledged, &recorder, &shared, acks))?
+    };
+    let mut pipelines: HashMap<u16, Pipeline<Sent>> = HashMap::new();
+    let mut open: HashMap<u32, Open> = HashMap::new();
+    let rate = plan
+        .rate_records_per_s
+        .map(|rate| rate / plan.producers as f64);
+    let linger = Duration::from_millis(plan.linger_ms);
+    let mut rng = fastrand::Rng::with_seed(0x5eed + index as u64);
+    let mut value = vec![b'v'; plan.message_size.1];
+    let mut sticky = (index as u32) % plan.partitions;
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let outcome: anyhow::Result<()> = (|| {
+        loop {
+            if records.is_some_and(|records| sent >= records) || shared.stop.load(Ordering::Relaxed)
+            {
+                break;
+            }
+            let due = match rate {
+                Some(rate) => {
+                    let due = start + Duration::from_secs_f64(sent as f64 / rate);
+                    // Batches lingering while we wait still go out on time.
+                    loop {
+                        let now = Instant::now();
+                        if now >= due {
+                            break;
+                        }
+                        send_lingering(&mut open, &mut pipelines, linger, plan, layout, &answers)?;
+                        let left = due - now;
+                        if left > Duration::from_micros(200) {
+                            std::thread::sleep(
+                                left.min(linger.max(Duration::from_micros(100)))
+                                    - Duration::from_micros(50),
+                            );
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    due
+                }
+                None => Instant::now(),
+            };
+            let size = rng.usize(plan.message_size.0..=plan.message_size.1);
+            let due_ns = due.duration_since(shared.epoch).as_nanos() as u64;
+            if size >= 8 {
+                value[..8].copy_from_slice(&due_ns.to_le_bytes());
+            }
+            let key = (plan.keys > 0).then(|| format!("key-{}", rng.u64(0..plan.keys)));
+            let partition = match &key {
+                Some(key) => partition_for_key(key.as_bytes(), plan.partitions),
+                None => sticky,
+            };
+            let batch = open.entry(partition).or_insert_with(|| Open {
+                builder: BatchBuilder::new(),
+                due: Vec::new(),
+                since: Instant::now(),
+            });
+            let timestamp_ms = shared.wall_ms_at(due);
+            batch.builder.push(
+                timestamp_ms,
+                key.as_deref().map(str::as_bytes),
+                Some(&value[..size]),
+                &[],
+            );
+            batch.due.push(due_ns);
+            sent += 1;
+            let full = batch.builder.encoded_bytes() >= plan.batch_bytes
+                || plan
+                    .batch_records
+                    .is_some_and(|limit| batch.builder.records_count() >= limit);
+            if full {
+                let batch = open.remove(&partition).expect("just filled");
+                send(partition, batch, &mut pipelines, plan, layout, &answers)?;
+                if key.is_none() {
+                    sticky = (sticky + 1) % plan.partitions;
+                }
+            }
+            if sent.is_multiple_of(64) {
+                send_lingering(&mut open, &mut pipelines, linger, plan, layout, &answers)?;
+            }
+        }
+        for (partition, batch) in std::mem::take(&mut open) {
+            send(partition, batch, &mut pipelines, plan, layout, &answers)?;
+        }
+        Ok(())
+    })();
+    for pipeline in pipelines.values() {
+        pipeline.drain();
+    }
+    drop(pipelines);
+    drop(answers);
+    let _ = collector.join();
+    outcome
+}
+
+fn send_lingering(
+    open: &mut HashMap<u32, Open>,
+    pipelines: &mut HashMap<u16, Pipeline<Sent>>,
+    linger: Duration,
+    plan: &Plan,
+    layout: &Layout,
+    answers: &mpsc::Sender<Answer<Sent>>,
+) -> anyhow::Result<()> {
+    let due: Vec<u32> = open
+        .iter()
+        .filter(|(_, batch)| batch.since.elapsed() >= linger)
+        .map(|(&partition, _)| partition)
+        .collect();
+    for partition in due {
+        let batch = open.remove(&partition).expect("listed");
+        send(partition, batch, pipelines, plan, layout, answers)?;
+    }
+    Ok(())
+}
+
+fn send(
+    partition: u32,
+    mut batch: Open,
+    pipelines: &mut HashMap<u16, Pipeline<Sent>>,
+    plan: &Plan,
+    layout: &Layout,
+    answers: &mpsc::Sender<Answer<Sent>>,
+) -> anyhow::Result<()> {
+    let shard = layout.owners[partition as usize];
+    let pipeline = match pipelines.entry(shard) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            let address = &layout.addresses[&shard];
+            let connection = Connection::connect(address, "spate-loadgen")
+                .with_context(|| format!("connecting to shard {shard} at {address}"))?;
+            entry.insert(Pipeline::new(
+                connection,
+                plan.max_in_flight,
+                answers.clone(),
+            )?)
+        }
+    };
+    let records = batch.builder.build(0);
+    let sent = Sent {
+        partition,
+        records: batch.due.len() as u64,
+        bytes: records.len() as u64,
+        due: std::mem::take(&mut batch.due),
+    };
+    let request = Request::Produce(ProduceRequest {
+        acks: plan.acks,
+        timeout_ms: 30_000,
+        topics: vec![ProduceTopic {
+            name: plan.topic.clone(),
+            partitions: vec![ProducePartition { partition, records }],
+        }],
+    });
+    if plan.acks == Acks::None {
+        // No answer will come: count the batch as done once written.
+        pipeline.send_unanswered(&request)?;
+        let _ = answers.send(Answer {
+            token: sent,
+            response: Ok(Response::Failed(spate::protocol::Status::ok())),
+            received: Instant::now(),
+        });
+        return Ok(());
+    }
+    pipeline
+        .send(&request, sent)
+        .with_context(|| format!("sending to shard {shard}"))
+}
+
+fn collect(
+    answers: mpsc::Receiver<Answer<Sent>>,
+    recorder: &Recorder,
+    shared: &Shared,
+    acks: Acks,
+) {
+    for answer in answers {
+        let sent = answer.token;
+        let status = match answer.response {
+            Ok(Response::Produce(response)) => response
+                .topics
+                .into_iter()
+                .flat_map(|topic| topic.partitions)
+                .map(|partition| partition.status)
+                .find(|status| !status.is_ok())
+                .map_or(Ok(()), Err),
+            Ok(Response::Failed(status)) if acks == Acks::None && status.is_ok() => Ok(()),
+            Ok(Response::Failed(status)) => Err(status),
+            Ok(_) => Err(spate::protocol::Status::error(
+                spate::protocol::ErrorCode::InvalidRequest,
+                "an answer of the wrong kind",
+            )),
+            Err(error) => {
+                recorder.error(format!("partition {}: {error}", sent.partition));
+                shared.fail();
+                continue;
+            }
+        };
+        match status {
+            Ok(()) => {
+                shared
+                    .acknowledged
+                    .fetch_add(sent.records, Ordering::Relaxed);
+                let received = answer.received.duration_since(shared.epoch).as_nanos() as u64;
+                recorder.record(
+                    sent.records,
+                    sent.bytes,
+                    sent.due
+                        .iter()
+                        .map(|&due| Duration::from_nanos(received.saturating_sub(due))),
+                );
+            }
+            Err(status) => {
+                recorder.error(format!("partition {}: {status}", sent.partition));
+                shared.fail();
+            }
+        }
+    }
+}

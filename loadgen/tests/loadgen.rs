@@ -1,0 +1,175 @@
+//! Short workloads against a broker the load generator spawns (the `spate` binary built
+//! beside it), checking the counts and the JSON report's documented keys.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args(args)
+        .output()
+        .expect("the load generator runs")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON")
+}
+
+fn check_schema(report: &serde_json::Value) {
+    for key in [
+        "throughput_mb_s",
+        "records_per_s",
+        "records",
+        "bytes",
+        "duration_s",
+    ] {
+        assert!(report[key].is_number(), "{key} in {report}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        assert!(
+            report["latency_us"][key].is_u64(),
+            "latency_us.{key} in {report}"
+        );
+    }
+}
+
+#[test]
+fn produce_and_e2e_count_every_record_and_report_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let produce = dir.path().join("produce.json");
+    let page = dir.path().join("produce.html");
+    let output = loadgen(&[
+        "produce",
+        "--spawn-broker",
+        "--partitions",
+        "3",
+        "--producers",
+        "2",
+        "--records",
+        "20001",
+        "--message-size",
+        "100-300",
+        "--keys",
+        "50",
+        "--topic-config",
+        "flush.ms=100",
+        "--json",
+        produce.to_str().unwrap(),
+        "--report",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(&produce);
+    check_schema(&report);
+    assert_eq!(report["records"], 20001);
+    assert_eq!(report["complete"], true);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<svg") && html.contains("Latency distribution"));
+
+    let e2e = dir.path().join("e2e.json");
+    let output = loadgen(&[
+        "e2e",
+        "--spawn-broker",
+        "--partitions",
+        "2",
+        "--records",
+        "5000",
+        "--rate",
+        "20000",
+        "--json",
+        e2e.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(&e2e);
+    check_schema(&report);
+    assert_eq!(
+        report["records"], 5000,
+        "every record produced is consumed once"
+    );
+    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn consume_reads_the_records_it_filled_the_topic_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("consume.json");
+    let output = loadgen(&[
+        "consume",
+        "--spawn-broker",
+        "--partitions",
+        "4",
+        "--consumers",
+        "2",
+        "--records",
+        "30000",
+        "--message-size",
+        "200",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(&path);
+    check_schema(&report);
+    assert_eq!(report["records"], 30000);
+}
+
+#[test]
+fn a_workload_file_supplies_the_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.json");
+    let workload =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/1-topic-16-partitions-1kb.toml");
+    let output = loadgen(&[
+        "--workload",
+        workload.to_str().unwrap(),
+        "--spawn-broker",
+        "--duration",
+        "1s",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(&path);
+    assert_eq!(report["plan"]["partitions"], 16);
+    assert!(report["records"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
+    let unreachable = loadgen(&["produce", "--broker", "127.0.0.1:1", "--records", "10"]);
+    assert!(!unreachable.status.success());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("cannot reach the broker at 127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    for (args, expected) in [
+        (&["--acks", "2"][..], "--acks"),
+        (&["--message-size", "10-5"][..], "--message-size"),
+        (&["--rate", "fast"][..], "--rate"),
+        (&["--duration", "soon"][..], "--duration"),
+        (&["e2e", "--message-size", "4"][..], "at least 8"),
+    ] {
+        let output = loadgen(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
