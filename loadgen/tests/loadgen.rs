@@ -173,3 +173,69 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut broker = Command::new(spate)
+        .args([
+            "serve",
+            "--shards",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the spate binary, built beside the load generator");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the broker starts");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let path = dir.path().join("died.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args([
+            "produce",
+            "--broker",
+            &address,
+            "--duration",
+            "30s",
+            "--json",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    broker.kill().unwrap(); // SIGKILL
+    broker.wait().unwrap();
+    let output = run.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("stopped early"));
+    let report = json(&path);
+    check_schema(&report);
+    assert_eq!(report["complete"], false);
+    assert!(
+        report["records"].as_u64().unwrap() > 0,
+        "what was acknowledged before is reported"
+    );
+    assert!(
+        report["duration_s"].as_f64().unwrap() < 20.0,
+        "the run ends when the broker dies"
+    );
+}
