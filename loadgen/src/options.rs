@@ -328,15 +328,20 @@ pub fn parse_size_range(text: &str) -> anyhow::Result<(usize, usize)> {
     Ok((low, high))
 }
 
-/// `30s`, `2m`, `500ms`, `1h`, or plain seconds.
-pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let invalid = || anyhow::anyhow!("invalid --duration {text:?}: expected e.g. 30s, 2m or 500ms");
+/// `50MB` as (50.0, "MB"); `None` when it does not start with a number.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| invalid())?;
+    Some((number.parse().ok()?, unit))
+}
+
+/// `30s`, `2m`, `500ms`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let invalid = || anyhow::anyhow!("invalid --duration {text:?}: expected e.g. 30s, 2m or 500ms");
+    let (number, unit) = number_and_unit(text).ok_or_else(invalid)?;
     let seconds = match unit {
         "" | "s" => number,
         "ms" => number / 1000.0,
@@ -354,12 +359,7 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 pub fn parse_rate(text: &str) -> anyhow::Result<Rate> {
     let invalid =
         || anyhow::anyhow!("invalid --rate {text:?}: expected records/s (20000) or bytes/s (50MB)");
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let (number, unit) = number_and_unit(text).ok_or_else(invalid)?;
     let rate = match unit.to_ascii_lowercase().as_str() {
         "" => Rate::RecordsPerSecond(number),
         "kb" => Rate::BytesPerSecond(number * 1e3),
