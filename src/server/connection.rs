@@ -73,6 +73,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
             closed.set();
             let _ = writer.close().await;
+            // Handlers still finishing send their answers here: take and drop them until
+            // the last sender is gone, or they would wait forever on a full channel with
+            // their permits held, and the connection would never end.
+            while pending.recv().await.is_some() {}
         }
     });
     let in_flight = Rc::new(Semaphore::new(in_flight_max as u64));
@@ -81,8 +85,14 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let answers = Rc::new(answers);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut client_done = false;
+    // Resolves when the shard stops or the connection is closing: every wait of the
+    // reader races it, so the reader never outlives its connection.
+    let ending = || futures_lite::future::or(shard.stopping.wait(), closed.wait());
     'connection: loop {
         loop {
+            if closed.is_set() || shard.stopping.is_set() {
+                break 'connection;
+            }
             let frame = match split_frame(&mut buffer, shard.config.frame_bytes_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -109,10 +119,19 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             // Stop reading while too many requests of this connection, or too many of
             // their bytes, are in flight.
-            let Ok(permit) = in_flight.clone().acquire_static_permit(1).await else {
-                break 'connection;
+            let permits = async {
+                let permit = in_flight.clone().acquire_static_permit(1).await.ok()?;
+                let held = in_flight_bytes
+                    .acquire_static_permit(weight as u64)
+                    .await
+                    .ok()?;
+                Some((permit, held))
             };
-            let Ok(held) = in_flight_bytes.acquire_static_permit(weight as u64).await else {
+            let ended = async {
+                ending().await;
+                None
+            };
+            let Some((permit, held)) = futures_lite::future::or(permits, ended).await else {
                 break 'connection;
             };
             let shard = shard.clone();
@@ -136,7 +155,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let read = futures_lite::future::or(
             async { Some(reader.read(&mut buffer[filled..]).await) },
             async {
-                futures_lite::future::or(shard.stopping.wait(), closed.wait()).await;
+                ending().await;
                 None
             },
         )

@@ -195,8 +195,15 @@ fn a_stop_ends_long_polls_with_an_answer() {
     let mut polls: Vec<TcpStream> = (0..2)
         .map(|partition| {
             let mut stream = TcpStream::connect(broker.address()).unwrap();
-            let request = crate::server::fetch_request("p", &[(partition, 0)], 1 << 20, 1, 30_000);
+            // The second poll reserves the connection's whole byte budget, so the request
+            // behind it waits for room: the stop must reach that wait too.
+            let max_bytes = if partition == 0 { 1 << 20 } else { 64 << 20 };
+            let request =
+                crate::server::fetch_request("p", &[(partition, 0)], max_bytes, 1, 30_000);
             stream.write_all(&request.encode(7)).unwrap();
+            if partition == 1 {
+                stream.write_all(&request.encode(8)).unwrap();
+            }
             stream
         })
         .collect();
@@ -204,14 +211,14 @@ fn a_stop_ends_long_polls_with_an_answer() {
     let started = Instant::now();
     broker.stop();
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "a stop does not wait out 30 s long polls"
+        started.elapsed() < Duration::from_secs(8),
+        "a stop waits out neither 30 s long polls nor the 10 s drain limit"
     );
     for stream in &mut polls {
         let responses = read_responses(stream, ApiKey::Fetch, Duration::from_secs(5));
         assert_eq!(
-            responses.len(),
-            1,
+            responses.first().map(|(id, _)| *id),
+            Some(7),
             "the poll is answered before the connection closes"
         );
         let Response::Fetch(fetch) = &responses[0].1 else {
@@ -265,8 +272,32 @@ fn a_failed_acks_zero_produce_closes_the_connection() {
         responses.is_empty(),
         "no answer for acks=0, and the connection is closed"
     );
-    // A successful acks=0 produce keeps the connection.
+    // An acks=0 produce has nothing to time out: a zero timeout_ms still appends and
+    // keeps the connection.
     let mut admin = broker.connect();
+    admin.create_topic("quick", 1, &[]).unwrap();
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    stream
+        .write_all(&produce_request("quick", 0, "x", Acks::None, 0).encode(1))
+        .unwrap();
+    let metadata = Request::Metadata(spate::protocol::MetadataRequest { topics: vec![] });
+    stream.write_all(&metadata.encode(2)).unwrap();
+    let mut header = [0u8; 8];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.read_exact(&mut header).unwrap();
+    // The append runs beside the metadata request; it lands shortly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .list_offset("quick", 0, spate::protocol::OFFSET_LATEST)
+        .unwrap()
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the acks=0 append lands");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A successful acks=0 produce keeps the connection.
     admin.create_topic("present", 1, &[]).unwrap();
     let mut stream = TcpStream::connect(broker.address()).unwrap();
     stream
@@ -284,6 +315,62 @@ fn a_failed_acks_zero_produce_closes_the_connection() {
         2,
         "only the metadata answer"
     );
+}
+
+#[test]
+fn a_connection_whose_answers_cannot_go_out_still_ends_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        1,
+        &[
+            "--in-flight-max-per-connection",
+            "2",
+            "--connections-max-per-shard",
+            "2",
+        ],
+    );
+    let mut admin = broker.connect();
+    admin.create_topic("wide", 1, &[]).unwrap();
+    for index in 0..8 {
+        let records = batch(&format!("w{index}"), 1, 500_000, 0);
+        admin.produce("wide", 0, records, Acks::All).unwrap();
+    }
+    drop(admin);
+    // Two clients that ask for megabytes of answers, read none, and reset: each writer
+    // fails with its queue of answers full and more requests waiting behind it. Those
+    // must not hold the connection open forever.
+    let request = crate::server::fetch_request("wide", &[(0, 0)], 4 << 20, 1, 0);
+    let requests: Vec<u8> = (0..12).flat_map(|id| request.encode(id).to_vec()).collect();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(broker.address()).unwrap();
+        socket2::SockRef::from(&stream)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        stream.write_all(&requests).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream); // a reset, with answers unread
+    }
+    // Both slots come back: the broker serves two new connections at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let open = loop {
+        let pair = (
+            spate::client::Connection::connect(&broker.address(), "a"),
+            spate::client::Connection::connect(&broker.address(), "b"),
+        );
+        if let (Ok(first), Ok(second)) = pair {
+            break (first, second);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck connection never ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(open);
 }
 
 /// Unfreezes a frozen filesystem on drop, so a failing test cannot leave it frozen.

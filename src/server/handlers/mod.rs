@@ -84,10 +84,12 @@ pub(crate) async fn handle(
     closed: &Latch,
 ) -> Option<Outgoing> {
     if shard.stopping.is_set() {
+        // No answer for acks=0: the connection is closing anyway, after the answers of
+        // the requests started before it.
         if let Request::Produce(request) = &request
             && request.acks == Acks::None
         {
-            return Some(Outgoing::Close);
+            return None;
         }
         return Some(Outgoing::Frame(
             Response::Failed(Status::error(

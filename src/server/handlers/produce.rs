@@ -36,49 +36,38 @@ pub(super) async fn handle(
     }
     // The whole request shares one deadline, as Kafka's produce timeout does. An append
     // still running when it passes is answered `Timeout` and left to finish: the client
-    // cannot know whether it landed (a retry may duplicate it, as in Kafka).
-    let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms));
-    let mut topics = Vec::with_capacity(request.topics.len());
-    for topic in request.topics {
-        let tasks: Vec<_> = topic
-            .partitions
-            .into_iter()
-            .map(|partition| {
-                let shard = shard.clone();
-                let name = topic.name.clone();
-                let id = partition.partition;
-                let task = glommio::spawn_local(async move {
-                    shard.produce(&name, id, partition.records).await
-                });
-                (id, task)
-            })
-            .collect();
+    // cannot know whether it landed (a retry may duplicate it, as in Kafka). With acks=0
+    // nothing is acknowledged, so there is nothing to time out.
+    let deadline = (request.acks != Acks::None)
+        .then(|| Instant::now() + Duration::from_millis(u64::from(request.timeout_ms)));
+    // Every partition of every topic starts at once; the answers are gathered in order.
+    let started: Vec<_> = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let tasks: Vec<_> = topic
+                .partitions
+                .into_iter()
+                .map(|partition| {
+                    let shard = shard.clone();
+                    let name = topic.name.clone();
+                    let id = partition.partition;
+                    let task = glommio::spawn_local(async move {
+                        shard.produce(&name, id, partition.records).await
+                    });
+                    (id, task)
+                })
+                .collect();
+            (topic.name, tasks)
+        })
+        .collect();
+    let mut topics = Vec::with_capacity(started.len());
+    for (name, tasks) in started {
         let mut partitions: Vec<ProducePartitionResponse> = Vec::with_capacity(tasks.len());
-        for (id, mut task) in tasks {
-            let timer = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
-            let answer = futures_lite::future::or(async { Some((&mut task).await) }, async {
-                timer.await;
-                None
-            })
-            .await;
-            partitions.push(answer.unwrap_or_else(|| {
-                task.detach();
-                produce_failed(
-                    id,
-                    Status::error(
-                        ErrorCode::Timeout,
-                        format!(
-                            "not acknowledged within the request's timeout_ms ({} ms); the append may still complete",
-                            request.timeout_ms
-                        ),
-                    ),
-                )
-            }));
+        for (id, task) in tasks {
+            partitions.push(within(deadline, id, task, request.timeout_ms).await);
         }
-        topics.push(ProduceTopicResponse {
-            name: topic.name,
-            partitions,
-        });
+        topics.push(ProduceTopicResponse { name, partitions });
     }
     if request.acks == Acks::None {
         // No answer is due; a failure closes the connection, so the client notices.
@@ -104,4 +93,35 @@ pub(super) async fn handle(
     Some(Outgoing::Frame(
         Response::Produce(ProduceResponse { topics }).encode(correlation_id),
     ))
+}
+
+/// The append's answer, or `Timeout` once `deadline` has passed (the append is then left
+/// to finish on its own).
+async fn within(
+    deadline: Option<Instant>,
+    partition: u32,
+    mut task: glommio::Task<ProducePartitionResponse>,
+    timeout_ms: u32,
+) -> ProducePartitionResponse {
+    let Some(deadline) = deadline else {
+        return task.await;
+    };
+    let timer = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+    let answer = futures_lite::future::or(async { Some((&mut task).await) }, async {
+        timer.await;
+        None
+    })
+    .await;
+    answer.unwrap_or_else(|| {
+        task.detach();
+        produce_failed(
+            partition,
+            Status::error(
+                ErrorCode::Timeout,
+                format!(
+                    "not acknowledged within the request's timeout_ms ({timeout_ms} ms); the append may still complete"
+                ),
+            ),
+        )
+    })
 }
