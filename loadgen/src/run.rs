@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use spate::client::Connection;
+use spate::client::{Connection, ShardRouter};
 use spate::protocol::{ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
 
 use crate::options::{Plan, Workload};
@@ -103,7 +103,8 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
         .prefix("spate-loadgen-")
         .tempdir()?;
     let shards = plan.broker_cpus.len();
-    let port = free_port_range(shards)?;
+    let port = spate::server::free_port_range([127, 0, 0, 1].into(), shards)
+        .map_err(|error| anyhow::anyhow!(error))?;
     let cpus = plan
         .broker_cpus
         .iter()
@@ -140,20 +141,6 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
     Ok(SpawnedBroker { child, _data: data })
 }
 
-fn free_port_range(shards: usize) -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = probe.local_addr()?.port();
-        if usize::from(port) + shards < usize::from(u16::MAX)
-            && (1..=shards as u16)
-                .all(|offset| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    bail!("no free ports for a broker")
-}
-
 /// Creates the topic if missing and learns where its partitions live.
 fn prepare_topic(plan: &mut Plan) -> anyhow::Result<(Connection, Layout)> {
     let mut admin = Connection::connect(&plan.broker, "spate-loadgen")
@@ -168,25 +155,18 @@ fn prepare_topic(plan: &mut Plan) -> anyhow::Result<(Connection, Layout)> {
         ),
         _ => bail!("cannot create topic {}: {}", plan.topic, created.status),
     }
-    let metadata = admin.metadata(&[&plan.topic])?;
-    let topic = metadata
-        .topics
-        .into_iter()
-        .next()
-        .context("no topic metadata")?;
-    if !topic.status.is_ok() {
-        bail!("topic {}: {}", plan.topic, topic.status);
-    }
+    // The router learns the partitions' owners and the shards' addresses from metadata.
+    let bootstrap = Connection::connect(&plan.broker, "spate-loadgen")?;
+    let router = ShardRouter::new(bootstrap, &plan.topic, "spate-loadgen")
+        .with_context(|| format!("topic {}", plan.topic))?;
     // An existing topic keeps its own partition count.
-    plan.partitions = topic.partitions.len() as u32;
-    let mut owners = vec![0; topic.partitions.len()];
-    for partition in &topic.partitions {
-        owners[partition.partition as usize] = partition.shard_id;
-    }
-    let addresses = metadata
-        .shards
-        .into_iter()
-        .map(|shard| (shard.shard_id, format!("{}:{}", shard.host, shard.port)))
+    plan.partitions = router.partitions();
+    let owners: Vec<u16> = (0..plan.partitions)
+        .map(|partition| router.owner(partition).expect("a partition of the topic"))
+        .collect();
+    let addresses = owners
+        .iter()
+        .filter_map(|&shard| Some((shard, router.shard_address(shard)?.to_string())))
         .collect();
     Ok((admin, Layout { owners, addresses }))
 }

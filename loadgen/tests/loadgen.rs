@@ -15,6 +15,20 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON")
 }
 
+/// Runs the load generator, expects success, and returns its JSON report (written to
+/// `json`, which `args` must name).
+fn run_ok(args: &[&str], json_path: &Path) -> serde_json::Value {
+    let output = loadgen(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(json_path);
+    check_schema(&report);
+    report
+}
+
 fn check_schema(report: &serde_json::Value) {
     for key in [
         "throughput_mb_s",
@@ -38,58 +52,50 @@ fn produce_and_e2e_count_every_record_and_report_the_documented_keys() {
     let dir = tempfile::tempdir().unwrap();
     let produce = dir.path().join("produce.json");
     let page = dir.path().join("produce.html");
-    let output = loadgen(&[
-        "produce",
-        "--spawn-broker",
-        "--partitions",
-        "3",
-        "--producers",
-        "2",
-        "--records",
-        "20001",
-        "--message-size",
-        "100-300",
-        "--keys",
-        "50",
-        "--topic-config",
-        "flush.ms=100",
-        "--json",
-        produce.to_str().unwrap(),
-        "--report",
-        page.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = run_ok(
+        &[
+            "produce",
+            "--spawn-broker",
+            "--partitions",
+            "3",
+            "--producers",
+            "2",
+            "--records",
+            "20001",
+            "--message-size",
+            "100-300",
+            "--keys",
+            "50",
+            "--topic-config",
+            "flush.ms=100",
+            "--json",
+            produce.to_str().unwrap(),
+            "--report",
+            page.to_str().unwrap(),
+        ],
+        &produce,
     );
-    let report = json(&produce);
-    check_schema(&report);
     assert_eq!(report["records"], 20001);
     assert_eq!(report["complete"], true);
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("<svg") && html.contains("Latency distribution"));
 
     let e2e = dir.path().join("e2e.json");
-    let output = loadgen(&[
-        "e2e",
-        "--spawn-broker",
-        "--partitions",
-        "2",
-        "--records",
-        "5000",
-        "--rate",
-        "20000",
-        "--json",
-        e2e.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = run_ok(
+        &[
+            "e2e",
+            "--spawn-broker",
+            "--partitions",
+            "2",
+            "--records",
+            "5000",
+            "--rate",
+            "20000",
+            "--json",
+            e2e.to_str().unwrap(),
+        ],
+        &e2e,
     );
-    let report = json(&e2e);
-    check_schema(&report);
     assert_eq!(
         report["records"], 5000,
         "every record produced is consumed once"
@@ -101,27 +107,23 @@ fn produce_and_e2e_count_every_record_and_report_the_documented_keys() {
 fn consume_reads_the_records_it_filled_the_topic_with() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("consume.json");
-    let output = loadgen(&[
-        "consume",
-        "--spawn-broker",
-        "--partitions",
-        "4",
-        "--consumers",
-        "2",
-        "--records",
-        "30000",
-        "--message-size",
-        "200",
-        "--json",
-        path.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = run_ok(
+        &[
+            "consume",
+            "--spawn-broker",
+            "--partitions",
+            "4",
+            "--consumers",
+            "2",
+            "--records",
+            "30000",
+            "--message-size",
+            "200",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+        &path,
     );
-    let report = json(&path);
-    check_schema(&report);
     assert_eq!(report["records"], 30000);
 }
 
@@ -131,21 +133,18 @@ fn a_workload_file_supplies_the_options() {
     let path = dir.path().join("w.json");
     let workload =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/1-topic-16-partitions-1kb.toml");
-    let output = loadgen(&[
-        "--workload",
-        workload.to_str().unwrap(),
-        "--spawn-broker",
-        "--duration",
-        "1s",
-        "--json",
-        path.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = run_ok(
+        &[
+            "--workload",
+            workload.to_str().unwrap(),
+            "--spawn-broker",
+            "--duration",
+            "1s",
+            "--json",
+            path.to_str().unwrap(),
+        ],
+        &path,
     );
-    let report = json(&path);
     assert_eq!(report["plan"]["partitions"], 16);
     assert!(report["records"].as_u64().unwrap() > 0);
 }

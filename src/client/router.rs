@@ -61,6 +61,11 @@ impl ShardRouter {
         self.owners.len() as u32
     }
 
+    /// `host:port` of shard `shard`'s own listener, as metadata advertised it.
+    pub fn shard_address(&self, shard: u16) -> Option<&str> {
+        self.addresses.get(&shard).map(String::as_str)
+    }
+
     /// The shard that owns `partition`.
     pub fn owner(&self, partition: u32) -> Option<u16> {
         self.owners.get(partition as usize).copied()

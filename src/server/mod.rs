@@ -220,7 +220,7 @@ fn bind_listener(address: std::net::SocketAddr) -> std::io::Result<TcpListener> 
 }
 
 /// Port 0 means "any": a port P with P+1..=P+shards free too, for the shard listeners.
-fn free_port_range(ip: std::net::IpAddr, shards: usize) -> Result<u16, String> {
+pub fn free_port_range(ip: std::net::IpAddr, shards: usize) -> Result<u16, String> {
     for _ in 0..50 {
         let probe = std::net::TcpListener::bind((ip, 0))
             .map_err(|error| format!("cannot listen on {ip}: {error}"))?;
