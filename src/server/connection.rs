@@ -37,7 +37,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// byte budget until it is written.
 struct Answer {
     outgoing: Outgoing,
-    held: StaticPermit,
+    held: Rc<StaticPermit>,
 }
 
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -137,9 +137,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let shard = shard.clone();
             let answers = answers.clone();
             let closed = closed.clone();
+            // Shared: an append that outlives its answer (a produce timeout) keeps its
+            // bytes counted until it is done with them.
+            let held = Rc::new(held);
             glommio::spawn_local(async move {
                 let outgoing = match request {
-                    Ok(request) => handlers::handle(shard, request, correlation_id, &closed).await,
+                    Ok(request) => {
+                        let held = &held;
+                        handlers::handle(shard, request, correlation_id, &closed, held).await
+                    }
                     Err(failure) => Some(failure),
                 };
                 if let Some(outgoing) = outgoing {

@@ -411,23 +411,8 @@ fn a_produce_on_a_stalled_disk_times_out_and_the_broker_keeps_serving() {
         .write_all(&produce_request("s", 0, "stalled", Acks::All, 300).encode(1))
         .unwrap();
     let mut buffer = BytesMut::new();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let response = loop {
-        if let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
-            break Response::decode(ApiKey::Produce, frame.slice(4..)).unwrap();
-        }
-        let mut chunk = [0u8; 4096];
-        let read = stream.read(&mut chunk).unwrap();
-        assert!(read > 0, "an answer, not a closed connection");
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let Response::Produce(response) = response else {
-        panic!("a produce answer")
-    };
-    let status = &response.topics[0].partitions[0].status;
-    assert_eq!(status.code, ErrorCode::Timeout, "{status}");
+    let response = next_response(&mut stream, &mut buffer, Duration::from_secs(10));
+    assert_eq!(produce_code(response), ErrorCode::Timeout);
     // Requests that need no disk are still served while it is stalled.
     assert_eq!(admin.metadata(&["s"]).unwrap().topics.len(), 1);
 
@@ -440,6 +425,126 @@ fn a_produce_on_a_stalled_disk_times_out_and_the_broker_keeps_serving() {
         < 2
     {
         assert!(Instant::now() < deadline, "the stalled append completes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.stop();
+    drop(mount);
+}
+
+/// The next produce answer on `stream`, or `None` if none comes within `limit`.
+fn next_response(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    limit: Duration,
+) -> Option<Response> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(frame) = split_frame(buffer, 1 << 30).unwrap() {
+            return Some(Response::decode(ApiKey::Produce, frame.slice(4..)).unwrap());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("an answer, not a closed connection"),
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return None,
+            Err(error) => panic!("reading an answer: {error}"),
+        }
+    }
+}
+
+/// The status code of a single-partition produce answer.
+fn produce_code(response: Option<Response>) -> ErrorCode {
+    let Some(Response::Produce(response)) = response else {
+        panic!("a produce answer, got {response:?}")
+    };
+    let status = &response.topics[0].partitions[0].status;
+    status.code
+}
+
+/// An append answered `Timeout` is still running and still holds its batch, so it keeps
+/// counting against the connection's byte budget: a client retrying with short timeouts
+/// against a stalled disk is stopped by the budget instead of filling the broker's memory.
+#[test]
+fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = LoopMount::new(dir.path(), 64) else {
+        return;
+    };
+    let data_dir = mount.mount_point.join("data");
+    let budget = 2 << 20;
+    let mut broker = Broker::start_in(
+        &data_dir,
+        1,
+        &[
+            "--frame-bytes-max",
+            &(1 << 20).to_string(),
+            "--buffered-bytes-max-per-connection",
+            &budget.to_string(),
+        ],
+    );
+    let mut admin = broker.connect();
+    admin.create_topic("s", 1, &[]).unwrap();
+    admin
+        .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
+        .unwrap();
+
+    let frozen = std::process::Command::new("fsfreeze")
+        .arg("-f")
+        .arg(&mount.mount_point)
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    let guard = Frozen(&mount.mount_point);
+    // Each request is 800 KB: two fit in the 2 MiB budget, a third does not.
+    let big = |index: u32| {
+        Request::Produce(ProduceRequest {
+            acks: Acks::All,
+            timeout_ms: 100,
+            topics: vec![ProduceTopic {
+                name: "s".to_string(),
+                partitions: vec![ProducePartition {
+                    partition: 0,
+                    records: batch(&format!("retry{index}"), 1, 800_000, 0),
+                }],
+            }],
+        })
+        .encode(index)
+    };
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    let mut buffer = BytesMut::new();
+    for index in 0..2 {
+        stream.write_all(&big(index)).unwrap();
+        let answer = next_response(&mut stream, &mut buffer, Duration::from_secs(10));
+        assert_eq!(produce_code(answer), ErrorCode::Timeout, "request {index}");
+    }
+    stream.write_all(&big(2)).unwrap();
+    assert!(
+        next_response(&mut stream, &mut buffer, Duration::from_millis(1500)).is_none(),
+        "a third request waits for the budget the stalled appends still hold"
+    );
+    // Requests of other connections are unaffected.
+    assert_eq!(admin.metadata(&["s"]).unwrap().topics.len(), 1);
+
+    drop(guard);
+    let answer = next_response(&mut stream, &mut buffer, Duration::from_secs(10));
+    let code = produce_code(answer);
+    assert!(
+        matches!(code, ErrorCode::None | ErrorCode::Timeout),
+        "{code:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .list_offset("s", 0, spate::protocol::OFFSET_LATEST)
+        .unwrap()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "every stalled append completes");
         std::thread::sleep(Duration::from_millis(20));
     }
     broker.stop();

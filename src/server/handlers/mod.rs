@@ -10,6 +10,7 @@ mod topics;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
+use glommio::sync::StaticPermit;
 
 use super::shard::{FetchPayload, Shard};
 use crate::protocol::{Acks, ApiKey, ErrorCode, Piece, Request, RequestHeader, Response, Status};
@@ -76,12 +77,15 @@ pub(crate) fn weigh(request: &mut Request, frame_bytes: usize, budget: usize) ->
 }
 
 /// Answers one request; `None` when no answer is due (a produce with acks=0). `closed` is
-/// set when the connection is ending: a long poll then answers with what it has.
+/// set when the connection is ending: a long poll then answers with what it has. `held`
+/// is the request's share of the connection's byte budget; work that outlives the answer
+/// keeps a clone of it.
 pub(crate) async fn handle(
     shard: Rc<Shard>,
     request: Request,
     correlation_id: u32,
     closed: &Latch,
+    held: &Rc<StaticPermit>,
 ) -> Option<Outgoing> {
     if shard.stopping.is_set() {
         // No answer for acks=0: the connection is closing anyway, after the answers of
@@ -105,7 +109,9 @@ pub(crate) async fn handle(
         Request::CreateTopics(request) => topics::create(&shard, request).await,
         Request::DeleteTopics(request) => topics::delete(&shard, request).await,
         Request::DescribeTopics(request) => topics::describe(&shard, request),
-        Request::Produce(request) => return produce::handle(&shard, request, correlation_id).await,
+        Request::Produce(request) => {
+            return produce::handle(&shard, request, correlation_id, held).await;
+        }
         Request::Fetch(request) => {
             return Some(
                 match fetch::handle(&shard, request, correlation_id, closed).await {

@@ -1,6 +1,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use glommio::sync::StaticPermit;
+
 use super::Outgoing;
 use crate::protocol::{
     Acks, ErrorCode, NewTopic, ProducePartitionResponse, ProduceRequest, ProduceResponse,
@@ -14,6 +16,7 @@ pub(super) async fn handle(
     shard: &Rc<Shard>,
     request: ProduceRequest,
     correlation_id: u32,
+    held: &Rc<StaticPermit>,
 ) -> Option<Outgoing> {
     if shard.config.auto_create_topics {
         let missing: Vec<NewTopic> = request
@@ -36,8 +39,10 @@ pub(super) async fn handle(
     }
     // The whole request shares one deadline, as Kafka's produce timeout does. An append
     // still running when it passes is answered `Timeout` and left to finish: the client
-    // cannot know whether it landed (a retry may duplicate it, as in Kafka). With acks=0
-    // nothing is acknowledged, so there is nothing to time out.
+    // cannot know whether it landed (a retry may duplicate it, as in Kafka). The append
+    // keeps the request's bytes counted against the connection until it is done, so a
+    // client retrying against a stalled disk is slowed down instead of filling memory.
+    // With acks=0 nothing is acknowledged, so there is nothing to time out.
     let deadline = (request.acks != Acks::None)
         .then(|| Instant::now() + Duration::from_millis(u64::from(request.timeout_ms)));
     // Every partition of every topic starts at once; the answers are gathered in order.
@@ -65,7 +70,7 @@ pub(super) async fn handle(
     for (name, tasks) in started {
         let mut partitions: Vec<ProducePartitionResponse> = Vec::with_capacity(tasks.len());
         for (id, task) in tasks {
-            partitions.push(within(deadline, id, task, request.timeout_ms).await);
+            partitions.push(within(deadline, id, task, request.timeout_ms, held).await);
         }
         topics.push(ProduceTopicResponse { name, partitions });
     }
@@ -96,12 +101,13 @@ pub(super) async fn handle(
 }
 
 /// The append's answer, or `Timeout` once `deadline` has passed (the append is then left
-/// to finish on its own).
+/// to finish on its own, holding `held` until it does).
 async fn within(
     deadline: Option<Instant>,
     partition: u32,
     mut task: glommio::Task<ProducePartitionResponse>,
     timeout_ms: u32,
+    held: &Rc<StaticPermit>,
 ) -> ProducePartitionResponse {
     let Some(deadline) = deadline else {
         return task.await;
@@ -113,7 +119,12 @@ async fn within(
     })
     .await;
     answer.unwrap_or_else(|| {
-        task.detach();
+        let held = held.clone();
+        glommio::spawn_local(async move {
+            task.await;
+            drop(held);
+        })
+        .detach();
         produce_failed(
             partition,
             Status::error(
