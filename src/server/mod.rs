@@ -44,7 +44,6 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     let _lock =
         crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
     let metadata = ClusterMetadata::load(data_dir).map_err(|error| error.to_string())?;
-    remove_stray_partitions(data_dir, &metadata)?;
     raise_descriptor_limit();
     // Probe every port first: the listeners set SO_REUSEPORT, which would let a second
     // broker share a port silently.
@@ -54,6 +53,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         let address = std::net::SocketAddr::new(config.listen.ip(), port);
         port_is_free(address)?;
     }
+    quarantine_stray_partitions(data_dir, &metadata)?;
 
     let placement = placement(&config)?;
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
@@ -149,31 +149,53 @@ fn raise_descriptor_limit() {
     }
 }
 
-/// Removes partition directories that no topic claims (left by a crash in the middle of
-/// a topic's creation or deletion), so a topic created later under that name starts empty.
-fn remove_stray_partitions(
+/// Moves partition directories that no topic claims (left by a crash in the middle of a
+/// topic's creation or deletion) to `<data dir>/quarantine/<start time in ms>/`, so a topic
+/// created later under that name starts empty. They are moved, not deleted: if an older
+/// `metadata.bin` was restored by hand, the newer topics' data is still there to recover.
+fn quarantine_stray_partitions(
     data_dir: &std::path::Path,
     metadata: &ClusterMetadata,
 ) -> Result<(), String> {
     use crate::broker::metadata::{metadata_path, stray_partition_dirs};
     let strays = stray_partition_dirs(data_dir, metadata)
         .map_err(|error| format!("cannot list {}/topics: {error}", data_dir.display()))?;
-    // Without its metadata file every partition looks stray: refuse rather than delete.
-    if !strays.is_empty() && !metadata_path(data_dir).exists() {
+    if strays.is_empty() {
+        return Ok(());
+    }
+    // Without its metadata file every partition looks stray: refuse to start instead.
+    if !metadata_path(data_dir).exists() {
         return Err(format!(
             "{} holds partition directories but no {}: restore that file or move the directories away",
             data_dir.display(),
             metadata_path(data_dir).display()
         ));
     }
+    let quarantine = data_dir
+        .join("quarantine")
+        .join(crate::clock::now_ms().to_string());
+    std::fs::create_dir_all(&quarantine)
+        .map_err(|error| format!("cannot create {}: {error}", quarantine.display()))?;
     for dir in strays {
-        tracing::warn!(dir = %dir.display(), "removing a partition directory no topic claims");
-        let removed = if dir.is_dir() {
-            std::fs::remove_dir_all(&dir)
-        } else {
-            std::fs::remove_file(&dir)
-        };
-        removed.map_err(|error| format!("cannot remove stray {}: {error}", dir.display()))?;
+        let target = quarantine.join(dir.file_name().expect("a directory entry has a name"));
+        tracing::warn!(
+            dir = %dir.display(),
+            to = %target.display(),
+            "setting aside a partition directory no topic claims"
+        );
+        std::fs::rename(&dir, &target).map_err(|error| {
+            format!(
+                "cannot move stray {} to {}: {error}",
+                dir.display(),
+                target.display()
+            )
+        })?;
+    }
+    // Both directories' entries changed: make the moves durable.
+    for dir in [data_dir.join("topics"), quarantine] {
+        std::fs::File::open(&dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|error| format!("cannot sync {}: {error}", dir.display()))?;
     }
     Ok(())
 }

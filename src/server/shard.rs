@@ -522,9 +522,7 @@ impl Shard {
             }
             return statuses;
         }
-        if let Err(status) = self.apply_everywhere(metadata, Vec::new()).await {
-            return all_failed(&names, &status.message);
-        }
+        self.apply_everywhere(metadata, Vec::new()).await;
         statuses
     }
 
@@ -561,12 +559,10 @@ impl Shard {
         if deleted.is_empty() {
             return statuses;
         }
-        let saved = metadata
-            .save(&self.config.data_dir)
-            .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()));
-        if let Err(status) = saved.and(self.apply_everywhere(metadata, deleted).await) {
-            return all_failed(&names, &status.message);
+        if let Err(error) = metadata.save(&self.config.data_dir) {
+            return all_failed(&names, &error.to_string());
         }
+        self.apply_everywhere(metadata, deleted).await;
         statuses
     }
 
@@ -592,23 +588,25 @@ impl Shard {
         self.drop_partitions(topics).await;
     }
 
-    /// Has every shard take the (saved) metadata before answering.
-    async fn apply_everywhere(
-        &self,
-        metadata: ClusterMetadata,
-        deleted: Vec<TopicRecord>,
-    ) -> Result<(), Status> {
+    /// Has every shard take the saved metadata before answering. The save is the commit
+    /// point, so this cannot fail: this shard applies first, and a peer that cannot take
+    /// it is stopping (stops are broker-wide) and reads the saved file when it starts
+    /// again; partitions it did not drop are then strays, which start-up sets aside.
+    async fn apply_everywhere(&self, metadata: ClusterMetadata, deleted: Vec<TopicRecord>) {
+        self.apply_metadata(metadata.clone(), deleted.clone()).await;
         for peer in (0..self.count).filter(|&peer| peer != self.id) {
             let (metadata, deleted) = (metadata.clone(), deleted.clone());
-            self.ask(peer, |reply| ShardMessage::ApplyMetadata {
-                metadata,
-                deleted,
-                reply,
-            })
-            .await?;
+            let applied = self
+                .ask(peer, |reply| ShardMessage::ApplyMetadata {
+                    metadata,
+                    deleted,
+                    reply,
+                })
+                .await;
+            if let Err(status) = applied {
+                tracing::info!(peer, %status, "a stopping shard did not take a metadata change; it is saved");
+            }
         }
-        self.apply_metadata(metadata, deleted).await;
-        Ok(())
     }
 
     /// The partitions of `topic` this shard owns.
@@ -618,21 +616,34 @@ impl Shard {
     }
 
     /// Opens the partitions this shard owns of `topics`. `Fresh` partitions (of a topic
-    /// being created) start empty: a directory already there is a leftover of a failed
-    /// creation and is removed. If one fails, those opened by this call are dropped again.
+    /// being created) start empty: a log or directory already there is a leftover (of a
+    /// failed creation, or of a deletion this shard missed while stopping) and is removed.
+    /// A stopping shard opens no fresh partitions, since its logs are about to close. If
+    /// one fails, those opened by this call are dropped again.
     async fn open_partitions(
         &self,
         topics: &[TopicRecord],
         opening: Opening,
     ) -> Result<(), Status> {
-        let mut opened = Vec::new();
+        let mut opened: Vec<(String, u32)> = Vec::new();
         for topic in topics {
             for partition in self.owned(topic) {
                 let key = (topic.name.clone(), partition);
-                if self.logs.borrow().contains_key(&key) {
-                    continue;
-                }
                 let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+                let refused = opening == Opening::Fresh && self.stopping.is_set();
+                if refused {
+                    for (name, partition) in opened {
+                        self.drop_partition(&name, partition).await;
+                    }
+                    return Err(Status::error(
+                        ErrorCode::ShuttingDown,
+                        format!("shard {} is stopping", self.id),
+                    ));
+                }
+                if opening == Opening::Fresh && self.logs.borrow().contains_key(&key) {
+                    tracing::warn!(dir = %dir.display(), "removing a stale log in the way of a new topic");
+                    self.drop_partition(&topic.name, partition).await;
+                }
                 let cleared = match opening {
                     Opening::Fresh => remove_dir(&dir).map_err(|error| error.to_string()),
                     Opening::Existing => Ok(()),

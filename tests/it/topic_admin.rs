@@ -1,5 +1,5 @@
 //! Topic creation within the broker's budgets, rollback of a creation that fails part way,
-//! and the start-up sweep of directories no topic claims.
+//! and the start-up quarantine of directories no topic claims.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -140,7 +140,7 @@ fn a_creation_that_fails_on_one_shard_leaves_nothing_behind() {
 }
 
 #[test]
-fn start_up_removes_directories_no_topic_claims_but_not_without_metadata() {
+fn start_up_sets_aside_directories_no_topic_claims_but_not_without_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let mut broker = Broker::start_in(&data_dir, 1, &[]);
@@ -154,8 +154,49 @@ fn start_up_removes_directories_no_topic_claims_but_not_without_metadata() {
     )
     .unwrap();
     std::fs::create_dir_all(data_dir.join("topics/real-1")).unwrap();
+    // A start that fails (its port is taken) changes nothing on disk.
+    let port = free_ports(2);
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let output = spate(&[
+        "serve",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--shards",
+        "1",
+    ]);
+    assert!(!output.status.success());
+    drop(taken);
+    assert_eq!(partition_dirs(&data_dir), ["ghost-0", "real-0", "real-1"]);
     let mut broker = Broker::start_in(&data_dir, 1, &[]);
     assert_eq!(partition_dirs(&data_dir), ["real-0"]);
+    // Set aside, not deleted: a hand-restored older metadata.bin loses nothing.
+    let quarantined: Vec<_> = std::fs::read_dir(data_dir.join("quarantine"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(quarantined.len(), 1, "one quarantine folder per start");
+    let mut moved: Vec<String> = std::fs::read_dir(&quarantined[0])
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    moved.sort();
+    assert_eq!(moved, ["ghost-0", "real-1"]);
+    assert!(
+        quarantined[0]
+            .join("ghost-0/00000000000000000000.log")
+            .exists()
+    );
+    broker.stop();
+    // A clean start sets nothing more aside.
+    let mut broker = Broker::start_in(&data_dir, 1, &[]);
+    assert_eq!(
+        std::fs::read_dir(data_dir.join("quarantine"))
+            .unwrap()
+            .count(),
+        1
+    );
     broker.stop();
 
     // With the metadata file gone every partition would look stray: refuse to start.
@@ -176,4 +217,83 @@ fn start_up_removes_directories_no_topic_claims_but_not_without_metadata() {
         "{stderr}"
     );
     assert_eq!(partition_dirs(&data_dir), ["real-0"], "nothing was removed");
+}
+
+/// Topics created while the broker stops: every creation answered OK survives the restart
+/// with all its partitions usable, none answered with an error appears, and nothing is
+/// left for start-up to set aside.
+#[test]
+fn a_stop_during_topic_creation_keeps_every_answered_topic_whole() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_ports(3);
+    let mut broker = Broker::start_at(&data_dir, 2, port, &[]);
+    let created = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let started = Arc::new(AtomicBool::new(false));
+    // One creator on each shard's port: shard 1's creations are forwarded to shard 0.
+    let creators: Vec<_> = (0..2)
+        .map(|shard| {
+            let address = broker.shard_address(shard);
+            let (created, refused, started) = (created.clone(), refused.clone(), started.clone());
+            std::thread::spawn(move || {
+                let Ok(mut client) = spate::client::Connection::connect(&address, "test") else {
+                    return;
+                };
+                for index in 0.. {
+                    let name = format!("s{shard}t{index}");
+                    match client.create_topic(&name, 4, &[]) {
+                        Ok(answer) if answer.status.is_ok() => created.lock().unwrap().push(name),
+                        Ok(_) => refused.lock().unwrap().push(name),
+                        Err(_) => return,
+                    }
+                    started.store(true, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    while !started.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    broker.stop();
+    for creator in creators {
+        creator.join().unwrap();
+    }
+    let created = created.lock().unwrap().clone();
+    let refused = refused.lock().unwrap().clone();
+    assert!(!created.is_empty());
+
+    let broker = Broker::start_at(&data_dir, 2, port, &[]);
+    assert!(
+        !data_dir.join("quarantine").exists(),
+        "no partition directory was left unclaimed"
+    );
+    let mut client = broker.connect();
+    let listed: Vec<String> = client
+        .metadata(&[])
+        .unwrap()
+        .topics
+        .into_iter()
+        .map(|topic| topic.name)
+        .collect();
+    for name in &created {
+        assert!(listed.contains(name), "{name} was acknowledged");
+        for partition in 0..4 {
+            let answer = client
+                .produce(name, partition, batch("x", 1, 1, 0), Acks::All)
+                .unwrap()
+                .unwrap();
+            assert!(
+                answer.status.is_ok(),
+                "{name}-{partition}: {}",
+                answer.status
+            );
+        }
+    }
+    for name in &refused {
+        assert!(!listed.contains(name), "{name} was refused but exists");
+    }
 }
