@@ -62,7 +62,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             while let Some(Answer { outgoing, held }) = pending.recv().await {
                 let written = match outgoing {
                     Outgoing::Frame(frame) => writer.write_all(&frame).await,
-                    Outgoing::Pieces(pieces) => write_pieces(&mut writer, pieces).await,
+                    // The fetch's room in the budget is given back once written.
+                    Outgoing::Pieces(pieces, _room) => write_pieces(&mut writer, pieces).await,
                     Outgoing::Close => break,
                 };
                 drop(held);
@@ -122,6 +123,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let permits = async {
                 let permit = in_flight.clone().acquire_static_permit(1).await.ok()?;
                 let held = in_flight_bytes
+                    .clone()
                     .acquire_static_permit(weight as u64)
                     .await
                     .ok()?;
@@ -136,19 +138,21 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             let shard = shard.clone();
             let answers = answers.clone();
-            let closed = closed.clone();
-            // Shared: an append that outlives its answer (a produce timeout) keeps its
-            // bytes counted until it is done with them.
-            let held = Rc::new(held);
+            let exchange = handlers::Exchange {
+                correlation_id,
+                closed: closed.clone(),
+                // Shared: an append that outlives its answer (a produce timeout) keeps
+                // its bytes counted until it is done with them.
+                held: Rc::new(held),
+                budget: in_flight_bytes.clone(),
+            };
             glommio::spawn_local(async move {
                 let outgoing = match request {
-                    Ok(request) => {
-                        let held = &held;
-                        handlers::handle(shard, request, correlation_id, &closed, held).await
-                    }
+                    Ok(request) => handlers::handle(shard, request, &exchange).await,
                     Err(failure) => Some(failure),
                 };
                 if let Some(outgoing) = outgoing {
+                    let held = exchange.held;
                     let _ = answers.send(Answer { outgoing, held }).await;
                 }
                 drop(permit);

@@ -195,8 +195,8 @@ fn a_stop_ends_long_polls_with_an_answer() {
     let mut polls: Vec<TcpStream> = (0..2)
         .map(|partition| {
             let mut stream = TcpStream::connect(broker.address()).unwrap();
-            // The second poll reserves the connection's whole byte budget, so the request
-            // behind it waits for room: the stop must reach that wait too.
+            // The second connection has two polls in flight, one asking for the whole
+            // byte budget: the stop must reach both.
             let max_bytes = if partition == 0 { 1 << 20 } else { 64 << 20 };
             let request =
                 crate::server::fetch_request("p", &[(partition, 0)], max_bytes, 1, 30_000);
@@ -214,17 +214,21 @@ fn a_stop_ends_long_polls_with_an_answer() {
         started.elapsed() < Duration::from_secs(8),
         "a stop waits out neither 30 s long polls nor the 10 s drain limit"
     );
-    for stream in &mut polls {
+    for (index, stream) in polls.iter_mut().enumerate() {
         let responses = read_responses(stream, ApiKey::Fetch, Duration::from_secs(5));
+        let mut ids: Vec<u32> = responses.iter().map(|(id, _)| *id).collect();
+        ids.sort();
+        let expected: &[u32] = if index == 0 { &[7] } else { &[7, 8] };
         assert_eq!(
-            responses.first().map(|(id, _)| *id),
-            Some(7),
-            "the poll is answered before the connection closes"
+            ids, expected,
+            "every poll is answered before the connection closes"
         );
-        let Response::Fetch(fetch) = &responses[0].1 else {
-            panic!("a fetch answer")
-        };
-        assert!(fetch.topics[0].partitions[0].status.is_ok());
+        for (_, response) in &responses {
+            let Response::Fetch(fetch) = response else {
+                panic!("a fetch answer")
+            };
+            assert!(fetch.topics[0].partitions[0].status.is_ok());
+        }
     }
 }
 
@@ -549,4 +553,68 @@ fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
     }
     broker.stop();
     drop(mount);
+}
+
+/// A long poll holds only its frame while it waits: requests behind it on the same
+/// connection are read and answered at once, even when the poll asked for the connection's
+/// whole byte budget.
+#[test]
+fn a_waiting_long_poll_does_not_hold_up_the_requests_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 1 << 20;
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        1,
+        &[
+            "--frame-bytes-max",
+            &(512 << 10).to_string(),
+            "--buffered-bytes-max-per-connection",
+            &budget.to_string(),
+        ],
+    );
+    let mut admin = broker.connect();
+    admin.create_topic("quiet", 1, &[]).unwrap();
+    admin.create_topic("busy", 1, &[]).unwrap();
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    let poll = crate::server::fetch_request("quiet", &[(0, 0)], 16 << 20, 1, 5_000);
+    stream.write_all(&poll.encode(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // the poll is waiting
+    let produce = Request::Produce(ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: "busy".to_string(),
+            partitions: vec![ProducePartition {
+                partition: 0,
+                records: batch("behind", 1, 400_000, 0),
+            }],
+        }],
+    });
+    stream.write_all(&produce.encode(2)).unwrap();
+    let mut buffer = BytesMut::new();
+    // Well before the poll's 5 s wait ends.
+    let answer = next_response(&mut stream, &mut buffer, Duration::from_secs(3));
+    assert_eq!(produce_code(answer), ErrorCode::None);
+    // The poll still answers, with the data once it comes.
+    admin
+        .produce("quiet", 0, batch("late", 1, 1, 0), Acks::All)
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    loop {
+        if let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
+            assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()), 1);
+            let Response::Fetch(fetch) = Response::decode(ApiKey::Fetch, frame.slice(4..)).unwrap()
+            else {
+                panic!("a fetch answer")
+            };
+            assert!(!fetch.topics[0].partitions[0].records.is_empty());
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).unwrap();
+        assert!(read > 0);
+        buffer.extend_from_slice(&chunk[..read]);
+    }
 }

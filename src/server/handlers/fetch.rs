@@ -2,13 +2,14 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::Outgoing;
+use glommio::sync::{Semaphore, StaticPermit};
+
+use super::{Exchange, Outgoing};
 use crate::protocol::{
     ErrorCode, FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse, Payload,
     Status,
 };
 use crate::server::shard::{FetchPayload, Shard};
-use crate::wake::Latch;
 
 /// Most partition entries one fetch may name.
 pub const FETCH_PARTITIONS_MAX: usize = 1000;
@@ -17,27 +18,41 @@ pub const FETCH_RESPONSE_BYTES_MAX: u32 = 64 * 1024 * 1024;
 /// Longest long poll honoured (a longer `max_wait_ms` is lowered to this).
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
+/// The least room a read waits for in the connection's byte budget, when the budget
+/// cannot give the whole `max_bytes` at once.
+const ROOM_MIN_BYTES: u32 = 64 * 1024;
+
 /// Reads every partition; while fewer than `min_bytes` came back and `max_wait_ms` has not
 /// passed, waits for new data on any of them and reads again; a connection that is closing
-/// (`closed`) ends the wait early. Records are sent as they sit in the log (tail cache or
-/// disk buffer) when this shard owns the partition.
+/// ends the wait early. Records are sent as they sit in the log (tail cache or disk
+/// buffer) when this shard owns the partition.
+///
+/// Room in the connection's byte budget is taken for each read and given back while
+/// waiting, so a long poll does not hold up the requests behind it. When the budget is
+/// short, the read is made smaller rather than waiting for the whole `max_bytes`.
 pub(super) async fn handle(
     shard: &Rc<Shard>,
     mut request: FetchRequest,
-    correlation_id: u32,
-    closed: &Latch,
+    exchange: &Exchange,
 ) -> Result<Outgoing, Status> {
     check(&request)?;
-    request.max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
+    let closed = &exchange.closed;
+    let max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(1) as usize;
     loop {
+        let (room, room_bytes) = take_room(&exchange.budget, max_bytes).await;
+        request.max_bytes = room_bytes;
         let response = read_all(shard, &request).await;
         let now = Instant::now();
         if bytes_in(&response) >= min_bytes || now >= deadline || closed.is_set() {
-            return Ok(Outgoing::Pieces(response.into_pieces(correlation_id)));
+            return Ok(Outgoing::Pieces(
+                response.into_pieces(exchange.correlation_id),
+                room,
+            ));
         }
+        drop(room);
         // Wait for any partition's log end to pass what was just seen.
         let waits: Vec<_> =
             request
@@ -80,6 +95,21 @@ pub(super) async fn handle(
             futures_lite::future::or(glommio::timer::sleep(deadline - now), closed.wait());
         futures_lite::future::or(any_data, give_up).await;
     }
+}
+
+/// Room for an answer of up to `max_bytes`: all of it if the budget has it now, else what
+/// it has (waiting for at least `ROOM_MIN_BYTES`, or `max_bytes` if smaller). The budget's
+/// answers in flight give their room back as they are written, so the wait ends.
+async fn take_room(budget: &Rc<Semaphore>, max_bytes: u32) -> (StaticPermit, u32) {
+    let max_bytes = u64::from(max_bytes.max(1));
+    let floor = max_bytes.min(u64::from(ROOM_MIN_BYTES));
+    let want = max_bytes.min(budget.available().max(floor));
+    let room = budget
+        .clone()
+        .acquire_static_permit(want)
+        .await
+        .expect("a connection's budget is never closed");
+    (room, want as u32)
 }
 
 /// Bounds what one request may ask for: a hostile fetch must not make the answer (or the

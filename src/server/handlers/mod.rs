@@ -10,17 +10,18 @@ mod topics;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use glommio::sync::StaticPermit;
+use glommio::sync::{Semaphore, StaticPermit};
 
 use super::shard::{FetchPayload, Shard};
 use crate::protocol::{Acks, ApiKey, ErrorCode, Piece, Request, RequestHeader, Response, Status};
 use crate::wake::Latch;
 
 /// A response ready to be written: one encoded frame, or a fetch answer in pieces whose
-/// record payloads are written as they are.
+/// record payloads are written as they are (with the room it took in the connection's
+/// byte budget, given back once written).
 pub(crate) enum Outgoing {
     Frame(BytesMut),
-    Pieces(Vec<Piece<FetchPayload>>),
+    Pieces(Vec<Piece<FetchPayload>>, StaticPermit),
     /// Close the connection after the answers before this one (how a failed acks=0
     /// produce is reported, as in Kafka: the client sees the connection drop).
     Close,
@@ -57,36 +58,41 @@ pub(crate) fn decode(header: &RequestHeader, body: Bytes) -> Result<Request, Out
     })
 }
 
-/// The bytes a request may hold in memory until its answer is written: its frame, plus
-/// for a fetch the records it may return. A fetch asking for more than `budget` leaves
-/// room for is lowered to fit (a first batch larger than that still comes whole, as
+/// The bytes a request holds in memory from the moment it is read: its frame. A fetch
+/// takes room for its answer later, only while it reads (see `fetch::handle`), so a long
+/// poll waiting for data holds no more than its frame; its `max_bytes` is lowered to what
+/// the budget can ever give it (a first batch larger than that still comes whole, as
 /// Kafka's fetch rules require).
 pub(crate) fn weigh(request: &mut Request, frame_bytes: usize, budget: usize) -> usize {
-    let answer_bytes = match request {
-        Request::Fetch(fetch) => {
-            let room = budget.saturating_sub(frame_bytes).max(1);
-            fetch.max_bytes = fetch
-                .max_bytes
-                .min(fetch::FETCH_RESPONSE_BYTES_MAX)
-                .min(room as u32);
-            fetch.max_bytes as usize
-        }
-        _ => 0,
-    };
-    (frame_bytes + answer_bytes).min(budget)
+    if let Request::Fetch(fetch) = request {
+        let room = budget.saturating_sub(frame_bytes).max(1);
+        fetch.max_bytes = fetch
+            .max_bytes
+            .min(fetch::FETCH_RESPONSE_BYTES_MAX)
+            .min(room as u32);
+    }
+    frame_bytes.min(budget)
 }
 
-/// Answers one request; `None` when no answer is due (a produce with acks=0). `closed` is
-/// set when the connection is ending: a long poll then answers with what it has. `held`
-/// is the request's share of the connection's byte budget; work that outlives the answer
-/// keeps a clone of it.
+/// What a handler knows about the request it answers besides the request itself.
+pub(crate) struct Exchange {
+    pub correlation_id: u32,
+    /// Set when the connection is ending: a long poll then answers with what it has.
+    pub closed: Rc<Latch>,
+    /// The request's share of the connection's byte budget (its frame). Work that
+    /// outlives the answer (an append after a produce timeout) keeps a clone of it.
+    pub held: Rc<StaticPermit>,
+    /// The connection's byte budget, from which a fetch takes room for its answer.
+    pub budget: Rc<Semaphore>,
+}
+
+/// Answers one request; `None` when no answer is due (a produce with acks=0).
 pub(crate) async fn handle(
     shard: Rc<Shard>,
     request: Request,
-    correlation_id: u32,
-    closed: &Latch,
-    held: &Rc<StaticPermit>,
+    exchange: &Exchange,
 ) -> Option<Outgoing> {
+    let correlation_id = exchange.correlation_id;
     if shard.stopping.is_set() {
         // No answer for acks=0: the connection is closing anyway, after the answers of
         // the requests started before it.
@@ -110,15 +116,13 @@ pub(crate) async fn handle(
         Request::DeleteTopics(request) => topics::delete(&shard, request).await,
         Request::DescribeTopics(request) => topics::describe(&shard, request),
         Request::Produce(request) => {
-            return produce::handle(&shard, request, correlation_id, held).await;
+            return produce::handle(&shard, request, correlation_id, &exchange.held).await;
         }
         Request::Fetch(request) => {
-            return Some(
-                match fetch::handle(&shard, request, correlation_id, closed).await {
-                    Ok(outgoing) => outgoing,
-                    Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
-                },
-            );
+            return Some(match fetch::handle(&shard, request, exchange).await {
+                Ok(outgoing) => outgoing,
+                Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
+            });
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
     };
