@@ -2,6 +2,11 @@
 //! (the load generator's producers use it). `send` writes a request and returns at once,
 //! blocking only while `max_in_flight` requests are unanswered; a reader thread decodes
 //! each answer and hands it, with the caller's token, to the `answers` channel.
+//!
+//! The connection's answer timeout (`Connection::connect_with_timeout`) still holds: when
+//! the oldest request has waited that long, or a write fails part way (leaving a torn
+//! frame), the pipeline fails, and every request still in flight comes back on `answers`
+//! with the error.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -9,7 +14,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -28,9 +33,20 @@ pub struct Pipeline<T: Send + 'static> {
     stream: TcpStream,
     next_correlation_id: u32,
     slots: Arc<Slots>,
-    pending: mpsc::Sender<(u32, ApiKey, T)>,
+    pending: mpsc::Sender<Sent<T>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
+
+/// A request on its way: what the reader needs to decode and hand back its answer.
+struct Sent<T> {
+    correlation_id: u32,
+    api_key: ApiKey,
+    token: T,
+    at: Instant,
+}
+
+/// How often the reader wakes to check the oldest request's age while no answer comes.
+const AGE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Requests in flight, bounded; `failed` once the reader has stopped.
 struct Slots {
@@ -47,9 +63,11 @@ impl<T: Send + 'static> Pipeline<T> {
         answers: mpsc::Sender<Answer<T>>,
     ) -> Result<Pipeline<T>, ClientError> {
         let (stream, buffer, next_correlation_id) = connection.into_parts();
+        let answer_timeout = stream.read_timeout()?;
         let reading = stream.try_clone()?;
-        // The reader waits as long as it must: answers pace themselves.
-        reading.set_read_timeout(None)?;
+        // The reader wakes now and then to judge the oldest request's age; no answer at
+        // all is fine while nothing is in flight.
+        reading.set_read_timeout(answer_timeout.map(|limit| limit.min(AGE_CHECK_INTERVAL)))?;
         let slots = Arc::new(Slots {
             state: Mutex::new((0, false)),
             freed: Condvar::new(),
@@ -60,7 +78,7 @@ impl<T: Send + 'static> Pipeline<T> {
             .name("spate-pipeline".into())
             .spawn({
                 let slots = slots.clone();
-                move || read_answers(reading, buffer, sent, answers, &slots)
+                move || read_answers(reading, buffer, sent, answers, &slots, answer_timeout)
             })?;
         Ok(Pipeline {
             stream,
@@ -72,7 +90,8 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 
     /// Sends `request`; its answer comes to the channel with `token`. Blocks while the
-    /// pipeline is full; fails once the connection has.
+    /// pipeline is full; fails once the connection has. A write that fails part way fails
+    /// the pipeline: the token then comes back on the channel with the error, too.
     pub fn send(&mut self, request: &Request, token: T) -> Result<(), ClientError> {
         {
             let mut state = self.slots.state.lock().expect("not poisoned");
@@ -86,11 +105,23 @@ impl<T: Send + 'static> Pipeline<T> {
         }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        self.pending
-            .send((correlation_id, request.api_key(), token))
-            .map_err(|_| closed())?;
-        self.stream.write_all(&request.encode(correlation_id))?;
-        Ok(())
+        let sent = Sent {
+            correlation_id,
+            api_key: request.api_key(),
+            token,
+            at: Instant::now(),
+        };
+        self.pending.send(sent).map_err(|_| closed())?;
+        self.write(&request.encode(correlation_id))
+    }
+
+    /// Writes a whole frame, or fails the pipeline: after a partial write the stream holds
+    /// a torn frame and nothing more may follow it.
+    fn write(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(frame).map_err(|error| {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            ClientError::from(error)
+        })
     }
 
     /// Sends a request that gets no answer (a produce with acks=0).
@@ -100,8 +131,7 @@ impl<T: Send + 'static> Pipeline<T> {
         }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        self.stream.write_all(&request.encode(correlation_id))?;
-        Ok(())
+        self.write(&request.encode(correlation_id))
     }
 
     /// Requests sent and not yet answered.
@@ -109,7 +139,8 @@ impl<T: Send + 'static> Pipeline<T> {
         self.slots.state.lock().expect("not poisoned").0
     }
 
-    /// Waits until every request sent has been answered (or the connection failed).
+    /// Waits until every request sent has been answered, or the pipeline has failed (at
+    /// the latest when the oldest request is older than the answer timeout).
     pub fn drain(&self) {
         let mut state = self.slots.state.lock().expect("not poisoned");
         while state.0 > 0 && !state.1 {
@@ -137,20 +168,24 @@ fn closed() -> ClientError {
 fn read_answers<T>(
     mut stream: TcpStream,
     mut buffer: BytesMut,
-    sent: mpsc::Receiver<(u32, ApiKey, T)>,
+    sent: mpsc::Receiver<Sent<T>>,
     answers: mpsc::Sender<Answer<T>>,
     slots: &Slots,
+    answer_timeout: Option<Duration>,
 ) {
-    let mut waiting: HashMap<u32, (ApiKey, T)> = HashMap::new();
+    let mut waiting: HashMap<u32, Sent<T>> = HashMap::new();
+    let take_sent = |waiting: &mut HashMap<u32, Sent<T>>| {
+        while let Ok(request) = sent.try_recv() {
+            waiting.insert(request.correlation_id, request);
+        }
+    };
     let failure = loop {
         match split_frame(&mut buffer, FRAME_BYTES_MAX_DEFAULT * 16) {
             Ok(Some(frame)) if frame.len() >= 4 => {
                 let received = Instant::now();
                 let correlation_id = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
-                while let Ok((id, api_key, token)) = sent.try_recv() {
-                    waiting.insert(id, (api_key, token));
-                }
-                let Some((api_key, token)) = waiting.remove(&correlation_id) else {
+                take_sent(&mut waiting);
+                let Some(Sent { api_key, token, .. }) = waiting.remove(&correlation_id) else {
                     break ClientError::Unexpected;
                 };
                 let response = Response::decode(api_key, frame.slice(4..)).map_err(Into::into);
@@ -178,19 +213,35 @@ fn read_answers<T>(
                 ));
             }
             Ok(read) => buffer.truncate(filled + read),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                buffer.truncate(filled);
+                take_sent(&mut waiting);
+                let oldest = waiting.values().map(|request| request.at).min();
+                let overdue = answer_timeout
+                    .zip(oldest)
+                    .is_some_and(|(limit, oldest)| oldest.elapsed() >= limit);
+                if overdue {
+                    break ClientError::TimedOut;
+                }
+            }
             Err(error) => break error.into(),
         }
     };
-    // Everything still waiting fails with the reason; later sends fail at once.
+    // Everything still waiting fails with the reason; later sends fail at once, and the
+    // broker sees the connection close.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     let mut state = slots.state.lock().expect("not poisoned");
     state.1 = true;
     slots.freed.notify_all();
     drop(state);
-    while let Ok((id, api_key, token)) = sent.try_recv() {
-        waiting.insert(id, (api_key, token));
-    }
+    take_sent(&mut waiting);
     let reason = failure.to_string();
-    for (_, (_, token)) in waiting {
+    for (_, Sent { token, .. }) in waiting {
         let _ = answers.send(Answer {
             token,
             response: Err(ClientError::Io(std::io::Error::other(reason.clone()))),

@@ -481,6 +481,55 @@ fn an_unreachable_broker_is_a_clear_client_error() {
 }
 
 #[test]
+fn a_pipeline_fails_its_requests_once_the_oldest_outlives_the_answer_timeout() {
+    use spate::client::Pipeline;
+    let broker = Broker::start(1);
+    let mut client = broker.connect();
+    client.create_topic("slow", 1, &[]).unwrap();
+    let connection =
+        Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
+            .unwrap();
+    let (answers, received) = std::sync::mpsc::channel();
+    let mut pipeline = Pipeline::new(connection, 4, answers).unwrap();
+    // A 30 s long poll on an empty partition: the broker rightly stays silent that long,
+    // longer than this client is willing to wait.
+    pipeline
+        .send(&fetch_request("slow", &[(0, 0)], 1 << 20, 1, 30_000), 1u32)
+        .unwrap();
+    let started = Instant::now();
+    pipeline.drain();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain ends with the answer timeout, not the poll"
+    );
+    let answer = received.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert_eq!(answer.token, 1);
+    let error = answer.response.expect_err("no answer in time");
+    assert!(
+        error.to_string().contains("did not answer in time"),
+        "{error}"
+    );
+    assert!(
+        pipeline
+            .send(&fetch_request("slow", &[(0, 0)], 1, 1, 0), 2)
+            .is_err()
+    );
+    // An idle pipeline with nothing in flight is not timed out.
+    let connection =
+        Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
+            .unwrap();
+    let (answers, received) = std::sync::mpsc::channel();
+    let mut pipeline = Pipeline::new(connection, 4, answers).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    pipeline
+        .send(&fetch_request("slow", &[(0, 0)], 1 << 20, 1, 0), 3u32)
+        .unwrap();
+    pipeline.drain();
+    let answer = received.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(answer.response.is_ok());
+}
+
+#[test]
 fn a_broker_that_never_answers_is_a_timeout_not_a_hang() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = silent.local_addr().unwrap().to_string();
