@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Spate's benchmark suite: the standard workloads against a spawned broker, with the
+physical references measured in the same run, written to docs/BENCHMARKS.md.
+
+    python3 benches/suite.py            # about 10 minutes on a 2-core host
+    python3 benches/suite.py --quick    # one short run of each, to try the script
+
+Placement: the broker on --broker-cpu (default 0), the load generator on --loadgen-cpu
+(default 1); iperf3 runs with the same placement (`iperf3 -A LOADGEN,BROKER`: client on
+the load generator's core, server on the broker's) and fio on the broker's core, in the
+same filesystem as the broker's data. Every figure is the median of --runs runs.
+
+Needs fio and iperf3 (Debian packages; installed with apt-get when missing) and cargo.
+Only the standard library is used, so nothing else needs installing.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN = "<!-- benches/suite.py: begin (generated; edit the script, not this section) -->"
+END = "<!-- benches/suite.py: end -->"
+
+
+def main():
+    args = parse_args()
+    ensure_tools(["fio", "iperf3"])
+    build()
+    work = ROOT / "target" / "bench-suite"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # The spawned broker's data directory lives under TMPDIR: keep it on the same
+    # filesystem as fio's file.
+    env = dict(os.environ, TMPDIR=str(work))
+    runs = 1 if args.quick else args.runs
+    duration = "3s" if args.quick else args.duration
+
+    machine = describe_machine()
+    log(f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']}")
+    references = {
+        "iperf3_mb_s": median_of(runs, lambda: iperf3(args, 3 if args.quick else 5)),
+        "fio_write_mb_s": median_of(runs, lambda: fio(args, work, "write")),
+        "fio_read_mb_s": median_of(runs, lambda: fio(args, work, "read")),
+    }
+    log(f"references: {references}")
+
+    results = []
+    for workload in workloads(args, duration):
+        figures = []
+        for run in range(runs):
+            log(f"{workload['name']}: run {run + 1} of {runs}")
+            figures.append(loadgen(args, env, work, workload))
+        results.append({**workload, "runs": figures, "median": medians(figures)})
+
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "commit": git_commit(),
+        "machine": machine,
+        "placement": {"broker_cpu": args.broker_cpu, "loadgen_cpu": args.loadgen_cpu},
+        "runs": runs,
+        "duration": duration,
+        "references": references,
+        "results": results,
+    }
+    (work / "results.json").write_text(json.dumps(report, indent=2))
+    section = render(report)
+    print(section)
+    if args.quick or args.no_write:
+        log("not writing docs/BENCHMARKS.md (--quick or --no-write)")
+    else:
+        write_section(ROOT / "docs" / "BENCHMARKS.md", section)
+        log("wrote docs/BENCHMARKS.md")
+    log(f"raw figures: {work / 'results.json'}")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--duration", default="10s", help="length of each timed run")
+    parser.add_argument("--broker-cpu", type=int, default=0)
+    parser.add_argument("--loadgen-cpu", type=int, default=1)
+    parser.add_argument("--consume-records", type=int, default=2_000_000,
+                        help="1 KiB records read by each consume run")
+    parser.add_argument("--quick", action="store_true",
+                        help="one short run of each workload; docs are not written")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section instead of writing docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.broker_cpu == args.loadgen_cpu:
+        parser.error("--broker-cpu and --loadgen-cpu must differ")
+    if max(args.broker_cpu, args.loadgen_cpu) >= os.cpu_count():
+        parser.error(f"this machine has CPUs 0 to {os.cpu_count() - 1}")
+    return args
+
+
+def workloads(args, duration):
+    """The issue's target workloads, then the OpenMessaging-style workload files."""
+    produce = ["produce", "--message-size", "1024", "--batch-bytes", "65536",
+               "--acks", "all", "--duration", duration]
+    consume = ["consume", "--message-size", "1024", "--batch-bytes", "65536",
+               "--records", str(args.consume_records)]
+    e2e = ["e2e", "--message-size", "1024", "--batch-bytes", "65536", "--linger-ms", "0",
+           "--acks", "all", "--rate", "50MB", "--duration", duration]
+    listed = [
+        target("produce, 1 KiB records, 64 KiB batches, acks=all, flush.ms=100",
+               produce + ["--topic-config", "flush.ms=100"], "throughput", 0.6),
+        target("produce, as above, flush.ms=0 (fdatasync before each ack)",
+               produce + ["--topic-config", "flush.ms=0"], "throughput", 0.4),
+        target("consume from disk (tail.cache.bytes=0)",
+               consume + ["--topic-config", "tail.cache.bytes=0"], "throughput", 0.8),
+        target("consume from the tail cache (holds the whole topic)",
+               consume + ["--topic-config", f"tail.cache.bytes={4 << 30}"], "throughput", 0.8),
+        target("e2e at 50 MB/s, 1 KiB records, flush.ms=100",
+               e2e + ["--topic-config", "flush.ms=100"], "p99", 1000),
+        target("e2e at 50 MB/s, 1 KiB records, flush.ms=0",
+               e2e + ["--topic-config", "flush.ms=0"], "p99", 10000),
+    ]
+    for path in sorted((ROOT / "loadgen" / "workloads").glob("*.toml")):
+        relative = path.relative_to(ROOT)
+        listed.append({
+            "name": f"workload {path.stem}",
+            "args": ["--workload", str(relative), "--duration", duration],
+            "goal": None,
+            "target": None,
+        })
+    return listed
+
+
+def target(name, args, goal, bound):
+    return {"name": name, "args": args, "goal": goal, "target": bound}
+
+
+def loadgen(args, env, work, workload):
+    out = work / "run.json"
+    out.unlink(missing_ok=True)
+    command = [str(ROOT / "target" / "release" / "spate-loadgen"), *workload["args"],
+               "--spawn-broker", "--broker-cpus", str(args.broker_cpu),
+               "--cpus", str(args.loadgen_cpu), "--topic", "suite", "--json", str(out)]
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if finished.returncode != 0 or not out.exists():
+        sys.exit(f"benches/suite.py: {' '.join(command)} failed "
+                 f"(exit {finished.returncode}):\n{finished.stderr[-2000:]}")
+    summary = json.loads(out.read_text())
+    return {
+        "throughput_mb_s": summary["throughput_mb_s"],
+        "records_per_s": summary["records_per_s"],
+        "p50_us": summary["latency_us"]["p50"],
+        "p99_us": summary["latency_us"]["p99"],
+        "p999_us": summary["latency_us"]["p999"],
+        "max_us": summary["latency_us"]["max"],
+        "errors": summary["errors"],
+    }
+
+
+def medians(figures):
+    return {key: statistics.median(run[key] for run in figures) for key in figures[0]}
+
+
+def median_of(runs, measure):
+    return statistics.median(measure() for _ in range(runs))
+
+
+def iperf3(args, seconds):
+    """Loopback TCP throughput in MB/s, client on the load generator's core and server
+    on the broker's."""
+    server = subprocess.Popen(["iperf3", "--server", "--one-off", "--port", "5299"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for attempt in range(50):
+            client = subprocess.run(
+                ["iperf3", "--client", "127.0.0.1", "--port", "5299", "--json",
+                 "--time", str(seconds),
+                 "--affinity", f"{args.loadgen_cpu},{args.broker_cpu}"],
+                capture_output=True, text=True)
+            if client.returncode == 0:
+                result = json.loads(client.stdout)
+                return result["end"]["sum_received"]["bits_per_second"] / 8e6
+            time.sleep(0.1)  # the server is not listening yet
+        sys.exit(f"benches/suite.py: iperf3 failed: {client.stdout[-1000:]}{client.stderr}")
+    finally:
+        server.wait(timeout=30)
+
+
+def fio(args, work, mode):
+    """O_DIRECT sequential write (64 KiB blocks, fresh file, ends with an fsync) or read
+    (1 MiB blocks, of that file), queue depth 1, on the broker's core, in MB/s."""
+    path = work / "fio.dat"
+    if mode == "write":
+        path.unlink(missing_ok=True)
+        shape = ["--rw=write", "--bs=65536", "--end_fsync=1", "--fallocate=none"]
+    else:
+        if not path.exists():
+            fio(args, work, "write")
+        shape = ["--rw=read", "--bs=1048576"]
+    finished = subprocess.run(
+        ["fio", "--name=reference", f"--filename={path}", *shape, "--size=1073741824",
+         "--runtime=4", "--direct=1", "--ioengine=io_uring", "--iodepth=1",
+         f"--cpus_allowed={args.broker_cpu}", "--output-format=json"],
+        capture_output=True, text=True)
+    if finished.returncode != 0:
+        sys.exit(f"benches/suite.py: fio failed: {finished.stderr}")
+    job = json.loads(finished.stdout)["jobs"][0]
+    side = job["write"] if mode == "write" else job["read"]
+    return side["bw_bytes"] / 1e6
+
+
+def ensure_tools(tools):
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} (Debian packages)")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        if subprocess.run(sudo + step, env=env).returncode != 0:
+            sys.exit(f"benches/suite.py: cannot install {' '.join(missing)}; install them and run again")
+
+
+def build():
+    log("building the broker and the load generator (release)")
+    built = subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "spate",
+                            "-p", "spate-loadgen"], cwd=ROOT)
+    if built.returncode != 0:
+        sys.exit("benches/suite.py: cargo build failed")
+
+
+def describe_machine():
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release()}
+
+
+def git_commit():
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                           capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
+
+
+def render(report):
+    refs = report["references"]
+    iperf = refs["iperf3_mb_s"]
+    machine = report["machine"]
+    place = report["placement"]
+    lines = [
+        BEGIN,
+        "",
+        f"Run {report['date']} at commit `{report['commit']}` with `python3 benches/suite.py`: "
+        f"{machine['cpus']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']}; "
+        f"broker on CPU {place['broker_cpu']}, load generator on CPU {place['loadgen_cpu']}; "
+        f"medians of {report['runs']} runs of {report['duration']} "
+        f"(consume runs read a fixed count of records).",
+        "",
+        "| reference (same run) | MB/s |",
+        "|---|---|",
+        f"| iperf3 loopback TCP, `-A {place['loadgen_cpu']},{place['broker_cpu']}` | {iperf:.0f} |",
+        f"| fio O_DIRECT sequential write, 64 KiB, QD1, fsync at end | {refs['fio_write_mb_s']:.0f} |",
+        f"| fio O_DIRECT sequential read, 1 MiB, QD1 | {refs['fio_read_mb_s']:.0f} |",
+        "",
+        "### Targets",
+        "",
+        "| workload | MB/s | vs iperf3 | p50 us | p99 us | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in report["results"]:
+        if result["goal"] is None:
+            continue
+        median = result["median"]
+        ratio = median["throughput_mb_s"] / iperf
+        if result["goal"] == "throughput":
+            goal = f">= {result['target']}x iperf3"
+            met = ratio >= result["target"]
+        else:
+            goal = f"p99 <= {result['target']} us"
+            met = median["p99_us"] <= result["target"]
+        # A fixed-rate run's throughput is its rate, and a consume run has no latency.
+        shown_ratio = f"{ratio:.2f}x" if result["goal"] == "throughput" else "n/a"
+        lines.append(
+            f"| {result['name']} | {median['throughput_mb_s']:.0f} | {shown_ratio} | "
+            f"{latency(result, 'p50_us')} | {latency(result, 'p99_us')} | {goal} | "
+            f"{'yes' if met else '**no**'} |")
+    lines += [
+        "",
+        "### Standard workloads (loadgen/workloads/, OpenMessaging Benchmark style)",
+        "",
+        "Maximum rate unless the name gives one; the topic's default flush policy",
+        "(`flush.ms=0`: fdatasync before each acknowledgement); produce latency is send to",
+        "acknowledgement, e2e latency send to receipt.",
+        "",
+        "| workload | MB/s | vs iperf3 | records/s | p50 us | p99 us | p99.9 us |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in report["results"]:
+        if result["goal"] is not None:
+            continue
+        median = result["median"]
+        fixed_rate = "rate" in result["name"] or "mb-s" in result["name"]
+        shown_ratio = "n/a" if fixed_rate else f"{median['throughput_mb_s'] / iperf:.2f}x"
+        lines.append(
+            f"| {result['name'].removeprefix('workload ')} | {median['throughput_mb_s']:.0f} | "
+            f"{shown_ratio} | {median['records_per_s']:.0f} | "
+            f"{median['p50_us']:.0f} | {median['p99_us']:.0f} | {median['p999_us']:.0f} |")
+    errors = sum(run["errors"] for result in report["results"] for run in result["runs"])
+    lines += ["", f"Errors reported by the load generator over all runs: {errors}.", "", END]
+    return "\n".join(lines)
+
+
+def latency(result, key):
+    return "-" if result["args"][0] == "consume" else f"{result['median'][key]:.0f}"
+
+
+def write_section(path, section):
+    """Replaces the generated section of `path` (or appends one), keeping the prose."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        before = text[: text.index(BEGIN)]
+        after = text[text.index(END) + len(END):]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n## Broker (benches/suite.py)\n\n" + section + "\n"
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as temporary:
+        temporary.write(text)
+    os.replace(temporary.name, path)
+
+
+def log(message):
+    print(f"[suite] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
