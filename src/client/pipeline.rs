@@ -90,9 +90,13 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 
     /// Sends `request`; its answer comes to the channel with `token`. Blocks while the
-    /// pipeline is full; fails once the connection has. A write that fails part way fails
-    /// the pipeline: the token then comes back on the channel with the error, too.
+    /// pipeline is full. Every token `send` takes comes back on the channel exactly once,
+    /// with an answer or with the reason there is none. Fails without taking the token
+    /// once the pipeline has failed; fails after taking it when the write fails (part
+    /// way, perhaps, so that fails the pipeline), and the token then comes back with the
+    /// failure like every other request in flight.
     pub fn send(&mut self, request: &Request, token: T) -> Result<(), ClientError> {
+        let correlation_id = self.next_correlation_id;
         {
             let mut state = self.slots.state.lock().expect("not poisoned");
             while state.0 >= self.slots.max && !state.1 {
@@ -101,17 +105,18 @@ impl<T: Send + 'static> Pipeline<T> {
             if state.1 {
                 return Err(closed());
             }
+            // Registered under the lock the reader takes to fail the pipeline, so the
+            // reader either sees this request or it is never registered.
+            let sent = Sent {
+                correlation_id,
+                api_key: request.api_key(),
+                token,
+                at: Instant::now(),
+            };
+            self.pending.send(sent).map_err(|_| closed())?;
             state.0 += 1;
         }
-        let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        let sent = Sent {
-            correlation_id,
-            api_key: request.api_key(),
-            token,
-            at: Instant::now(),
-        };
-        self.pending.send(sent).map_err(|_| closed())?;
         self.write(&request.encode(correlation_id))
     }
 
@@ -179,7 +184,23 @@ fn read_answers<T>(
             waiting.insert(request.correlation_id, request);
         }
     };
+    // Whether the oldest request has waited longer than the answer timeout.
+    let overdue = |waiting: &HashMap<u32, Sent<T>>| {
+        let oldest = waiting.values().map(|request| request.at).min();
+        answer_timeout
+            .zip(oldest)
+            .is_some_and(|(limit, oldest)| oldest.elapsed() >= limit)
+    };
+    let mut age_checked = Instant::now();
     let failure = loop {
+        // Answers to other requests may keep coming while one never does.
+        if age_checked.elapsed() >= AGE_CHECK_INTERVAL {
+            age_checked = Instant::now();
+            take_sent(&mut waiting);
+            if overdue(&waiting) {
+                break ClientError::TimedOut;
+            }
+        }
         match split_frame(&mut buffer, FRAME_BYTES_MAX_DEFAULT * 16) {
             Ok(Some(frame)) if frame.len() >= 4 => {
                 let received = Instant::now();
@@ -221,11 +242,7 @@ fn read_answers<T>(
             {
                 buffer.truncate(filled);
                 take_sent(&mut waiting);
-                let oldest = waiting.values().map(|request| request.at).min();
-                let overdue = answer_timeout
-                    .zip(oldest)
-                    .is_some_and(|(limit, oldest)| oldest.elapsed() >= limit);
-                if overdue {
+                if overdue(&waiting) {
                     break ClientError::TimedOut;
                 }
             }
@@ -237,9 +254,10 @@ fn read_answers<T>(
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let mut state = slots.state.lock().expect("not poisoned");
     state.1 = true;
+    // Under the lock `send` registers with: no request is registered after this.
+    take_sent(&mut waiting);
     slots.freed.notify_all();
     drop(state);
-    take_sent(&mut waiting);
     let reason = failure.to_string();
     for (_, Sent { token, .. }) in waiting {
         let _ = answers.send(Answer {

@@ -153,6 +153,7 @@ fn raise_descriptor_limit() {
 /// topic's creation or deletion) to `<data dir>/quarantine/<start time in ms>/`, so a topic
 /// created later under that name starts empty. They are moved, not deleted: if an older
 /// `metadata.bin` was restored by hand, the newer topics' data is still there to recover.
+/// Nothing removes quarantined data: the operator does, once it is known to be garbage.
 fn quarantine_stray_partitions(
     data_dir: &std::path::Path,
     metadata: &ClusterMetadata,
@@ -171,11 +172,7 @@ fn quarantine_stray_partitions(
             metadata_path(data_dir).display()
         ));
     }
-    let quarantine = data_dir
-        .join("quarantine")
-        .join(crate::clock::now_ms().to_string());
-    std::fs::create_dir_all(&quarantine)
-        .map_err(|error| format!("cannot create {}: {error}", quarantine.display()))?;
+    let quarantine = new_quarantine_dir(data_dir)?;
     for dir in strays {
         let target = quarantine.join(dir.file_name().expect("a directory entry has a name"));
         tracing::warn!(
@@ -191,13 +188,42 @@ fn quarantine_stray_partitions(
             )
         })?;
     }
-    // Both directories' entries changed: make the moves durable.
-    for dir in [data_dir.join("topics"), quarantine] {
-        std::fs::File::open(&dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|error| format!("cannot sync {}: {error}", dir.display()))?;
+    // Make the moves durable: the new entries first, then the old ones' removal.
+    sync_dir(&quarantine)?;
+    sync_dir(&data_dir.join("topics"))
+}
+
+/// Creates `<data dir>/quarantine/<now in ms>` (with a `-N` suffix if the clock has
+/// stepped back onto an existing one), durably.
+fn new_quarantine_dir(data_dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let parent = data_dir.join("quarantine");
+    std::fs::create_dir_all(&parent)
+        .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
+    sync_dir(data_dir)?;
+    let stamp = crate::clock::now_ms();
+    for attempt in 0u32.. {
+        let name = match attempt {
+            0 => stamp.to_string(),
+            n => format!("{stamp}-{n}"),
+        };
+        let dir = parent.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                sync_dir(&parent)?;
+                return Ok(dir);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(format!("cannot create {}: {error}", dir.display())),
+        }
     }
-    Ok(())
+    unreachable!("some suffix is free")
+}
+
+/// Makes a directory's entries durable.
+fn sync_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| format!("cannot sync {}: {error}", dir.display()))
 }
 
 /// Whether nothing else serves `address`. A plain bind also fails on the TIME_WAIT sockets a

@@ -654,6 +654,16 @@ impl Shard {
                         .map_err(|error| error.to_string()),
                     Err(error) => Err(format!("cannot clear {}: {error}", dir.display())),
                 };
+                // A stop that began during the open may already have closed this shard's
+                // logs: a log added now would never be closed.
+                let log = match log {
+                    Ok(log) if opening == Opening::Fresh && self.stopping.is_set() => {
+                        let _ = log.close().await;
+                        let _ = remove_dir(log.dir());
+                        Err(format!("shard {} is stopping", self.id))
+                    }
+                    log => log,
+                };
                 match log {
                     Ok(log) => {
                         self.logs.borrow_mut().insert(key.clone(), log);

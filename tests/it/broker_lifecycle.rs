@@ -618,3 +618,100 @@ fn a_waiting_long_poll_does_not_hold_up_the_requests_behind_it() {
         buffer.extend_from_slice(&chunk[..read]);
     }
 }
+
+/// Long polls whose frames together hold more of the byte budget than leaves room for a
+/// read must still answer by their deadline, and free their connection, rather than wait
+/// on each other forever.
+#[test]
+fn long_polls_that_fill_the_byte_budget_still_answer_by_their_deadline() {
+    use spate::protocol::{FetchPartition, FetchRequest, FetchTopic};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(
+        &dir.path().join("data"),
+        1,
+        &[
+            "--frame-bytes-max",
+            "65536",
+            "--buffered-bytes-max-per-connection",
+            "80000",
+        ],
+    );
+    let mut admin = broker.connect();
+    // About 7 KB per frame: each of 30 partitions of a topic with a long name, named in
+    // an entry of its own. All exist and are empty, so each poll waits.
+    let name = "w".repeat(230);
+    admin.create_topic(&name, 30, &[]).unwrap();
+    let poll = Request::Fetch(FetchRequest {
+        max_wait_ms: 500,
+        min_bytes: 1,
+        max_bytes: 16 << 20,
+        topics: (0..30)
+            .map(|partition| FetchTopic {
+                name: name.clone(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    offset: 0,
+                    max_bytes: 1 << 20,
+                }],
+            })
+            .collect(),
+    });
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    for id in 1..=3 {
+        stream.write_all(&poll.encode(id)).unwrap();
+    }
+    let responses = read_until(&mut stream, ApiKey::Fetch, 3, Duration::from_secs(10));
+    let mut ids: Vec<u32> = responses.iter().map(|(id, _)| *id).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3], "every poll answers");
+    drop(stream);
+    assert_eq!(admin.metadata(&[&name]).unwrap().topics.len(), 1);
+}
+
+/// Reads `count` response frames (or until `limit` passes or the connection closes).
+fn read_until(
+    stream: &mut TcpStream,
+    api_key: ApiKey,
+    count: usize,
+    limit: Duration,
+) -> Vec<(u32, Response)> {
+    let deadline = Instant::now() + limit;
+    let mut buffer = BytesMut::new();
+    let mut responses = Vec::new();
+    while responses.len() < count {
+        while let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
+            let correlation_id = u32::from_be_bytes(frame[..4].try_into().unwrap());
+            responses.push((
+                correlation_id,
+                Response::decode(api_key, frame.slice(4..)).unwrap(),
+            ));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if responses.len() >= count || left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+    responses
+}
+
+/// A long poll on nothing but partitions that cannot be read (an unknown topic) has
+/// nothing to wait for: it answers at once instead of spinning until its deadline.
+#[test]
+fn a_long_poll_with_nothing_to_wait_on_answers_at_once() {
+    let broker = Broker::start(1);
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    let poll = crate::server::fetch_request("absent", &[(0, 0)], 1 << 20, 1, 20_000);
+    stream.write_all(&poll.encode(1)).unwrap();
+    let responses = read_until(&mut stream, ApiKey::Fetch, 1, Duration::from_secs(5));
+    let Some((1, Response::Fetch(fetch))) = responses.first() else {
+        panic!("an answer well before the 20 s wait, got {responses:?}")
+    };
+    let status = &fetch.topics[0].partitions[0].status;
+    assert_eq!(status.code, ErrorCode::UnknownTopicOrPartition, "{status}");
+}

@@ -514,6 +514,38 @@ fn a_pipeline_fails_its_requests_once_the_oldest_outlives_the_answer_timeout() {
             .send(&fetch_request("slow", &[(0, 0)], 1, 1, 0), 2)
             .is_err()
     );
+    // Answers to other requests flowing meanwhile do not hide the one that never comes.
+    let connection =
+        Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
+            .unwrap();
+    let (answers, received) = std::sync::mpsc::channel();
+    let mut pipeline = Pipeline::new(connection, 4, answers).unwrap();
+    pipeline
+        .send(&fetch_request("slow", &[(0, 0)], 1 << 20, 1, 30_000), 10u32)
+        .unwrap();
+    let started = Instant::now();
+    let mut failed = false;
+    for index in 11..200 {
+        if pipeline
+            .send(&fetch_request("slow", &[(0, 0)], 1, 1, 0), index)
+            .is_err()
+        {
+            failed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        failed,
+        "the pipeline failed while other answers kept coming"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let tokens: Vec<u32> = received.try_iter().map(|answer| answer.token).collect();
+    assert!(tokens.contains(&10), "the poll's token came back");
+    let mut unique = tokens.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), tokens.len(), "each token comes back once");
     // An idle pipeline with nothing in flight is not timed out.
     let connection =
         Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))

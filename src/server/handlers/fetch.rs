@@ -29,7 +29,10 @@ const ROOM_MIN_BYTES: u32 = 64 * 1024;
 ///
 /// Room in the connection's byte budget is taken for each read and given back while
 /// waiting, so a long poll does not hold up the requests behind it. When the budget is
-/// short, the read is made smaller rather than waiting for the whole `max_bytes`.
+/// short, the read is made smaller rather than waiting for the whole `max_bytes`; a fetch
+/// that still finds no room by its deadline (or as the connection or shard ends) answers
+/// with offsets only. Partitions that answered with an error are not waited on: if none
+/// is left to wait on, the answer goes out at once.
 pub(super) async fn handle(
     shard: &Rc<Shard>,
     mut request: FetchRequest,
@@ -41,43 +44,55 @@ pub(super) async fn handle(
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(1) as usize;
+    let ending = || {
+        futures_lite::future::or(
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())),
+            futures_lite::future::or(closed.wait(), shard.stopping.wait()),
+        )
+    };
     loop {
-        let (room, room_bytes) = take_room(&exchange.budget, max_bytes).await;
+        let (room, room_bytes) = take_room(&exchange.budget, max_bytes, ending()).await;
         request.max_bytes = room_bytes;
         let response = read_all(shard, &request).await;
         let now = Instant::now();
-        if bytes_in(&response) >= min_bytes || now >= deadline || closed.is_set() {
+        // Wait for any (readable) partition's log end to pass what was just seen.
+        let to_watch: Vec<(String, u32, i64)> = request
+            .topics
+            .iter()
+            .zip(&response.topics)
+            .flat_map(|(topic, answered)| {
+                topic
+                    .partitions
+                    .iter()
+                    .zip(&answered.partitions)
+                    .filter(|(_, answer)| answer.status.is_ok())
+                    .map(move |(partition, answer)| {
+                        (
+                            topic.name.clone(),
+                            partition.partition,
+                            partition.offset.max(answer.high_watermark),
+                        )
+                    })
+            })
+            .collect();
+        let enough = bytes_in(&response) >= min_bytes;
+        if enough || now >= deadline || closed.is_set() || to_watch.is_empty() || room.is_none() {
             return Ok(Outgoing::Pieces(
                 response.into_pieces(exchange.correlation_id),
                 room,
             ));
         }
         drop(room);
-        // Wait for any partition's log end to pass what was just seen.
-        let waits: Vec<_> =
-            request
-                .topics
-                .iter()
-                .zip(&response.topics)
-                .flat_map(|(topic, answered)| {
-                    topic.partitions.iter().zip(&answered.partitions).map(
-                        move |(partition, answer)| {
-                            (
-                                topic.name.clone(),
-                                partition.partition,
-                                partition.offset.max(answer.high_watermark),
-                            )
-                        },
-                    )
+        let waits: Vec<_> = to_watch
+            .into_iter()
+            .map(|(name, partition, offset)| {
+                let shard = shard.clone();
+                let wait_ms = (deadline - now).as_millis() as u32;
+                glommio::spawn_local(async move {
+                    shard.wait_for_data(&name, partition, offset, wait_ms).await
                 })
-                .map(|(name, partition, offset)| {
-                    let shard = shard.clone();
-                    let wait_ms = (deadline - now).as_millis() as u32;
-                    glommio::spawn_local(async move {
-                        shard.wait_for_data(&name, partition, offset, wait_ms).await
-                    })
-                })
-                .collect();
+            })
+            .collect();
         drop(response);
         let any_data = async {
             let mut waits = waits;
@@ -98,18 +113,32 @@ pub(super) async fn handle(
 }
 
 /// Room for an answer of up to `max_bytes`: all of it if the budget has it now, else what
-/// it has (waiting for at least `ROOM_MIN_BYTES`, or `max_bytes` if smaller). The budget's
-/// answers in flight give their room back as they are written, so the wait ends.
-async fn take_room(budget: &Rc<Semaphore>, max_bytes: u32) -> (StaticPermit, u32) {
+/// it has, waiting for at least `ROOM_MIN_BYTES` (or `max_bytes` if smaller) until
+/// `give_up` resolves; then `None` and 0 bytes (an offsets-only answer). Giving up is what
+/// keeps fetches from waiting on each other forever: each holds its frame's share while
+/// it waits, and those shares could add up to the whole budget.
+async fn take_room(
+    budget: &Rc<Semaphore>,
+    max_bytes: u32,
+    give_up: impl std::future::Future<Output = ()>,
+) -> (Option<StaticPermit>, u32) {
     let max_bytes = u64::from(max_bytes.max(1));
     let floor = max_bytes.min(u64::from(ROOM_MIN_BYTES));
     let want = max_bytes.min(budget.available().max(floor));
-    let room = budget
-        .clone()
-        .acquire_static_permit(want)
+    if let Ok(room) = budget.try_acquire_static_permit(want) {
+        return (Some(room), want as u32);
+    }
+    let acquired = async {
+        let room = budget.clone().acquire_static_permit(want).await.ok();
+        room.map(|room| (Some(room), want as u32))
+    };
+    let gave_up = async {
+        give_up.await;
+        None
+    };
+    futures_lite::future::or(acquired, gave_up)
         .await
-        .expect("a connection's budget is never closed");
-    (room, want as u32)
+        .unwrap_or((None, 0))
 }
 
 /// Bounds what one request may ask for: a hostile fetch must not make the answer (or the

@@ -21,7 +21,7 @@ use crate::wake::Latch;
 /// byte budget, given back once written).
 pub(crate) enum Outgoing {
     Frame(BytesMut),
-    Pieces(Vec<Piece<FetchPayload>>, StaticPermit),
+    Pieces(Vec<Piece<FetchPayload>>, Option<StaticPermit>),
     /// Close the connection after the answers before this one (how a failed acks=0
     /// produce is reported, as in Kafka: the client sees the connection drop).
     Close,
