@@ -1,6 +1,6 @@
 //! One client connection: a reader that splits frames and starts a handler per request
 //! (up to the in-flight limits on requests and on bytes), and a writer that sends answers
-//! as they complete.
+//! as they complete, gathering the small ones that are ready together into one send.
 //!
 //! A connection ends when the client closes it, sends an unusable frame, stays idle past
 //! `connections_max_idle_ms`, does not take its answers within the write timeout, or when
@@ -59,19 +59,36 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let closed = closed.clone();
         let peer = peer.clone();
         async move {
-            while let Some(Answer { outgoing, held }) = pending.recv().await {
-                let written = match outgoing {
-                    Outgoing::Frame(frame) => writer.write_all(&frame).await,
-                    // The fetch's room in the budget is given back once written.
-                    Outgoing::Pieces(pieces, _room) => write_pieces(&mut writer, pieces).await,
-                    Outgoing::Close => break,
-                };
-                drop(held);
-                if let Err(error) = written {
+            let mut out = Coalescer::default();
+            'writing: while let Some(first) = pending.recv().await {
+                // Take every answer already waiting, so small ones leave in one send.
+                let mut next = Some(first);
+                let mut close = false;
+                while let Some(answer) = next.take() {
+                    if matches!(answer.outgoing, Outgoing::Close) {
+                        close = true;
+                        break;
+                    }
+                    if let Err(error) = out.add(&mut writer, answer).await {
+                        tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
+                        break 'writing;
+                    }
+                    if out.buffered() < COALESCE_BYTES {
+                        next = futures_lite::future::poll_once(pending.recv())
+                            .await
+                            .flatten();
+                    }
+                }
+                if let Err(error) = out.flush(&mut writer).await {
                     tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
                     break;
                 }
+                if close {
+                    break;
+                }
             }
+            // Answers not written give their budget shares back now.
+            drop(out);
             closed.set();
             let _ = writer.close().await;
             // Handlers still finishing send their answers here: take and drop them until
@@ -211,21 +228,87 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
 }
 
-async fn write_pieces<W: futures_lite::AsyncWrite + Unpin>(
-    writer: &mut W,
-    pieces: Vec<Piece<FetchPayload>>,
-) -> std::io::Result<()> {
-    for piece in pieces {
-        match piece {
-            Piece::Encoded(bytes) => writer.write_all(&bytes).await?,
-            Piece::Payload(FetchPayload::Remote(bytes)) => writer.write_all(&bytes).await?,
-            // Straight from the tail cache or the disk read buffer: no copy.
-            Piece::Payload(FetchPayload::Local(chunks)) => {
-                for chunk in chunks {
-                    writer.write_all(&chunk).await?;
+/// Answers are gathered into one buffer and sent together, so that a burst of small ones
+/// (produce acknowledgements, fetches of a few records) costs one send, not one per piece.
+/// Record chunks of `DIRECT_CHUNK_BYTES` or more are not copied: the buffer is sent, then
+/// the chunk straight from the tail cache or the disk read buffer.
+const COALESCE_BYTES: usize = 256 * 1024;
+const DIRECT_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Bytes waiting to be sent, and the budget shares of the answers they belong to (given
+/// back once those bytes are written).
+#[derive(Default)]
+struct Coalescer {
+    buffer: Vec<u8>,
+    held: Vec<Rc<StaticPermit>>,
+    rooms: Vec<StaticPermit>,
+}
+
+impl Coalescer {
+    fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    async fn add<W: futures_lite::AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+        answer: Answer,
+    ) -> std::io::Result<()> {
+        self.held.push(answer.held);
+        match answer.outgoing {
+            Outgoing::Frame(frame) => self.bytes(writer, &frame).await,
+            Outgoing::Pieces(pieces, room) => {
+                self.rooms.extend(room);
+                for piece in pieces {
+                    match piece {
+                        Piece::Encoded(bytes) => self.buffer.extend_from_slice(&bytes),
+                        Piece::Payload(FetchPayload::Remote(bytes)) => {
+                            self.bytes(writer, &bytes).await?
+                        }
+                        Piece::Payload(FetchPayload::Local(chunks)) => {
+                            for chunk in chunks {
+                                self.bytes(writer, &chunk).await?;
+                            }
+                        }
+                    }
                 }
+                Ok(())
             }
+            Outgoing::Close => unreachable!("a close is handled by the writer"),
         }
     }
-    Ok(())
+
+    /// Buffers small `bytes`; sends large ones directly, after what is buffered.
+    async fn bytes<W: futures_lite::AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        if bytes.len() < DIRECT_CHUNK_BYTES {
+            self.buffer.extend_from_slice(bytes);
+            return Ok(());
+        }
+        if !self.buffer.is_empty() {
+            writer.write_all(&self.buffer).await?;
+            self.buffer.clear();
+        }
+        writer.write_all(bytes).await
+    }
+
+    /// Sends what is buffered and gives back the shares of the answers now written.
+    async fn flush<W: futures_lite::AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            writer.write_all(&self.buffer).await?;
+            self.buffer.clear();
+        }
+        if self.buffer.capacity() > COALESCE_BYTES * 2 {
+            self.buffer = Vec::new();
+        }
+        self.held.clear();
+        self.rooms.clear();
+        Ok(())
+    }
 }
