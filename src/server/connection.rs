@@ -11,7 +11,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -102,6 +102,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let in_flight_bytes = Rc::new(Semaphore::new(bytes_max as u64));
     let answers = Rc::new(answers);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // A large frame read into a buffer of its own (see `large_incomplete`).
+    let mut whole: Option<Bytes> = None;
     let mut client_done = false;
     // Resolves when the shard stops or the connection is closing: every wait of the
     // reader races it, so the reader never outlives its connection.
@@ -111,7 +113,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             if closed.is_set() || shard.stopping.is_set() {
                 break 'connection;
             }
-            let frame = match split_frame(&mut buffer, shard.config.frame_bytes_max) {
+            let frame_max = shard.config.frame_bytes_max;
+            let split = match whole.take() {
+                Some(frame) => Ok(Some(frame)),
+                None if large_incomplete(&buffer, frame_max).is_some() => Ok(None),
+                None => split_frame(&mut buffer, frame_max),
+            };
+            let frame = match split {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
@@ -177,19 +185,39 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             .detach();
         }
         let filled = buffer.len();
+        if let Some(length) = large_incomplete(&buffer, shard.config.frame_bytes_max) {
+            // The rest of a large frame goes straight into a buffer of its own, which the
+            // frame then owns alone: a produce hands its batches to the log without a copy.
+            let mut own = BytesMut::with_capacity(4 + length);
+            own.extend_from_slice(&buffer);
+            buffer.clear();
+            own.resize(4 + length, 0);
+            let mut at = filled;
+            while at < own.len() {
+                let read = read_or_end(&mut reader, &mut own[at..], ending()).await;
+                match read {
+                    Read::Bytes(read) => at += read,
+                    Read::Idle if in_flight.available() < in_flight_max as u64 => {}
+                    Read::Idle => {
+                        tracing::info!(%peer, idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                        break 'connection;
+                    }
+                    Read::Eof => {
+                        client_done = true;
+                        break 'connection;
+                    }
+                    Read::End => break 'connection,
+                }
+            }
+            own.advance(4);
+            whole = Some(own.freeze());
+            continue;
+        }
         buffer.resize(filled + READ_CHUNK_BYTES, 0);
-        // `None`: the shard is stopping or the connection is closing.
-        let read = futures_lite::future::or(
-            async { Some(reader.read(&mut buffer[filled..]).await) },
-            async {
-                ending().await;
-                None
-            },
-        )
-        .await;
+        let read = read_or_end(&mut reader, &mut buffer[filled..], ending()).await;
         match read {
-            Some(Ok(read)) if read > 0 => buffer.truncate(filled + read),
-            Some(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => {
+            Read::Bytes(read) => buffer.truncate(filled + read),
+            Read::Idle => {
                 buffer.truncate(filled);
                 // Idle means no requests at all: one still being answered (a long poll)
                 // keeps the connection.
@@ -199,11 +227,11 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 tracing::info!(%peer, idle_ms = idle.as_millis() as u64, "closing an idle connection");
                 break;
             }
-            Some(Ok(0)) => {
+            Read::Eof => {
                 client_done = true;
                 break;
             }
-            Some(_) | None => break,
+            Read::End => break,
         }
     }
     closed.set();
@@ -225,6 +253,47 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         futures_lite::future::or(linger, glommio::timer::sleep(LINGER)).await;
+    }
+}
+
+/// Frames at least this large are read into a buffer of their own rather than the shared
+/// read buffer (from which a frame is a slice that other frames' bytes keep alive).
+const LARGE_FRAME_BYTES: usize = 32 * 1024;
+
+/// The length of the frame at the front of `buffer` if it is large, allowed, and not yet
+/// whole.
+fn large_incomplete(buffer: &BytesMut, frame_bytes_max: usize) -> Option<usize> {
+    let length = u32::from_be_bytes(buffer.get(..4)?.try_into().ok()?) as usize;
+    let large = length + 4 >= LARGE_FRAME_BYTES && length <= frame_bytes_max;
+    (large && buffer.len() < length + 4).then_some(length)
+}
+
+/// What one read of the socket gave.
+enum Read {
+    Bytes(usize),
+    /// Nothing for `connections_max_idle_ms` (the socket's read timeout).
+    Idle,
+    /// The client closed its side.
+    Eof,
+    /// The connection is ending (stop or close), or the read failed.
+    End,
+}
+
+async fn read_or_end<R: futures_lite::AsyncRead + Unpin>(
+    reader: &mut R,
+    into: &mut [u8],
+    ending: impl std::future::Future<Output = ()>,
+) -> Read {
+    let read = futures_lite::future::or(async { Some(reader.read(into).await) }, async {
+        ending.await;
+        None
+    })
+    .await;
+    match read {
+        Some(Ok(0)) => Read::Eof,
+        Some(Ok(read)) => Read::Bytes(read),
+        Some(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => Read::Idle,
+        Some(Err(_)) | None => Read::End,
     }
 }
 
@@ -310,5 +379,37 @@ impl Coalescer {
         self.held.clear();
         self.rooms.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_length(length: u32, present: usize) -> BytesMut {
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&length.to_be_bytes());
+        buffer.resize(4 + present, 0);
+        buffer
+    }
+
+    #[test]
+    fn only_large_allowed_unfinished_frames_get_a_buffer_of_their_own() {
+        let large = (LARGE_FRAME_BYTES * 2) as u32;
+        assert_eq!(
+            large_incomplete(&with_length(large, 10), 1 << 20),
+            Some(large as usize)
+        );
+        // Whole already, small, over the limit (split_frame refuses it), or no length yet.
+        assert_eq!(
+            large_incomplete(&with_length(large, large as usize), 1 << 20),
+            None
+        );
+        assert_eq!(large_incomplete(&with_length(100, 10), 1 << 20), None);
+        assert_eq!(large_incomplete(&with_length(large, 10), 1000), None);
+        assert_eq!(
+            large_incomplete(&BytesMut::from(&[0u8, 1][..]), 1 << 20),
+            None
+        );
     }
 }

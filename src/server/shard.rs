@@ -288,8 +288,12 @@ impl Shard {
             Ok(log) => log,
             Err(status) => return produce_failed(partition, status),
         };
-        // The log patches base offsets in place, so it takes its own copy of the batches.
-        match log.append(BytesMut::from(&records[..])).await {
+        // The log patches base offsets in place. A large request was read into a buffer
+        // of its own, so its batches are usually theirs alone and pass without a copy.
+        let records = records
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        match log.append(records).await {
             Ok(info) => ProducePartitionResponse {
                 partition,
                 status: Status::ok(),
