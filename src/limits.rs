@@ -39,6 +39,9 @@ pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 /// Window read from disk at a time while scanning a segment (recovery, index rebuild).
 pub const SCAN_WINDOW_BYTES: usize = 1024 * 1024;
 
+/// Most a partition reads ahead for its sequential reader (one read ahead per partition).
+pub const READ_AHEAD_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 const _: () = assert!(BATCH_BYTES_MAX <= GROUP_WRITE_BYTES_MAX);
 const _: () = assert!(GROUP_WRITE_BYTES_MAX <= PENDING_APPEND_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);

@@ -13,11 +13,14 @@ use glommio::sync::Semaphore;
 use super::appender::{self, Command, PendingAppend};
 use super::index::{SegmentSummary, decode_offset_index, decode_time_index};
 use super::segment::{
-    ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
+    ReadAhead, ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name,
+    time_index_path,
 };
 use super::tail_cache::TailCache;
 use super::{Chunk, LogConfig, StorageError, io};
-use crate::limits::{BATCH_BYTES_MAX, PENDING_APPEND_BYTES_MAX};
+use crate::limits::{
+    BATCH_BYTES_MAX, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX, SCAN_WINDOW_BYTES,
+};
 use crate::record::{BatchError, RecordIter, split_batches};
 use crate::wake::{Event, Notify};
 
@@ -65,6 +68,8 @@ pub struct LogStats {
     pub group_writes: u64,
     /// fdatasync calls on segment files.
     pub fdatasyncs: u64,
+    /// Disk reads served (at least in part) by bytes read ahead.
+    pub read_ahead_hits: u64,
 }
 
 /// What a retention pass deleted.
@@ -129,6 +134,23 @@ pub(crate) struct LogInner {
     pub stats: Cell<LogStats>,
     /// Exclusive lock on the partition directory, released at close.
     pub lock: RefCell<Option<io::DirectoryLock>>,
+    /// Direct I/O bypasses the page cache and its readahead, so the log reads ahead for
+    /// a sequential reader itself: one read in flight (or done) for the bytes the next
+    /// read is expected to ask for.
+    pub read_ahead: RefCell<Option<PendingReadAhead>>,
+    /// Where the last disk read stopped (segment base, next offset): a read that starts
+    /// there is sequential.
+    pub last_read_end: Cell<Option<(i64, i64)>>,
+}
+
+/// A read ahead under way: `length` bytes of `segment` from `position`, where the batch
+/// with base offset `offset` starts.
+pub(crate) struct PendingReadAhead {
+    segment: Rc<Segment>,
+    truncations: u64,
+    position: u64,
+    offset: i64,
+    task: glommio::Task<Result<glommio::io::ReadResult, StorageError>>,
 }
 
 impl LogInner {
@@ -244,6 +266,8 @@ impl Log {
             pending_bytes: Rc::new(Semaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
             stats: Cell::new(LogStats::default()),
             lock: RefCell::new(Some(lock)),
+            read_ahead: RefCell::new(None),
+            last_read_end: Cell::new(None),
         });
         let active_segment = inner.state.borrow().active();
         let active = appender::Active::open(active_segment).await?;
@@ -318,24 +342,105 @@ impl Log {
                 )
             };
             let truncations = segment.truncations.get();
-            let result = segment.read(offset, max_bytes).await;
+            let ahead = self.take_read_ahead(&segment, offset, truncations).await;
+            let sequential = ahead.is_some()
+                || self.inner.last_read_end.get() == Some((segment.base_offset, offset));
+            let result = segment.read(offset, max_bytes, ahead).await;
             if segment.truncations.get() != truncations {
                 // A truncation cut this segment while it was being read: what was read may
                 // be gone. Answer from the log as it is now.
                 continue;
             }
-            let chunks = result?;
-            if chunks.is_empty() {
+            let read = result?;
+            if read.chunks.is_empty() {
                 return Err(StorageError::Internal {
                     reason: format!("offset {offset} is below the log end but no segment holds it"),
                 });
             }
+            self.inner
+                .last_read_end
+                .set(read.next.map(|(_, next)| (segment.base_offset, next)));
+            if let (Some((position, next)), true) = (read.next, sequential) {
+                self.start_read_ahead(&segment, truncations, position, next, max_bytes);
+            }
             return Ok(ReadOutcome {
-                chunks,
+                chunks: read.chunks,
                 log_start_offset,
                 log_end_offset,
             });
         }
+    }
+
+    /// The bytes read ahead for a read of `segment` at `offset`, if that is where the read
+    /// ahead started (and no truncation has cut the segment since). A read ahead for
+    /// another place is left for its reader.
+    async fn take_read_ahead(
+        &self,
+        segment: &Rc<Segment>,
+        offset: i64,
+        truncations: u64,
+    ) -> Option<ReadAhead> {
+        let pending = {
+            let mut slot = self.inner.read_ahead.borrow_mut();
+            let matches = slot.as_ref().is_some_and(|pending| {
+                Rc::ptr_eq(&pending.segment, segment)
+                    && pending.offset == offset
+                    && pending.truncations == truncations
+            });
+            // One cut by a truncation since is useless to every reader.
+            let stale = slot
+                .as_ref()
+                .is_some_and(|pending| pending.segment.truncations.get() != pending.truncations);
+            if stale {
+                slot.take();
+            }
+            if !matches {
+                return None;
+            }
+            slot.take()?
+        };
+        let data = pending.task.await.ok()?;
+        let stats = self.inner.stats.get();
+        self.inner.stats.set(LogStats {
+            read_ahead_hits: stats.read_ahead_hits + 1,
+            ..stats
+        });
+        Some(ReadAhead {
+            position: pending.position,
+            offset,
+            data,
+        })
+    }
+
+    /// Starts reading, from `position` (where the batch `offset` starts), as much as the
+    /// reader just asked for (1 to 4 MiB), for a sequential reader's next read.
+    fn start_read_ahead(
+        &self,
+        segment: &Rc<Segment>,
+        truncations: u64,
+        position: u64,
+        offset: i64,
+        max_bytes: usize,
+    ) {
+        let limit = segment.meta.borrow().size_bytes;
+        let length = max_bytes
+            .clamp(SCAN_WINDOW_BYTES, READ_AHEAD_BYTES_MAX)
+            .min(limit.saturating_sub(position) as usize);
+        if length == 0 {
+            return;
+        }
+        let reading = segment.clone();
+        let task = glommio::spawn_local(async move {
+            io::read_at(&reading.file, &reading.path, position, length).await
+        });
+        // A read ahead for another place is replaced (dropping a task cancels it).
+        *self.inner.read_ahead.borrow_mut() = Some(PendingReadAhead {
+            segment: segment.clone(),
+            truncations,
+            position,
+            offset,
+            task,
+        });
     }
 
     /// Waits until the log end is past `offset` (new data for a reader at `offset`), or the
@@ -424,6 +529,7 @@ impl Log {
     /// Finishes every queued command, syncs, and stops the appender. Later calls fail
     /// with `Closed`.
     pub async fn close(&self) -> Result<(), StorageError> {
+        self.inner.read_ahead.borrow_mut().take();
         let result = self.call(|reply| Command::Close { reply }).await;
         self.inner.data_arrived.notify_all();
         result

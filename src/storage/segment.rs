@@ -102,6 +102,23 @@ pub(crate) struct Segment {
     pub truncations: Cell<u64>,
 }
 
+/// What `Segment::read` found.
+#[derive(Default)]
+pub(crate) struct SegmentRead {
+    pub chunks: Vec<Chunk>,
+    /// Where the batch after the last one returned starts, and its base offset, when the
+    /// read stopped at `max_bytes` before the segment's end.
+    pub next: Option<(u64, i64)>,
+}
+
+/// Bytes read from `position`, where the batch with base offset `offset` starts, before
+/// a reader asked for them.
+pub(crate) struct ReadAhead {
+    pub position: u64,
+    pub offset: i64,
+    pub data: ReadResult,
+}
+
 /// Why a scan stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScanStop {
@@ -241,26 +258,45 @@ impl Segment {
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
     /// (at least one batch). Returns no chunks when `offset` is past this segment's end.
     /// Every batch's CRC is checked after the read; a damaged batch is an error, never data.
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Chunk>, StorageError> {
+    /// `ahead`, bytes read ahead from where the batch holding `offset` starts, is used
+    /// instead of reading them again. The answer says where a next sequential read would
+    /// start, if this one stopped before the segment's end.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        ahead: Option<ReadAhead>,
+    ) -> Result<SegmentRead, StorageError> {
         let (limit, entry) = {
             let meta = self.meta.borrow();
             if offset >= meta.next_offset {
-                return Ok(Vec::new());
+                return Ok(SegmentRead::default());
             }
             let relative_offset = relative(self.base_offset, offset.max(self.base_offset))?;
             (meta.size_bytes, meta.offset_index.lookup(relative_offset))
         };
-        let mut position = u64::from(entry.position);
-        // The base offset is outside the CRC: check it against the index and the batch
-        // before, so a damaged one is refused instead of served under the wrong offset.
-        let mut expected_offset = self.base_offset + i64::from(entry.relative_offset);
         let preferred = max_bytes.clamp(BATCH_HEADER_BYTES, SCAN_WINDOW_BYTES);
         let mut window = Window::new(&self.file, &self.path, limit, preferred);
+        // The base offset is outside the CRC: check it against the index (or where the
+        // read-ahead started) and the batch before, so a damaged one is refused instead of
+        // served under the wrong offset.
+        let (mut position, mut expected_offset) = match ahead {
+            Some(ahead) if ahead.offset == offset => {
+                window.start = ahead.position;
+                window.data = ahead.data;
+                (ahead.position, ahead.offset)
+            }
+            _ => (
+                u64::from(entry.position),
+                self.base_offset + i64::from(entry.relative_offset),
+            ),
+        };
         let mut chunks: Vec<Chunk> = Vec::new();
         // Contiguous batches in the current window, sliced out (not copied) before the
         // window moves on.
         let mut run: Option<(u64, usize)> = None;
         let mut total_bytes = 0usize;
+        let mut next = None;
         while position < limit {
             if !window.contains(position, BATCH_HEADER_BYTES) {
                 flush_run(&mut run, &window, &mut chunks);
@@ -284,6 +320,7 @@ impl Segment {
                 continue;
             }
             if total_bytes > 0 && total_bytes + length > max_bytes {
+                next = Some((position, header.base_offset));
                 break;
             }
             if !window.contains(position, length) {
@@ -301,7 +338,7 @@ impl Segment {
             position += length as u64;
         }
         flush_run(&mut run, &window, &mut chunks);
-        Ok(chunks)
+        Ok(SegmentRead { chunks, next })
     }
 
     /// Writes the offset and time index files (sealed segments only), each replaced

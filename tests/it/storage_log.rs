@@ -462,3 +462,67 @@ fn interval_flush_runs_even_when_appends_never_stop() {
         log.close().await.unwrap();
     });
 }
+
+/// A reader going through the log from disk in order gets every record once, in order,
+/// with its reads served from bytes read ahead; a truncation between two reads throws the
+/// read ahead away instead of serving what it cut.
+#[test]
+fn sequential_disk_reads_are_read_ahead_and_a_truncation_discards_the_read_ahead() {
+    in_temp_dir(|path| async move {
+        let config = LogConfig {
+            tail_cache_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        for index in 0..200 {
+            log.append(batch_mut(&format!("s{index}"), 4, 2000, index))
+                .await
+                .unwrap();
+        }
+        let mut offset = 0;
+        let mut seen = Vec::new();
+        while offset < 400 {
+            let read = log.read(offset, 64 * 1024).await.unwrap();
+            for (record_offset, value) in records(&read.to_vec()) {
+                if record_offset >= offset {
+                    seen.push((record_offset, value));
+                }
+            }
+            offset = seen.last().unwrap().0 + 1;
+        }
+        assert!(
+            log.stats().read_ahead_hits > 0,
+            "sequential reads used the read ahead"
+        );
+        // Cut where the next read was read ahead, and write something else there.
+        let cut = offset;
+        assert_eq!(log.truncate(cut).await.unwrap(), cut);
+        log.append(batch_mut("new", 4, 2000, 0)).await.unwrap();
+        let after = records(&log.read(cut, 64 * 1024).await.unwrap().to_vec());
+        assert!(after[0].1.starts_with(b"new-0"), "not the bytes read ahead");
+        loop {
+            let read = log.read(offset, 64 * 1024).await.unwrap();
+            let batch = records(&read.to_vec());
+            if batch.is_empty() {
+                break;
+            }
+            for (record_offset, value) in batch {
+                if record_offset >= offset {
+                    seen.push((record_offset, value));
+                }
+            }
+            offset = seen.last().unwrap().0 + 1;
+        }
+        assert_eq!(seen.len() as i64, cut + 4);
+        for (index, (record_offset, value)) in seen.iter().enumerate() {
+            assert_eq!(*record_offset, index as i64);
+            let tag = if (index as i64) < cut {
+                format!("s{}-{}", index / 4, index % 4)
+            } else {
+                format!("new-{}", index % 4)
+            };
+            assert!(value.starts_with(tag.as_bytes()), "{index}");
+        }
+        log.close().await.unwrap();
+    });
+}
