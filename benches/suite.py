@@ -39,6 +39,12 @@ def main():
     work = ROOT / "target" / "bench-suite"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # A produce run writes up to about 2 GB/s for its whole duration.
+    need = 2 * 10**9 * (3 if args.quick else seconds(args.duration))
+    free = shutil.disk_usage(work).free
+    if free < need * 1.2:
+        sys.exit(f"benches/suite.py: {free / 1e9:.0f} GB free under {work}; a run may write "
+                 f"{need / 1e9:.0f} GB: free some space or pass a shorter --duration")
     # The spawned broker's data directory lives under TMPDIR: keep it on the same
     # filesystem as fio's file.
     env = dict(os.environ, TMPDIR=str(work))
@@ -138,6 +144,14 @@ def workloads(args, duration):
             "target": None,
         })
     return listed
+
+
+def seconds(duration):
+    """`10s`, `2m` or `500ms` in seconds."""
+    for unit, scale in (("ms", 0.001), ("s", 1), ("m", 60)):
+        if duration.endswith(unit) and duration[: -len(unit)].isdigit():
+            return int(duration[: -len(unit)]) * scale
+    sys.exit(f"benches/suite.py: --duration {duration!r}: use 10s, 2m or 500ms")
 
 
 def target(name, args, goal, bound):
