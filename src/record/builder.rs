@@ -1,6 +1,6 @@
 //! Building an uncompressed RecordBatch v2 from records.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::varint::{put_varint, put_varlong, varint_len, varlong_len};
 use super::{BatchHeader, MAGIC_V2, compute_crc};
@@ -19,7 +19,9 @@ pub struct HeaderRef<'a> {
 /// and base sequence are -1 (no idempotence), as a plain Kafka producer sends them.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
-    records: Vec<u8>,
+    /// The batch being built: room for the header (written by `build`), then the records,
+    /// so the finished batch is handed out with no copy.
+    batch: Vec<u8>,
     records_count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
@@ -41,7 +43,7 @@ impl BatchBuilder {
 
     /// Size the batch would have if built now.
     pub fn encoded_bytes(&self) -> usize {
-        BATCH_HEADER_BYTES + self.records.len()
+        BATCH_HEADER_BYTES.max(self.batch.len())
     }
 
     /// Size a record would add to the batch (useful to decide when a batch is full).
@@ -95,10 +97,11 @@ impl BatchBuilder {
         if self.records_count == 0 {
             self.base_timestamp = timestamp;
             self.max_timestamp = timestamp;
+            self.batch.resize(BATCH_HEADER_BYTES, 0);
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let body = self.body_bytes(timestamp, key, value, headers);
-        let out = &mut self.records;
+        let out = &mut self.batch;
         put_varint(out, body as i32);
         let body_start = out.len();
         out.push(0); // record attributes: unused in v2
@@ -121,8 +124,8 @@ impl BatchBuilder {
             self.records_count > 0,
             "a batch carries at least one record"
         );
-        let total = BATCH_HEADER_BYTES + self.records.len();
-        let mut batch = BytesMut::zeroed(total);
+        let mut batch = std::mem::take(&mut self.batch);
+        let total = batch.len();
         let header = BatchHeader {
             base_offset,
             batch_length: (total - BATCH_LOG_OVERHEAD_BYTES) as i32,
@@ -139,12 +142,10 @@ impl BatchBuilder {
             records_count: self.records_count,
         };
         header.write(&mut batch);
-        batch[BATCH_HEADER_BYTES..].copy_from_slice(&self.records);
         let crc = compute_crc(&batch);
         batch[17..21].copy_from_slice(&crc.to_be_bytes());
-        self.records.clear();
         self.records_count = 0;
-        batch.freeze()
+        Bytes::from(batch)
     }
 }
 

@@ -104,6 +104,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // A large frame read into a buffer of its own (see `large_incomplete`).
     let mut whole: Option<Bytes> = None;
+    // After a large frame, the next may be large too: read just its start, so that little
+    // has to be copied into its own buffer.
+    let mut after_large = false;
     let mut client_done = false;
     // Resolves when the shard stops or the connection is closing: every wait of the
     // reader races it, so the reader never outlives its connection.
@@ -211,9 +214,16 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
             own.advance(4);
             whole = Some(own.freeze());
+            after_large = true;
             continue;
         }
-        buffer.resize(filled + READ_CHUNK_BYTES, 0);
+        let chunk = if after_large && filled == 0 {
+            FIRST_READ_AFTER_LARGE_BYTES
+        } else {
+            READ_CHUNK_BYTES
+        };
+        after_large = false;
+        buffer.resize(filled + chunk, 0);
         let read = read_or_end(&mut reader, &mut buffer[filled..], ending()).await;
         match read {
             Read::Bytes(read) => buffer.truncate(filled + read),
@@ -255,6 +265,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         futures_lite::future::or(linger, glommio::timer::sleep(LINGER)).await;
     }
 }
+
+/// What is read of the stream right after a large frame: enough for the next request's
+/// length and header, little to copy if that request is large as well.
+const FIRST_READ_AFTER_LARGE_BYTES: usize = 512;
 
 /// Frames at least this large are read into a buffer of their own rather than the shared
 /// read buffer (from which a frame is a slice that other frames' bytes keep alive).
