@@ -124,7 +124,9 @@ impl BatchBuilder {
             self.records_count > 0,
             "a batch carries at least one record"
         );
-        let mut batch = std::mem::take(&mut self.batch);
+        // The next batch starts with room for one like this.
+        let room = Vec::with_capacity(self.batch.len());
+        let mut batch = std::mem::replace(&mut self.batch, room);
         let total = batch.len();
         let header = BatchHeader {
             base_offset,

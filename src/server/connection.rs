@@ -117,6 +117,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break 'connection;
             }
             let frame_max = shard.config.frame_bytes_max;
+            let own_frame = whole.is_some();
             let split = match whole.take() {
                 Some(frame) => Ok(Some(frame)),
                 None if large_incomplete(&buffer, frame_max).is_some() => Ok(None),
@@ -168,6 +169,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let answers = answers.clone();
             let exchange = handlers::Exchange {
                 correlation_id,
+                frame_bytes,
+                own_frame,
                 closed: closed.clone(),
                 // Shared: an append that outlives its answer (a produce timeout) keeps
                 // its bytes counted until it is done with them.
@@ -191,15 +194,21 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         if let Some(length) = large_incomplete(&buffer, shard.config.frame_bytes_max) {
             // The rest of a large frame goes straight into a buffer of its own, which the
             // frame then owns alone: a produce hands its batches to the log without a copy.
-            let mut own = BytesMut::with_capacity(4 + length);
+            let total = 4 + length;
+            let mut own = BytesMut::with_capacity(total);
             own.extend_from_slice(&buffer);
             buffer.clear();
-            own.resize(4 + length, 0);
             let mut at = filled;
-            while at < own.len() {
+            while at < total {
+                // Grown (and zeroed) a chunk at a time: a client that announces a large
+                // frame and sends little of it commits no more memory than it sent.
+                own.resize(total.min(at + READ_CHUNK_BYTES), 0);
                 let read = read_or_end(&mut reader, &mut own[at..], ending()).await;
                 match read {
-                    Read::Bytes(read) => at += read,
+                    Read::Bytes(read) => {
+                        at += read;
+                        own.truncate(at);
+                    }
                     Read::Idle if in_flight.available() < in_flight_max as u64 => {}
                     Read::Idle => {
                         tracing::info!(%peer, idle_ms = idle.as_millis() as u64, "closing an idle connection");
@@ -339,12 +348,12 @@ impl Coalescer {
     ) -> std::io::Result<()> {
         self.held.push(answer.held);
         match answer.outgoing {
-            Outgoing::Frame(frame) => self.bytes(writer, &frame).await,
+            Outgoing::Frame(frame) => self.bytes(writer, &frame).await?,
             Outgoing::Pieces(pieces, room) => {
                 self.rooms.extend(room);
                 for piece in pieces {
                     match piece {
-                        Piece::Encoded(bytes) => self.buffer.extend_from_slice(&bytes),
+                        Piece::Encoded(bytes) => self.bytes(writer, &bytes).await?,
                         Piece::Payload(FetchPayload::Remote(bytes)) => {
                             self.bytes(writer, &bytes).await?
                         }
@@ -355,27 +364,36 @@ impl Coalescer {
                         }
                     }
                 }
-                Ok(())
             }
             Outgoing::Close => unreachable!("a close is handled by the writer"),
         }
+        if self.buffer.is_empty() {
+            // All of it is written: its budget shares go back now, not with the batch.
+            self.held.clear();
+            self.rooms.clear();
+        }
+        Ok(())
     }
 
-    /// Buffers small `bytes`; sends large ones directly, after what is buffered.
+    /// Buffers small `bytes`; sends large ones directly, after what is buffered. The
+    /// buffer never grows past `COALESCE_BYTES` (a fetch of many small batches is sent a
+    /// buffer at a time).
     async fn bytes<W: futures_lite::AsyncWrite + Unpin>(
         &mut self,
         writer: &mut W,
         bytes: &[u8],
     ) -> std::io::Result<()> {
-        if bytes.len() < DIRECT_CHUNK_BYTES {
-            self.buffer.extend_from_slice(bytes);
-            return Ok(());
-        }
-        if !self.buffer.is_empty() {
+        let direct = bytes.len() >= DIRECT_CHUNK_BYTES;
+        if (direct || self.buffer.len() + bytes.len() > COALESCE_BYTES) && !self.buffer.is_empty() {
             writer.write_all(&self.buffer).await?;
             self.buffer.clear();
         }
-        writer.write_all(bytes).await
+        if direct {
+            writer.write_all(bytes).await
+        } else {
+            self.buffer.extend_from_slice(bytes);
+            Ok(())
+        }
     }
 
     /// Sends what is buffered and gives back the shares of the answers now written.

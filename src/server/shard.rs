@@ -288,8 +288,8 @@ impl Shard {
             Ok(log) => log,
             Err(status) => return produce_failed(partition, status),
         };
-        // The log patches base offsets in place. A large request was read into a buffer
-        // of its own, so its batches are usually theirs alone and pass without a copy.
+        // The log patches base offsets in place. The produce handler made sure the batches
+        // own their buffer (see `own_or_copy`), so this takes it without a copy.
         let records = records
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));

@@ -19,7 +19,7 @@ use super::segment::{
 use super::tail_cache::TailCache;
 use super::{Chunk, LogConfig, StorageError, io};
 use crate::limits::{
-    BATCH_BYTES_MAX, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX, SCAN_WINDOW_BYTES,
+    BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX,
 };
 use crate::record::{BatchError, RecordIter, split_batches};
 use crate::wake::{Event, Notify};
@@ -328,6 +328,11 @@ impl Log {
                     return Ok(outcome(Vec::new()));
                 }
                 if let Some(chunks) = state.cache.read(offset, max_bytes) {
+                    // A reader served from memory has caught up: what was read ahead for
+                    // it is no longer wanted.
+                    if let Ok(mut slot) = self.inner.read_ahead.try_borrow_mut() {
+                        slot.take();
+                    }
                     return Ok(outcome(chunks));
                 }
                 let segment = state
@@ -413,7 +418,7 @@ impl Log {
     }
 
     /// Starts reading, from `position` (where the batch `offset` starts), as much as the
-    /// reader just asked for (1 to 4 MiB), for a sequential reader's next read.
+    /// reader just asked for (at most 4 MiB), for a sequential reader's next read.
     fn start_read_ahead(
         &self,
         segment: &Rc<Segment>,
@@ -422,9 +427,13 @@ impl Log {
         offset: i64,
         max_bytes: usize,
     ) {
+        if self.inner.state.borrow().closed {
+            return;
+        }
         let limit = segment.meta.borrow().size_bytes;
+        // As much as the reader asks for at a time: the next read uses no more.
         let length = max_bytes
-            .clamp(SCAN_WINDOW_BYTES, READ_AHEAD_BYTES_MAX)
+            .clamp(IO_ALIGNMENT_BYTES, READ_AHEAD_BYTES_MAX)
             .min(limit.saturating_sub(position) as usize);
         if length == 0 {
             return;
@@ -506,7 +515,9 @@ impl Log {
     /// Removes every batch from the one holding `offset` on; returns the new log end
     /// (a batch boundary at or before `offset`). For a follower whose log diverged.
     pub async fn truncate(&self, offset: i64) -> Result<i64, StorageError> {
-        self.call(|reply| Command::Truncate { offset, reply }).await
+        let result = self.call(|reply| Command::Truncate { offset, reply }).await;
+        self.inner.read_ahead.borrow_mut().take();
+        result
     }
 
     /// Seals the active segment and starts a new one (no-op when it is empty).
@@ -522,8 +533,17 @@ impl Log {
     /// Deletes whole sealed segments past `retention.ms` (judged by their newest record
     /// against `now_ms`) or beyond `retention.bytes`, oldest first, and moves the log start.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StorageError> {
-        self.call(|reply| Command::Retention { now_ms, reply })
-            .await
+        let report = self
+            .call(|reply| Command::Retention { now_ms, reply })
+            .await;
+        // A read ahead of a deleted segment would keep its file (and disk space).
+        let deleted = report
+            .as_ref()
+            .is_ok_and(|report| !report.deleted_segments.is_empty());
+        if deleted {
+            self.inner.read_ahead.borrow_mut().take();
+        }
+        report
     }
 
     /// Finishes every queued command, syncs, and stops the appender. Later calls fail

@@ -107,6 +107,18 @@ impl Broker {
         format!("127.0.0.1:{}", self.port + 1 + shard as u16)
     }
 
+    /// The broker's resident memory, from /proc.
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("VmRSS");
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
     pub fn connect(&self) -> Connection {
         Connection::connect(&self.address(), "test").unwrap()
     }
@@ -559,6 +571,69 @@ fn a_pipeline_fails_its_requests_once_the_oldest_outlives_the_answer_timeout() {
     pipeline.drain();
     let answer = received.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(answer.response.is_ok());
+}
+
+/// A batch kept in the tail cache holds its own bytes, not the whole request frame it
+/// arrived in: a tiny batch produced beside a 1 MB one must not keep that megabyte alive.
+#[test]
+fn a_small_batch_in_the_tail_cache_does_not_pin_its_request_frame() {
+    use spate::protocol::{ProducePartition, ProduceRequest, ProduceTopic, Request, Response};
+    let broker = Broker::start(1);
+    let mut client = broker.connect();
+    client.create_topic("pair", 2, &[]).unwrap();
+    let before = broker.resident_bytes();
+    for index in 0..150 {
+        let request = Request::Produce(ProduceRequest {
+            acks: Acks::All,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: "pair".into(),
+                partitions: vec![
+                    ProducePartition {
+                        partition: 0,
+                        records: batch(&format!("big{index}"), 1, 1_000_000, 0),
+                    },
+                    ProducePartition {
+                        partition: 1,
+                        records: batch(&format!("tiny{index}"), 1, 10, 0),
+                    },
+                ],
+            }],
+        });
+        let Response::Produce(answer) = client.call(&request).unwrap() else {
+            panic!("a produce answer")
+        };
+        for partition in &answer.topics[0].partitions {
+            assert!(partition.status.is_ok(), "{}", partition.status);
+        }
+    }
+    let grown = broker.resident_bytes().saturating_sub(before);
+    // Partition 0's tail cache holds at most 8 MiB; partition 1's 150 tiny batches next
+    // to nothing. Pinned frames would be 150 MB.
+    assert!(grown < 80 << 20, "resident memory grew by {grown} bytes");
+}
+
+/// A frame announced but barely sent commits memory for what arrived, not for what was
+/// announced: 40 connections each announcing 8 MB and sending 1 KB stay small.
+#[test]
+fn announced_but_unsent_frames_commit_no_memory_for_the_missing_bytes() {
+    use std::io::Write;
+    let broker = Broker::start(1);
+    let before = broker.resident_bytes();
+    let streams: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(broker.address()).unwrap();
+            let mut start = ((8 << 20) - 64u32).to_be_bytes().to_vec();
+            start.resize(4 + 1024, 7);
+            stream.write_all(&start).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = broker.resident_bytes().saturating_sub(before);
+    assert!(grown < 100 << 20, "resident memory grew by {grown} bytes");
+    drop(streams);
+    assert!(broker.connect().metadata(&[]).is_ok());
 }
 
 #[test]

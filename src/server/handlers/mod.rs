@@ -77,6 +77,10 @@ pub(crate) fn weigh(request: &mut Request, frame_bytes: usize, budget: usize) ->
 /// What a handler knows about the request it answers besides the request itself.
 pub(crate) struct Exchange {
     pub correlation_id: u32,
+    /// The request's frame size, and whether it was read into a buffer of its own (which
+    /// a produce's batches may then keep, instead of a copy; see `produce::handle`).
+    pub frame_bytes: usize,
+    pub own_frame: bool,
     /// Set when the connection is ending: a long poll then answers with what it has.
     pub closed: Rc<Latch>,
     /// The request's share of the connection's byte budget (its frame). Work that
@@ -116,7 +120,7 @@ pub(crate) async fn handle(
         Request::DeleteTopics(request) => topics::delete(&shard, request).await,
         Request::DescribeTopics(request) => topics::describe(&shard, request),
         Request::Produce(request) => {
-            return produce::handle(&shard, request, correlation_id, &exchange.held).await;
+            return produce::handle(&shard, request, exchange).await;
         }
         Request::Fetch(request) => {
             return Some(match fetch::handle(&shard, request, exchange).await {

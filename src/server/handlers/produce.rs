@@ -3,7 +3,9 @@ use std::time::{Duration, Instant};
 
 use glommio::sync::StaticPermit;
 
-use super::Outgoing;
+use bytes::Bytes;
+
+use super::{Exchange, Outgoing};
 use crate::protocol::{
     Acks, ErrorCode, NewTopic, ProducePartitionResponse, ProduceRequest, ProduceResponse,
     ProduceTopicResponse, Response, Status,
@@ -15,9 +17,9 @@ use crate::server::shard::{Shard, produce_failed};
 pub(super) async fn handle(
     shard: &Rc<Shard>,
     request: ProduceRequest,
-    correlation_id: u32,
-    held: &Rc<StaticPermit>,
+    exchange: &Exchange,
 ) -> Option<Outgoing> {
+    let (correlation_id, held) = (exchange.correlation_id, &exchange.held);
     if shard.config.auto_create_topics {
         let missing: Vec<NewTopic> = request
             .topics
@@ -57,9 +59,11 @@ pub(super) async fn handle(
                     let shard = shard.clone();
                     let name = topic.name.clone();
                     let id = partition.partition;
-                    let task = glommio::spawn_local(async move {
-                        shard.produce(&name, id, partition.records).await
-                    });
+                    let records = own_or_copy(partition.records, exchange);
+                    let task =
+                        glommio::spawn_local(
+                            async move { shard.produce(&name, id, records).await },
+                        );
                     (id, task)
                 })
                 .collect();
@@ -98,6 +102,18 @@ pub(super) async fn handle(
     Some(Outgoing::Frame(
         Response::Produce(ProduceResponse { topics }).encode(correlation_id),
     ))
+}
+
+/// Batches the log may keep as they are: those that fill most of a frame read into a
+/// buffer of its own. Any other batch is a slice of a buffer shared with other requests
+/// (or of a frame mostly holding other batches); the log keeps its batches in the tail
+/// cache, so such a slice is copied out rather than pinning all of that buffer.
+fn own_or_copy(records: Bytes, exchange: &Exchange) -> Bytes {
+    if exchange.own_frame && records.len() * 2 >= exchange.frame_bytes {
+        records
+    } else {
+        Bytes::copy_from_slice(&records)
+    }
 }
 
 /// The append's answer, or `Timeout` once `deadline` has passed (the append is then left
