@@ -55,6 +55,9 @@ def main():
     log(f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), kernel {machine['kernel']}")
     references = {
         "iperf3_mb_s": median_of(runs, lambda: iperf3(args, 3 if args.quick else 5)),
+        # The other direction, as a consume moves data: the broker's core sends.
+        "iperf3_reverse_mb_s": median_of(
+            runs, lambda: iperf3(args, 3 if args.quick else 5, reverse=True)),
         "fio_write_mb_s": median_of(runs, lambda: fio(args, work, "write")),
         "fio_read_mb_s": median_of(runs, lambda: fio(args, work, "read")),
     }
@@ -188,9 +191,9 @@ def median_of(runs, measure):
     return statistics.median(measure() for _ in range(runs))
 
 
-def iperf3(args, seconds):
+def iperf3(args, seconds, reverse=False):
     """Loopback TCP throughput in MB/s, client on the load generator's core and server
-    on the broker's."""
+    on the broker's; the client sends, or with `reverse` the server does."""
     server = subprocess.Popen(["iperf3", "--server", "--one-off", "--port", "5299"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -198,7 +201,8 @@ def iperf3(args, seconds):
             client = subprocess.run(
                 ["iperf3", "--client", "127.0.0.1", "--port", "5299", "--json",
                  "--time", str(seconds),
-                 "--affinity", f"{args.loadgen_cpu},{args.broker_cpu}"],
+                 "--affinity", f"{args.loadgen_cpu},{args.broker_cpu}",
+                 *(["--reverse"] if reverse else [])],
                 capture_output=True, text=True)
             if client.returncode == 0:
                 result = json.loads(client.stdout)
@@ -287,13 +291,18 @@ def render(report):
         "| reference (same run) | MB/s |",
         "|---|---|",
         f"| iperf3 loopback TCP, `-A {place['loadgen_cpu']},{place['broker_cpu']}` | {iperf:.0f} |",
+        f"| the same with `-R` (the broker's core sends, as in a consume) | "
+        f"{refs['iperf3_reverse_mb_s']:.0f} |",
         f"| fio O_DIRECT sequential write, 64 KiB, QD1, fsync at end | {refs['fio_write_mb_s']:.0f} |",
         f"| fio O_DIRECT sequential read, 1 MiB, QD1 | {refs['fio_read_mb_s']:.0f} |",
         "",
         "### Targets",
         "",
-        "| workload | MB/s | vs iperf3 | p50 us | p99 us | target | met |",
-        "|---|---|---|---|---|---|---|",
+        "Ratios are to the iperf3 row, as the targets are set; for a consume, the `-R`",
+        "row (same direction of data) is the closer reference.",
+        "",
+        "| workload | MB/s | vs iperf3 | vs iperf3 -R | p50 us | p99 us | target | met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for result in report["results"]:
         if result["goal"] is None:
@@ -308,8 +317,12 @@ def render(report):
             met = median["p99_us"] <= result["target"]
         # A fixed-rate run's throughput is its rate, and a consume run has no latency.
         shown_ratio = f"{ratio:.2f}x" if result["goal"] == "throughput" else "n/a"
+        reverse = refs["iperf3_reverse_mb_s"]
+        reverse_ratio = (f"{median['throughput_mb_s'] / reverse:.2f}x"
+                         if result["args"][0] == "consume" else "n/a")
         lines.append(
             f"| {result['name']} | {median['throughput_mb_s']:.0f} | {shown_ratio} | "
+            f"{reverse_ratio} | "
             f"{latency(result, 'p50_us')} | {latency(result, 'p99_us')} | {goal} | "
             f"{'yes' if met else '**no**'} |")
     lines += [
