@@ -44,23 +44,7 @@ fn read_responses(
     api_key: ApiKey,
     limit: Duration,
 ) -> Vec<(u32, Response)> {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buffer = BytesMut::new();
-    let mut responses = Vec::new();
-    loop {
-        while let Some(frame) = split_frame(&mut buffer, 1 << 30).unwrap() {
-            let correlation_id = u32::from_be_bytes(frame[..4].try_into().unwrap());
-            responses.push((
-                correlation_id,
-                Response::decode(api_key, frame.slice(4..)).unwrap(),
-            ));
-        }
-        let mut chunk = [0u8; 64 * 1024];
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return responses,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-        }
-    }
+    read_until(stream, api_key, usize::MAX, limit)
 }
 
 /// The record value a test produced for request `index` of connection `connection`; the
@@ -234,12 +218,7 @@ fn a_stop_ends_long_polls_with_an_answer() {
 
 #[test]
 fn idle_connections_are_closed_but_a_long_poll_is_not_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_in(
-        &dir.path().join("data"),
-        1,
-        &["--connections-max-idle-ms", "300"],
-    );
+    let broker = Broker::start_flagged(1, &["--connections-max-idle-ms", "300"]);
     let mut admin = broker.connect();
     admin.create_topic("i", 1, &[]).unwrap();
     drop(admin);
@@ -323,9 +302,7 @@ fn a_failed_acks_zero_produce_closes_the_connection() {
 
 #[test]
 fn a_connection_whose_answers_cannot_go_out_still_ends_and_frees_its_slot() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_in(
-        &dir.path().join("data"),
+    let broker = Broker::start_flagged(
         1,
         &[
             "--in-flight-max-per-connection",
@@ -625,9 +602,7 @@ fn a_waiting_long_poll_does_not_hold_up_the_requests_behind_it() {
 #[test]
 fn long_polls_that_fill_the_byte_budget_still_answer_by_their_deadline() {
     use spate::protocol::{FetchPartition, FetchRequest, FetchTopic};
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_in(
-        &dir.path().join("data"),
+    let broker = Broker::start_flagged(
         1,
         &[
             "--frame-bytes-max",

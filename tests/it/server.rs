@@ -47,6 +47,14 @@ impl Broker {
         broker
     }
 
+    /// A broker on a temporary data directory of its own, with extra `serve` flags.
+    pub fn start_flagged(shards: usize, extra: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Broker::start_in(&dir.path().join("data"), shards, extra);
+        broker._dir = Some(dir);
+        broker
+    }
+
     pub fn start_in(data_dir: &Path, shards: usize, extra: &[&str]) -> Broker {
         Broker::start_at(data_dir, shards, free_ports(shards + 1), extra)
     }
@@ -652,12 +660,7 @@ fn a_broker_that_never_answers_is_a_timeout_not_a_hang() {
 
 #[test]
 fn the_broker_applies_retention_on_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_in(
-        &dir.path().join("data"),
-        2,
-        &["--retention-check-interval-ms", "100"],
-    );
+    let broker = Broker::start_flagged(2, &["--retention-check-interval-ms", "100"]);
     let mut client = broker.connect();
     client
         .create_topic("old", 1, &[("retention.ms".into(), "60000".into())])
@@ -790,9 +793,7 @@ fn limits_from_a_config_file_are_enforced() {
 
 #[test]
 fn a_connection_s_byte_budget_bounds_its_fetch_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_in(
-        &dir.path().join("data"),
+    let broker = Broker::start_flagged(
         1,
         &[
             "--frame-bytes-max",
