@@ -357,6 +357,19 @@ fn a_connection_whose_answers_cannot_go_out_still_ends_and_frees_its_slot() {
 /// Unfreezes a frozen filesystem on drop, so a failing test cannot leave it frozen.
 struct Frozen<'a>(&'a std::path::Path);
 
+impl Frozen<'_> {
+    /// Freezes the filesystem mounted at `path` (`fsfreeze`): writes to it stall.
+    fn freeze(path: &std::path::Path) -> Frozen<'_> {
+        let frozen = std::process::Command::new("fsfreeze")
+            .arg("-f")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(frozen.success());
+        Frozen(path)
+    }
+}
+
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         let _ = std::process::Command::new("fsfreeze")
@@ -380,13 +393,7 @@ fn a_produce_on_a_stalled_disk_times_out_and_the_broker_keeps_serving() {
         .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
         .unwrap();
 
-    let frozen = std::process::Command::new("fsfreeze")
-        .arg("-f")
-        .arg(&mount.mount_point)
-        .status()
-        .unwrap();
-    assert!(frozen.success());
-    let guard = Frozen(&mount.mount_point);
+    let guard = Frozen::freeze(&mount.mount_point);
     let mut stream = TcpStream::connect(broker.address()).unwrap();
     stream
         .write_all(&produce_request("s", 0, "stalled", Acks::All, 300).encode(1))
@@ -475,13 +482,7 @@ fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
         .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
         .unwrap();
 
-    let frozen = std::process::Command::new("fsfreeze")
-        .arg("-f")
-        .arg(&mount.mount_point)
-        .status()
-        .unwrap();
-    assert!(frozen.success());
-    let guard = Frozen(&mount.mount_point);
+    let guard = Frozen::freeze(&mount.mount_point);
     // Each request is 800 KB: two fit in the 2 MiB budget, a third does not.
     let big = |index: u32| {
         Request::Produce(ProduceRequest {

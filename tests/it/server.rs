@@ -506,11 +506,15 @@ fn a_pipeline_fails_its_requests_once_the_oldest_outlives_the_answer_timeout() {
     let broker = Broker::start(1);
     let mut client = broker.connect();
     client.create_topic("slow", 1, &[]).unwrap();
-    let connection =
-        Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
-            .unwrap();
-    let (answers, received) = std::sync::mpsc::channel();
-    let mut pipeline = Pipeline::new(connection, 4, answers).unwrap();
+    // A pipeline whose connection waits at most 300 ms for an answer.
+    let impatient = || {
+        let connection =
+            Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
+                .unwrap();
+        let (answers, received) = std::sync::mpsc::channel();
+        (Pipeline::new(connection, 4, answers).unwrap(), received)
+    };
+    let (mut pipeline, received) = impatient();
     // A 30 s long poll on an empty partition: the broker rightly stays silent that long,
     // longer than this client is willing to wait.
     pipeline
@@ -535,11 +539,7 @@ fn a_pipeline_fails_its_requests_once_the_oldest_outlives_the_answer_timeout() {
             .is_err()
     );
     // Answers to other requests flowing meanwhile do not hide the one that never comes.
-    let connection =
-        Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
-            .unwrap();
-    let (answers, received) = std::sync::mpsc::channel();
-    let mut pipeline = Pipeline::new(connection, 4, answers).unwrap();
+    let (mut pipeline, received) = impatient();
     pipeline
         .send(&fetch_request("slow", &[(0, 0)], 1 << 20, 1, 30_000), 10u32)
         .unwrap();
@@ -567,11 +567,7 @@ fn a_pipeline_fails_its_requests_once_the_oldest_outlives_the_answer_timeout() {
     unique.dedup();
     assert_eq!(unique.len(), tokens.len(), "each token comes back once");
     // An idle pipeline with nothing in flight is not timed out.
-    let connection =
-        Connection::connect_with_timeout(&broker.address(), "t", Duration::from_millis(300))
-            .unwrap();
-    let (answers, received) = std::sync::mpsc::channel();
-    let mut pipeline = Pipeline::new(connection, 4, answers).unwrap();
+    let (mut pipeline, received) = impatient();
     std::thread::sleep(Duration::from_millis(800));
     pipeline
         .send(&fetch_request("slow", &[(0, 0)], 1 << 20, 1, 0), 3u32)
