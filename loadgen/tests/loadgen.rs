@@ -177,10 +177,8 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
 fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
     let dir = tempfile::tempdir().unwrap();
     let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    // The listener and the shard's own port after it, both free.
+    let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 1).unwrap();
     let mut broker = Command::new(spate)
         .args([
             "serve",
@@ -191,12 +189,16 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("broker.log")).unwrap())
         .spawn()
         .expect("the spate binary, built beside the load generator");
     let address = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(&address).is_err() {
+        if let Some(status) = broker.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default();
+            panic!("the broker exited ({status}) before serving: {log}");
+        }
         assert!(std::time::Instant::now() < deadline, "the broker starts");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
