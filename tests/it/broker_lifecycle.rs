@@ -370,6 +370,35 @@ impl Frozen<'_> {
     }
 }
 
+/// A one-shard broker (with `flags`) on a small ext4 loop mount that tests can freeze,
+/// with topic `s` holding one record; `None` where loop mounts are not available.
+fn on_a_loop_mount(
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> Option<(LoopMount, Broker, spate::client::Connection)> {
+    let mount = LoopMount::new(dir, 64)?;
+    let broker = Broker::start_in(&mount.mount_point.join("data"), 1, flags);
+    let mut admin = broker.connect();
+    admin.create_topic("s", 1, &[]).unwrap();
+    admin
+        .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
+        .unwrap();
+    Some((mount, broker, admin))
+}
+
+/// Waits (at most 10 s) until partition `s`-0's log end reaches `at_least`.
+fn wait_for_log_end(admin: &mut spate::client::Connection, at_least: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .list_offset("s", 0, spate::protocol::OFFSET_LATEST)
+        .unwrap()
+        < at_least
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
         let _ = std::process::Command::new("fsfreeze")
@@ -382,16 +411,9 @@ impl Drop for Frozen<'_> {
 #[test]
 fn a_produce_on_a_stalled_disk_times_out_and_the_broker_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = LoopMount::new(dir.path(), 64) else {
+    let Some((mount, mut broker, mut admin)) = on_a_loop_mount(dir.path(), &[]) else {
         return;
     };
-    let data_dir = mount.mount_point.join("data");
-    let mut broker = Broker::start_in(&data_dir, 1, &[]);
-    let mut admin = broker.connect();
-    admin.create_topic("s", 1, &[]).unwrap();
-    admin
-        .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
-        .unwrap();
 
     let guard = Frozen::freeze(&mount.mount_point);
     let mut stream = TcpStream::connect(broker.address()).unwrap();
@@ -406,15 +428,7 @@ fn a_produce_on_a_stalled_disk_times_out_and_the_broker_keeps_serving() {
 
     drop(guard);
     // The timed-out append was not abandoned: it lands once the disk moves again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin
-        .list_offset("s", 0, spate::protocol::OFFSET_LATEST)
-        .unwrap()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the stalled append completes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log_end(&mut admin, 2, "the stalled append completes");
     broker.stop();
     drop(mount);
 }
@@ -461,26 +475,16 @@ fn produce_code(response: Option<Response>) -> ErrorCode {
 #[test]
 fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = LoopMount::new(dir.path(), 64) else {
+    let budget = 2 << 20;
+    let flags = [
+        "--frame-bytes-max",
+        &(1 << 20).to_string(),
+        "--buffered-bytes-max-per-connection",
+        &budget.to_string(),
+    ];
+    let Some((mount, mut broker, mut admin)) = on_a_loop_mount(dir.path(), &flags) else {
         return;
     };
-    let data_dir = mount.mount_point.join("data");
-    let budget = 2 << 20;
-    let mut broker = Broker::start_in(
-        &data_dir,
-        1,
-        &[
-            "--frame-bytes-max",
-            &(1 << 20).to_string(),
-            "--buffered-bytes-max-per-connection",
-            &budget.to_string(),
-        ],
-    );
-    let mut admin = broker.connect();
-    admin.create_topic("s", 1, &[]).unwrap();
-    admin
-        .produce("s", 0, batch("before", 1, 1, 0), Acks::All)
-        .unwrap();
 
     let guard = Frozen::freeze(&mount.mount_point);
     // Each request is 800 KB: two fit in the 2 MiB budget, a third does not.
@@ -520,15 +524,7 @@ fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
         matches!(code, ErrorCode::None | ErrorCode::Timeout),
         "{code:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin
-        .list_offset("s", 0, spate::protocol::OFFSET_LATEST)
-        .unwrap()
-        < 4
-    {
-        assert!(Instant::now() < deadline, "every stalled append completes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log_end(&mut admin, 4, "every stalled append completes");
     broker.stop();
     drop(mount);
 }
