@@ -1,9 +1,10 @@
 //! The one task per partition that changes the log.
 //!
 //! Every mutation arrives as a [`Command`] on the log's queue and is carried out in order,
-//! so appends, rolls, truncations and retention never interleave. Appends waiting at the
-//! same moment are coalesced: one aligned write of the dirty range, one fdatasync (with
-//! `flush.ms=0`), then every waiter is answered (group commit).
+//! so appends, rolls, truncations, retention and deletions of old records never
+//! interleave. Appends waiting at the same moment are coalesced: one aligned write of the
+//! dirty range, one fdatasync (with `flush.ms=0`), then every waiter is answered (group
+//! commit).
 //!
 //! Direct-I/O tail handling: the active segment's last partial 4 KiB block is kept in
 //! memory (`Active::tail_block`). Each group write starts at that block's aligned start,
@@ -46,6 +47,10 @@ pub(crate) enum Command {
         now_ms: i64,
         reply: Reply<RetentionReport>,
     },
+    DeleteBefore {
+        offset: i64,
+        reply: Reply<i64>,
+    },
     Close {
         reply: Reply<()>,
     },
@@ -55,7 +60,9 @@ impl Command {
     fn fail(self, error: StorageError) {
         match self {
             Command::Append(append) => drop(append.reply.send(Err(error))),
-            Command::Truncate { reply, .. } => drop(reply.send(Err(error))),
+            Command::Truncate { reply, .. } | Command::DeleteBefore { reply, .. } => {
+                drop(reply.send(Err(error)))
+            }
             Command::Roll { reply } | Command::Flush { reply } | Command::Close { reply } => {
                 drop(reply.send(Err(error)))
             }
@@ -146,6 +153,9 @@ pub(crate) async fn run(inner: Rc<LogInner>, active: Active) {
             Command::Flush { reply } => drop(reply.send(appender.sync(true).await)),
             Command::Retention { now_ms, reply } => {
                 drop(reply.send(appender.retention(now_ms).await))
+            }
+            Command::DeleteBefore { offset, reply } => {
+                drop(reply.send(appender.delete_before(offset).await))
             }
             Command::Close { reply } => {
                 let result = match appender.failure() {
@@ -627,16 +637,65 @@ impl Appender {
             }
             victims
         };
-        let log_start_offset = self.inner.state.borrow().log_start;
+        self.delete_oldest(&victims, "retention").await
+    }
+
+    /// Deletes the sealed segments whose records all lie below `offset` (the next segment
+    /// starts at or before it); returns the new log start. An offset past the log end is
+    /// refused; one at or below the log start deletes nothing.
+    async fn delete_before(&mut self, offset: i64) -> Result<i64, StorageError> {
+        let victims: Vec<Rc<Segment>> = {
+            let state = self.inner.state.borrow();
+            if offset > state.log_end {
+                return Err(state.out_of_range(offset));
+            }
+            // Pairs each segment with its successor's base, so the active one never qualifies.
+            state
+                .segments
+                .values()
+                .zip(state.segments.keys().skip(1))
+                .take_while(|&(_, &next_base)| next_base <= offset)
+                .map(|(segment, _)| segment.clone())
+                .collect()
+        };
+        let report = self.delete_oldest(&victims, "delete records").await?;
+        Ok(report.log_start_offset)
+    }
+
+    /// Deletes `victims`, the oldest sealed segments in order, and moves the log start past
+    /// them (retention and `delete_before` differ only in how they choose). Files go first,
+    /// oldest first; then the segments whose files are gone leave the map in one
+    /// synchronous step, with the log start, the tail cache and the read ahead; then the
+    /// directory is synced. A failed unlink never leaves memory ahead of the disk, nor a gap
+    /// on it: the segments deleted before it are still applied, and the error is returned.
+    async fn delete_oldest(
+        &mut self,
+        victims: &[Rc<Segment>],
+        cause: &'static str,
+    ) -> Result<RetentionReport, StorageError> {
+        let log_start_offset = {
+            let state = self.inner.state.borrow();
+            assert!(
+                victims.len() < state.segments.len(),
+                "the active segment is never deleted"
+            );
+            assert!(
+                state
+                    .segments
+                    .values()
+                    .zip(victims)
+                    .all(|(segment, victim)| Rc::ptr_eq(segment, victim)),
+                "only the oldest segments are deleted, oldest first"
+            );
+            state.log_start
+        };
         let mut report = RetentionReport {
             log_start_offset,
             ..RetentionReport::default()
         };
-        // Files go first, oldest first; then the segments whose files are gone leave the map
-        // in one step. A failed unlink never leaves memory ahead of the disk, nor a gap on it.
         let mut deleted = 0;
         let mut outcome = Ok(());
-        for victim in &victims {
+        for victim in victims {
             if let Err(error) = remove_segment_files(victim).await {
                 outcome = Err(error);
                 break;
@@ -659,14 +718,18 @@ impl Appender {
             let log_start = state.log_start;
             state.cache.drop_before(log_start);
             report.log_start_offset = log_start;
+            drop(state);
+            // A read ahead of a deleted segment would keep its file (and disk space).
+            self.inner.read_ahead.borrow_mut().take();
         }
         if !report.deleted_segments.is_empty() {
             io::sync_directory(&self.inner.dir).await?;
             tracing::info!(
+                cause,
                 deleted = report.deleted_segments.len(),
                 bytes = report.deleted_bytes,
                 log_start = report.log_start_offset,
-                "retention deleted segments"
+                "deleted old segments"
             );
         }
         outcome.map(|()| report)

@@ -1,5 +1,6 @@
 //! The partition log's public face: open (with recovery), append, read, and the commands
-//! the appender task carries out (roll, truncate, flush, retention, close).
+//! the appender task carries out (roll, truncate, flush, retention, delete before an
+//! offset, close).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -136,7 +137,8 @@ pub(crate) struct LogInner {
     pub lock: RefCell<Option<io::DirectoryLock>>,
     /// Direct I/O bypasses the page cache and its readahead, so the log reads ahead for
     /// a sequential reader itself: one read in flight (or done) for the bytes the next
-    /// read is expected to ask for.
+    /// read is expected to ask for. Dropped by truncation, by the appender when it deletes
+    /// segments (retention, `delete_before`), and at close.
     pub read_ahead: RefCell<Option<PendingReadAhead>>,
     /// Where the last disk read stopped (segment base, next offset): a read that starts
     /// there is sequential.
@@ -427,8 +429,17 @@ impl Log {
         offset: i64,
         max_bytes: usize,
     ) {
-        if self.inner.state.borrow().closed {
-            return;
+        {
+            let state = self.inner.state.borrow();
+            // A segment deleted (retention, `delete_before`) while it was being read is not
+            // read ahead: that would keep its file, and its disk space, alive.
+            let present = state
+                .segments
+                .get(&segment.base_offset)
+                .is_some_and(|current| Rc::ptr_eq(current, segment));
+            if state.closed || !present {
+                return;
+            }
         }
         let limit = segment.meta.borrow().size_bytes;
         // As much as the reader asks for at a time: the next read uses no more.
@@ -532,18 +543,24 @@ impl Log {
 
     /// Deletes whole sealed segments past `retention.ms` (judged by their newest record
     /// against `now_ms`) or beyond `retention.bytes`, oldest first, and moves the log start.
+    /// Deleting a segment drops the read ahead, which could be holding its file.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StorageError> {
-        let report = self
-            .call(|reply| Command::Retention { now_ms, reply })
-            .await;
-        // A read ahead of a deleted segment would keep its file (and disk space).
-        let deleted = report
-            .as_ref()
-            .is_ok_and(|report| !report.deleted_segments.is_empty());
-        if deleted {
-            self.inner.read_ahead.borrow_mut().take();
-        }
-        report
+        self.call(|reply| Command::Retention { now_ms, reply })
+            .await
+    }
+
+    /// Deletes the sealed segments whose records all lie below `offset` (Kafka's
+    /// DeleteRecords, by whole segments), oldest first, through the appender like
+    /// retention; returns the new log start offset. The active segment is never deleted
+    /// (call `roll` first to seal it). An offset past the log end is an error
+    /// (`OffsetOutOfRange`).
+    ///
+    /// The new log start is the base of the first segment kept, so it may stay below
+    /// `offset`; an offset at or below the log start deletes nothing. Deleting a segment
+    /// drops the read ahead, as retention does.
+    pub async fn delete_before(&self, offset: i64) -> Result<i64, StorageError> {
+        self.call(|reply| Command::DeleteBefore { offset, reply })
+            .await
     }
 
     /// Finishes every queued command, syncs, and stops the appender. Later calls fail

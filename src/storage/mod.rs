@@ -3,7 +3,8 @@
 //!
 //! `storage` knows nothing of the network. A [`Log`] lives on one glommio executor (it is
 //! `!Send`); one appender task per log owns the active segment's writes and applies every
-//! change (append, roll, truncate, retention) in order, so nothing else mutates a segment.
+//! change (append, roll, truncate, retention, `delete_before`) in order, so nothing else
+//! mutates a segment.
 //!
 //! File layout of a partition directory:
 //!

@@ -526,3 +526,223 @@ fn sequential_disk_reads_are_read_ahead_and_a_truncation_discards_the_read_ahead
         log.close().await.unwrap();
     });
 }
+
+/// The value tag `batch_mut(&format!("d{i}"), 4, ..)` gives the record at `offset` when
+/// every batch holds 4 records.
+fn four_per_batch_value(offset: i64) -> String {
+    format!("d{}-{}", offset / 4, offset % 4)
+}
+
+fn assert_records_from(all: &[(i64, Vec<u8>)], from: i64, end: i64) {
+    assert_eq!(all.len() as i64, end - from, "every record from {from}");
+    for (index, (offset, value)) in all.iter().enumerate() {
+        assert_eq!(*offset, from + index as i64);
+        assert!(
+            value.starts_with(four_per_batch_value(*offset).as_bytes()),
+            "offset {offset}"
+        );
+    }
+}
+
+/// Waits (up to 2 s: glommio closes files asynchronously) until this process holds no
+/// descriptor of `path`.
+async fn wait_until_closed(path: &std::path::Path) {
+    let open = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .any(|target| {
+                target
+                    .to_string_lossy()
+                    .starts_with(&*path.to_string_lossy())
+            })
+    };
+    for _ in 0..200 {
+        if !open() {
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{} is still open", path.display());
+}
+
+#[test]
+fn delete_before_removes_only_the_segments_wholly_below_the_offset() {
+    in_temp_dir(|path| async move {
+        // No tail cache: every read goes to disk, and sequential ones start read aheads.
+        let config = small(LogConfig {
+            tail_cache_bytes: 0,
+            ..LogConfig::default()
+        });
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        for index in 0..60 {
+            log.append(batch_mut(&format!("d{index}"), 4, 1000, index))
+                .await
+                .unwrap();
+        }
+        log.roll().await.unwrap();
+        let end = log.log_end_offset();
+        assert_eq!(end, 240);
+        let segments = log.segments();
+        assert!(segments.len() >= 4, "{segments:?}");
+        assert_records_from(&read_all(&log, 0).await, 0, end);
+        // A sequential reader halfway through the first segment: a read ahead of it is
+        // under way when it is deleted, and must not keep its file open.
+        let mut next = 0;
+        while next < segments[0].next_offset / 2 {
+            let read = log.read(next, 8 * 1024).await.unwrap();
+            next = records(&read.to_vec()).last().unwrap().0 + 1;
+        }
+        assert!(log.stats().read_ahead_hits > 0, "{:?}", log.stats());
+
+        // Inside the third segment, in the middle of a batch: the first two go, the third
+        // (which holds records below the offset) stays.
+        let keep = &segments[2];
+        let offset = keep.base_offset + 5;
+        assert!(offset < keep.next_offset, "{segments:?}");
+        let start = log.delete_before(offset).await.unwrap();
+        assert_eq!(start, keep.base_offset);
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.segments(), segments[2..].to_vec());
+        for segment in &segments[..2] {
+            assert!(!segment.path.exists(), "{} deleted", segment.path.display());
+            assert!(!segment.path.with_extension("index").exists());
+            assert!(!segment.path.with_extension("timeindex").exists());
+        }
+        for segment in &segments[..2] {
+            wait_until_closed(&segment.path).await;
+        }
+        for below in [0, start - 1] {
+            let error = log.read(below, 100).await.unwrap_err();
+            assert!(
+                matches!(error, StorageError::OffsetOutOfRange { log_start, log_end, .. }
+                    if log_start == start && log_end == end),
+                "{below}: {error}"
+            );
+        }
+        let holding = records(&log.read(offset, 1).await.unwrap().to_vec());
+        assert_eq!(holding.first().unwrap().0, offset - offset % 4, "its batch");
+        assert_records_from(&read_all(&log, start).await, start, end);
+
+        // Again, or below the start: nothing more goes.
+        assert_eq!(log.delete_before(offset).await.unwrap(), start);
+        assert_eq!(log.delete_before(0).await.unwrap(), start);
+        assert_eq!(log.segments(), segments[2..].to_vec());
+        log.close().await.unwrap();
+
+        let log = Log::open(&path, config).await.unwrap();
+        assert_eq!(
+            log.log_start_offset(),
+            start,
+            "the log start survives a reopen"
+        );
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.segments().len(), segments.len() - 2);
+        assert!(matches!(
+            log.read(start - 1, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_records_from(&read_all(&log, start).await, start, end);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn delete_before_the_log_end_keeps_only_the_active_segment_and_appends_continue() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
+        for index in 0..40 {
+            log.append(batch_mut(&format!("d{index}"), 4, 1000, index))
+                .await
+                .unwrap();
+        }
+        let end = log.log_end_offset();
+        // Without a roll the active segment, which holds the last records, stays.
+        let active = log.segments().last().unwrap().clone();
+        assert!(active.base_offset < end && !active.sealed);
+        assert_eq!(log.delete_before(end).await.unwrap(), active.base_offset);
+        assert_eq!(log.segments(), vec![active.clone()]);
+        assert_records_from(
+            &read_all(&log, active.base_offset).await,
+            active.base_offset,
+            end,
+        );
+
+        log.roll().await.unwrap();
+        assert_eq!(log.delete_before(end).await.unwrap(), end);
+        assert_eq!(log.log_start_offset(), end);
+        assert_eq!(log.log_end_offset(), end);
+        let segments = log.segments();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert_eq!(
+            (
+                segments[0].base_offset,
+                segments[0].size_bytes,
+                segments[0].sealed
+            ),
+            (end, 0, false)
+        );
+        assert!(!active.path.exists());
+        assert!(log.read(end, 100).await.unwrap().chunks.is_empty());
+        assert!(matches!(
+            log.read(end - 1, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+
+        let next = log.append(batch_mut("d1000", 4, 1000, 0)).await.unwrap();
+        assert_eq!((next.base_offset, next.last_offset), (end, end + 3));
+        let got = read_all(&log, end).await;
+        assert_eq!(got.len(), 4);
+        assert!(got[0].1.starts_with(b"d1000-0"));
+        log.close().await.unwrap();
+
+        let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (end, end + 4)
+        );
+        assert_eq!(read_all(&log, end).await, got);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn delete_before_past_the_log_end_is_refused_and_changes_nothing() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, small(LogConfig::default())).await.unwrap();
+        for index in 0..40 {
+            log.append(batch_mut(&format!("d{index}"), 4, 1000, index))
+                .await
+                .unwrap();
+        }
+        log.roll().await.unwrap();
+        let end = log.log_end_offset();
+        let segments = log.segments();
+        assert!(segments.len() >= 3, "{segments:?}");
+        let error = log.delete_before(end + 1).await.unwrap_err();
+        assert!(
+            matches!(error, StorageError::OffsetOutOfRange { offset, log_start: 0, log_end }
+                if offset == end + 1 && log_end == end),
+            "{error}"
+        );
+        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.segments(), segments);
+        assert!(segments.iter().all(|segment| segment.path.exists()));
+        assert_records_from(&read_all(&log, 0).await, 0, end);
+        // The log still takes appends and deletions.
+        assert_eq!(
+            log.append(batch_mut("d40", 4, 1000, 0))
+                .await
+                .unwrap()
+                .base_offset,
+            end
+        );
+        assert_eq!(
+            log.delete_before(segments[1].base_offset).await.unwrap(),
+            segments[1].base_offset
+        );
+        log.close().await.unwrap();
+    });
+}
