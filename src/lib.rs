@@ -6,6 +6,7 @@
 //!   retention, recovery). It knows nothing of the network.
 //! - [`protocol`]: the native binary protocol, pure code shared by server and client.
 //! - [`broker`]: topics, their durable metadata and the partition-to-shard table.
+//! - [`group`]: consumer groups: assignors, committed offsets, the coordinator.
 //! - [`server`]: the thread-per-core network server (shards, connections, handlers).
 //! - [`client`]: the Rust client (blocking sockets), on `protocol` and `record` only.
 //!
@@ -14,6 +15,7 @@
 pub mod broker;
 pub mod client;
 pub mod clock;
+pub mod group;
 pub mod limits;
 pub mod protocol;
 pub mod record;

@@ -1,6 +1,7 @@
 //! Spate's one integration-test binary. Modules group tests by subsystem; every test goes
 //! through the small helpers in `support` so it reads as data.
 
+mod assignors;
 mod broker_lifecycle;
 mod cli;
 mod server;
