@@ -48,3 +48,15 @@ const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SCAN_WINDOW_BYTES.is_multiple_of(IO_ALIGNMENT_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(IO_ALIGNMENT_BYTES as u64));
 const _: () = assert!(BATCH_HEADER_BYTES > BATCH_LOG_OVERHEAD_BYTES);
+
+/// Longest group id, member id, client id or assignor name a group request may carry.
+pub const GROUP_NAME_BYTES_MAX: usize = 255;
+
+/// Most bytes of free text a committed offset may carry (Kafka's
+/// `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+
+/// Most members one group may have (Kafka's `group.max.size`), and most topics one member
+/// may subscribe to.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+pub const GROUP_TOPICS_MAX: usize = 1000;

@@ -1,5 +1,5 @@
 //! `spate`: the broker (`spate serve`) and its command-line client (`spate topic`,
-//! `spate produce`, `spate consume`).
+//! `spate produce`, `spate consume`, `spate group`).
 
 mod cli;
 
@@ -28,6 +28,13 @@ struct Cli {
 enum Command {
     /// Run the broker (defaults: ./spate-data, 127.0.0.1:7070, one shard per core).
     Serve(ServeArgs),
+    /// List, describe, reset the offsets of and delete consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+        #[arg(long, global = true, default_value = cli::DEFAULT_BROKER)]
+        broker: String,
+    },
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]
@@ -57,8 +64,17 @@ enum Command {
     Consume {
         topic: String,
         /// Only this partition (default: all).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         partition: Option<u32>,
+        /// Consume as a member of this consumer group: partitions are shared with the
+        /// group's other members and the position is committed to the group (it starts
+        /// from the group's committed offsets; --from-beginning applies where it has none).
+        #[arg(long)]
+        group: Option<String>,
+        /// With --group: the member is removed if the broker hears nothing from it for
+        /// this long.
+        #[arg(long, requires = "group", default_value_t = 10_000)]
+        session_timeout_ms: u32,
         /// Start at the earliest offset.
         #[arg(long, conflicts_with = "offset")]
         from_beginning: bool,
@@ -96,6 +112,36 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List groups with their state and member count.
+    List,
+    /// Show a group's members, their partitions, and the committed offset, log end offset
+    /// and lag of each partition.
+    Describe { group: String },
+    /// Move a group's committed offsets for a topic (the group must have no active
+    /// members).
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// To each partition's earliest offset.
+        #[arg(long, group = "target")]
+        to_earliest: bool,
+        /// To each partition's log end.
+        #[arg(long, group = "target")]
+        to_latest: bool,
+        /// To this offset in every partition (clamped to each partition's range).
+        #[arg(long, group = "target")]
+        to_offset: Option<i64>,
+        /// Print the new offsets without committing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete a group with no active members, and its committed offsets.
+    Delete { group: String },
 }
 
 fn parse_acks(value: &str) -> Result<Acks, String> {
@@ -142,6 +188,30 @@ fn main() {
             TopicCommand::Describe { name } => cli::topic::describe_topic(&broker, &name),
             TopicCommand::Delete { name } => cli::topic::delete(&broker, &name),
         },
+        Command::Group { command, broker } => match command {
+            GroupCommand::List => cli::group::list(&broker),
+            GroupCommand::Describe { group } => cli::group::describe_group(&broker, &group),
+            GroupCommand::ResetOffsets {
+                group,
+                topic,
+                to_earliest,
+                to_latest,
+                to_offset,
+                dry_run,
+            } => {
+                let to = match (to_earliest, to_latest, to_offset) {
+                    (true, _, _) => Ok(cli::group::ResetTo::Earliest),
+                    (_, true, _) => Ok(cli::group::ResetTo::Latest),
+                    (_, _, Some(offset)) => Ok(cli::group::ResetTo::Offset(offset)),
+                    _ => Err(
+                        "reset-offsets needs one of --to-earliest, --to-latest or --to-offset N"
+                            .to_string(),
+                    ),
+                };
+                to.and_then(|to| cli::group::reset_offsets(&broker, &group, &topic, to, dry_run))
+            }
+            GroupCommand::Delete { group } => cli::group::delete(&broker, &group),
+        },
         Command::Produce {
             topic,
             partition,
@@ -160,6 +230,8 @@ fn main() {
         Command::Consume {
             topic,
             partition,
+            group,
+            session_timeout_ms,
             from_beginning,
             offset,
             max_messages,
@@ -180,6 +252,8 @@ fn main() {
                 max_messages,
                 timeout: timeout_ms.map(Duration::from_millis),
                 format: &format,
+                group: group.as_deref(),
+                session_timeout: Duration::from_millis(session_timeout_ms.into()),
             })
         }
     };

@@ -1,7 +1,13 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use spate::client::{ClientError, PartitionConsumer, ShardRouter, StartAt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use spate::client::{
+    ClientError, GroupConsumer, GroupConsumerConfig, OffsetReset, PartitionConsumer, ShardRouter,
+    StartAt,
+};
 use spate::record::Record;
 
 use super::{connect, describe};
@@ -14,12 +20,19 @@ pub struct ConsumeOptions<'a> {
     pub max_messages: Option<u64>,
     pub timeout: Option<Duration>,
     pub format: &'a str,
+    /// Consume as a member of this group (partitions assigned by the group, offsets
+    /// committed to it).
+    pub group: Option<&'a str>,
+    pub session_timeout: Duration,
 }
 
 /// Prints records until `max_messages` have been printed or `timeout` passes with no new
 /// record (without either, until interrupted).
 pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
     let format = Format::parse(options.format)?;
+    if let Some(group) = options.group {
+        return run_group(&options, group, &format);
+    }
     let connection = connect(options.broker)?;
     // Each partition is read from the shard that owns it.
     let mut router =
@@ -89,6 +102,87 @@ pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Consumes as a member of `group`: the group assigns the partitions and remembers the
+/// position. Records are committed as printed, so a later member starts after the last
+/// record this one printed. SIGINT and SIGTERM end it cleanly (commit, then leave).
+fn run_group(options: &ConsumeOptions<'_>, group: &str, format: &Format) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|error| format!("cannot handle signal {signal}: {error}"))?;
+    }
+    let mut config = GroupConsumerConfig::new(group, &[options.topic]);
+    config.client_id = "spate-cli".to_string();
+    config.session_timeout = options.session_timeout;
+    config.heartbeat_interval = options.session_timeout / 4;
+    config.auto_offset_reset = match options.start {
+        StartAt::Earliest => OffsetReset::Earliest,
+        _ => OffsetReset::Latest,
+    };
+    let group_error = |error: ClientError| match error {
+        ClientError::Broker(status) => format!("group {group}: {status}"),
+        other => describe(other),
+    };
+    let mut consumer = GroupConsumer::new(options.broker, config).map_err(describe)?;
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let outcome = loop {
+        if stop.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let records = match consumer.poll(Duration::from_millis(200)) {
+            Ok(records) => records,
+            Err(error) => break Err(group_error(error)),
+        };
+        if !records.is_empty() {
+            last_record = Instant::now();
+        }
+        let mut failed = None;
+        let mut unprinted: Vec<(String, u32, i64)> = Vec::new();
+        for record in records {
+            let full = options.max_messages.is_some_and(|max| printed >= max);
+            if full || failed.is_some() {
+                // Not printed: the group must not count it as read.
+                if !unprinted.iter().any(|(topic, partition, _)| {
+                    *topic == record.topic && *partition == record.partition
+                }) {
+                    unprinted.push((record.topic.clone(), record.partition, record.record.offset));
+                }
+                continue;
+            }
+            if let Err(error) =
+                format.write(&mut out, &record.topic, record.partition, &record.record)
+            {
+                failed = Some(error.to_string());
+                unprinted.push((record.topic.clone(), record.partition, record.record.offset));
+                continue;
+            }
+            printed += 1;
+        }
+        for (topic, partition, offset) in unprinted {
+            let _ = consumer.seek(&topic, partition, offset);
+        }
+        if let Err(error) = out.flush() {
+            failed.get_or_insert(error.to_string());
+        }
+        if let Some(error) = failed {
+            break Err(error);
+        }
+        if options.max_messages.is_some_and(|max| printed >= max) {
+            break Ok(());
+        }
+        if options
+            .timeout
+            .is_some_and(|timeout| last_record.elapsed() >= timeout)
+        {
+            break Ok(());
+        }
+    };
+    let closed = consumer.close().map_err(group_error);
+    outcome.and(closed)
 }
 
 /// kcat's format tokens: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp,

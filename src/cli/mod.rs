@@ -1,8 +1,9 @@
 //! The command-line client (binary only): `spate topic ...`, `spate produce`,
-//! `spate consume`, following Kafka's console tools and kcat. Every command exits 0 on
+//! `spate consume`, `spate group ...`, following Kafka's console tools and kcat. Every command exits 0 on
 //! success and 1 with one clear line on stderr otherwise.
 
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod topic;
 

@@ -7,10 +7,13 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::{
     Acks, ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest,
     DeleteTopicsRequest, DescribeTopicsRequest, FRAME_BYTES_MAX_DEFAULT, FetchPartition,
-    FetchPartitionResponse, FetchRequest, FetchTopic, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsTopic, MetadataRequest, MetadataResponse, NewTopic, ProducePartition,
-    ProducePartitionResponse, ProduceRequest, ProduceTopic, ProtocolError, Request, Response,
-    Status, TopicDescription, TopicStatus, split_frame,
+    FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopic, GroupDescription,
+    GroupIdRequest, GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
+    MetadataResponse, NewTopic, OffsetCommitRequest, OffsetCommitTopicResponse, OffsetFetchRequest,
+    OffsetFetchTopic, ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic,
+    ProtocolError, Request, Response, Status, SyncGroupRequest, TopicDescription, TopicPartitions,
+    TopicStatus, split_frame,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +276,144 @@ impl Connection {
                     .and_then(|mut topic| topic.partitions.pop());
                 partition.ok_or(ClientError::Unexpected)
             }
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Reads several partitions in one request (one shard's share of a consumer's
+    /// partitions); the broker answers once any has `min_bytes` or `max_wait_ms` passed.
+    pub fn fetch_many(
+        &mut self,
+        topics: Vec<FetchTopic>,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<FetchResponse, ClientError> {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes,
+            topics,
+        });
+        match self.call(&request)? {
+            Response::Fetch(response) => Ok(response),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    // ---- consumer groups ------------------------------------------------------------------
+
+    /// Joins (or rejoins) a group; the broker answers once the rebalance completes.
+    pub fn join_group(
+        &mut self,
+        request: JoinGroupRequest,
+    ) -> Result<JoinGroupResponse, ClientError> {
+        match self.call(&Request::JoinGroup(request))? {
+            Response::JoinGroup(response) => Ok(response),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The member's assignment for `generation`.
+    pub fn sync_group(
+        &mut self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Result<Vec<TopicPartitions>, ClientError> {
+        let request = Request::SyncGroup(SyncGroupRequest {
+            group_id: group_id.to_string(),
+            generation,
+            member_id: member_id.to_string(),
+        });
+        match self.call(&request)? {
+            Response::SyncGroup(assignment) => Ok(assignment),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// A heartbeat the broker may hold for `max_wait_ms`, answering at once if a
+    /// rebalance begins (then the error is `RebalanceInProgress`).
+    pub fn heartbeat(
+        &mut self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        max_wait_ms: u32,
+    ) -> Result<(), ClientError> {
+        let request = Request::Heartbeat(HeartbeatRequest {
+            group_id: group_id.to_string(),
+            generation,
+            member_id: member_id.to_string(),
+            max_wait_ms,
+        });
+        match self.call(&request)? {
+            Response::Heartbeat => Ok(()),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn leave_group(&mut self, group_id: &str, member_id: &str) -> Result<(), ClientError> {
+        let request = Request::LeaveGroup(LeaveGroupRequest {
+            group_id: group_id.to_string(),
+            member_id: member_id.to_string(),
+        });
+        match self.call(&request)? {
+            Response::LeaveGroup => Ok(()),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Commits offsets; each partition answers with its own status.
+    pub fn commit_offsets(
+        &mut self,
+        request: OffsetCommitRequest,
+    ) -> Result<Vec<OffsetCommitTopicResponse>, ClientError> {
+        match self.call(&Request::OffsetCommit(request))? {
+            Response::OffsetCommit(topics) => Ok(topics),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The group's committed offsets for `topics` (empty: all of them).
+    pub fn fetch_offsets(
+        &mut self,
+        group_id: &str,
+        topics: Vec<TopicPartitions>,
+    ) -> Result<Vec<OffsetFetchTopic>, ClientError> {
+        let request = Request::OffsetFetch(OffsetFetchRequest {
+            group_id: group_id.to_string(),
+            topics,
+        });
+        match self.call(&request)? {
+            Response::OffsetFetch(topics) => Ok(topics),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn list_groups(&mut self) -> Result<Vec<GroupListing>, ClientError> {
+        match self.call(&Request::ListGroups)? {
+            Response::ListGroups(groups) => Ok(groups),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn describe_group(&mut self, group_id: &str) -> Result<GroupDescription, ClientError> {
+        let request = Request::DescribeGroup(GroupIdRequest {
+            group_id: group_id.to_string(),
+        });
+        match self.call(&request)? {
+            Response::DescribeGroup(group) => Ok(group),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Deletes a group with no members, and its committed offsets.
+    pub fn delete_group(&mut self, group_id: &str) -> Result<(), ClientError> {
+        let request = Request::DeleteGroup(GroupIdRequest {
+            group_id: group_id.to_string(),
+        });
+        match self.call(&request)? {
+            Response::DeleteGroup => Ok(()),
             _ => Err(ClientError::Unexpected),
         }
     }

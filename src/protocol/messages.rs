@@ -7,6 +7,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::groups::{
+    GroupDescription, GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, OffsetCommitRequest, OffsetCommitTopicResponse, OffsetFetchRequest,
+    OffsetFetchTopic, SyncGroupRequest, TopicPartitions, put_group_listings, put_offset_fetch,
+    put_partition_statuses, put_topic_partitions, read_group_listings, read_offset_fetch,
+    read_partition_statuses, read_topic_partitions,
+};
 use super::wire::{Reader, put_blob, put_count, put_string};
 use super::{ApiKey, ErrorCode, ProtocolError, RequestHeader, Status};
 
@@ -51,7 +58,7 @@ impl Acks {
 /// are cut here rather than trusted to fit a `u16` length.
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
 
-fn put_status(out: &mut BytesMut, status: &Status) {
+pub(super) fn put_status(out: &mut BytesMut, status: &Status) {
     out.put_u16(status.code as u16);
     let mut end = status.message.len().min(STATUS_MESSAGE_BYTES_MAX);
     while !status.message.is_char_boundary(end) {
@@ -60,7 +67,10 @@ fn put_status(out: &mut BytesMut, status: &Status) {
     put_string(out, &status.message[..end]);
 }
 
-fn read_status(reader: &mut Reader, what: &'static str) -> Result<Status, ProtocolError> {
+pub(super) fn read_status(
+    reader: &mut Reader,
+    what: &'static str,
+) -> Result<Status, ProtocolError> {
     let code = ErrorCode::from_u16(reader.u16(what)?)?;
     let message = reader.string(what)?;
     Ok(Status { code, message })
@@ -224,6 +234,12 @@ pub struct ListOffsetsRequest {
     pub topics: Vec<ListOffsetsTopic>,
 }
 
+/// A request that names one group and nothing else (describe, delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupIdRequest {
+    pub group_id: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     ApiVersions(ApiVersionsRequest),
@@ -234,6 +250,16 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    /// Every group of the broker (no fields).
+    ListGroups,
+    DescribeGroup(GroupIdRequest),
+    DeleteGroup(GroupIdRequest),
 }
 
 impl Request {
@@ -247,6 +273,15 @@ impl Request {
             Request::Produce(_) => ApiKey::Produce,
             Request::Fetch(_) => ApiKey::Fetch,
             Request::ListOffsets(_) => ApiKey::ListOffsets,
+            Request::JoinGroup(_) => ApiKey::JoinGroup,
+            Request::SyncGroup(_) => ApiKey::SyncGroup,
+            Request::Heartbeat(_) => ApiKey::Heartbeat,
+            Request::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Request::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Request::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Request::ListGroups => ApiKey::ListGroups,
+            Request::DescribeGroup(_) => ApiKey::DescribeGroup,
+            Request::DeleteGroup(_) => ApiKey::DeleteGroup,
         }
     }
 
@@ -327,6 +362,19 @@ impl Request {
                     out.put_i64(partition.timestamp);
                 });
             }),
+            Request::JoinGroup(request) => request.encode(out),
+            Request::SyncGroup(request) => request.encode(out),
+            Request::Heartbeat(request) => request.encode(out),
+            Request::LeaveGroup(request) => request.encode(out),
+            Request::OffsetCommit(request) => request.encode(out),
+            Request::OffsetFetch(request) => {
+                put_string(out, &request.group_id);
+                put_topic_partitions(out, &request.topics);
+            }
+            Request::ListGroups => {}
+            Request::DescribeGroup(request) | Request::DeleteGroup(request) => {
+                put_string(out, &request.group_id)
+            }
         }
     }
 
@@ -401,6 +449,24 @@ impl Request {
                         })?,
                     })
                 })?,
+            }),
+            ApiKey::JoinGroup => Request::JoinGroup(JoinGroupRequest::decode(&mut reader)?),
+            ApiKey::SyncGroup => Request::SyncGroup(SyncGroupRequest::decode(&mut reader)?),
+            ApiKey::Heartbeat => Request::Heartbeat(HeartbeatRequest::decode(&mut reader)?),
+            ApiKey::LeaveGroup => Request::LeaveGroup(LeaveGroupRequest::decode(&mut reader)?),
+            ApiKey::OffsetCommit => {
+                Request::OffsetCommit(OffsetCommitRequest::decode(&mut reader)?)
+            }
+            ApiKey::OffsetFetch => Request::OffsetFetch(OffsetFetchRequest {
+                group_id: reader.string("group id")?,
+                topics: read_topic_partitions(&mut reader)?,
+            }),
+            ApiKey::ListGroups => Request::ListGroups,
+            ApiKey::DescribeGroup => Request::DescribeGroup(GroupIdRequest {
+                group_id: reader.string("group id")?,
+            }),
+            ApiKey::DeleteGroup => Request::DeleteGroup(GroupIdRequest {
+                group_id: reader.string("group id")?,
             }),
         };
         reader.finish("request")?;
@@ -628,6 +694,16 @@ pub enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    JoinGroup(JoinGroupResponse),
+    /// The member's assignment.
+    SyncGroup(Vec<TopicPartitions>),
+    Heartbeat,
+    LeaveGroup,
+    OffsetCommit(Vec<OffsetCommitTopicResponse>),
+    OffsetFetch(Vec<OffsetFetchTopic>),
+    ListGroups(Vec<GroupListing>),
+    DescribeGroup(GroupDescription),
+    DeleteGroup,
 }
 
 impl Response {
@@ -713,6 +789,13 @@ impl Response {
                     out.put_i64(partition.offset);
                 });
             }),
+            Response::JoinGroup(response) => response.encode(out),
+            Response::SyncGroup(assignment) => put_topic_partitions(out, assignment),
+            Response::Heartbeat | Response::LeaveGroup | Response::DeleteGroup => {}
+            Response::OffsetCommit(topics) => put_partition_statuses(out, topics),
+            Response::OffsetFetch(topics) => put_offset_fetch(out, topics),
+            Response::ListGroups(groups) => put_group_listings(out, groups),
+            Response::DescribeGroup(group) => group.encode(out),
         }
     }
 
@@ -815,6 +898,17 @@ impl Response {
                     })
                 })?,
             }),
+            ApiKey::JoinGroup => Response::JoinGroup(JoinGroupResponse::decode(&mut reader)?),
+            ApiKey::SyncGroup => Response::SyncGroup(read_topic_partitions(&mut reader)?),
+            ApiKey::Heartbeat => Response::Heartbeat,
+            ApiKey::LeaveGroup => Response::LeaveGroup,
+            ApiKey::OffsetCommit => Response::OffsetCommit(read_partition_statuses(&mut reader)?),
+            ApiKey::OffsetFetch => Response::OffsetFetch(read_offset_fetch(&mut reader)?),
+            ApiKey::ListGroups => Response::ListGroups(read_group_listings(&mut reader)?),
+            ApiKey::DescribeGroup => {
+                Response::DescribeGroup(GroupDescription::decode(&mut reader)?)
+            }
+            ApiKey::DeleteGroup => Response::DeleteGroup,
         };
         reader.finish("response")?;
         Ok(response)

@@ -7,6 +7,7 @@
 //! follow, a body with bytes left over is an error, and nothing panics.
 
 mod frame;
+mod groups;
 mod messages;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,7 @@ pub mod wire;
 pub use frame::{
     REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES, RequestHeader, decode_request_header, split_frame,
 };
+pub use groups::*;
 pub use messages::*;
 
 /// Default largest frame (request or response) a peer accepts, length field excluded.
@@ -57,10 +59,19 @@ pub enum ApiKey {
     Produce = 5,
     Fetch = 6,
     ListOffsets = 7,
+    JoinGroup = 8,
+    SyncGroup = 9,
+    Heartbeat = 10,
+    LeaveGroup = 11,
+    OffsetCommit = 12,
+    OffsetFetch = 13,
+    ListGroups = 14,
+    DescribeGroup = 15,
+    DeleteGroup = 16,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 17] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -69,6 +80,15 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::JoinGroup,
+        ApiKey::SyncGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
+        ApiKey::DeleteGroup,
     ];
 
     pub fn from_u16(value: u16) -> Result<ApiKey, ProtocolError> {
@@ -105,10 +125,18 @@ pub enum ErrorCode {
     StorageError = 14,
     ShuttingDown = 15,
     ResourceLimit = 16,
+    UnknownMemberId = 17,
+    IllegalGeneration = 18,
+    RebalanceInProgress = 19,
+    NotAssigned = 20,
+    GroupNotEmpty = 21,
+    UnknownGroup = 22,
+    InconsistentGroupProtocol = 23,
+    OffsetMetadataTooLarge = 24,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 17] = [
+    const ALL: [ErrorCode; 25] = [
         ErrorCode::None,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::OffsetOutOfRange,
@@ -126,6 +154,14 @@ impl ErrorCode {
         ErrorCode::StorageError,
         ErrorCode::ShuttingDown,
         ErrorCode::ResourceLimit,
+        ErrorCode::UnknownMemberId,
+        ErrorCode::IllegalGeneration,
+        ErrorCode::RebalanceInProgress,
+        ErrorCode::NotAssigned,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::UnknownGroup,
+        ErrorCode::InconsistentGroupProtocol,
+        ErrorCode::OffsetMetadataTooLarge,
     ];
 
     pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
@@ -167,6 +203,14 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::StorageError => "storage error",
             ErrorCode::ShuttingDown => "broker shutting down",
             ErrorCode::ResourceLimit => "resource limit reached",
+            ErrorCode::UnknownMemberId => "unknown member id",
+            ErrorCode::IllegalGeneration => "stale group generation",
+            ErrorCode::RebalanceInProgress => "group rebalance in progress",
+            ErrorCode::NotAssigned => "partition not assigned to the member",
+            ErrorCode::GroupNotEmpty => "group has active members",
+            ErrorCode::UnknownGroup => "unknown group",
+            ErrorCode::InconsistentGroupProtocol => "no assignment strategy shared by the group",
+            ErrorCode::OffsetMetadataTooLarge => "offset metadata too large",
         };
         f.write_str(name)
     }

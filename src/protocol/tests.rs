@@ -12,7 +12,7 @@ fn blob() -> impl Strategy<Value = Bytes> {
 }
 
 fn status() -> impl Strategy<Value = Status> {
-    (0u16..17, name()).prop_map(|(code, message)| Status {
+    (0u16..25, name()).prop_map(|(code, message)| Status {
         code: ErrorCode::from_u16(code).unwrap(),
         message,
     })
@@ -248,13 +248,210 @@ fn response() -> impl Strategy<Value = (ApiKey, Response)> {
                     .collect();
                 (ApiKey::Fetch, Response::Fetch(FetchResponse { topics }))
             }),
-        (1u16..17, name()).prop_map(|(code, message)| {
+        (1u16..25, name()).prop_map(|(code, message)| {
             let status = Status {
                 code: ErrorCode::from_u16(code).unwrap(),
                 message,
             };
             (ApiKey::Produce, Response::Failed(status))
         }),
+    ]
+}
+
+fn topic_partitions() -> impl Strategy<Value = Vec<TopicPartitions>> {
+    prop::collection::vec(
+        (name(), prop::collection::vec(any::<u32>(), 0..4))
+            .prop_map(|(name, partitions)| TopicPartitions { name, partitions }),
+        0..3,
+    )
+}
+
+fn strings() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(name(), 0..4)
+}
+
+fn group_request() -> impl Strategy<Value = Request> {
+    let commit_partition =
+        (any::<u32>(), any::<i64>(), name()).prop_map(|(partition, offset, metadata)| {
+            OffsetCommitPartition {
+                partition,
+                offset,
+                metadata,
+            }
+        });
+    prop_oneof![
+        (
+            name(),
+            name(),
+            name(),
+            any::<(u32, u32)>(),
+            strings(),
+            strings()
+        )
+            .prop_map(
+                |(group_id, member_id, client_id, (session, rebalance), topics, assignors)| {
+                    Request::JoinGroup(JoinGroupRequest {
+                        group_id,
+                        member_id,
+                        client_id,
+                        session_timeout_ms: session,
+                        rebalance_timeout_ms: rebalance,
+                        topics,
+                        assignors,
+                    })
+                }
+            ),
+        (name(), any::<i32>(), name()).prop_map(|(group_id, generation, member_id)| {
+            Request::SyncGroup(SyncGroupRequest {
+                group_id,
+                generation,
+                member_id,
+            })
+        }),
+        (name(), any::<i32>(), name(), any::<u32>()).prop_map(
+            |(group_id, generation, member_id, max_wait_ms)| {
+                Request::Heartbeat(HeartbeatRequest {
+                    group_id,
+                    generation,
+                    member_id,
+                    max_wait_ms,
+                })
+            }
+        ),
+        (name(), name()).prop_map(|(group_id, member_id)| {
+            Request::LeaveGroup(LeaveGroupRequest {
+                group_id,
+                member_id,
+            })
+        }),
+        (
+            name(),
+            any::<i32>(),
+            name(),
+            prop::collection::vec(
+                (name(), prop::collection::vec(commit_partition, 0..3)),
+                0..3
+            )
+        )
+            .prop_map(|(group_id, generation, member_id, topics)| {
+                Request::OffsetCommit(OffsetCommitRequest {
+                    group_id,
+                    generation,
+                    member_id,
+                    topics: topics
+                        .into_iter()
+                        .map(|(name, partitions)| OffsetCommitTopic { name, partitions })
+                        .collect(),
+                })
+            }),
+        (name(), topic_partitions()).prop_map(|(group_id, topics)| {
+            Request::OffsetFetch(OffsetFetchRequest { group_id, topics })
+        }),
+        Just(Request::ListGroups),
+        name().prop_map(|group_id| Request::DescribeGroup(GroupIdRequest { group_id })),
+        name().prop_map(|group_id| Request::DeleteGroup(GroupIdRequest { group_id })),
+    ]
+}
+
+fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
+    let member = (name(), name(), any::<u32>(), strings(), topic_partitions()).prop_map(
+        |(member_id, client_id, session_timeout_ms, topics, assignment)| GroupMemberDescription {
+            member_id,
+            client_id,
+            session_timeout_ms,
+            topics,
+            assignment,
+        },
+    );
+    let fetched = (any::<u32>(), status(), any::<i64>(), name()).prop_map(
+        |(partition, status, offset, metadata)| OffsetFetchPartition {
+            partition,
+            status,
+            offset,
+            metadata,
+        },
+    );
+    prop_oneof![
+        (any::<i32>(), name(), name(), name(), any::<u32>()).prop_map(
+            |(generation, member_id, leader_id, assignor, members)| (
+                ApiKey::JoinGroup,
+                Response::JoinGroup(JoinGroupResponse {
+                    generation,
+                    member_id,
+                    leader_id,
+                    assignor,
+                    members,
+                })
+            )
+        ),
+        topic_partitions()
+            .prop_map(|assignment| (ApiKey::SyncGroup, Response::SyncGroup(assignment))),
+        Just((ApiKey::Heartbeat, Response::Heartbeat)),
+        Just((ApiKey::LeaveGroup, Response::LeaveGroup)),
+        Just((ApiKey::DeleteGroup, Response::DeleteGroup)),
+        prop::collection::vec(
+            (
+                name(),
+                prop::collection::vec((any::<u32>(), status()), 0..3)
+            ),
+            0..3
+        )
+        .prop_map(|topics| {
+            let topics = topics
+                .into_iter()
+                .map(|(name, partitions)| OffsetCommitTopicResponse {
+                    name,
+                    partitions: partitions
+                        .into_iter()
+                        .map(|(partition, status)| PartitionStatus { partition, status })
+                        .collect(),
+                })
+                .collect();
+            (ApiKey::OffsetCommit, Response::OffsetCommit(topics))
+        }),
+        prop::collection::vec((name(), prop::collection::vec(fetched, 0..3)), 0..3).prop_map(
+            |topics| {
+                let topics = topics
+                    .into_iter()
+                    .map(|(name, partitions)| OffsetFetchTopic { name, partitions })
+                    .collect();
+                (ApiKey::OffsetFetch, Response::OffsetFetch(topics))
+            }
+        ),
+        prop::collection::vec((name(), name(), any::<u32>()), 0..4).prop_map(|groups| {
+            let groups = groups
+                .into_iter()
+                .map(|(group_id, state, members)| GroupListing {
+                    group_id,
+                    state,
+                    members,
+                })
+                .collect();
+            (ApiKey::ListGroups, Response::ListGroups(groups))
+        }),
+        (
+            name(),
+            name(),
+            any::<i32>(),
+            name(),
+            name(),
+            prop::collection::vec(member, 0..3)
+        )
+            .prop_map(
+                |(group_id, state, generation, assignor, leader_id, members)| {
+                    (
+                        ApiKey::DescribeGroup,
+                        Response::DescribeGroup(GroupDescription {
+                            group_id,
+                            state,
+                            generation,
+                            assignor,
+                            leader_id,
+                            members,
+                        }),
+                    )
+                }
+            ),
     ]
 }
 
@@ -303,7 +500,29 @@ proptest! {
     }
 
     #[test]
-    fn hostile_bytes_never_panic(api_key in 0u16..10, body in prop::collection::vec(any::<u8>(), 0..200)) {
+    fn group_requests_round_trip(request in group_request(), correlation_id in any::<u32>()) {
+        let (_, decoded) = through_the_wire(&request, correlation_id);
+        prop_assert_eq!(decoded, request);
+    }
+
+    #[test]
+    fn group_responses_round_trip((api_key, response) in group_response(), correlation_id in any::<u32>()) {
+        let frame = response.encode(correlation_id).freeze();
+        prop_assert_eq!(Response::decode(api_key, frame.slice(8..)).unwrap(), response);
+    }
+
+    #[test]
+    fn any_truncation_of_a_group_request_is_an_error(request in group_request(), cut in any::<prop::sample::Index>()) {
+        let frame = request.encode(1).freeze();
+        let (header, body) = decode_request_header(frame.slice(4..)).unwrap();
+        if !body.is_empty() {
+            let cut = cut.index(body.len());
+            prop_assert!(Request::decode(&header, body.slice(..cut)).is_err());
+        }
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic(api_key in 0u16..20, body in prop::collection::vec(any::<u8>(), 0..200)) {
         let header = RequestHeader { api_key, api_version: 1, correlation_id: 1 };
         let _ = Request::decode(&header, Bytes::from(body.clone()));
         if let Ok(key) = ApiKey::from_u16(api_key) {

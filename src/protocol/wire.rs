@@ -70,6 +70,10 @@ impl Reader {
         Ok(u32::from_be_bytes(self.array(what)?))
     }
 
+    pub fn i32(&mut self, what: &'static str) -> Result<i32, ProtocolError> {
+        Ok(i32::from_be_bytes(self.array(what)?))
+    }
+
     pub fn i64(&mut self, what: &'static str) -> Result<i64, ProtocolError> {
         Ok(i64::from_be_bytes(self.array(what)?))
     }

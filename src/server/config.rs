@@ -38,6 +38,12 @@ pub struct ServerConfig {
     /// How often each shard applies retention to its partitions (Kafka's
     /// `log.retention.check.interval.ms`, default 5 minutes).
     pub retention_check_interval_ms: u64,
+    /// Session timeouts a group member may ask for (Kafka's
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u32,
+    pub group_max_session_timeout_ms: u32,
+    /// An offsets log is compacted once it is larger than this.
+    pub offsets_compact_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +62,9 @@ impl Default for ServerConfig {
             connections_max_idle_ms: 600_000,
             partitions_max_per_shard: 2000,
             retention_check_interval_ms: 300_000,
+            group_min_session_timeout_ms: 1_000,
+            group_max_session_timeout_ms: 300_000,
+            offsets_compact_bytes: 16 << 20,
         }
     }
 }
@@ -108,6 +117,15 @@ pub struct Settings {
     /// How often retention runs, in ms [default: 300000].
     #[arg(long)]
     pub retention_check_interval_ms: Option<u64>,
+    /// Shortest session timeout a group member may ask for, in ms [default: 1000].
+    #[arg(long)]
+    pub group_min_session_timeout_ms: Option<u32>,
+    /// Longest session timeout a group member may ask for, in ms [default: 300000].
+    #[arg(long)]
+    pub group_max_session_timeout_ms: Option<u32>,
+    /// Compact an offsets log once it is larger than this, in bytes [default: 16 MiB].
+    #[arg(long)]
+    pub offsets_compact_bytes: Option<u64>,
 }
 
 /// A parsed `--cpus` list (a newtype, so clap takes it as one value, not many).
@@ -185,6 +203,18 @@ impl Settings {
             &mut config.retention_check_interval_ms,
             self.retention_check_interval_ms,
         );
+        set(
+            &mut config.group_min_session_timeout_ms,
+            self.group_min_session_timeout_ms,
+        );
+        set(
+            &mut config.group_max_session_timeout_ms,
+            self.group_max_session_timeout_ms,
+        );
+        set(
+            &mut config.offsets_compact_bytes,
+            self.offsets_compact_bytes,
+        );
     }
 }
 
@@ -242,6 +272,14 @@ impl ServerConfig {
         }
         if self.connections_max_idle_ms == 0 {
             return Err("connections-max-idle-ms must be at least 1".to_string());
+        }
+        if self.group_min_session_timeout_ms == 0
+            || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms
+        {
+            return Err(format!(
+                "group-min-session-timeout-ms ({}) must be at least 1 and at most group-max-session-timeout-ms ({})",
+                self.group_min_session_timeout_ms, self.group_max_session_timeout_ms
+            ));
         }
         if self.partitions_max_per_shard == 0 {
             return Err("partitions-max-per-shard must be at least 1".to_string());

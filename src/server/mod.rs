@@ -391,6 +391,16 @@ async fn run_shard(
         .collect();
     {
         let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while !shard.stopping.is_set() {
+                glommio::timer::sleep(crate::group::coordinator::TICK).await;
+                shard.groups.tick();
+            }
+        })
+        .detach();
+    }
+    {
+        let shard = shard.clone();
         let interval = Duration::from_millis(config.retention_check_interval_ms);
         glommio::spawn_local(async move {
             loop {

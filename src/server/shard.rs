@@ -15,9 +15,11 @@ use super::ServerConfig;
 use crate::broker::metadata::{
     ClusterMetadata, TopicRecord, partition_dir, partitions_per_shard, shard_for,
 };
+use crate::group::coordinator::{Coordinator, GroupConfig};
 use crate::protocol::{
-    ErrorCode, FetchPartitionResponse, ListOffsetsPartitionResponse, NewTopic, OFFSET_EARLIEST,
-    OFFSET_LATEST, Payload, ProducePartitionResponse, Status, TopicStatus,
+    ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewTopic,
+    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, Request, Response, Status,
+    TopicStatus,
 };
 use crate::storage::{Chunk, Log, StorageError};
 use crate::wake::Latch;
@@ -71,6 +73,15 @@ pub(crate) enum ShardMessage {
         topics: Vec<TopicRecord>,
         reply: oneshot::Sender<()>,
     },
+    /// A group request, to the shard that coordinates the group.
+    Group {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// The groups a shard coordinates.
+    ListGroups {
+        reply: oneshot::Sender<Vec<GroupListing>>,
+    },
     /// From shard 0 to every shard, once saved: the new metadata, and the topics it no
     /// longer has (whose partitions are closed and removed).
     ApplyMetadata {
@@ -100,25 +111,16 @@ pub(crate) struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: Rc<ServerConfig>,
-    pub metadata: RefCell<ClusterMetadata>,
+    /// Shared with the group coordinator, which reads partition counts.
+    pub metadata: Rc<RefCell<ClusterMetadata>>,
+    /// The consumer groups this shard coordinates.
+    pub groups: Rc<Coordinator>,
     logs: RefCell<HashMap<(String, u32), Log>>,
     peers: Senders<ShardMessage>,
     /// Shard 0 applies one metadata change at a time.
     admin: Semaphore,
     /// Set once when the broker begins to stop: new requests are refused, waits end.
     pub stopping: Latch,
-}
-
-fn storage_status(error: &StorageError) -> Status {
-    let code = match error {
-        StorageError::InvalidBatch(_) => ErrorCode::CorruptBatch,
-        StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
-        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        StorageError::DiskFull { .. } => ErrorCode::DiskFull,
-        StorageError::Closed => ErrorCode::ShuttingDown,
-        _ => ErrorCode::StorageError,
-    };
-    Status::error(code, error.to_string())
 }
 
 impl Shard {
@@ -129,11 +131,24 @@ impl Shard {
         metadata: ClusterMetadata,
         peers: Senders<ShardMessage>,
     ) -> Result<Rc<Shard>, String> {
+        let shared_metadata = Rc::new(RefCell::new(ClusterMetadata::default()));
+        let groups = Rc::new(Coordinator::new(
+            GroupConfig {
+                data_dir: config.data_dir.clone(),
+                session_timeout_min_ms: config.group_min_session_timeout_ms,
+                session_timeout_max_ms: config.group_max_session_timeout_ms,
+                offsets_compact_bytes: config.offsets_compact_bytes,
+            },
+            id,
+            config.shards,
+            shared_metadata.clone(),
+        ));
         let shard = Rc::new(Shard {
             id,
             count: config.shards,
             config,
-            metadata: RefCell::new(ClusterMetadata::default()),
+            metadata: shared_metadata,
+            groups,
             logs: RefCell::new(HashMap::new()),
             peers,
             admin: Semaphore::new(1),
@@ -144,11 +159,17 @@ impl Shard {
             .await
             .map_err(|status| status.message)?;
         *shard.metadata.borrow_mut() = metadata;
+        if let Err(error) = shard.groups.open_existing().await {
+            shard.close().await;
+            return Err(error);
+        }
         Ok(shard)
     }
 
-    /// Closes every log (each finishes its queued appends and syncs).
+    /// Closes every log (each finishes its queued appends and syncs), the offsets logs
+    /// included.
     pub async fn close(&self) {
+        self.groups.close().await;
         let logs: Vec<Log> = self.logs.borrow_mut().drain().map(|(_, log)| log).collect();
         for log in logs {
             if let Err(error) = log.close().await {
@@ -223,7 +244,7 @@ impl Shard {
     fn storage_status(&self, topic: &str, partition: u32, error: &StorageError) -> Status {
         match error {
             StorageError::Closed => self.no_log(topic, partition),
-            error => storage_status(error),
+            error => crate::broker::storage_status(error),
         }
     }
 
@@ -237,7 +258,7 @@ impl Shard {
 
     /// Sends shard `peer` the message `make` builds around a reply channel and waits for
     /// the answer; a shard that stops first answers `ShuttingDown`.
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         peer: usize,
         make: impl FnOnce(oneshot::Sender<T>) -> ShardMessage,
@@ -786,6 +807,12 @@ impl Shard {
             }
             ShardMessage::DeleteTopics { names, reply } => {
                 let _ = reply.send(self.delete_topics(names).await);
+            }
+            ShardMessage::Group { request, reply } => {
+                let _ = reply.send(self.groups.handle(request, &self.stopping).await);
+            }
+            ShardMessage::ListGroups { reply } => {
+                let _ = reply.send(self.groups.list());
             }
             ShardMessage::OpenPartitions { topics, reply } => {
                 let _ = reply.send(self.open_partitions(&topics, Opening::Fresh).await);

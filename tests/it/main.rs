@@ -4,6 +4,7 @@
 mod assignors;
 mod broker_lifecycle;
 mod cli;
+mod groups;
 mod server;
 mod storage_faults;
 mod storage_log;

@@ -2,6 +2,7 @@
 
 mod api_versions;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -129,6 +130,7 @@ pub(crate) async fn handle(
             });
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
+        request => groups::handle(&shard, request).await,
     };
     Some(Outgoing::Frame(response.encode(correlation_id)))
 }

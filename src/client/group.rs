@@ -1,0 +1,646 @@
+//! A consumer that reads as a member of a consumer group: it joins the group, reads the
+//! partitions the coordinator assigns it from the group's committed offsets (else from
+//! the earliest or latest offset, as `auto.offset.reset`), heartbeats on a background
+//! thread, commits its position at an interval or on request, hands its partitions back
+//! when the group rebalances (revoke and assign callbacks), and leaves on close.
+//!
+//! Delivery is at least once: a position is committed only after `poll` has returned the
+//! records before it, so a member that dies before committing has its last records read
+//! again by the member that takes its partitions over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{ClientError, Connection, ShardRouter};
+use crate::protocol::{
+    ErrorCode, FetchPartition, FetchTopic, GENERATION_NONE, JoinGroupRequest, OFFSET_EARLIEST,
+    OFFSET_LATEST, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, Status,
+    TopicPartitions,
+};
+use crate::record::{Record, decode_records, split_batches};
+
+/// Where a partition with no committed offset starts (Kafka's `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+    /// Fail instead.
+    None,
+}
+
+/// How a group member behaves. `GroupConsumerConfig::new` gives Kafka-like defaults.
+#[derive(Debug, Clone)]
+pub struct GroupConsumerConfig {
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub client_id: String,
+    /// The coordinator removes a member it has not heard from for this long.
+    pub session_timeout: Duration,
+    /// How long the coordinator waits for members to rejoin during a rebalance.
+    pub rebalance_timeout: Duration,
+    /// How long the coordinator may hold each heartbeat (it answers at once when a
+    /// rebalance begins, so this does not delay rebalances).
+    pub heartbeat_interval: Duration,
+    /// Assignment strategies this member accepts, preferred first.
+    pub assignors: Vec<String>,
+    pub auto_offset_reset: OffsetReset,
+    /// Commit the position every this often (inside `poll`), before a rebalance and on
+    /// close; `None` commits only on `commit`.
+    pub auto_commit_interval: Option<Duration>,
+    /// Most bytes read per partition per fetch.
+    pub fetch_max_bytes: u32,
+}
+
+impl GroupConsumerConfig {
+    pub fn new(group_id: &str, topics: &[&str]) -> GroupConsumerConfig {
+        GroupConsumerConfig {
+            group_id: group_id.to_string(),
+            topics: topics.iter().map(|topic| topic.to_string()).collect(),
+            client_id: "spate-consumer".to_string(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(3),
+            assignors: vec!["sticky".into(), "range".into(), "roundrobin".into()],
+            auto_offset_reset: OffsetReset::Latest,
+            auto_commit_interval: Some(Duration::from_secs(5)),
+            fetch_max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Told when the member's partitions change. `on_revoked` runs before the partitions are
+/// handed over (after the automatic commit, if any), `on_assigned` once the new ones are
+/// known and positioned.
+pub trait RebalanceListener: Send {
+    fn on_revoked(&mut self, _partitions: &[(String, u32)]) {}
+    fn on_assigned(&mut self, _partitions: &[(String, u32)]) {}
+}
+
+/// A record and where it came from.
+#[derive(Debug, Clone)]
+pub struct GroupRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub record: Record,
+}
+
+/// What the heartbeat thread and the consumer share.
+#[derive(Default)]
+struct Membership {
+    member_id: String,
+    generation: i32,
+    /// Set by the heartbeat thread when the coordinator says to join again.
+    rejoin: Option<ErrorCode>,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<Membership>,
+    changed: Condvar,
+}
+
+pub struct GroupConsumer {
+    config: GroupConsumerConfig,
+    bootstrap: String,
+    coordinator: Connection,
+    routers: HashMap<String, ShardRouter>,
+    shared: Arc<Shared>,
+    heartbeat: Option<JoinHandle<()>>,
+    /// The partitions assigned in this generation, with the next offset to read.
+    positions: BTreeMap<(String, u32), i64>,
+    /// What the group has committed for them, as far as this member knows.
+    committed: BTreeMap<(String, u32), i64>,
+    listener: Option<Box<dyn RebalanceListener>>,
+    last_commit: Instant,
+    joined: bool,
+}
+
+fn broker_error(code: ErrorCode, message: String) -> ClientError {
+    ClientError::Broker(Status::error(code, message))
+}
+
+impl GroupConsumer {
+    /// Connects to the broker at `address`; the group is joined at the first `poll`.
+    pub fn new(address: &str, config: GroupConsumerConfig) -> Result<GroupConsumer, ClientError> {
+        let coordinator = Connection::connect(address, &config.client_id)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Membership::default()),
+            changed: Condvar::new(),
+        });
+        let heartbeat = {
+            let shared = shared.clone();
+            let address = address.to_string();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name("spate-heartbeat".into())
+                .spawn(move || heartbeat_loop(&address, &config, &shared))
+                .map_err(ClientError::Io)?
+        };
+        Ok(GroupConsumer {
+            config,
+            bootstrap: address.to_string(),
+            coordinator,
+            routers: HashMap::new(),
+            shared,
+            heartbeat: Some(heartbeat),
+            positions: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            listener: None,
+            last_commit: Instant::now(),
+            joined: false,
+        })
+    }
+
+    pub fn set_listener(&mut self, listener: Box<dyn RebalanceListener>) {
+        self.listener = Some(listener);
+    }
+
+    /// The partitions this member holds now.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions.keys().cloned().collect()
+    }
+
+    pub fn member_id(&self) -> String {
+        self.shared
+            .state
+            .lock()
+            .expect("not poisoned")
+            .member_id
+            .clone()
+    }
+
+    pub fn generation(&self) -> i32 {
+        self.shared.state.lock().expect("not poisoned").generation
+    }
+
+    /// The next offset this member will read from a partition it holds.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.positions.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Moves the position of a partition this member holds (the next `poll` reads from
+    /// `offset`, and the next commit commits it).
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: i64) -> Result<(), ClientError> {
+        match self.positions.get_mut(&(topic.to_string(), partition)) {
+            Some(position) => {
+                *position = offset;
+                Ok(())
+            }
+            None => Err(broker_error(
+                ErrorCode::NotAssigned,
+                format!("{topic}-{partition} is not assigned to this member"),
+            )),
+        }
+    }
+
+    /// Records from the assigned partitions, waiting up to `timeout` for some. Joins the
+    /// group first if needed, takes part in any rebalance, and commits on the interval.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<GroupRecord>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_member()?;
+            if let Some(interval) = self.config.auto_commit_interval
+                && self.last_commit.elapsed() >= interval
+            {
+                self.commit_or_rejoin()?;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let records = self.fetch_round(remaining)?;
+            if !records.is_empty() || Instant::now() >= deadline {
+                return Ok(records);
+            }
+        }
+    }
+
+    /// Commits the position of every assigned partition that moved since the last commit.
+    pub fn commit(&mut self) -> Result<(), ClientError> {
+        self.last_commit = Instant::now();
+        let (member_id, generation) = {
+            let state = self.shared.state.lock().expect("not poisoned");
+            (state.member_id.clone(), state.generation)
+        };
+        if !self.joined {
+            return Ok(());
+        }
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitPartition>> = BTreeMap::new();
+        for ((topic, partition), &offset) in &self.positions {
+            if self.committed.get(&(topic.clone(), *partition)) != Some(&offset) {
+                topics
+                    .entry(topic)
+                    .or_default()
+                    .push(OffsetCommitPartition {
+                        partition: *partition,
+                        offset,
+                        metadata: String::new(),
+                    });
+            }
+        }
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let request = OffsetCommitRequest {
+            group_id: self.config.group_id.clone(),
+            generation,
+            member_id,
+            topics: topics
+                .into_iter()
+                .map(|(name, partitions)| OffsetCommitTopic {
+                    name: name.to_string(),
+                    partitions,
+                })
+                .collect(),
+        };
+        let answer = self.coordinator.commit_offsets(request.clone())?;
+        for topic in answer {
+            for partition in topic.partitions {
+                if !partition.status.is_ok() {
+                    return Err(ClientError::Broker(partition.status));
+                }
+            }
+        }
+        for topic in request.topics {
+            for partition in topic.partitions {
+                self.committed
+                    .insert((topic.name.clone(), partition.partition), partition.offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits (if auto-commit is on) and leaves the group, so the others take its
+    /// partitions at once instead of after the session timeout.
+    pub fn close(mut self) -> Result<(), ClientError> {
+        let committed = if self.config.auto_commit_interval.is_some() {
+            self.commit()
+        } else {
+            Ok(())
+        };
+        let left = self.leave();
+        committed.and(left)
+    }
+
+    fn leave(&mut self) -> Result<(), ClientError> {
+        let member_id = {
+            let mut state = self.shared.state.lock().expect("not poisoned");
+            state.stop = true;
+            self.shared.changed.notify_all();
+            std::mem::take(&mut state.member_id)
+        };
+        let left = if self.joined && !member_id.is_empty() {
+            match self
+                .coordinator
+                .leave_group(&self.config.group_id, &member_id)
+            {
+                Err(ClientError::Broker(status)) if status.code == ErrorCode::UnknownMemberId => {
+                    Ok(())
+                }
+                other => other,
+            }
+        } else {
+            Ok(())
+        };
+        self.joined = false;
+        if let Some(heartbeat) = self.heartbeat.take() {
+            let _ = heartbeat.join();
+        }
+        left
+    }
+
+    /// Commits, treating "the generation is over" as a reason to rejoin, not a failure
+    /// (the records since the last commit will then be read again: at least once).
+    fn commit_or_rejoin(&mut self) -> Result<(), ClientError> {
+        match self.commit() {
+            Err(ClientError::Broker(status))
+                if matches!(
+                    status.code,
+                    ErrorCode::IllegalGeneration
+                        | ErrorCode::UnknownMemberId
+                        | ErrorCode::RebalanceInProgress
+                        | ErrorCode::NotAssigned
+                ) =>
+            {
+                let mut state = self.shared.state.lock().expect("not poisoned");
+                state.rejoin.get_or_insert(status.code);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Joins the group if this member is not in it, or the coordinator asked it to join
+    /// again: hands over its partitions, joins, syncs and positions the new ones.
+    fn ensure_member(&mut self) -> Result<(), ClientError> {
+        let rejoin = self.shared.state.lock().expect("not poisoned").rejoin;
+        if self.joined && rejoin.is_none() {
+            return Ok(());
+        }
+        if self.joined {
+            if self.config.auto_commit_interval.is_some() {
+                // During the rebalance the generation is still valid: this commit is
+                // what lets the next owner start where this one stopped.
+                let _ = self.commit();
+            }
+            let revoked = self.assignment();
+            if let Some(listener) = &mut self.listener {
+                listener.on_revoked(&revoked);
+            }
+            self.positions.clear();
+            self.joined = false;
+        }
+        let assignment = loop {
+            let member_id = {
+                let mut state = self.shared.state.lock().expect("not poisoned");
+                if state.rejoin == Some(ErrorCode::UnknownMemberId) {
+                    state.member_id.clear();
+                }
+                state.member_id.clone()
+            };
+            let request = JoinGroupRequest {
+                group_id: self.config.group_id.clone(),
+                member_id,
+                client_id: self.config.client_id.clone(),
+                session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+                rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
+                topics: self.config.topics.clone(),
+                assignors: self.config.assignors.clone(),
+            };
+            let joined = match self.coordinator.join_group(request) {
+                Ok(joined) => joined,
+                Err(ClientError::Broker(status)) if status.code == ErrorCode::UnknownMemberId => {
+                    let mut state = self.shared.state.lock().expect("not poisoned");
+                    state.member_id.clear();
+                    continue;
+                }
+                Err(ClientError::Broker(status))
+                    if status.code == ErrorCode::RebalanceInProgress =>
+                {
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            {
+                let mut state = self.shared.state.lock().expect("not poisoned");
+                state.member_id = joined.member_id.clone();
+                state.generation = joined.generation;
+                state.rejoin = None;
+                self.shared.changed.notify_all();
+            }
+            match self.coordinator.sync_group(
+                &self.config.group_id,
+                joined.generation,
+                &joined.member_id,
+            ) {
+                Ok(assignment) => break assignment,
+                Err(ClientError::Broker(status))
+                    if matches!(
+                        status.code,
+                        ErrorCode::RebalanceInProgress
+                            | ErrorCode::IllegalGeneration
+                            | ErrorCode::UnknownMemberId
+                    ) =>
+                {
+                    let mut state = self.shared.state.lock().expect("not poisoned");
+                    if status.code == ErrorCode::UnknownMemberId {
+                        state.member_id.clear();
+                    }
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        self.start_positions(&assignment)?;
+        self.joined = true;
+        self.last_commit = Instant::now();
+        let assigned = self.assignment();
+        if let Some(listener) = &mut self.listener {
+            listener.on_assigned(&assigned);
+        }
+        Ok(())
+    }
+
+    /// Positions each assigned partition at the group's committed offset, else by
+    /// `auto_offset_reset`.
+    fn start_positions(&mut self, assignment: &[TopicPartitions]) -> Result<(), ClientError> {
+        self.positions.clear();
+        self.committed.clear();
+        let fetched = self
+            .coordinator
+            .fetch_offsets(&self.config.group_id, assignment.to_vec())?;
+        for topic in fetched {
+            for partition in topic.partitions {
+                let key = (topic.name.clone(), partition.partition);
+                let offset = if partition.status.is_ok() && partition.offset >= 0 {
+                    self.committed.insert(key.clone(), partition.offset);
+                    partition.offset
+                } else {
+                    self.reset_offset(&topic.name, partition.partition)?
+                };
+                self.positions.insert(key, offset);
+            }
+        }
+        Ok(())
+    }
+
+    fn reset_offset(&mut self, topic: &str, partition: u32) -> Result<i64, ClientError> {
+        let timestamp = match self.config.auto_offset_reset {
+            OffsetReset::Earliest => OFFSET_EARLIEST,
+            OffsetReset::Latest => OFFSET_LATEST,
+            OffsetReset::None => {
+                return Err(broker_error(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "group {} has no valid offset for {topic}-{partition} and auto.offset.reset is none",
+                        self.config.group_id
+                    ),
+                ));
+            }
+        };
+        self.router(topic)?
+            .connection_for(partition)?
+            .list_offset(topic, partition, timestamp)
+    }
+
+    fn router(&mut self, topic: &str) -> Result<&mut ShardRouter, ClientError> {
+        if !self.routers.contains_key(topic) {
+            let bootstrap = Connection::connect(&self.bootstrap, &self.config.client_id)?;
+            let router = ShardRouter::new(bootstrap, topic, &self.config.client_id)?;
+            self.routers.insert(topic.to_string(), router);
+        }
+        Ok(self.routers.get_mut(topic).expect("inserted above"))
+    }
+
+    /// One fetch per shard that owns assigned partitions, each for all of them.
+    fn fetch_round(&mut self, remaining: Duration) -> Result<Vec<GroupRecord>, ClientError> {
+        if self.positions.is_empty() {
+            // Nothing assigned (more members than partitions): wait, heartbeating.
+            let state = self.shared.state.lock().expect("not poisoned");
+            let wait = remaining.min(Duration::from_millis(100));
+            let _ = self
+                .shared
+                .changed
+                .wait_timeout_while(state, wait, |state| state.rejoin.is_none())
+                .expect("not poisoned");
+            return Ok(Vec::new());
+        }
+        let mut requests: BTreeMap<(String, u16), Vec<FetchPartition>> = BTreeMap::new();
+        let fetch_bytes = self.config.fetch_max_bytes;
+        let positions: Vec<((String, u32), i64)> = self
+            .positions
+            .iter()
+            .map(|(key, &offset)| (key.clone(), offset))
+            .collect();
+        for ((topic, partition), offset) in positions {
+            let shard = self.router(&topic)?.owner(partition).unwrap_or(0);
+            requests
+                .entry((topic.clone(), shard))
+                .or_default()
+                .push(FetchPartition {
+                    partition,
+                    offset,
+                    max_bytes: fetch_bytes,
+                });
+        }
+        // One long poll when a single request covers everything; short ones otherwise. At
+        // most 100 ms, so a rebalance is noticed soon.
+        let cap = if requests.len() == 1 { 100 } else { 10 };
+        let wait_ms = remaining.as_millis().min(cap) as u32;
+        let mut records = Vec::new();
+        for ((topic, _), partitions) in requests {
+            let first = partitions[0].partition;
+            let max_bytes = fetch_bytes.saturating_mul(partitions.len() as u32);
+            let response = self.router(&topic)?.connection_for(first)?.fetch_many(
+                vec![FetchTopic {
+                    name: topic.clone(),
+                    partitions,
+                }],
+                max_bytes,
+                wait_ms,
+            )?;
+            for answer in response.topics.into_iter().flat_map(|topic| {
+                let name = topic.name;
+                topic
+                    .partitions
+                    .into_iter()
+                    .map(move |partition| (name.clone(), partition))
+            }) {
+                let (topic, partition) = answer;
+                let key = (topic.clone(), partition.partition);
+                let Some(&position) = self.positions.get(&key) else {
+                    continue;
+                };
+                if partition.status.code == ErrorCode::OffsetOutOfRange {
+                    let reset = self.reset_offset(&topic, partition.partition)?;
+                    self.positions.insert(key, reset);
+                    continue;
+                }
+                if !partition.status.is_ok() {
+                    // The topic changed under the group: the coordinator will rebalance.
+                    continue;
+                }
+                let mut next = position;
+                for batch in split_batches(&partition.records) {
+                    let (_, range) = batch.map_err(|_| ClientError::Unexpected)?;
+                    let batch: Bytes = partition.records.slice(range);
+                    for record in decode_records(&batch).map_err(|_| ClientError::Unexpected)? {
+                        if record.offset >= next {
+                            next = record.offset + 1;
+                            records.push(GroupRecord {
+                                topic: topic.clone(),
+                                partition: partition.partition,
+                                record,
+                            });
+                        }
+                    }
+                }
+                self.positions.insert(key, next);
+            }
+        }
+        Ok(records)
+    }
+}
+
+impl Drop for GroupConsumer {
+    /// A consumer dropped without `close` still leaves the group (without committing).
+    fn drop(&mut self) {
+        if self.heartbeat.is_some() {
+            let _ = self.leave();
+        }
+    }
+}
+
+/// The background heartbeat: while the member belongs to a generation, one heartbeat at
+/// a time, each held by the coordinator for up to the interval. An answer that says the
+/// generation is over tells the consumer to rejoin.
+fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) {
+    let interval_ms = config
+        .heartbeat_interval
+        .as_millis()
+        .min(u128::from(u32::MAX)) as u32;
+    let timeout = config.heartbeat_interval + Duration::from_secs(10);
+    let mut connection: Option<Connection> = None;
+    loop {
+        let (member_id, generation) = {
+            let state = shared.state.lock().expect("not poisoned");
+            let state = shared
+                .changed
+                .wait_while(state, |state| {
+                    !state.stop
+                        && (state.member_id.is_empty()
+                            || state.generation == GENERATION_NONE
+                            || state.generation == 0
+                            || state.rejoin.is_some())
+                })
+                .expect("not poisoned");
+            if state.stop {
+                return;
+            }
+            (state.member_id.clone(), state.generation)
+        };
+        if connection.is_none() {
+            match Connection::connect_with_timeout(address, &config.client_id, timeout) {
+                Ok(connected) => connection = Some(connected),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            }
+        }
+        let sent = Instant::now();
+        let answer = connection.as_mut().expect("connected").heartbeat(
+            &config.group_id,
+            generation,
+            &member_id,
+            interval_ms,
+        );
+        match answer {
+            Ok(()) => {
+                if sent.elapsed() < Duration::from_millis(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Err(ClientError::Broker(status))
+                if matches!(
+                    status.code,
+                    ErrorCode::RebalanceInProgress
+                        | ErrorCode::IllegalGeneration
+                        | ErrorCode::UnknownMemberId
+                ) =>
+            {
+                let mut state = shared.state.lock().expect("not poisoned");
+                if state.generation == generation && state.member_id == member_id {
+                    state.rejoin = Some(status.code);
+                    shared.changed.notify_all();
+                }
+            }
+            Err(ClientError::Broker(_)) => std::thread::sleep(Duration::from_millis(200)),
+            Err(_) => {
+                connection = None;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}

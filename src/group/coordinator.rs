@@ -1,0 +1,1160 @@
+//! The group coordinator of one shard: the membership of the groups it owns (join, sync,
+//! heartbeat, leave, with generations), their assignments, and their committed offsets.
+//!
+//! A rebalance is stop-the-world (Kafka's eager protocol): when a member joins, leaves or
+//! expires, or a subscribed topic changes, the group enters `PreparingRebalance`; every
+//! member learns it from its heartbeat (which the coordinator holds open, so it answers
+//! the moment a rebalance begins), gives up its partitions and joins again. Once all have
+//! joined (or the rebalance timeout has passed) the coordinator computes the assignment,
+//! bumps the generation and answers every join; each member then fetches its share with a
+//! sync. Membership is in memory only: after a coordinator restart members get
+//! `UnknownMemberId` and join again. Committed offsets are durable (`offsets.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use glommio::sync::Semaphore;
+
+use super::assignor::{self, Assignment, Strategy, Subscription};
+use super::offsets::{
+    Committed, Entry, GroupOffsets, OFFSETS_PARTITIONS, OffsetStore, offsets_dir, offsets_partition,
+};
+use crate::broker::metadata::ClusterMetadata;
+use crate::limits::{
+    GROUP_MEMBERS_MAX, GROUP_NAME_BYTES_MAX, GROUP_TOPICS_MAX, OFFSET_METADATA_BYTES_MAX,
+};
+use crate::protocol::{
+    ErrorCode, GENERATION_NONE, GroupDescription, GroupIdRequest, GroupListing,
+    GroupMemberDescription, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, OffsetCommitRequest, OffsetCommitTopicResponse, OffsetFetchPartition,
+    OffsetFetchRequest, OffsetFetchTopic, PartitionStatus, Request, Response, Status,
+    SyncGroupRequest, TopicPartitions,
+};
+use crate::wake::{Event, Latch};
+
+/// How often `tick` should run: session expiry and rebalance deadlines are this precise.
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// Subscribed topics are compared with the metadata every this many ticks (a second): a
+/// created or deleted topic rebalances its groups within about a second.
+const TOPIC_CHECK_TICKS: u64 = 20;
+
+/// The broker settings the coordinator uses.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub data_dir: std::path::PathBuf,
+    /// Range of session timeouts members may ask for (Kafka's
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
+    pub session_timeout_min_ms: u32,
+    pub session_timeout_max_ms: u32,
+    /// An offsets log is compacted once it is larger than this (and than twice its size
+    /// after the last compaction).
+    pub offsets_compact_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+type JoinReply = oneshot::Sender<Result<JoinGroupResponse, Status>>;
+
+struct Member {
+    client_id: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    topics: Vec<String>,
+    assignors: Vec<Strategy>,
+    /// The last time the member was heard from (a request, or a held heartbeat answered).
+    last_seen: Instant,
+    /// Heartbeats of this member the coordinator is holding: the member is alive.
+    held: u32,
+    /// Its join, waiting for the rebalance to complete.
+    join: Option<JoinReply>,
+    assignment: BTreeMap<String, Vec<u32>>,
+    synced: bool,
+}
+
+struct Group {
+    state: State,
+    generation: i32,
+    strategy: Option<Strategy>,
+    leader: String,
+    /// By member id: assignors see members in id order.
+    members: BTreeMap<String, Member>,
+    offsets: GroupOffsets,
+    /// Partition counts the current assignment was made for: a change rebalances.
+    assigned_for: BTreeMap<String, u32>,
+    /// When a rebalance in progress gives up on members that have not joined.
+    rebalance_deadline: Option<Instant>,
+    /// Bumped when a rebalance starts; held heartbeats watch it.
+    round: u64,
+    changed: Rc<Event>,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            state: State::Empty,
+            generation: 0,
+            strategy: None,
+            leader: String::new(),
+            members: BTreeMap::new(),
+            offsets: GroupOffsets::new(),
+            assigned_for: BTreeMap::new(),
+            rebalance_deadline: None,
+            round: 0,
+            changed: Rc::new(Event::default()),
+        }
+    }
+
+    /// Whether the group holds nothing worth keeping.
+    fn is_dead(&self) -> bool {
+        self.members.is_empty() && self.offsets.is_empty()
+    }
+
+    fn owns(&self, member_id: &str, topic: &str, partition: u32) -> bool {
+        self.members.get(member_id).is_some_and(|member| {
+            member
+                .assignment
+                .get(topic)
+                .is_some_and(|partitions| partitions.contains(&partition))
+        })
+    }
+}
+
+/// The groups one shard coordinates, and their offsets logs.
+pub struct Coordinator {
+    config: GroupConfig,
+    shard: usize,
+    shards: usize,
+    metadata: Rc<RefCell<ClusterMetadata>>,
+    groups: RefCell<HashMap<String, Group>>,
+    stores: RefCell<HashMap<u32, Rc<OffsetStore>>>,
+    /// One store opens at a time (a lazy open must not race another for the same one).
+    opening: Semaphore,
+    compacting: RefCell<std::collections::HashSet<u32>>,
+    next_member: Cell<u64>,
+    ticks: Cell<u64>,
+    closed: Cell<bool>,
+}
+
+fn failed(code: ErrorCode, message: impl Into<String>) -> Status {
+    Status::error(code, message)
+}
+
+fn check_name(what: &str, value: &str, allow_empty: bool) -> Result<(), Status> {
+    if value.is_empty() && !allow_empty {
+        return Err(failed(
+            ErrorCode::InvalidRequest,
+            format!("the {what} is empty"),
+        ));
+    }
+    if value.len() > GROUP_NAME_BYTES_MAX {
+        return Err(failed(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the {what} is {} bytes long; the limit is {GROUP_NAME_BYTES_MAX}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn to_topic_partitions(assignment: &BTreeMap<String, Vec<u32>>) -> Vec<TopicPartitions> {
+    assignment
+        .iter()
+        .map(|(name, partitions)| TopicPartitions {
+            name: name.clone(),
+            partitions: partitions.clone(),
+        })
+        .collect()
+}
+
+impl Coordinator {
+    /// A coordinator for shard `shard` of `shards`; `open_existing` loads its offsets.
+    pub fn new(
+        config: GroupConfig,
+        shard: usize,
+        shards: usize,
+        metadata: Rc<RefCell<ClusterMetadata>>,
+    ) -> Coordinator {
+        Coordinator {
+            config,
+            shard,
+            shards,
+            metadata,
+            groups: RefCell::new(HashMap::new()),
+            stores: RefCell::new(HashMap::new()),
+            opening: Semaphore::new(1),
+            compacting: RefCell::new(Default::default()),
+            next_member: Cell::new(0),
+            ticks: Cell::new(0),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// The offsets partitions this shard coordinates.
+    fn owned_partitions(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..OFFSETS_PARTITIONS).filter(|partition| *partition as usize % self.shards == self.shard)
+    }
+
+    /// Opens the offsets logs of this shard that exist on disk, so that every group with
+    /// committed offsets is known (listed, described) from the start.
+    pub async fn open_existing(&self) -> Result<(), String> {
+        for partition in self.owned_partitions().collect::<Vec<_>>() {
+            if offsets_dir(&self.config.data_dir, partition).exists() {
+                self.store(partition)
+                    .await
+                    .map_err(|status| status.message)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open store of an offsets partition, opened (and replayed) on first use.
+    async fn store(&self, partition: u32) -> Result<Rc<OffsetStore>, Status> {
+        if let Some(store) = self.stores.borrow().get(&partition) {
+            return Ok(store.clone());
+        }
+        let _turn = self.opening.acquire_permit(1).await;
+        if let Some(store) = self.stores.borrow().get(&partition) {
+            return Ok(store.clone());
+        }
+        let stopping = || Status::error(ErrorCode::ShuttingDown, "the broker is shutting down");
+        if self.closed.get() {
+            return Err(stopping());
+        }
+        let dir = offsets_dir(&self.config.data_dir, partition);
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                Status::error(
+                    ErrorCode::StorageError,
+                    format!("cannot create {}: {error}", parent.display()),
+                )
+            })?;
+        }
+        let (store, loaded) = OffsetStore::open(dir.clone()).await.map_err(|error| {
+            Status::error(
+                ErrorCode::StorageError,
+                format!("cannot open the offsets log {}: {error}", dir.display()),
+            )
+        })?;
+        if self.closed.get() {
+            store.close().await;
+            return Err(stopping());
+        }
+        let mut groups = self.groups.borrow_mut();
+        for (id, offsets) in loaded {
+            groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+        }
+        let store = Rc::new(store);
+        self.stores.borrow_mut().insert(partition, store.clone());
+        Ok(store)
+    }
+
+    /// Closes the offsets logs; joins and held heartbeats end with `ShuttingDown`.
+    pub async fn close(&self) {
+        self.closed.set(true);
+        let _turn = self.opening.acquire_permit(1).await;
+        for group in self.groups.borrow_mut().values_mut() {
+            for member in group.members.values_mut() {
+                member.join = None;
+            }
+            group.changed.notify_all();
+        }
+        let stores: Vec<Rc<OffsetStore>> = self
+            .stores
+            .borrow_mut()
+            .drain()
+            .map(|(_, store)| store)
+            .collect();
+        for store in stores {
+            store.close().await;
+        }
+    }
+
+    /// Serves one group request (other than ListGroups, which spans the shards).
+    pub async fn handle(self: &Rc<Self>, request: Request, stopping: &Latch) -> Response {
+        let group_id = match &request {
+            Request::JoinGroup(request) => &request.group_id,
+            Request::SyncGroup(request) => &request.group_id,
+            Request::Heartbeat(request) => &request.group_id,
+            Request::LeaveGroup(request) => &request.group_id,
+            Request::OffsetCommit(request) => &request.group_id,
+            Request::OffsetFetch(request) => &request.group_id,
+            Request::DescribeGroup(request) | Request::DeleteGroup(request) => &request.group_id,
+            _ => unreachable!("only group requests reach the coordinator"),
+        };
+        if let Err(status) = check_name("group id", group_id, false) {
+            return Response::Failed(status);
+        }
+        if let Err(status) = self.store(offsets_partition(group_id)).await {
+            return Response::Failed(status);
+        }
+        let outcome = match request {
+            Request::JoinGroup(request) => self.join(request, stopping).await,
+            Request::SyncGroup(request) => self.sync(request),
+            Request::Heartbeat(request) => self.heartbeat(request, stopping).await,
+            Request::LeaveGroup(request) => self.leave(request),
+            Request::OffsetCommit(request) => self.commit(request).await,
+            Request::OffsetFetch(request) => Ok(self.fetch_offsets(request)),
+            Request::DescribeGroup(request) => self.describe(request),
+            Request::DeleteGroup(request) => self.delete(request).await,
+            _ => unreachable!("checked above"),
+        };
+        outcome.unwrap_or_else(Response::Failed)
+    }
+
+    // ---- membership ---------------------------------------------------------------------
+
+    async fn join(
+        self: &Rc<Self>,
+        request: JoinGroupRequest,
+        stopping: &Latch,
+    ) -> Result<Response, Status> {
+        check_name("member id", &request.member_id, true)?;
+        check_name("client id", &request.client_id, true)?;
+        let (min, max) = (
+            self.config.session_timeout_min_ms,
+            self.config.session_timeout_max_ms,
+        );
+        if !(min..=max).contains(&request.session_timeout_ms) {
+            return Err(failed(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "session timeout {} ms is outside the broker's range of {min} to {max} ms",
+                    request.session_timeout_ms
+                ),
+            ));
+        }
+        if request.topics.is_empty() || request.topics.len() > GROUP_TOPICS_MAX {
+            return Err(failed(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "a member subscribes to 1 to {GROUP_TOPICS_MAX} topics, not {}",
+                    request.topics.len()
+                ),
+            ));
+        }
+        for topic in &request.topics {
+            check_name("topic name", topic, false)?;
+        }
+        let assignors: Vec<Strategy> = request
+            .assignors
+            .iter()
+            .filter_map(|name| Strategy::parse(name))
+            .collect();
+        if assignors.is_empty() {
+            return Err(failed(
+                ErrorCode::InconsistentGroupProtocol,
+                format!(
+                    "none of the assignors {:?} is known (this broker has {})",
+                    request.assignors,
+                    Strategy::ALL.map(Strategy::name).join(", ")
+                ),
+            ));
+        }
+        let answer = {
+            let mut groups = self.groups.borrow_mut();
+            let group = groups
+                .entry(request.group_id.clone())
+                .or_insert_with(Group::new);
+            let known = group.members.contains_key(&request.member_id);
+            if !request.member_id.is_empty() && !known {
+                return Err(failed(
+                    ErrorCode::UnknownMemberId,
+                    format!(
+                        "{} is not a member of group {}: join with an empty member id",
+                        request.member_id, request.group_id
+                    ),
+                ));
+            }
+            if !known && group.members.len() >= GROUP_MEMBERS_MAX {
+                return Err(failed(
+                    ErrorCode::ResourceLimit,
+                    format!(
+                        "group {} has the most members allowed ({GROUP_MEMBERS_MAX})",
+                        request.group_id
+                    ),
+                ));
+            }
+            let common = Strategy::ALL.into_iter().any(|strategy| {
+                assignors.contains(&strategy)
+                    && group
+                        .members
+                        .iter()
+                        .filter(|(id, _)| **id != request.member_id)
+                        .all(|(_, member)| member.assignors.contains(&strategy))
+            });
+            if !common {
+                return Err(failed(
+                    ErrorCode::InconsistentGroupProtocol,
+                    format!(
+                        "group {} uses assignors that {:?} does not include",
+                        request.group_id, request.assignors
+                    ),
+                ));
+            }
+            let member_id = if known {
+                request.member_id.clone()
+            } else {
+                self.new_member_id(&request.client_id)
+            };
+            let (reply, answer) = oneshot::channel();
+            let now = Instant::now();
+            let previous = group.members.remove(&member_id);
+            let member = Member {
+                client_id: request.client_id.clone(),
+                session_timeout: Duration::from_millis(request.session_timeout_ms.into()),
+                rebalance_timeout: Duration::from_millis(
+                    request
+                        .rebalance_timeout_ms
+                        .max(request.session_timeout_ms)
+                        .into(),
+                ),
+                topics: request.topics.clone(),
+                assignors,
+                last_seen: now,
+                held: previous.as_ref().map_or(0, |member| member.held),
+                join: Some(reply),
+                assignment: previous.map(|member| member.assignment).unwrap_or_default(),
+                synced: false,
+            };
+            group.members.insert(member_id, member);
+            if group.state != State::PreparingRebalance {
+                start_rebalance(group, now);
+            }
+            self.try_complete_join(&request.group_id, group);
+            answer
+        };
+        let answer = futures_lite::future::or(async { answer.await.ok() }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        match answer {
+            Some(Ok(response)) => Ok(Response::JoinGroup(response)),
+            Some(Err(status)) => Err(status),
+            None if stopping.is_set() || self.closed.get() => Err(failed(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down",
+            )),
+            None => Err(failed(
+                ErrorCode::RebalanceInProgress,
+                "this join was replaced by a newer join of the same member; join again",
+            )),
+        }
+    }
+
+    fn new_member_id(&self, client_id: &str) -> String {
+        let count = self.next_member.get();
+        self.next_member.set(count + 1);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        let prefix = if client_id.is_empty() {
+            "member"
+        } else {
+            client_id
+        };
+        let mut prefix = prefix.to_string();
+        // Keep the id under the name limit whatever the client id.
+        while prefix.len() > GROUP_NAME_BYTES_MAX - 40 {
+            prefix.pop();
+        }
+        format!("{prefix}-{}-{count}-{nanos:x}", self.shard)
+    }
+
+    /// Completes the join phase once every member has joined, or `force`d at the
+    /// rebalance deadline: members that did not join are removed, the assignment is
+    /// computed, the generation bumped, and every join answered.
+    fn try_complete_join(&self, group_id: &str, group: &mut Group) {
+        self.complete_join(group_id, group, false)
+    }
+
+    fn complete_join(&self, group_id: &str, group: &mut Group, force: bool) {
+        if group.state != State::PreparingRebalance {
+            return;
+        }
+        let all_joined = group.members.values().all(|member| member.join.is_some());
+        if !all_joined && !force {
+            return;
+        }
+        let before = group.members.len();
+        group.members.retain(|_, member| member.join.is_some());
+        if group.members.len() < before {
+            tracing::info!(
+                group = group_id,
+                removed = before - group.members.len(),
+                "members that did not rejoin in time were removed"
+            );
+        }
+        group.rebalance_deadline = None;
+        group.generation += 1;
+        if group.members.is_empty() {
+            group.state = State::Empty;
+            group.strategy = None;
+            group.leader.clear();
+            group.assigned_for.clear();
+            group.changed.notify_all();
+            return;
+        }
+        if !group.members.contains_key(&group.leader) {
+            group.leader = group.members.keys().next().expect("not empty").clone();
+        }
+        let leader = &group.members[&group.leader];
+        let strategy = leader
+            .assignors
+            .iter()
+            .copied()
+            .find(|strategy| {
+                group
+                    .members
+                    .values()
+                    .all(|member| member.assignors.contains(strategy))
+            })
+            .expect("joins are refused unless every member shares a strategy");
+        let partitions: BTreeMap<String, u32> = {
+            let metadata = self.metadata.borrow();
+            group
+                .members
+                .values()
+                .flat_map(|member| member.topics.iter())
+                .filter_map(|topic| {
+                    metadata
+                        .topic(topic)
+                        .map(|record| (topic.clone(), record.partitions))
+                })
+                .collect()
+        };
+        let previous: Assignment = group
+            .members
+            .iter()
+            .map(|(id, member)| (id.clone(), member.assignment.clone()))
+            .collect();
+        let subscriptions: Vec<Subscription<'_>> = group
+            .members
+            .iter()
+            .map(|(id, member)| Subscription {
+                member_id: id,
+                topics: &member.topics,
+            })
+            .collect();
+        let mut assignment = assignor::assign(strategy, &subscriptions, &partitions, &previous);
+        group.strategy = Some(strategy);
+        group.assigned_for = partitions;
+        group.state = State::CompletingRebalance;
+        let now = Instant::now();
+        let members = group.members.len() as u32;
+        for (id, member) in group.members.iter_mut() {
+            member.assignment = assignment.remove(id).unwrap_or_default();
+            member.synced = false;
+            member.last_seen = now;
+            if let Some(reply) = member.join.take() {
+                let _ = reply.send(Ok(JoinGroupResponse {
+                    generation: group.generation,
+                    member_id: id.clone(),
+                    leader_id: group.leader.clone(),
+                    assignor: strategy.name().to_string(),
+                    members,
+                }));
+            }
+        }
+        tracing::debug!(
+            group = group_id,
+            generation = group.generation,
+            members,
+            strategy = strategy.name(),
+            "rebalance complete"
+        );
+        group.changed.notify_all();
+    }
+
+    /// Checks a member and its generation: the common start of sync, heartbeat and a
+    /// member's commit.
+    fn check_member(
+        group_id: &str,
+        group: Option<&Group>,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), Status> {
+        let Some(group) = group.filter(|group| group.members.contains_key(member_id)) else {
+            return Err(failed(
+                ErrorCode::UnknownMemberId,
+                format!("{member_id} is not a member of group {group_id}: join again"),
+            ));
+        };
+        if generation != group.generation {
+            return Err(failed(
+                ErrorCode::IllegalGeneration,
+                format!(
+                    "generation {generation} of group {group_id} is over; it is at {}: join again",
+                    group.generation
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn sync(&self, request: SyncGroupRequest) -> Result<Response, Status> {
+        let mut groups = self.groups.borrow_mut();
+        let group = groups.get_mut(&request.group_id);
+        if let Some(group) = &group
+            && group.state == State::PreparingRebalance
+            && group.members.contains_key(&request.member_id)
+        {
+            return Err(rebalancing(&request.group_id));
+        }
+        Self::check_member(
+            &request.group_id,
+            group.as_deref(),
+            &request.member_id,
+            request.generation,
+        )?;
+        let group = group.expect("checked");
+        let member = group.members.get_mut(&request.member_id).expect("checked");
+        member.synced = true;
+        member.last_seen = Instant::now();
+        let assignment = to_topic_partitions(&member.assignment);
+        if group.members.values().all(|member| member.synced) {
+            group.state = State::Stable;
+        }
+        Ok(Response::SyncGroup(assignment))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: HeartbeatRequest,
+        stopping: &Latch,
+    ) -> Result<Response, Status> {
+        let (round, changed, hold) = {
+            let mut groups = self.groups.borrow_mut();
+            if let Some(group) = groups.get_mut(&request.group_id)
+                && group.state == State::PreparingRebalance
+                && let Some(member) = group.members.get_mut(&request.member_id)
+            {
+                // Still alive: it will join; until then its session counts from now.
+                member.last_seen = Instant::now();
+                return Err(rebalancing(&request.group_id));
+            }
+            let group = groups.get_mut(&request.group_id);
+            Self::check_member(
+                &request.group_id,
+                group.as_deref(),
+                &request.member_id,
+                request.generation,
+            )?;
+            let group = group.expect("checked");
+            let member = group.members.get_mut(&request.member_id).expect("checked");
+            member.last_seen = Instant::now();
+            // Held at most a third of the session, so that a member whose connection
+            // died is noticed soon after its session ends.
+            let hold =
+                Duration::from_millis(request.max_wait_ms.into()).min(member.session_timeout / 3);
+            if hold.is_zero() {
+                return Ok(Response::Heartbeat);
+            }
+            member.held += 1;
+            (group.round, group.changed.clone(), hold)
+        };
+        let still = || {
+            let groups = self.groups.borrow();
+            groups.get(&request.group_id).is_some_and(|group| {
+                group.round == round && group.members.contains_key(&request.member_id)
+            }) && !self.closed.get()
+        };
+        futures_lite::future::or(
+            changed.wait_until(|| !still()),
+            futures_lite::future::or(glommio::timer::sleep(hold), stopping.wait()),
+        )
+        .await;
+        let mut groups = self.groups.borrow_mut();
+        let member = groups
+            .get_mut(&request.group_id)
+            .and_then(|group| group.members.get_mut(&request.member_id));
+        match member {
+            Some(member) => {
+                member.held -= 1;
+                member.last_seen = Instant::now();
+            }
+            None => {
+                return Err(failed(
+                    ErrorCode::UnknownMemberId,
+                    format!(
+                        "{} was removed from group {}: join again",
+                        request.member_id, request.group_id
+                    ),
+                ));
+            }
+        }
+        let group = groups.get(&request.group_id).expect("member found");
+        if group.round != round {
+            return Err(rebalancing(&request.group_id));
+        }
+        if self.closed.get() || stopping.is_set() {
+            return Err(failed(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down",
+            ));
+        }
+        Ok(Response::Heartbeat)
+    }
+
+    fn leave(&self, request: LeaveGroupRequest) -> Result<Response, Status> {
+        let mut groups = self.groups.borrow_mut();
+        let Some(group) = groups
+            .get_mut(&request.group_id)
+            .filter(|group| group.members.contains_key(&request.member_id))
+        else {
+            return Err(failed(
+                ErrorCode::UnknownMemberId,
+                format!(
+                    "{} is not a member of group {}",
+                    request.member_id, request.group_id
+                ),
+            ));
+        };
+        group.members.remove(&request.member_id);
+        tracing::debug!(
+            group = request.group_id,
+            member = request.member_id,
+            "member left"
+        );
+        self.members_gone(&request.group_id, group);
+        if group.is_dead() {
+            groups.remove(&request.group_id);
+        }
+        Ok(Response::LeaveGroup)
+    }
+
+    /// After members were removed: rebalance the rest (or finish the rebalance under way).
+    fn members_gone(&self, group_id: &str, group: &mut Group) {
+        if group.state != State::PreparingRebalance {
+            start_rebalance(group, Instant::now());
+        }
+        self.try_complete_join(group_id, group);
+    }
+
+    /// Expires members whose session ended, gives up on members that did not rejoin by
+    /// the rebalance deadline, and rebalances groups whose subscribed topics changed.
+    /// Called every `TICK`; topics are compared every `TOPIC_CHECK_TICKS` ticks.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let ticks = self.ticks.get().wrapping_add(1);
+        self.ticks.set(ticks);
+        let check_topics = ticks.is_multiple_of(TOPIC_CHECK_TICKS);
+        let mut groups = self.groups.borrow_mut();
+        let mut dead = Vec::new();
+        for (group_id, group) in groups.iter_mut() {
+            let before = group.members.len();
+            group.members.retain(|member_id, member| {
+                let expired = member.join.is_none()
+                    && member.held == 0
+                    && now.duration_since(member.last_seen) > member.session_timeout;
+                if expired {
+                    tracing::info!(
+                        group = group_id.as_str(),
+                        member = member_id.as_str(),
+                        session_timeout_ms = member.session_timeout.as_millis() as u64,
+                        "member session expired"
+                    );
+                }
+                !expired
+            });
+            if group.members.len() < before {
+                self.members_gone(group_id, group);
+            }
+            if group.state == State::PreparingRebalance
+                && group
+                    .rebalance_deadline
+                    .is_some_and(|deadline| now >= deadline)
+            {
+                self.complete_join(group_id, group, true);
+            }
+            if check_topics && matches!(group.state, State::Stable | State::CompletingRebalance) {
+                let metadata = self.metadata.borrow();
+                let current: BTreeMap<String, u32> = group
+                    .members
+                    .values()
+                    .flat_map(|member| member.topics.iter())
+                    .filter_map(|topic| {
+                        metadata
+                            .topic(topic)
+                            .map(|record| (topic.clone(), record.partitions))
+                    })
+                    .collect();
+                drop(metadata);
+                if current != group.assigned_for {
+                    tracing::info!(
+                        group = group_id.as_str(),
+                        "subscribed topics changed; rebalancing"
+                    );
+                    start_rebalance(group, now);
+                    self.try_complete_join(group_id, group);
+                }
+            }
+            if group.is_dead() {
+                dead.push(group_id.clone());
+            }
+        }
+        for group_id in dead {
+            groups.remove(&group_id);
+        }
+    }
+
+    // ---- offsets ------------------------------------------------------------------------
+
+    async fn commit(self: &Rc<Self>, request: OffsetCommitRequest) -> Result<Response, Status> {
+        let partition_of_group = offsets_partition(&request.group_id);
+        let mut statuses: Vec<OffsetCommitTopicResponse> = Vec::new();
+        let mut entries = Vec::new();
+        {
+            let groups = self.groups.borrow();
+            let group = groups.get(&request.group_id);
+            let from_member =
+                !(request.generation == GENERATION_NONE && request.member_id.is_empty());
+            if from_member {
+                if let Some(group) = group
+                    && group.state == State::PreparingRebalance
+                    && group.members.contains_key(&request.member_id)
+                    && request.generation != group.generation
+                {
+                    return Err(rebalancing(&request.group_id));
+                }
+                Self::check_member(
+                    &request.group_id,
+                    group,
+                    &request.member_id,
+                    request.generation,
+                )?;
+            } else if let Some(group) = group
+                && !group.members.is_empty()
+            {
+                return Err(failed(
+                    ErrorCode::GroupNotEmpty,
+                    format!(
+                        "group {} has {} active members: only they commit its offsets; stop them first",
+                        request.group_id,
+                        group.members.len()
+                    ),
+                ));
+            }
+            let metadata = self.metadata.borrow();
+            let now_ms = crate::clock::now_ms();
+            for topic in &request.topics {
+                let record = metadata.topic(&topic.name);
+                let mut partitions = Vec::new();
+                for partition in &topic.partitions {
+                    let status = if record
+                        .is_none_or(|record| partition.partition >= record.partitions)
+                    {
+                        Status::error(
+                            ErrorCode::UnknownTopicOrPartition,
+                            format!("no partition {}-{}", topic.name, partition.partition),
+                        )
+                    } else if partition.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                        Status::error(
+                            ErrorCode::OffsetMetadataTooLarge,
+                            format!(
+                                "offset metadata of {} bytes; the limit is {OFFSET_METADATA_BYTES_MAX}",
+                                partition.metadata.len()
+                            ),
+                        )
+                    } else if partition.offset < 0 {
+                        Status::error(
+                            ErrorCode::InvalidRequest,
+                            format!("offset {} is negative", partition.offset),
+                        )
+                    } else if from_member
+                        && !group.is_some_and(|group| {
+                            group.owns(&request.member_id, &topic.name, partition.partition)
+                        })
+                    {
+                        Status::error(
+                            ErrorCode::NotAssigned,
+                            format!(
+                                "{}-{} is not assigned to {} in generation {}",
+                                topic.name,
+                                partition.partition,
+                                request.member_id,
+                                request.generation
+                            ),
+                        )
+                    } else {
+                        entries.push(Entry::Offset {
+                            group: request.group_id.clone(),
+                            topic: topic.name.clone(),
+                            partition: partition.partition,
+                            committed: Committed {
+                                offset: partition.offset,
+                                metadata: partition.metadata.clone(),
+                                commit_ms: now_ms,
+                            },
+                        });
+                        Status::ok()
+                    };
+                    partitions.push(PartitionStatus {
+                        partition: partition.partition,
+                        status,
+                    });
+                }
+                statuses.push(OffsetCommitTopicResponse {
+                    name: topic.name.clone(),
+                    partitions,
+                });
+            }
+        }
+        if entries.is_empty() {
+            return Ok(Response::OffsetCommit(statuses));
+        }
+        let store = self.store(partition_of_group).await?;
+        let turn = store.turn().await;
+        let written = store.append(&turn, &entries).await;
+        match written {
+            Ok(()) => {
+                let mut groups = self.groups.borrow_mut();
+                let group = groups
+                    .entry(request.group_id.clone())
+                    .or_insert_with(Group::new);
+                for entry in entries {
+                    if let Entry::Offset {
+                        topic,
+                        partition,
+                        committed,
+                        ..
+                    } = entry
+                    {
+                        group.offsets.insert((topic, partition), committed);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, group = request.group_id, "offset commit failed");
+                let status = crate::broker::storage_status(&error);
+                for topic in &mut statuses {
+                    for partition in &mut topic.partitions {
+                        if partition.status.is_ok() {
+                            partition.status = status.clone();
+                        }
+                    }
+                }
+            }
+        }
+        drop(turn);
+        self.maybe_compact(partition_of_group, &store);
+        Ok(Response::OffsetCommit(statuses))
+    }
+
+    /// Starts compacting an offsets log that has grown enough (one at a time per log).
+    fn maybe_compact(self: &Rc<Self>, partition: u32, store: &Rc<OffsetStore>) {
+        if !store.wants_compaction(self.config.offsets_compact_bytes)
+            || !self.compacting.borrow_mut().insert(partition)
+        {
+            return;
+        }
+        let coordinator = self.clone();
+        let store = store.clone();
+        glommio::spawn_local(async move {
+            let live = || coordinator.live_entries(partition);
+            if let Err(error) = store.compact(live).await {
+                tracing::warn!(%error, partition, "compacting an offsets log failed");
+            }
+            coordinator.compacting.borrow_mut().remove(&partition);
+        })
+        .detach();
+    }
+
+    /// Every committed offset of the groups in offsets partition `partition`.
+    fn live_entries(&self, partition: u32) -> Vec<Entry> {
+        let groups = self.groups.borrow();
+        let mut entries = Vec::new();
+        for (group_id, group) in groups.iter() {
+            if offsets_partition(group_id) != partition {
+                continue;
+            }
+            for ((topic, partition), committed) in &group.offsets {
+                entries.push(Entry::Offset {
+                    group: group_id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: committed.clone(),
+                });
+            }
+        }
+        entries
+    }
+
+    fn fetch_offsets(&self, request: OffsetFetchRequest) -> Response {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(&request.group_id).map(|group| &group.offsets);
+        let answer = |topic: &str, partition: u32| {
+            let committed =
+                offsets.and_then(|offsets| offsets.get(&(topic.to_string(), partition)));
+            OffsetFetchPartition {
+                partition,
+                status: Status::ok(),
+                offset: committed.map_or(-1, |committed| committed.offset),
+                metadata: committed.map(|c| c.metadata.clone()).unwrap_or_default(),
+            }
+        };
+        let topics = if request.topics.is_empty() {
+            let mut by_topic: BTreeMap<&str, Vec<OffsetFetchPartition>> = BTreeMap::new();
+            for (topic, partition) in offsets.into_iter().flat_map(|offsets| offsets.keys()) {
+                by_topic
+                    .entry(topic)
+                    .or_default()
+                    .push(answer(topic, *partition));
+            }
+            by_topic
+                .into_iter()
+                .map(|(name, partitions)| OffsetFetchTopic {
+                    name: name.to_string(),
+                    partitions,
+                })
+                .collect()
+        } else {
+            request
+                .topics
+                .iter()
+                .map(|topic| OffsetFetchTopic {
+                    name: topic.name.clone(),
+                    partitions: topic
+                        .partitions
+                        .iter()
+                        .map(|&partition| answer(&topic.name, partition))
+                        .collect(),
+                })
+                .collect()
+        };
+        Response::OffsetFetch(topics)
+    }
+
+    // ---- administration -----------------------------------------------------------------
+
+    /// The groups this shard coordinates.
+    pub fn list(&self) -> Vec<GroupListing> {
+        let groups = self.groups.borrow();
+        let mut listings: Vec<GroupListing> = groups
+            .iter()
+            .filter(|(_, group)| !group.is_dead())
+            .map(|(id, group)| GroupListing {
+                group_id: id.clone(),
+                state: group.state.name().to_string(),
+                members: group.members.len() as u32,
+            })
+            .collect();
+        listings.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        listings
+    }
+
+    fn describe(&self, request: GroupIdRequest) -> Result<Response, Status> {
+        let groups = self.groups.borrow();
+        let group = groups
+            .get(&request.group_id)
+            .filter(|group| !group.is_dead())
+            .ok_or_else(|| unknown_group(&request.group_id))?;
+        Ok(Response::DescribeGroup(GroupDescription {
+            group_id: request.group_id.clone(),
+            state: group.state.name().to_string(),
+            generation: group.generation,
+            assignor: group.strategy.map(Strategy::name).unwrap_or("").to_string(),
+            leader_id: group.leader.clone(),
+            members: group
+                .members
+                .iter()
+                .map(|(id, member)| GroupMemberDescription {
+                    member_id: id.clone(),
+                    client_id: member.client_id.clone(),
+                    session_timeout_ms: member.session_timeout.as_millis() as u32,
+                    topics: member.topics.clone(),
+                    assignment: to_topic_partitions(&member.assignment),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete(&self, request: GroupIdRequest) -> Result<Response, Status> {
+        {
+            let groups = self.groups.borrow();
+            let group = groups
+                .get(&request.group_id)
+                .filter(|group| !group.is_dead())
+                .ok_or_else(|| unknown_group(&request.group_id))?;
+            if !group.members.is_empty() {
+                return Err(failed(
+                    ErrorCode::GroupNotEmpty,
+                    format!(
+                        "group {} has {} active members; stop them first",
+                        request.group_id,
+                        group.members.len()
+                    ),
+                ));
+            }
+        }
+        let store = self.store(offsets_partition(&request.group_id)).await?;
+        let turn = store.turn().await;
+        let entry = Entry::GroupDeleted {
+            group: request.group_id.clone(),
+        };
+        store
+            .append(&turn, &[entry])
+            .await
+            .map_err(|error| crate::broker::storage_status(&error))?;
+        let mut groups = self.groups.borrow_mut();
+        // A member may have joined while the deletion was written: it keeps the group,
+        // which now has no offsets.
+        if let Some(group) = groups.get_mut(&request.group_id) {
+            group.offsets.clear();
+            if group.is_dead() {
+                groups.remove(&request.group_id);
+            }
+        }
+        Ok(Response::DeleteGroup)
+    }
+}
+
+fn start_rebalance(group: &mut Group, now: Instant) {
+    group.state = State::PreparingRebalance;
+    group.round += 1;
+    let timeout = group
+        .members
+        .values()
+        .map(|member| member.rebalance_timeout)
+        .max()
+        .unwrap_or_default();
+    group.rebalance_deadline = Some(now + timeout);
+    group.changed.notify_all();
+}
+
+fn rebalancing(group_id: &str) -> Status {
+    failed(
+        ErrorCode::RebalanceInProgress,
+        format!("group {group_id} is rebalancing: join again"),
+    )
+}
+
+fn unknown_group(group_id: &str) -> Status {
+    failed(
+        ErrorCode::UnknownGroup,
+        format!("no group {group_id} (it has no members and no committed offsets)"),
+    )
+}
