@@ -125,6 +125,21 @@ fn run_group(options: &ConsumeOptions<'_>, group: &str, format: &Format) -> Resu
         ClientError::Broker(status) => format!("group {group}: {status}"),
         other => describe(other),
     };
+    // A group may subscribe to a topic that does not exist yet (it rebalances when the
+    // topic appears), but at the command line that is almost always a typo.
+    let mut connection = connect(options.broker)?;
+    let topic = connection
+        .describe_topics(&[options.topic])
+        .map_err(describe)?
+        .pop()
+        .ok_or("empty answer")?;
+    if !topic.status.is_ok() {
+        return Err(format!(
+            "cannot consume {}: {}",
+            options.topic, topic.status
+        ));
+    }
+    drop(connection);
     let mut consumer = GroupConsumer::new(options.broker, config).map_err(describe)?;
     let mut printed = 0u64;
     let mut last_record = Instant::now();

@@ -750,3 +750,43 @@ fn the_offsets_log_is_compacted_and_replays_to_the_same_offsets() {
         "after replay"
     );
 }
+
+#[test]
+fn group_commands_refuse_bad_input_with_one_clear_line() {
+    let broker = Broker::start(1);
+    let address = broker.address();
+    let unknown = spate(&["consume", "nope", "--group", "g", "--broker", &address]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("cannot consume nope") && stderr.contains("unknown topic"),
+        "{stderr}"
+    );
+    let conflicting = spate(&["consume", "t", "--group", "g", "--partition", "0"]);
+    assert!(!conflicting.status.success());
+    assert!(String::from_utf8_lossy(&conflicting.stderr).contains("--partition"));
+    let no_target = spate(&[
+        "group",
+        "reset-offsets",
+        "g",
+        "--topic",
+        "t",
+        "--broker",
+        &address,
+    ]);
+    assert!(!no_target.status.success());
+    assert!(String::from_utf8_lossy(&no_target.stderr).contains("--to-earliest"));
+    let two_targets = spate(&[
+        "group",
+        "reset-offsets",
+        "g",
+        "--topic",
+        "t",
+        "--to-earliest",
+        "--to-latest",
+    ]);
+    assert!(!two_targets.status.success());
+    let too_long = spate(&["group", "describe", &"g".repeat(300), "--broker", &address]);
+    assert!(!too_long.status.success());
+    assert!(String::from_utf8_lossy(&too_long.stderr).contains("limit is 255"));
+}
