@@ -60,3 +60,10 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// may subscribe to.
 pub const GROUP_MEMBERS_MAX: usize = 1000;
 pub const GROUP_TOPICS_MAX: usize = 1000;
+
+/// Most partition entries one fetch may name.
+pub const FETCH_PARTITIONS_MAX: usize = 1000;
+
+/// Longest rebalance timeout a member may ask for: a join is answered within it, and it
+/// stays below the Rust client's 65 s answer timeout.
+pub const GROUP_REBALANCE_TIMEOUT_MAX_MS: u32 = 60_000;

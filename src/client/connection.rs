@@ -153,8 +153,10 @@ impl Connection {
             }
             let filled = self.buffer.len();
             self.buffer.resize(filled + 64 * 1024, 0);
-            let read = self.stream.read(&mut self.buffer[filled..])?;
-            self.buffer.truncate(filled + read);
+            let read = self.stream.read(&mut self.buffer[filled..]);
+            // On an error too: the zeros grown for the read must not look like data.
+            self.buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
+            let read = read?;
             if read == 0 {
                 return Err(ClientError::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,

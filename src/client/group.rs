@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{ClientError, Connection, ShardRouter};
+use crate::limits::FETCH_PARTITIONS_MAX;
 use crate::protocol::{
-    ErrorCode, FetchPartition, FetchTopic, GENERATION_NONE, JoinGroupRequest, OFFSET_EARLIEST,
-    OFFSET_LATEST, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, Status,
-    TopicPartitions,
+    ErrorCode, FetchPartition, FetchTopic, JoinGroupRequest, OFFSET_EARLIEST, OFFSET_LATEST,
+    OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, Status, TopicPartitions,
 };
 use crate::record::{Record, decode_records, split_batches};
 
@@ -53,6 +53,10 @@ pub struct GroupConsumerConfig {
     pub auto_commit_interval: Option<Duration>,
     /// Most bytes read per partition per fetch.
     pub fetch_max_bytes: u32,
+    /// Longest a fetch waits for records (a long poll). Short, because the member acts
+    /// on a rebalance only between fetches: the whole group's rebalance waits for its
+    /// slowest member's long poll.
+    pub fetch_max_wait: Duration,
 }
 
 impl GroupConsumerConfig {
@@ -68,6 +72,7 @@ impl GroupConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             auto_commit_interval: Some(Duration::from_secs(5)),
             fetch_max_bytes: 1 << 20,
+            fetch_max_wait: Duration::from_millis(25),
         }
     }
 }
@@ -199,21 +204,56 @@ impl GroupConsumer {
 
     /// Records from the assigned partitions, waiting up to `timeout` for some. Joins the
     /// group first if needed, takes part in any rebalance, and commits on the interval.
+    /// A lost connection (an idle one the broker closed, a broker restart) is opened
+    /// again and the member rejoins, a few times before the error is returned.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<GroupRecord>, ClientError> {
         let deadline = Instant::now() + timeout;
+        let mut failures = 0;
         loop {
-            self.ensure_member()?;
-            if let Some(interval) = self.config.auto_commit_interval
-                && self.last_commit.elapsed() >= interval
-            {
-                self.commit_or_rejoin()?;
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let records = self.fetch_round(remaining)?;
-            if !records.is_empty() || Instant::now() >= deadline {
-                return Ok(records);
+            match self.poll_step(deadline) {
+                Ok(Some(records)) => return Ok(records),
+                Ok(None) => {}
+                Err(error) => {
+                    failures += 1;
+                    let connection_lost = matches!(
+                        error,
+                        ClientError::Io(_)
+                            | ClientError::TimedOut
+                            | ClientError::Unexpected
+                            | ClientError::Protocol(_)
+                            | ClientError::Unreachable { .. }
+                    );
+                    if !connection_lost || failures > 3 {
+                        return Err(error);
+                    }
+                    std::thread::sleep(Duration::from_millis(100 * failures));
+                    self.reconnect()?;
+                }
             }
         }
+    }
+
+    /// One round of `poll`: `Some` when it has records or the deadline has passed.
+    fn poll_step(&mut self, deadline: Instant) -> Result<Option<Vec<GroupRecord>>, ClientError> {
+        self.ensure_member()?;
+        if let Some(interval) = self.config.auto_commit_interval
+            && self.last_commit.elapsed() >= interval
+        {
+            self.commit_or_rejoin()?;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let records = self.fetch_round(remaining)?;
+        Ok((!records.is_empty() || Instant::now() >= deadline).then_some(records))
+    }
+
+    /// Opens the connections again and has the member rejoin: its partitions may have
+    /// moved while it was cut off, and it reads them from the committed offsets.
+    fn reconnect(&mut self) -> Result<(), ClientError> {
+        self.routers.clear();
+        self.coordinator = Connection::connect(&self.bootstrap, &self.config.client_id)?;
+        let mut state = self.shared.state.lock().expect("not poisoned");
+        state.rejoin.get_or_insert(ErrorCode::RebalanceInProgress);
+        Ok(())
     }
 
     /// Commits the position of every assigned partition that moved since the last commit.
@@ -504,62 +544,93 @@ impl GroupConsumer {
                     max_bytes: fetch_bytes,
                 });
         }
-        // One long poll when a single request covers everything; short ones otherwise. At
-        // most 100 ms, so a rebalance is noticed soon.
-        let cap = if requests.len() == 1 { 100 } else { 10 };
-        let wait_ms = remaining.as_millis().min(cap) as u32;
+        // One long poll when a single request covers everything; short ones otherwise.
+        // Capped, so that a rebalance (which this thread acts on between fetches) waits
+        // for no long poll.
+        let cap = if requests.len() == 1 {
+            self.config.fetch_max_wait
+        } else {
+            self.config.fetch_max_wait.min(Duration::from_millis(10))
+        };
+        let wait_ms = remaining.min(cap).as_millis() as u32;
         let mut records = Vec::new();
         for ((topic, _), partitions) in requests {
-            let first = partitions[0].partition;
-            let max_bytes = fetch_bytes.saturating_mul(partitions.len() as u32);
-            let response = self.router(&topic)?.connection_for(first)?.fetch_many(
-                vec![FetchTopic {
-                    name: topic.clone(),
-                    partitions,
-                }],
-                max_bytes,
-                wait_ms,
-            )?;
-            for answer in response.topics.into_iter().flat_map(|topic| {
-                let name = topic.name;
-                topic
-                    .partitions
-                    .into_iter()
-                    .map(move |partition| (name.clone(), partition))
-            }) {
-                let (topic, partition) = answer;
-                let key = (topic.clone(), partition.partition);
-                let Some(&position) = self.positions.get(&key) else {
-                    continue;
-                };
-                if partition.status.code == ErrorCode::OffsetOutOfRange {
-                    let reset = self.reset_offset(&topic, partition.partition)?;
-                    self.positions.insert(key, reset);
-                    continue;
-                }
-                if !partition.status.is_ok() {
-                    // The topic changed under the group: the coordinator will rebalance.
-                    continue;
-                }
-                let mut next = position;
-                for batch in split_batches(&partition.records) {
-                    let (_, range) = batch.map_err(|_| ClientError::Unexpected)?;
-                    let batch: Bytes = partition.records.slice(range);
-                    for record in decode_records(&batch).map_err(|_| ClientError::Unexpected)? {
-                        if record.offset >= next {
-                            next = record.offset + 1;
-                            records.push(GroupRecord {
-                                topic: topic.clone(),
-                                partition: partition.partition,
-                                record,
-                            });
-                        }
+            for partitions in partitions.chunks(FETCH_PARTITIONS_MAX) {
+                // A position moves only with the records this poll returns: on an error
+                // the records already read are returned and the rest read again later.
+                match self.fetch_partitions(&topic, partitions.to_vec(), wait_ms) {
+                    Ok((read, moved)) => {
+                        records.extend(read);
+                        self.positions.extend(moved);
                     }
+                    Err(error) if records.is_empty() => return Err(error),
+                    Err(_) => return Ok(records),
                 }
-                self.positions.insert(key, next);
             }
         }
         Ok(records)
+    }
+
+    /// One fetch for some partitions of `topic` on one shard: the records past each
+    /// position, and the positions after them.
+    #[allow(clippy::type_complexity)]
+    fn fetch_partitions(
+        &mut self,
+        topic: &str,
+        partitions: Vec<FetchPartition>,
+        wait_ms: u32,
+    ) -> Result<(Vec<GroupRecord>, Vec<((String, u32), i64)>), ClientError> {
+        let fetch_bytes = self.config.fetch_max_bytes;
+        let first = partitions[0].partition;
+        let max_bytes = fetch_bytes.saturating_mul(partitions.len() as u32);
+        let response = self.router(topic)?.connection_for(first)?.fetch_many(
+            vec![FetchTopic {
+                name: topic.to_string(),
+                partitions,
+            }],
+            max_bytes,
+            wait_ms,
+        )?;
+        let mut records = Vec::new();
+        let mut moved = Vec::new();
+        for answer in response
+            .topics
+            .into_iter()
+            .flat_map(|topic| topic.partitions)
+        {
+            let key = (topic.to_string(), answer.partition);
+            let Some(&position) = self.positions.get(&key) else {
+                continue;
+            };
+            if answer.status.code == ErrorCode::OffsetOutOfRange {
+                let reset = self.reset_offset(topic, answer.partition)?;
+                moved.push((key, reset));
+                continue;
+            }
+            if !answer.status.is_ok() {
+                // The topic changed under the group: the coordinator will rebalance.
+                continue;
+            }
+            let mut next = position;
+            let mut read = Vec::new();
+            for batch in split_batches(&answer.records) {
+                let (_, range) = batch.map_err(|_| ClientError::Unexpected)?;
+                let batch: Bytes = answer.records.slice(range);
+                for record in decode_records(&batch).map_err(|_| ClientError::Unexpected)? {
+                    if record.offset >= next {
+                        next = record.offset + 1;
+                        read.push(GroupRecord {
+                            topic: topic.to_string(),
+                            partition: answer.partition,
+                            record,
+                        });
+                    }
+                }
+            }
+            records.extend(read);
+            moved.push((key, next));
+        }
+        Ok((records, moved))
     }
 }
 
@@ -574,31 +645,37 @@ impl Drop for GroupConsumer {
 
 /// The background heartbeat: while the member belongs to a generation, one heartbeat at
 /// a time, each held by the coordinator for up to the interval. An answer that says the
-/// generation is over tells the consumer to rejoin.
+/// generation is over tells the consumer to rejoin; until it has, heartbeats go on (one
+/// per interval) so the member is not expired while it finishes its work, up to the
+/// rebalance timeout.
 fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) {
     let interval_ms = config
         .heartbeat_interval
         .as_millis()
         .min(u128::from(u32::MAX)) as u32;
+    let pause = config
+        .heartbeat_interval
+        .min(config.session_timeout / 3)
+        .max(Duration::from_millis(10));
     let timeout = config.heartbeat_interval + Duration::from_secs(10);
     let mut connection: Option<Connection> = None;
     loop {
-        let (member_id, generation) = {
+        let (member_id, generation, rejoining) = {
             let state = shared.state.lock().expect("not poisoned");
             let state = shared
                 .changed
                 .wait_while(state, |state| {
-                    !state.stop
-                        && (state.member_id.is_empty()
-                            || state.generation == GENERATION_NONE
-                            || state.generation == 0
-                            || state.rejoin.is_some())
+                    !state.stop && (state.member_id.is_empty() || state.generation <= 0)
                 })
                 .expect("not poisoned");
             if state.stop {
                 return;
             }
-            (state.member_id.clone(), state.generation)
+            (
+                state.member_id.clone(),
+                state.generation,
+                state.rejoin.is_some(),
+            )
         };
         if connection.is_none() {
             match Connection::connect_with_timeout(address, &config.client_id, timeout) {
@@ -614,12 +691,14 @@ fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) 
             &config.group_id,
             generation,
             &member_id,
-            interval_ms,
+            if rejoining { 0 } else { interval_ms },
         );
+        let mut wait = Duration::ZERO;
         match answer {
+            Ok(()) if rejoining => wait = pause,
             Ok(()) => {
                 if sent.elapsed() < Duration::from_millis(5) {
-                    std::thread::sleep(Duration::from_millis(5));
+                    wait = Duration::from_millis(5);
                 }
             }
             Err(ClientError::Broker(status))
@@ -632,15 +711,35 @@ fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) 
             {
                 let mut state = shared.state.lock().expect("not poisoned");
                 if state.generation == generation && state.member_id == member_id {
-                    state.rejoin = Some(status.code);
+                    match state.rejoin {
+                        // Removed from the group: the join must ask for a new id.
+                        Some(_) if status.code == ErrorCode::UnknownMemberId => {
+                            state.rejoin = Some(status.code)
+                        }
+                        Some(_) => {}
+                        None => state.rejoin = Some(status.code),
+                    }
                     shared.changed.notify_all();
                 }
+                if rejoining {
+                    wait = pause;
+                }
             }
-            Err(ClientError::Broker(_)) => std::thread::sleep(Duration::from_millis(200)),
+            Err(ClientError::Broker(_)) => wait = Duration::from_millis(200),
             Err(_) => {
                 connection = None;
-                std::thread::sleep(Duration::from_millis(200));
+                wait = Duration::from_millis(200);
             }
+        }
+        if !wait.is_zero() {
+            // Woken early by a new generation or a stop.
+            let state = shared.state.lock().expect("not poisoned");
+            let _ = shared
+                .changed
+                .wait_timeout_while(state, wait, |state| {
+                    !state.stop && state.generation == generation
+                })
+                .expect("not poisoned");
         }
     }
 }

@@ -24,7 +24,8 @@ use super::offsets::{
 };
 use crate::broker::metadata::ClusterMetadata;
 use crate::limits::{
-    GROUP_MEMBERS_MAX, GROUP_NAME_BYTES_MAX, GROUP_TOPICS_MAX, OFFSET_METADATA_BYTES_MAX,
+    GROUP_MEMBERS_MAX, GROUP_NAME_BYTES_MAX, GROUP_REBALANCE_TIMEOUT_MAX_MS, GROUP_TOPICS_MAX,
+    OFFSET_METADATA_BYTES_MAX,
 };
 use crate::protocol::{
     ErrorCode, GENERATION_NONE, GroupDescription, GroupIdRequest, GroupListing,
@@ -307,9 +308,9 @@ impl Coordinator {
         if let Err(status) = check_name("group id", group_id, false) {
             return Response::Failed(status);
         }
-        if let Err(status) = self.store(offsets_partition(group_id)).await {
-            return Response::Failed(status);
-        }
+        // No store is opened here: every offsets log on disk was opened at start, and a
+        // commit or deletion opens (creating) its own, so a refused or read-only request
+        // creates nothing.
         let outcome = match request {
             Request::JoinGroup(request) => self.join(request, stopping).await,
             Request::SyncGroup(request) => self.sync(request),
@@ -375,11 +376,12 @@ impl Coordinator {
         }
         let answer = {
             let mut groups = self.groups.borrow_mut();
-            let group = groups
-                .entry(request.group_id.clone())
-                .or_insert_with(Group::new);
-            let known = group.members.contains_key(&request.member_id);
+            let known = groups
+                .get(&request.group_id)
+                .is_some_and(|group| group.members.contains_key(&request.member_id));
             if !request.member_id.is_empty() && !known {
+                // Checked before the group is looked up for writing, so that a refused
+                // join leaves no trace.
                 return Err(failed(
                     ErrorCode::UnknownMemberId,
                     format!(
@@ -388,6 +390,9 @@ impl Coordinator {
                     ),
                 ));
             }
+            let group = groups
+                .entry(request.group_id.clone())
+                .or_insert_with(Group::new);
             if !known && group.members.len() >= GROUP_MEMBERS_MAX {
                 return Err(failed(
                     ErrorCode::ResourceLimit,
@@ -429,6 +434,7 @@ impl Coordinator {
                     request
                         .rebalance_timeout_ms
                         .max(request.session_timeout_ms)
+                        .min(GROUP_REBALANCE_TIMEOUT_MAX_MS)
                         .into(),
                 ),
                 topics: request.topics.clone(),
@@ -1046,6 +1052,44 @@ impl Coordinator {
                 .collect()
         };
         Response::OffsetFetch(topics)
+    }
+
+    /// Forgets the committed offsets of deleted topics, durably, so that a topic created
+    /// later under the same name is not read from the old topic's offsets. Called on
+    /// every shard before a deletion is answered.
+    pub async fn topics_deleted(&self, topics: &[String]) {
+        let mut by_store: BTreeMap<u32, Vec<Entry>> = BTreeMap::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            for (group_id, group) in groups.iter_mut() {
+                let gone: Vec<(String, u32)> = group
+                    .offsets
+                    .keys()
+                    .filter(|(topic, _)| topics.contains(topic))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    group.offsets.remove(&key);
+                    by_store
+                        .entry(offsets_partition(group_id))
+                        .or_default()
+                        .push(Entry::OffsetDeleted {
+                            group: group_id.clone(),
+                            topic: key.0,
+                            partition: key.1,
+                        });
+                }
+            }
+            groups.retain(|_, group| !group.is_dead());
+        }
+        for (partition, entries) in by_store {
+            let store = self.stores.borrow().get(&partition).cloned();
+            let Some(store) = store else { continue };
+            let turn = store.turn().await;
+            if let Err(error) = store.append(&turn, &entries).await {
+                tracing::warn!(%error, partition, "recording the offsets of deleted topics failed");
+            }
+        }
     }
 
     // ---- administration -----------------------------------------------------------------

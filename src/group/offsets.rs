@@ -67,6 +67,12 @@ pub enum Entry {
         partition: u32,
         committed: Committed,
     },
+    /// One offset is gone (its topic was deleted).
+    OffsetDeleted {
+        group: String,
+        topic: String,
+        partition: u32,
+    },
     /// The group and all its offsets are gone.
     GroupDeleted { group: String },
 }
@@ -126,6 +132,17 @@ impl Entry {
                 put_str(&mut value, &committed.metadata);
                 (key, Some(value))
             }
+            Entry::OffsetDeleted {
+                group,
+                topic,
+                partition,
+            } => {
+                let mut key = vec![KIND_OFFSET];
+                put_str(&mut key, group);
+                put_str(&mut key, topic);
+                key.extend_from_slice(&partition.to_be_bytes());
+                (key, None)
+            }
             Entry::GroupDeleted { group } => {
                 let mut key = vec![KIND_GROUP];
                 put_str(&mut key, group);
@@ -151,6 +168,11 @@ impl Entry {
                     },
                 }
             }
+            (KIND_OFFSET, None) => Entry::OffsetDeleted {
+                group: key.string()?,
+                topic: key.string()?,
+                partition: key.u32()?,
+            },
             (KIND_GROUP, None) => Entry::GroupDeleted {
                 group: key.string()?,
             },
@@ -172,6 +194,18 @@ impl Entry {
                     .entry(group)
                     .or_default()
                     .insert((topic, partition), committed);
+            }
+            Entry::OffsetDeleted {
+                group,
+                topic,
+                partition,
+            } => {
+                if let Some(offsets) = groups.get_mut(&group) {
+                    offsets.remove(&(topic, partition));
+                    if offsets.is_empty() {
+                        groups.remove(&group);
+                    }
+                }
             }
             Entry::GroupDeleted { group } => {
                 groups.remove(&group);
@@ -197,6 +231,10 @@ pub struct OffsetStore {
     /// The log's size after the last compaction (or at open): the next compaction waits
     /// until the log has grown past twice this, so live state alone never triggers it.
     compacted_bytes: std::cell::Cell<u64>,
+    /// Set while a compaction waits for its turn: new commits wait behind it (the
+    /// semaphore alone would let a steady stream of commits starve it).
+    compaction_waiting: std::cell::Cell<bool>,
+    turns_open: crate::wake::Event,
 }
 
 /// A commit's hold on its store: appends made under it are applied to memory before it
@@ -253,12 +291,17 @@ impl OffsetStore {
             compacted_bytes: std::cell::Cell::new(log.size_bytes()),
             log,
             turn: Semaphore::new(TURN_UNITS),
+            compaction_waiting: std::cell::Cell::new(false),
+            turns_open: crate::wake::Event::default(),
         };
         Ok((store, groups))
     }
 
     /// A commit's turn: many at once, none during a compaction.
     pub async fn turn(&self) -> Turn<'_> {
+        self.turns_open
+            .wait_until(|| !self.compaction_waiting.get())
+            .await;
         Turn(
             self.turn
                 .acquire_permit(1)
@@ -287,12 +330,23 @@ impl OffsetStore {
     /// Rewrites the live state and deletes what it replaces. `live` is called once no
     /// commit is between its append and its apply, and must return every live entry.
     pub async fn compact(&self, live: impl FnOnce() -> Vec<Entry>) -> Result<(), StorageError> {
+        self.compaction_waiting.set(true);
         let _all = self
             .turn
             .acquire_permit(TURN_UNITS)
             .await
             .expect("the semaphore is never closed");
+        self.compaction_waiting.set(false);
+        self.turns_open.notify_all();
         let entries = live();
+        let outcome = self.rewrite(entries).await;
+        // Also after a failure: the next attempt waits until the log has doubled again,
+        // instead of rewriting the state at every commit.
+        self.compacted_bytes.set(self.log.size_bytes());
+        outcome
+    }
+
+    async fn rewrite(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
         let before = self.log.size_bytes();
         self.log.roll().await?;
         let start = self.log.log_end_offset();
@@ -308,6 +362,7 @@ impl OffsetStore {
                         committed,
                         ..
                     } => group.len() + topic.len() + committed.metadata.len(),
+                    Entry::OffsetDeleted { group, topic, .. } => group.len() + topic.len(),
                     Entry::GroupDeleted { group } => group.len(),
                 };
             chunk.push(entry);
@@ -321,7 +376,6 @@ impl OffsetStore {
             self.log.append(encode_batch(&chunk, now_ms)).await?;
         }
         let log_start = self.log.delete_before(start).await?;
-        self.compacted_bytes.set(self.log.size_bytes());
         tracing::info!(
             dir = %self.log.dir().display(),
             before,

@@ -741,6 +741,10 @@ impl Shard {
     /// and removes the partitions of deleted topics.
     pub async fn apply_metadata(&self, metadata: ClusterMetadata, deleted: Vec<TopicRecord>) {
         *self.metadata.borrow_mut() = metadata;
+        if !deleted.is_empty() {
+            let names: Vec<String> = deleted.iter().map(|topic| topic.name.clone()).collect();
+            self.groups.topics_deleted(&names).await;
+        }
         self.drop_partitions(&deleted).await;
     }
 

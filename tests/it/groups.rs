@@ -790,3 +790,86 @@ fn group_commands_refuse_bad_input_with_one_clear_line() {
     assert!(!too_long.status.success());
     assert!(String::from_utf8_lossy(&too_long.stderr).contains("limit is 255"));
 }
+
+#[test]
+fn a_deleted_topics_offsets_do_not_apply_to_a_new_topic_of_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start_in(&data, 2, &[]);
+    let mut connection = broker.connect();
+    connection.create_topic("reborn", 2, &[]).unwrap();
+    connection.create_topic("kept", 1, &[]).unwrap();
+    produce(&mut connection, "reborn", 2, 50);
+    commit(&mut connection, "g", "reborn", &[(0, 50), (1, 20)]);
+    commit(&mut connection, "g", "kept", &[(0, 0)]);
+    assert!(connection.delete_topic("reborn").unwrap().status.is_ok());
+    connection.create_topic("reborn", 2, &[]).unwrap();
+    let only_kept: BTreeMap<(String, u32), i64> = [(("kept".to_string(), 0), 0)].into();
+    assert_eq!(committed(&mut connection, "g"), only_kept);
+    broker.stop();
+    let broker = Broker::start_in(&data, 2, &[]);
+    let mut connection = broker.connect();
+    assert_eq!(committed(&mut connection, "g"), only_kept, "durably");
+}
+
+#[test]
+fn a_member_whose_connections_were_closed_while_idle_reconnects_and_rejoins() {
+    let broker = Broker::start_flagged(2, &["--connections-max-idle-ms", "1000"]);
+    let mut connection = broker.connect();
+    connection.create_topic("quiet", 4, &[]).unwrap();
+    let first = Member::start(&broker.address(), config("idle", &["quiet"]));
+    assert!(wait_until(Duration::from_secs(20), || covers(&[&first], 4)));
+    // Long enough for the broker to close every connection the member does not use.
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = Member::start(&broker.address(), config("idle", &["quiet"]));
+    assert!(
+        wait_until(Duration::from_secs(20), || covers(&[&first, &second], 4)),
+        "{:?} {:?}",
+        first.assignment(),
+        second.assignment()
+    );
+    drop(connection);
+    let mut connection = broker.connect();
+    produce(&mut connection, "quiet", 4, 5);
+    let expected = all_records(4, 5);
+    assert!(wait_until(Duration::from_secs(20), || {
+        let seen: BTreeSet<_> = first
+            .records()
+            .into_iter()
+            .chain(second.records())
+            .collect();
+        seen == expected
+    }));
+    first.close();
+    second.close();
+}
+
+#[test]
+fn a_member_busy_past_its_session_but_within_the_rebalance_timeout_keeps_its_place() {
+    let broker = Broker::start(1);
+    let mut connection = broker.connect();
+    connection.create_topic("slow", 2, &[]).unwrap();
+    let mut busy = GroupConsumer::new(&broker.address(), config("patient", &["slow"])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while busy.assignment().len() != 2 {
+        busy.poll(Duration::from_millis(50)).unwrap();
+        assert!(Instant::now() < deadline);
+    }
+    let member_id = busy.member_id();
+    let other = Member::start(&broker.address(), config("patient", &["slow"]));
+    // Not polling for twice the session timeout (the rebalance timeout is 10 s).
+    std::thread::sleep(SESSION * 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while busy.assignment().len() != 1 {
+        busy.poll(Duration::from_millis(50)).unwrap();
+        assert!(Instant::now() < deadline, "{:?}", busy.assignment());
+    }
+    assert_eq!(
+        busy.member_id(),
+        member_id,
+        "it was not expired and rejoined as itself"
+    );
+    assert_eq!(other.assignment().1.len(), 1);
+    busy.close().unwrap();
+    other.close();
+}

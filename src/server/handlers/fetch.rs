@@ -11,8 +11,8 @@ use crate::protocol::{
 };
 use crate::server::shard::{FetchPayload, Shard};
 
-/// Most partition entries one fetch may name.
-pub const FETCH_PARTITIONS_MAX: usize = 1000;
+pub use crate::limits::FETCH_PARTITIONS_MAX;
+
 /// Largest `max_bytes` honoured for a whole response (a larger one is lowered to this).
 pub const FETCH_RESPONSE_BYTES_MAX: u32 = 64 * 1024 * 1024;
 /// Longest long poll honoured (a longer `max_wait_ms` is lowered to this).
