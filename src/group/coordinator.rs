@@ -295,16 +295,9 @@ impl Coordinator {
 
     /// Serves one group request (other than ListGroups, which spans the shards).
     pub async fn handle(self: &Rc<Self>, request: Request, stopping: &Latch) -> Response {
-        let group_id = match &request {
-            Request::JoinGroup(request) => &request.group_id,
-            Request::SyncGroup(request) => &request.group_id,
-            Request::Heartbeat(request) => &request.group_id,
-            Request::LeaveGroup(request) => &request.group_id,
-            Request::OffsetCommit(request) => &request.group_id,
-            Request::OffsetFetch(request) => &request.group_id,
-            Request::DescribeGroup(request) | Request::DeleteGroup(request) => &request.group_id,
-            _ => unreachable!("only group requests reach the coordinator"),
-        };
+        let group_id = request
+            .group_id()
+            .expect("only group requests reach the coordinator");
         if let Err(status) = check_name("group id", group_id, false) {
             return Response::Failed(status);
         }
@@ -539,19 +532,7 @@ impl Coordinator {
                     .all(|member| member.assignors.contains(strategy))
             })
             .expect("joins are refused unless every member shares a strategy");
-        let partitions: BTreeMap<String, u32> = {
-            let metadata = self.metadata.borrow();
-            group
-                .members
-                .values()
-                .flat_map(|member| member.topics.iter())
-                .filter_map(|topic| {
-                    metadata
-                        .topic(topic)
-                        .map(|record| (topic.clone(), record.partitions))
-                })
-                .collect()
-        };
+        let partitions = self.subscribed_partitions(group);
         let previous: Assignment = group
             .members
             .iter()
@@ -593,6 +574,21 @@ impl Coordinator {
             "rebalance complete"
         );
         group.changed.notify_all();
+    }
+
+    /// The partition count of every existing topic the group's members subscribe to.
+    fn subscribed_partitions(&self, group: &Group) -> BTreeMap<String, u32> {
+        let metadata = self.metadata.borrow();
+        group
+            .members
+            .values()
+            .flat_map(|member| member.topics.iter())
+            .filter_map(|topic| {
+                metadata
+                    .topic(topic)
+                    .map(|record| (topic.clone(), record.partitions))
+            })
+            .collect()
     }
 
     /// Checks a member and its generation: the common start of sync, heartbeat and a
@@ -797,18 +793,7 @@ impl Coordinator {
                 self.complete_join(group_id, group, true);
             }
             if check_topics && matches!(group.state, State::Stable | State::CompletingRebalance) {
-                let metadata = self.metadata.borrow();
-                let current: BTreeMap<String, u32> = group
-                    .members
-                    .values()
-                    .flat_map(|member| member.topics.iter())
-                    .filter_map(|topic| {
-                        metadata
-                            .topic(topic)
-                            .map(|record| (topic.clone(), record.partitions))
-                    })
-                    .collect();
-                drop(metadata);
+                let current = self.subscribed_partitions(group);
                 if current != group.assigned_for {
                     tracing::info!(
                         group = group_id.as_str(),

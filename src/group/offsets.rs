@@ -113,6 +113,16 @@ impl Cursor<'_> {
     }
 }
 
+/// The key of one committed offset: a later record with it replaces (or, without a
+/// value, deletes) the offset.
+fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    let mut key = vec![KIND_OFFSET];
+    put_str(&mut key, group);
+    put_str(&mut key, topic);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
 impl Entry {
     fn key_value(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         match self {
@@ -122,10 +132,7 @@ impl Entry {
                 partition,
                 committed,
             } => {
-                let mut key = vec![KIND_OFFSET];
-                put_str(&mut key, group);
-                put_str(&mut key, topic);
-                key.extend_from_slice(&partition.to_be_bytes());
+                let key = offset_key(group, topic, *partition);
                 let mut value = Vec::with_capacity(18 + committed.metadata.len());
                 value.extend_from_slice(&committed.offset.to_be_bytes());
                 value.extend_from_slice(&committed.commit_ms.to_be_bytes());
@@ -136,13 +143,7 @@ impl Entry {
                 group,
                 topic,
                 partition,
-            } => {
-                let mut key = vec![KIND_OFFSET];
-                put_str(&mut key, group);
-                put_str(&mut key, topic);
-                key.extend_from_slice(&partition.to_be_bytes());
-                (key, None)
-            }
+            } => (offset_key(group, topic, *partition), None),
             Entry::GroupDeleted { group } => {
                 let mut key = vec![KIND_GROUP];
                 put_str(&mut key, group);

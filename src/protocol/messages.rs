@@ -285,6 +285,20 @@ impl Request {
         }
     }
 
+    /// The group a group request is about (`None` for other kinds and ListGroups).
+    pub fn group_id(&self) -> Option<&str> {
+        Some(match self {
+            Request::JoinGroup(request) => &request.group_id,
+            Request::SyncGroup(request) => &request.group_id,
+            Request::Heartbeat(request) => &request.group_id,
+            Request::LeaveGroup(request) => &request.group_id,
+            Request::OffsetCommit(request) => &request.group_id,
+            Request::OffsetFetch(request) => &request.group_id,
+            Request::DescribeGroup(request) | Request::DeleteGroup(request) => &request.group_id,
+            _ => return None,
+        })
+    }
+
     /// Encodes the whole frame, length field included, at the highest version we speak.
     pub fn encode(&self, correlation_id: u32) -> BytesMut {
         // Sized up front for a produce's batches, so they are copied once, not again at

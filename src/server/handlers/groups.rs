@@ -11,16 +11,9 @@ pub(crate) async fn handle(shard: &Rc<Shard>, request: Request) -> Response {
     if matches!(request, Request::ListGroups) {
         return list(shard).await;
     }
-    let group_id = match &request {
-        Request::JoinGroup(request) => &request.group_id,
-        Request::SyncGroup(request) => &request.group_id,
-        Request::Heartbeat(request) => &request.group_id,
-        Request::LeaveGroup(request) => &request.group_id,
-        Request::OffsetCommit(request) => &request.group_id,
-        Request::OffsetFetch(request) => &request.group_id,
-        Request::DescribeGroup(request) | Request::DeleteGroup(request) => &request.group_id,
-        _ => unreachable!("only group requests are routed here"),
-    };
+    let group_id = request
+        .group_id()
+        .expect("only group requests are routed here");
     let coordinator = coordinator_shard(group_id, shard.count);
     if coordinator == shard.id {
         return shard.groups.handle(request, &shard.stopping).await;
