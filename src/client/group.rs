@@ -124,6 +124,14 @@ pub struct GroupConsumer {
     joined: bool,
 }
 
+/// Whether an answer means this member's generation is over and it must join again.
+fn asks_to_rejoin(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId
+    )
+}
+
 fn broker_error(code: ErrorCode, message: String) -> ClientError {
     ClientError::Broker(Status::error(code, message))
 }
@@ -355,13 +363,7 @@ impl GroupConsumer {
     fn commit_or_rejoin(&mut self) -> Result<(), ClientError> {
         match self.commit() {
             Err(ClientError::Broker(status))
-                if matches!(
-                    status.code,
-                    ErrorCode::IllegalGeneration
-                        | ErrorCode::UnknownMemberId
-                        | ErrorCode::RebalanceInProgress
-                        | ErrorCode::NotAssigned
-                ) =>
+                if asks_to_rejoin(status.code) || status.code == ErrorCode::NotAssigned =>
             {
                 let mut state = self.shared.state.lock().expect("not poisoned");
                 state.rejoin.get_or_insert(status.code);
@@ -435,14 +437,7 @@ impl GroupConsumer {
                 &joined.member_id,
             ) {
                 Ok(assignment) => break assignment,
-                Err(ClientError::Broker(status))
-                    if matches!(
-                        status.code,
-                        ErrorCode::RebalanceInProgress
-                            | ErrorCode::IllegalGeneration
-                            | ErrorCode::UnknownMemberId
-                    ) =>
-                {
+                Err(ClientError::Broker(status)) if asks_to_rejoin(status.code) => {
                     let mut state = self.shared.state.lock().expect("not poisoned");
                     if status.code == ErrorCode::UnknownMemberId {
                         state.member_id.clear();
@@ -701,14 +696,7 @@ fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) 
                     wait = Duration::from_millis(5);
                 }
             }
-            Err(ClientError::Broker(status))
-                if matches!(
-                    status.code,
-                    ErrorCode::RebalanceInProgress
-                        | ErrorCode::IllegalGeneration
-                        | ErrorCode::UnknownMemberId
-                ) =>
-            {
+            Err(ClientError::Broker(status)) if asks_to_rejoin(status.code) => {
                 let mut state = shared.state.lock().expect("not poisoned");
                 if state.generation == generation && state.member_id == member_id {
                     match state.rejoin {

@@ -157,19 +157,15 @@ pub struct Coordinator {
     closed: Cell<bool>,
 }
 
-fn failed(code: ErrorCode, message: impl Into<String>) -> Status {
-    Status::error(code, message)
-}
-
 fn check_name(what: &str, value: &str, allow_empty: bool) -> Result<(), Status> {
     if value.is_empty() && !allow_empty {
-        return Err(failed(
+        return Err(Status::error(
             ErrorCode::InvalidRequest,
             format!("the {what} is empty"),
         ));
     }
     if value.len() > GROUP_NAME_BYTES_MAX {
-        return Err(failed(
+        return Err(Status::error(
             ErrorCode::InvalidRequest,
             format!(
                 "the {what} is {} bytes long; the limit is {GROUP_NAME_BYTES_MAX}",
@@ -332,7 +328,7 @@ impl Coordinator {
             self.config.session_timeout_max_ms,
         );
         if !(min..=max).contains(&request.session_timeout_ms) {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::InvalidRequest,
                 format!(
                     "session timeout {} ms is outside the broker's range of {min} to {max} ms",
@@ -341,7 +337,7 @@ impl Coordinator {
             ));
         }
         if request.topics.is_empty() || request.topics.len() > GROUP_TOPICS_MAX {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::InvalidRequest,
                 format!(
                     "a member subscribes to 1 to {GROUP_TOPICS_MAX} topics, not {}",
@@ -358,7 +354,7 @@ impl Coordinator {
             .filter_map(|name| Strategy::parse(name))
             .collect();
         if assignors.is_empty() {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::InconsistentGroupProtocol,
                 format!(
                     "none of the assignors {:?} is known (this broker has {})",
@@ -375,7 +371,7 @@ impl Coordinator {
             if !request.member_id.is_empty() && !known {
                 // Checked before the group is looked up for writing, so that a refused
                 // join leaves no trace.
-                return Err(failed(
+                return Err(Status::error(
                     ErrorCode::UnknownMemberId,
                     format!(
                         "{} is not a member of group {}: join with an empty member id",
@@ -387,7 +383,7 @@ impl Coordinator {
                 .entry(request.group_id.clone())
                 .or_insert_with(Group::new);
             if !known && group.members.len() >= GROUP_MEMBERS_MAX {
-                return Err(failed(
+                return Err(Status::error(
                     ErrorCode::ResourceLimit,
                     format!(
                         "group {} has the most members allowed ({GROUP_MEMBERS_MAX})",
@@ -404,7 +400,7 @@ impl Coordinator {
                         .all(|(_, member)| member.assignors.contains(&strategy))
             });
             if !common {
-                return Err(failed(
+                return Err(Status::error(
                     ErrorCode::InconsistentGroupProtocol,
                     format!(
                         "group {} uses assignors that {:?} does not include",
@@ -453,11 +449,11 @@ impl Coordinator {
         match answer {
             Some(Ok(response)) => Ok(Response::JoinGroup(response)),
             Some(Err(status)) => Err(status),
-            None if stopping.is_set() || self.closed.get() => Err(failed(
+            None if stopping.is_set() || self.closed.get() => Err(Status::error(
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down",
             )),
-            None => Err(failed(
+            None => Err(Status::error(
                 ErrorCode::RebalanceInProgress,
                 "this join was replaced by a newer join of the same member; join again",
             )),
@@ -600,13 +596,13 @@ impl Coordinator {
         generation: i32,
     ) -> Result<(), Status> {
         let Some(group) = group.filter(|group| group.members.contains_key(member_id)) else {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::UnknownMemberId,
                 format!("{member_id} is not a member of group {group_id}: join again"),
             ));
         };
         if generation != group.generation {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::IllegalGeneration,
                 format!(
                     "generation {generation} of group {group_id} is over; it is at {}: join again",
@@ -699,7 +695,7 @@ impl Coordinator {
                 member.last_seen = Instant::now();
             }
             None => {
-                return Err(failed(
+                return Err(Status::error(
                     ErrorCode::UnknownMemberId,
                     format!(
                         "{} was removed from group {}: join again",
@@ -713,7 +709,7 @@ impl Coordinator {
             return Err(rebalancing(&request.group_id));
         }
         if self.closed.get() || stopping.is_set() {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down",
             ));
@@ -727,7 +723,7 @@ impl Coordinator {
             .get_mut(&request.group_id)
             .filter(|group| group.members.contains_key(&request.member_id))
         else {
-            return Err(failed(
+            return Err(Status::error(
                 ErrorCode::UnknownMemberId,
                 format!(
                     "{} is not a member of group {}",
@@ -840,7 +836,7 @@ impl Coordinator {
             } else if let Some(group) = group
                 && !group.members.is_empty()
             {
-                return Err(failed(
+                return Err(Status::error(
                     ErrorCode::GroupNotEmpty,
                     format!(
                         "group {} has {} active members: only they commit its offsets; stop them first",
@@ -1129,7 +1125,7 @@ impl Coordinator {
                 .filter(|group| !group.is_dead())
                 .ok_or_else(|| unknown_group(&request.group_id))?;
             if !group.members.is_empty() {
-                return Err(failed(
+                return Err(Status::error(
                     ErrorCode::GroupNotEmpty,
                     format!(
                         "group {} has {} active members; stop them first",
@@ -1175,14 +1171,14 @@ fn start_rebalance(group: &mut Group, now: Instant) {
 }
 
 fn rebalancing(group_id: &str) -> Status {
-    failed(
+    Status::error(
         ErrorCode::RebalanceInProgress,
         format!("group {group_id} is rebalancing: join again"),
     )
 }
 
 fn unknown_group(group_id: &str) -> Status {
-    failed(
+    Status::error(
         ErrorCode::UnknownGroup,
         format!("no group {group_id} (it has no members and no committed offsets)"),
     )

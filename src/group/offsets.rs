@@ -13,9 +13,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use glommio::sync::Semaphore;
 
+use crate::protocol::ProtocolError;
+use crate::protocol::wire::{Reader, put_string};
 use crate::record::{BatchBuilder, decode_records, split_batches};
 use crate::storage::{Log, LogConfig, StorageError};
 
@@ -80,51 +82,20 @@ pub enum Entry {
 const KIND_OFFSET: u8 = 0;
 const KIND_GROUP: u8 = 1;
 
-fn put_str(out: &mut Vec<u8>, value: &str) {
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value.as_bytes());
-}
-
-/// A bounds-checked reader over a stored key or value: stored bytes passed their CRC, but
-/// a record that does not parse is reported, never a panic.
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn take(&mut self, count: usize) -> Option<&[u8]> {
-        if self.0.len() < count {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(count);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let length = u16::from_be_bytes(self.take(2)?.try_into().ok()?) as usize;
-        String::from_utf8(self.take(length)?.to_vec()).ok()
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
-
 /// The key of one committed offset: a later record with it replaces (or, without a
 /// value, deletes) the offset.
-fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
-    let mut key = vec![KIND_OFFSET];
-    put_str(&mut key, group);
-    put_str(&mut key, topic);
-    key.extend_from_slice(&partition.to_be_bytes());
+fn offset_key(group: &str, topic: &str, partition: u32) -> BytesMut {
+    let mut key = BytesMut::new();
+    key.put_u8(KIND_OFFSET);
+    put_string(&mut key, group);
+    put_string(&mut key, topic);
+    key.put_u32(partition);
     key
 }
 
 impl Entry {
-    fn key_value(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    /// A record's key and value, in the native protocol's encoding (`protocol::wire`).
+    fn key_value(&self) -> (BytesMut, Option<BytesMut>) {
         match self {
             Entry::Offset {
                 group,
@@ -132,12 +103,11 @@ impl Entry {
                 partition,
                 committed,
             } => {
-                let key = offset_key(group, topic, *partition);
-                let mut value = Vec::with_capacity(18 + committed.metadata.len());
-                value.extend_from_slice(&committed.offset.to_be_bytes());
-                value.extend_from_slice(&committed.commit_ms.to_be_bytes());
-                put_str(&mut value, &committed.metadata);
-                (key, Some(value))
+                let mut value = BytesMut::with_capacity(18 + committed.metadata.len());
+                value.put_i64(committed.offset);
+                value.put_i64(committed.commit_ms);
+                put_string(&mut value, &committed.metadata);
+                (offset_key(group, topic, *partition), Some(value))
             }
             Entry::OffsetDeleted {
                 group,
@@ -145,41 +115,58 @@ impl Entry {
                 partition,
             } => (offset_key(group, topic, *partition), None),
             Entry::GroupDeleted { group } => {
-                let mut key = vec![KIND_GROUP];
-                put_str(&mut key, group);
+                let mut key = BytesMut::new();
+                key.put_u8(KIND_GROUP);
+                put_string(&mut key, group);
                 (key, None)
             }
         }
     }
 
-    fn decode(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
-        let (&kind, key) = key.split_first()?;
-        let mut key = Cursor(key);
+    /// Decodes a stored record. Stored bytes passed their CRC, but one that does not
+    /// parse is an error to report, never a panic.
+    fn decode(key: Bytes, value: Option<Bytes>) -> Result<Entry, ProtocolError> {
+        let mut key = Reader::new(key);
+        let kind = key.u8("offsets record kind")?;
         let entry = match (kind, value) {
-            (KIND_OFFSET, Some(value)) => {
-                let mut value = Cursor(value);
-                Entry::Offset {
-                    group: key.string()?,
-                    topic: key.string()?,
-                    partition: key.u32()?,
-                    committed: Committed {
-                        offset: value.i64()?,
-                        commit_ms: value.i64()?,
-                        metadata: value.string()?,
+            (KIND_OFFSET, value) => {
+                let (group, topic) = (key.string("group")?, key.string("topic")?);
+                let partition = key.u32("partition")?;
+                match value {
+                    None => Entry::OffsetDeleted {
+                        group,
+                        topic,
+                        partition,
                     },
+                    Some(value) => {
+                        let mut value = Reader::new(value);
+                        let committed = Committed {
+                            offset: value.i64("offset")?,
+                            commit_ms: value.i64("commit time")?,
+                            metadata: value.string("offset metadata")?,
+                        };
+                        value.finish("offset value")?;
+                        Entry::Offset {
+                            group,
+                            topic,
+                            partition,
+                            committed,
+                        }
+                    }
                 }
             }
-            (KIND_OFFSET, None) => Entry::OffsetDeleted {
-                group: key.string()?,
-                topic: key.string()?,
-                partition: key.u32()?,
-            },
             (KIND_GROUP, None) => Entry::GroupDeleted {
-                group: key.string()?,
+                group: key.string("group")?,
             },
-            _ => return None,
+            _ => {
+                return Err(ProtocolError::Invalid {
+                    what: "offsets record",
+                    reason: "unknown kind",
+                });
+            }
         };
-        Some(entry)
+        key.finish("offsets record key")?;
+        Ok(entry)
     }
 
     /// Applies this change to `groups`.
@@ -275,12 +262,12 @@ impl OffsetStore {
                     if record.offset < offset {
                         continue;
                     }
-                    let key = record.key.as_deref().unwrap_or_default();
-                    match Entry::decode(key, record.value.as_deref()) {
-                        Some(entry) => entry.apply(&mut groups),
-                        None => tracing::warn!(
+                    match Entry::decode(record.key.unwrap_or_default(), record.value) {
+                        Ok(entry) => entry.apply(&mut groups),
+                        Err(error) => tracing::warn!(
                             dir = %log.dir().display(),
                             offset = record.offset,
+                            %error,
                             "skipping an offsets record that does not parse"
                         ),
                     }

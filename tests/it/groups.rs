@@ -873,3 +873,66 @@ fn a_member_busy_past_its_session_but_within_the_rebalance_timeout_keeps_its_pla
     busy.close().unwrap();
     other.close();
 }
+
+#[test]
+fn a_commit_on_a_full_disk_fails_with_disk_full_and_the_committed_offsets_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = crate::support::LoopMount::new(dir.path(), 64) else {
+        return;
+    };
+    let data = mount.mount_point.join("data");
+    let mut broker = Broker::start_in(&data, 1, &[]);
+    let mut connection = broker.connect();
+    connection.create_topic("t", 1, &[]).unwrap();
+    commit(&mut connection, "g", "t", &[(0, 1)]);
+    let filler = mount.mount_point.join("filler");
+    crate::support::fill(&filler);
+    // Each commit carries 4000 bytes of metadata, so it soon needs a block the disk lacks.
+    let attempt = |connection: &mut Connection, offset: i64| {
+        let answer = connection
+            .commit_offsets(OffsetCommitRequest {
+                group_id: "g".into(),
+                generation: GENERATION_NONE,
+                member_id: String::new(),
+                topics: vec![OffsetCommitTopic {
+                    name: "t".into(),
+                    partitions: vec![OffsetCommitPartition {
+                        partition: 0,
+                        offset,
+                        metadata: "m".repeat(4000),
+                    }],
+                }],
+            })
+            .unwrap();
+        answer[0].partitions[0].status.clone()
+    };
+    let mut acknowledged = 1;
+    let refused = (2..400).find_map(|offset| {
+        let status = attempt(&mut connection, offset);
+        if status.is_ok() {
+            acknowledged = offset;
+            None
+        } else {
+            Some(status)
+        }
+    });
+    let refused = refused.expect("a commit fails once the disk is full");
+    assert_eq!(refused.code, ErrorCode::DiskFull, "{refused}");
+    let expected: BTreeMap<(String, u32), i64> = [(("t".to_string(), 0), acknowledged)].into();
+    assert_eq!(
+        committed(&mut connection, "g"),
+        expected,
+        "the refused commit changed nothing"
+    );
+    // The broker keeps serving, and commits work again once there is room.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(attempt(&mut connection, 1000).is_ok());
+    broker.stop();
+    let broker = Broker::start_in(&data, 1, &[]);
+    let mut connection = broker.connect();
+    let expected: BTreeMap<(String, u32), i64> = [(("t".to_string(), 0), 1000)].into();
+    assert_eq!(committed(&mut connection, "g"), expected);
+    drop(connection);
+    drop(broker);
+    drop(mount);
+}

@@ -2,32 +2,12 @@
 //! (`chattr +i`), on a small ext4 image mounted on a loop device. Needs root (CI and the
 //! development machines run as root); elsewhere set SPATE_SKIP_ROOT_TESTS=1.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
 use spate::storage::{Log, LogConfig, StorageError};
 
-use crate::support::{batch_mut, on_loop_mount, read_all};
-
-/// Writes zeros to `path` until the filesystem is full.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 256 * 1024];
-    loop {
-        if let Err(error) = file.write_all(&chunk).and_then(|_| file.sync_all()) {
-            assert_eq!(
-                error.raw_os_error(),
-                Some(28),
-                "expected ENOSPC, got {error}"
-            );
-            // Take the last blocks one at a time.
-            let block = [0u8; 4096];
-            while file.write_all(&block).and_then(|_| file.sync_all()).is_ok() {}
-            return;
-        }
-    }
-}
+use crate::support::{batch_mut, fill, on_loop_mount, read_all};
 
 #[test]
 fn a_full_disk_fails_appends_cleanly_and_the_log_recovers_when_space_returns() {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -151,5 +152,24 @@ impl Drop for LoopMount {
             .arg("-l")
             .arg(&self.mount_point)
             .status();
+    }
+}
+
+/// Writes zeros to `path` until the filesystem is full.
+pub fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 256 * 1024];
+    loop {
+        if let Err(error) = file.write_all(&chunk).and_then(|_| file.sync_all()) {
+            assert_eq!(
+                error.raw_os_error(),
+                Some(28),
+                "expected ENOSPC, got {error}"
+            );
+            // Take the last blocks one at a time.
+            let block = [0u8; 4096];
+            while file.write_all(&block).and_then(|_| file.sync_all()).is_ok() {}
+            return;
+        }
     }
 }
