@@ -19,6 +19,7 @@ pub mod group;
 pub mod limits;
 pub mod protocol;
 pub mod record;
+mod semaphore;
 pub mod server;
 pub mod storage;
 mod wake;

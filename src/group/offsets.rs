@@ -14,11 +14,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use glommio::sync::Semaphore;
+use std::rc::Rc;
 
 use crate::protocol::ProtocolError;
 use crate::protocol::wire::{Reader, put_string};
 use crate::record::{BatchBuilder, decode_records, split_batches};
+use crate::semaphore::{FifoPermit, FifoSemaphore};
 use crate::storage::{Log, LogConfig, StorageError};
 
 /// How many offsets partitions there are. A group's offsets live in partition
@@ -32,8 +33,9 @@ const OFFSETS_SEGMENT_BYTES: u64 = 8 << 20;
 /// Most bytes of live entries written per batch while compacting.
 const SNAPSHOT_BATCH_BYTES: usize = 512 * 1024;
 
-/// Commits hold one unit while they append and apply; compaction holds all of them, so
-/// the state it writes is exactly what the log holds before it.
+/// Commits hold one unit while they append and apply; compaction and the forgetting of a
+/// deleted topic's offsets hold all of them, so they see exactly what the log holds. Turns
+/// are first come, first served: a steady stream of commits cannot starve the others.
 const TURN_UNITS: u64 = 1 << 30;
 
 pub fn offsets_partition(group_id: &str) -> u32 {
@@ -215,19 +217,16 @@ fn encode_batch(entries: &[Entry], now_ms: i64) -> BytesMut {
 pub struct OffsetStore {
     log: Log,
     /// See `TURN_UNITS`.
-    turn: Semaphore,
+    turn: Rc<FifoSemaphore>,
     /// The log's size after the last compaction (or at open): the next compaction waits
     /// until the log has grown past twice this, so live state alone never triggers it.
     compacted_bytes: std::cell::Cell<u64>,
-    /// Set while a compaction waits for its turn: new commits wait behind it (the
-    /// semaphore alone would let a steady stream of commits starve it).
-    compaction_waiting: std::cell::Cell<bool>,
-    turns_open: crate::wake::Event,
 }
 
-/// A commit's hold on its store: appends made under it are applied to memory before it
-/// is dropped, so a compaction never writes state older than the log.
-pub struct Turn<'a>(#[allow(dead_code)] glommio::sync::Permit<'a>);
+/// A hold on a store: a commit's appends are applied to memory before its turn is
+/// dropped, so whoever takes the exclusive turn next (a compaction, a deleted topic's
+/// tombstones) sees memory and log agree.
+pub struct Turn(#[allow(dead_code)] FifoPermit);
 
 impl OffsetStore {
     /// Opens (creating) the log in `dir` and replays it.
@@ -278,28 +277,34 @@ impl OffsetStore {
         let store = OffsetStore {
             compacted_bytes: std::cell::Cell::new(log.size_bytes()),
             log,
-            turn: Semaphore::new(TURN_UNITS),
-            compaction_waiting: std::cell::Cell::new(false),
-            turns_open: crate::wake::Event::default(),
+            turn: Rc::new(FifoSemaphore::new(TURN_UNITS)),
         };
         Ok((store, groups))
     }
 
-    /// A commit's turn: many at once, none during a compaction.
-    pub async fn turn(&self) -> Turn<'_> {
-        self.turns_open
-            .wait_until(|| !self.compaction_waiting.get())
-            .await;
+    /// A commit's turn: many at once, none while an exclusive turn is held or awaited.
+    pub async fn turn(&self) -> Turn {
         Turn(
             self.turn
-                .acquire_permit(1)
+                .acquire(1)
+                .await
+                .expect("the semaphore is never closed"),
+        )
+    }
+
+    /// The only turn: every commit admitted before it has applied its offsets, and none
+    /// admitted after it starts until it is dropped.
+    pub async fn exclusive_turn(&self) -> Turn {
+        Turn(
+            self.turn
+                .acquire(TURN_UNITS)
                 .await
                 .expect("the semaphore is never closed"),
         )
     }
 
     /// Appends `entries` as one batch and returns once it is durable.
-    pub async fn append(&self, _turn: &Turn<'_>, entries: &[Entry]) -> Result<(), StorageError> {
+    pub async fn append(&self, _turn: &Turn, entries: &[Entry]) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -318,14 +323,7 @@ impl OffsetStore {
     /// Rewrites the live state and deletes what it replaces. `live` is called once no
     /// commit is between its append and its apply, and must return every live entry.
     pub async fn compact(&self, live: impl FnOnce() -> Vec<Entry>) -> Result<(), StorageError> {
-        self.compaction_waiting.set(true);
-        let _all = self
-            .turn
-            .acquire_permit(TURN_UNITS)
-            .await
-            .expect("the semaphore is never closed");
-        self.compaction_waiting.set(false);
-        self.turns_open.notify_all();
+        let _all = self.exclusive_turn().await;
         let entries = live();
         let outcome = self.rewrite(entries).await;
         // Also after a failure: the next attempt waits until the log has doubled again,

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_channel::oneshot;
-use glommio::sync::StaticPermit;
 
 use super::StorageError;
 use super::io::{self, align_down, align_up};
@@ -28,6 +27,7 @@ use super::segment::{
 };
 use crate::limits::GROUP_WRITE_BYTES_MAX;
 use crate::record::{BatchHeader, set_base_offset};
+use crate::semaphore::FifoPermit;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
@@ -77,7 +77,7 @@ pub(crate) struct PendingAppend {
     pub batches: Vec<(BatchHeader, Range<usize>)>,
     pub reply: Reply<AppendInfo>,
     /// Holds `records.len()` units of the log's pending-bytes budget until answered.
-    pub _permit: StaticPermit,
+    pub _permit: FifoPermit,
 }
 
 impl PendingAppend {

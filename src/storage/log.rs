@@ -9,7 +9,6 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use futures_channel::oneshot;
-use glommio::sync::Semaphore;
 
 use super::appender::{self, Command, PendingAppend};
 use super::index::{SegmentSummary, decode_offset_index, decode_time_index};
@@ -23,6 +22,7 @@ use crate::limits::{
     BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX,
 };
 use crate::record::{BatchError, RecordIter, split_batches};
+use crate::semaphore::FifoSemaphore;
 use crate::wake::{Event, Notify};
 
 /// Where an append landed.
@@ -131,7 +131,9 @@ pub(crate) struct LogInner {
     pub queue: RefCell<VecDeque<Command>>,
     pub appender_wake: Notify,
     pub data_arrived: Event,
-    pub pending_bytes: Rc<Semaphore>,
+    /// Bytes of appends admitted and not yet answered. First come, first served, so that
+    /// appends enter the queue in the order `append` was called.
+    pub pending_bytes: Rc<FifoSemaphore>,
     pub stats: Cell<LogStats>,
     /// Exclusive lock on the partition directory, released at close.
     pub lock: RefCell<Option<io::DirectoryLock>>,
@@ -265,7 +267,7 @@ impl Log {
             queue: RefCell::new(VecDeque::new()),
             appender_wake: Notify::default(),
             data_arrived: Event::default(),
-            pending_bytes: Rc::new(Semaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
+            pending_bytes: Rc::new(FifoSemaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
             stats: Cell::new(LogStats::default()),
             lock: RefCell::new(Some(lock)),
             read_ahead: RefCell::new(None),
@@ -296,7 +298,7 @@ impl Log {
         let permit = self
             .inner
             .pending_bytes
-            .acquire_static_permit(records.len() as u64)
+            .acquire(records.len() as u64)
             .await
             .map_err(|_| StorageError::Closed)?;
         self.call(|reply| {

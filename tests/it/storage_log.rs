@@ -746,3 +746,42 @@ fn delete_before_past_the_log_end_is_refused_and_changes_nothing() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn appends_waiting_for_the_pending_budget_enter_the_log_in_call_order() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        const MIB: usize = 1 << 20;
+        // Eight appends of 7.5 MiB leave a little under 4 MiB of the 64 MiB pending budget;
+        // the next append (7 MiB) must wait, and the one after it (1 MiB) would fit in
+        // what is free, but came later: it must wait its turn.
+        let mut sizes: Vec<(String, usize)> = (0..8)
+            .map(|index| (format!("fill{index}"), 7 * MIB + MIB / 2))
+            .collect();
+        sizes.push(("large".into(), 7 * MIB));
+        sizes.push(("small".into(), MIB));
+        let started: Vec<_> = sizes
+            .iter()
+            .map(|(tag, bytes)| {
+                let (log, records) = (log.clone(), batch_mut(tag, 1, *bytes, 0));
+                glommio::spawn_local(async move { log.append(records).await.unwrap() })
+            })
+            .collect();
+        let mut acknowledged = Vec::new();
+        for task in started {
+            acknowledged.push(task.await.base_offset);
+        }
+        assert_eq!(acknowledged, (0..10).collect::<Vec<i64>>());
+        let tags: Vec<String> = read_all(&log, 0)
+            .await
+            .into_iter()
+            .map(|(_, value)| {
+                let value = String::from_utf8_lossy(&value[..16]).into_owned();
+                value.split('-').next().unwrap().to_string()
+            })
+            .collect();
+        let expected: Vec<String> = sizes.into_iter().map(|(tag, _)| tag).collect();
+        assert_eq!(tags, expected);
+        log.close().await.unwrap();
+    });
+}
