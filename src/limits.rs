@@ -64,6 +64,25 @@ pub const GROUP_TOPICS_MAX: usize = 1000;
 /// Most partition entries one fetch may name.
 pub const FETCH_PARTITIONS_MAX: usize = 1000;
 
+/// Most entries one request may carry, counting the elements of every array in it at
+/// every level (topics, partitions, names, configs...). What a request makes a shard build
+/// grows with its entries, not only with its bytes: a few bytes of frame can name a
+/// topic whose answer is a thousand partitions, or start a task. This bounds that work;
+/// a request over it is refused whole, before anything is built for it. One topic of the
+/// most partitions a topic may have fits twice over.
+pub const REQUEST_ENTRIES_MAX: usize = 20_000;
+
+/// What one entry of a request is counted at in its connection's byte budget, besides
+/// the frame's bytes: the decoded entry, its answer (a status whose message is at most
+/// `protocol::STATUS_MESSAGE_BYTES_MAX`), and its share of the tasks serving it. With
+/// this the budget bounds what a connection's requests hold, not just their frames.
+pub const REQUEST_ENTRY_WEIGHT_BYTES: usize = 2048;
+
+const _: () = assert!(FETCH_PARTITIONS_MAX <= REQUEST_ENTRIES_MAX);
+const _: () =
+    assert!(2 * crate::broker::metadata::TOPIC_PARTITIONS_MAX as usize <= REQUEST_ENTRIES_MAX);
+const _: () = assert!(crate::protocol::STATUS_MESSAGE_BYTES_MAX < REQUEST_ENTRY_WEIGHT_BYTES);
+
 /// Longest rebalance timeout a member may ask for: a join is answered within it, and it
 /// stays below the Rust client's 65 s answer timeout.
 pub const GROUP_REBALANCE_TIMEOUT_MAX_MS: u32 = 60_000;

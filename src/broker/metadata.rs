@@ -29,6 +29,8 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub struct ClusterMetadata {
     /// Bumped by every change, so shards can tell which copy is newer.
     pub generation: u64,
+    /// Sorted by name (`create_topic` keeps it so, `load` restores it), so a name is
+    /// found by binary search: requests look names up once per entry.
     pub topics: Vec<TopicRecord>,
 }
 
@@ -65,18 +67,29 @@ pub enum MetadataError {
 }
 
 impl ClusterMetadata {
-    /// The names asked for, or every topic's name when none was (as Kafka's metadata and
-    /// describe requests treat an empty list).
+    /// The names asked for, each once, in the order first asked (a name repeated a
+    /// million times must not make a million answers); or every topic's name when none
+    /// was (as Kafka's metadata and describe requests treat an empty list).
     pub fn names_or_all(&self, requested: Vec<String>) -> Vec<String> {
         if requested.is_empty() {
-            self.topics.iter().map(|topic| topic.name.clone()).collect()
-        } else {
-            requested
+            return self.topics.iter().map(|topic| topic.name.clone()).collect();
         }
+        let mut seen = std::collections::HashSet::with_capacity(requested.len());
+        requested
+            .into_iter()
+            .filter(|name| seen.insert(name.clone()))
+            .collect()
     }
 
     pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
-        self.topics.iter().find(|topic| topic.name == name)
+        let position = self.position(name).ok()?;
+        Some(&self.topics[position])
+    }
+
+    /// Where `name` is in `topics`, or where it would go.
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.topics
+            .binary_search_by(|topic| topic.name.as_str().cmp(name))
     }
 
     /// Adds a topic after checking its name, partition count and configs.
@@ -104,26 +117,28 @@ impl ClusterMetadata {
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )
         .map_err(|error| Status::error(ErrorCode::InvalidConfig, error.to_string()))?;
-        self.topics.push(TopicRecord {
-            name: topic.name.clone(),
-            partitions: topic.partitions,
-            configs: topic.configs.clone(),
-        });
+        let position = self
+            .position(&topic.name)
+            .expect_err("checked that it does not exist");
+        self.topics.insert(
+            position,
+            TopicRecord {
+                name: topic.name.clone(),
+                partitions: topic.partitions,
+                configs: topic.configs.clone(),
+            },
+        );
         self.generation += 1;
         Ok(())
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<TopicRecord, Status> {
-        let position = self
-            .topics
-            .iter()
-            .position(|topic| topic.name == name)
-            .ok_or_else(|| {
-                Status::error(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("topic {name} does not exist"),
-                )
-            })?;
+        let position = self.position(name).map_err(|_| {
+            Status::error(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {name} does not exist"),
+            )
+        })?;
         self.generation += 1;
         Ok(self.topics.remove(position))
     }
@@ -200,8 +215,18 @@ fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
     // rkyv reads from aligned memory; validation (bytecheck) runs before any field is used.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<ClusterMetadata, rancor::Error>(&aligned)
-        .map_err(|error| format!("invalid archive: {error}"))
+    let mut metadata = rkyv::from_bytes::<ClusterMetadata, rancor::Error>(&aligned)
+        .map_err(|error| format!("invalid archive: {error}"))?;
+    // Files written before topics were kept sorted hold them in creation order.
+    metadata.topics.sort_by(|a, b| a.name.cmp(&b.name));
+    if metadata
+        .topics
+        .windows(2)
+        .any(|pair| pair[0].name == pair[1].name)
+    {
+        return Err("a topic name appears twice".into());
+    }
+    Ok(metadata)
 }
 
 /// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
@@ -233,12 +258,17 @@ pub fn shard_for(topic: &str, partition: u32, shard_count: usize) -> usize {
     (spread + partition as usize) % shard_count
 }
 
-/// How many partitions each of `shard_count` shards owns.
+/// How many partitions each of `shard_count` shards owns. Partition `p` of a topic lands
+/// `p` shards after its partition 0 (see `shard_for`), so each topic is counted in
+/// `shard_count` steps, whatever its partition count.
 pub fn partitions_per_shard(topics: &[TopicRecord], shard_count: usize) -> Vec<u32> {
     let mut counts = vec![0u32; shard_count];
+    let shards = shard_count as u32;
     for topic in topics {
-        for partition in 0..topic.partitions {
-            counts[shard_for(&topic.name, partition, shard_count)] += 1;
+        let first = shard_for(&topic.name, 0, shard_count);
+        let (each, rest) = (topic.partitions / shards, topic.partitions % shards);
+        for step in 0..shard_count {
+            counts[(first + step) % shard_count] += each + u32::from((step as u32) < rest);
         }
     }
     counts
@@ -381,6 +411,37 @@ mod tests {
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(ClusterMetadata::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn partition_counts_per_shard_agree_with_the_shard_table() {
+        for shards in [1, 2, 3, 7, 16] {
+            for partitions in [1, 2, 5, 16, 17, 1000] {
+                let topic = TopicRecord {
+                    name: format!("t{partitions}"),
+                    partitions,
+                    configs: Vec::new(),
+                };
+                let mut expected = vec![0u32; shards];
+                for partition in 0..partitions {
+                    expected[shard_for(&topic.name, partition, shards)] += 1;
+                }
+                assert_eq!(partitions_per_shard(&[topic], shards), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn topics_stay_sorted_and_are_found_by_name() {
+        let mut metadata = ClusterMetadata::default();
+        for name in ["m", "b", "z", "a", "q"] {
+            metadata.create_topic(&new_topic(name, 1, &[])).unwrap();
+        }
+        let names: Vec<&str> = metadata.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "m", "q", "z"]);
+        assert!(metadata.topic("q").is_some() && metadata.topic("c").is_none());
+        metadata.delete_topic("m").unwrap();
+        assert!(metadata.topic("m").is_none() && metadata.topic("z").is_some());
     }
 
     #[test]

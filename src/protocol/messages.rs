@@ -16,6 +16,7 @@ use super::groups::{
 };
 use super::wire::{Reader, put_blob, put_count, put_string};
 use super::{ApiKey, ErrorCode, ProtocolError, RequestHeader, Status};
+use crate::limits::REQUEST_ENTRIES_MAX;
 
 /// `timestamp` values of a ListOffsets request that are not timestamps.
 pub const OFFSET_EARLIEST: i64 = -2;
@@ -395,8 +396,18 @@ impl Request {
     /// Decodes a request body. The header's kind must be known and its version supported
     /// (ApiVersions is decoded at any version, so that any client can negotiate).
     pub fn decode(header: &RequestHeader, body: Bytes) -> Result<Request, ProtocolError> {
+        Request::decode_counting(header, body).map(|(request, _)| request)
+    }
+
+    /// Decodes a request body, as `decode`, and says how many entries (array elements, at
+    /// every level) it carries. A request with more than `REQUEST_ENTRIES_MAX` is refused
+    /// as soon as its arrays declare them, before they are built.
+    pub fn decode_counting(
+        header: &RequestHeader,
+        body: Bytes,
+    ) -> Result<(Request, usize), ProtocolError> {
         let api_key = ApiKey::from_u16(header.api_key)?;
-        let mut reader = Reader::new(body);
+        let mut reader = Reader::with_entry_limit(body, REQUEST_ENTRIES_MAX);
         let request = match api_key {
             ApiKey::ApiVersions => Request::ApiVersions(ApiVersionsRequest {
                 client_id: reader.string("client id")?,
@@ -483,8 +494,9 @@ impl Request {
                 group_id: reader.string("group id")?,
             }),
         };
+        let entries = reader.entries();
         reader.finish("request")?;
-        Ok(request)
+        Ok((request, entries))
     }
 }
 

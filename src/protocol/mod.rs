@@ -39,6 +39,10 @@ pub enum ProtocolError {
         what: &'static str,
         reason: &'static str,
     },
+    #[error(
+        "{what}: a request may carry at most {max} entries in all (topics, partitions, names); split it"
+    )]
+    TooManyEntries { what: &'static str, max: usize },
     #[error("{what}: {count} unexpected bytes after the message")]
     TrailingBytes { what: &'static str, count: usize },
     #[error("unknown request kind {0}")]
@@ -231,11 +235,20 @@ impl Status {
         }
     }
 
+    /// An error with its message, cut to `STATUS_MESSAGE_BYTES_MAX` (at a character
+    /// boundary): messages quote client input, such as a topic name, and a request with
+    /// many entries must not make each of its answers as large as that input.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Status {
-        Status {
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > STATUS_MESSAGE_BYTES_MAX {
+            let mut end = STATUS_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.shrink_to_fit();
         }
+        Status { code, message }
     }
 
     pub fn is_ok(&self) -> bool {

@@ -685,3 +685,74 @@ fn long_status_messages_are_cut_not_fatal() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_request_with_more_entries_than_the_limit_is_refused_and_others_are_counted() {
+    let header = |api_key: ApiKey| RequestHeader {
+        api_key: api_key as u16,
+        api_version: 1,
+        correlation_id: 1,
+    };
+    let metadata = |names: usize| {
+        let frame = Request::Metadata(MetadataRequest {
+            topics: vec![String::new(); names],
+        })
+        .encode(1);
+        frame.freeze().slice(4 + REQUEST_HEADER_BYTES..)
+    };
+    let limit = crate::limits::REQUEST_ENTRIES_MAX;
+    let (_, entries) =
+        Request::decode_counting(&header(ApiKey::Metadata), metadata(limit)).unwrap();
+    assert_eq!(entries, limit);
+    let error = Request::decode(&header(ApiKey::Metadata), metadata(limit + 1)).unwrap_err();
+    assert_eq!(
+        error,
+        ProtocolError::TooManyEntries {
+            what: "topics",
+            max: limit
+        }
+    );
+    // Entries count at every level: topics and the partitions under them.
+    let produce = Request::Produce(ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 1,
+        topics: (0..3)
+            .map(|topic| ProduceTopic {
+                name: format!("t{topic}"),
+                partitions: (0..limit as u32 / 3)
+                    .map(|partition| ProducePartition {
+                        partition,
+                        records: Bytes::new(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    });
+    let body = produce.encode(1).freeze().slice(4 + REQUEST_HEADER_BYTES..);
+    assert!(matches!(
+        Request::decode(&header(ApiKey::Produce), body),
+        Err(ProtocolError::TooManyEntries { .. })
+    ));
+    // Responses are not limited: a client reads whatever metadata the broker has.
+    let topics = (0..limit + 1)
+        .map(|index| TopicMetadata {
+            name: format!("t{index}"),
+            status: Status::ok(),
+            partitions: Vec::new(),
+        })
+        .collect();
+    let response = Response::Metadata(MetadataResponse {
+        shards: Vec::new(),
+        topics,
+    });
+    let frame = response.encode(1).freeze();
+    assert!(Response::decode(ApiKey::Metadata, frame.slice(8..)).is_ok());
+}
+
+#[test]
+fn status_messages_are_cut_when_made_so_many_answers_stay_small() {
+    let status = Status::error(ErrorCode::UnknownTopicOrPartition, "é".repeat(40_000));
+    assert!(status.message.len() <= STATUS_MESSAGE_BYTES_MAX);
+    assert!(status.message.capacity() <= STATUS_MESSAGE_BYTES_MAX);
+    assert!(status.message.starts_with('é'));
+}

@@ -31,11 +31,29 @@ pub fn put_count(out: &mut BytesMut, count: usize) {
 /// end; `finish` fails if bytes are left over.
 pub struct Reader {
     input: Bytes,
+    /// Array elements the rest of the message may still declare (see `with_entry_limit`).
+    entries_left: usize,
+    entries_max: usize,
 }
 
 impl Reader {
     pub fn new(input: Bytes) -> Reader {
-        Reader { input }
+        Reader::with_entry_limit(input, usize::MAX)
+    }
+
+    /// A reader that refuses a message whose arrays declare more than `entries_max`
+    /// elements in all (a request: see `limits::REQUEST_ENTRIES_MAX`).
+    pub fn with_entry_limit(input: Bytes, entries_max: usize) -> Reader {
+        Reader {
+            input,
+            entries_left: entries_max,
+            entries_max,
+        }
+    }
+
+    /// How many array elements the message has declared so far.
+    pub fn entries(&self) -> usize {
+        self.entries_max - self.entries_left
     }
 
     fn take(&mut self, length: usize, what: &'static str) -> Result<Bytes, ProtocolError> {
@@ -107,6 +125,13 @@ impl Reader {
                 reason: "count larger than the bytes that follow",
             });
         }
+        if count > self.entries_left {
+            return Err(ProtocolError::TooManyEntries {
+                what,
+                max: self.entries_max,
+            });
+        }
+        self.entries_left -= count;
         Ok(count)
     }
 

@@ -141,8 +141,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             };
             let correlation_id = header.correlation_id;
             let (request, weight) = match handlers::decode(&header, body) {
-                Ok(mut request) => {
-                    let weight = handlers::weigh(&mut request, frame_bytes, bytes_max);
+                Ok((mut request, entries)) => {
+                    let weight = handlers::weigh(&mut request, frame_bytes, entries, bytes_max);
                     (Ok(request), weight)
                 }
                 Err(failure) => (Err(failure), frame_bytes.min(bytes_max)),

@@ -500,10 +500,27 @@ impl Shard {
         let mut metadata = self.metadata.borrow().clone();
         let mut budget = Budget::new(&self.config, &metadata);
         let mut created = Vec::new();
+        // As Kafka does, a name given twice in one request is refused everywhere it
+        // appears: which of the two was meant cannot be known.
+        let mut times_named: HashMap<&str, usize> = HashMap::new();
+        for topic in &topics {
+            *times_named.entry(topic.name.as_str()).or_default() += 1;
+        }
         let mut statuses: Vec<TopicStatus> = topics
             .iter()
             .map(|topic| {
-                let status = match metadata.create_topic(topic) {
+                let checked = if times_named[topic.name.as_str()] > 1 {
+                    Err(Status::error(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "topic {} is named more than once in this request",
+                            topic.name
+                        ),
+                    ))
+                } else {
+                    metadata.create_topic(topic)
+                };
+                let status = match checked {
                     Err(status) => status,
                     Ok(()) => {
                         let record = metadata.topic(&topic.name).expect("just added").clone();

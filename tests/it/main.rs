@@ -5,6 +5,7 @@ mod assignors;
 mod broker_lifecycle;
 mod cli;
 mod groups;
+mod hostile;
 mod server;
 mod storage_faults;
 mod storage_log;

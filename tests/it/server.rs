@@ -117,14 +117,29 @@ impl Broker {
 
     /// The broker's resident memory, from /proc.
     pub fn resident_bytes(&self) -> u64 {
+        self.memory_bytes("VmRSS:")
+    }
+
+    /// The most memory the broker has held resident since it started (VmHWM).
+    pub fn peak_resident_bytes(&self) -> u64 {
+        self.memory_bytes("VmHWM:")
+    }
+
+    fn memory_bytes(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status
             .lines()
-            .find(|line| line.starts_with("VmRSS:"))
-            .expect("VmRSS");
+            .find(|line| line.starts_with(field))
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
         let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kib * 1024
+    }
+
+    /// Whether the broker process is still running.
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("started");
+        child.try_wait().unwrap().is_none()
     }
 
     pub fn connect(&self) -> Connection {

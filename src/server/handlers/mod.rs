@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use glommio::sync::{Semaphore, StaticPermit};
 
 use super::shard::{FetchPayload, Shard};
+use crate::limits::REQUEST_ENTRY_WEIGHT_BYTES;
 use crate::protocol::{Acks, ApiKey, ErrorCode, Piece, Request, RequestHeader, Response, Status};
 use crate::wake::Latch;
 
@@ -28,9 +29,10 @@ pub(crate) enum Outgoing {
     Close,
 }
 
-/// Decodes a request, or gives the failure answer for one that cannot be served: an
-/// unknown kind, an unsupported version, a malformed body.
-pub(crate) fn decode(header: &RequestHeader, body: Bytes) -> Result<Request, Outgoing> {
+/// Decodes a request (with how many entries it carries), or gives the failure answer for
+/// one that cannot be served: an unknown kind, an unsupported version, a malformed body,
+/// too many entries.
+pub(crate) fn decode(header: &RequestHeader, body: Bytes) -> Result<(Request, usize), Outgoing> {
     let failed = |code, message: String| {
         Outgoing::Frame(
             Response::Failed(Status::error(code, message)).encode(header.correlation_id),
@@ -53,26 +55,34 @@ pub(crate) fn decode(header: &RequestHeader, body: Bytes) -> Result<Request, Out
             ),
         ));
     }
-    Request::decode(header, body).map_err(|error| {
+    Request::decode_counting(header, body).map_err(|error| {
         tracing::warn!(%error, api_key = ?api_key, "malformed request");
         failed(ErrorCode::InvalidRequest, error.to_string())
     })
 }
 
-/// The bytes a request holds in memory from the moment it is read: its frame. A fetch
-/// takes room for its answer later, only while it reads (see `fetch::handle`), so a long
-/// poll waiting for data holds no more than its frame; its `max_bytes` is lowered to what
-/// the budget can ever give it (a first batch larger than that still comes whole, as
-/// Kafka's fetch rules require).
-pub(crate) fn weigh(request: &mut Request, frame_bytes: usize, budget: usize) -> usize {
+/// The bytes a request holds in memory from the moment it is read: its frame, and for
+/// each of its `entries` what is built to serve and answer it
+/// (`REQUEST_ENTRY_WEIGHT_BYTES`). A fetch takes room for its answer later, only while it
+/// reads (see `fetch::handle`), so a long poll waiting for data holds no more than that;
+/// its `max_bytes` is lowered to what the budget can ever give it (a first batch larger
+/// than that still comes whole, as Kafka's fetch rules require). A request weighing more
+/// than the whole budget is counted at the budget: it runs alone.
+pub(crate) fn weigh(
+    request: &mut Request,
+    frame_bytes: usize,
+    entries: usize,
+    budget: usize,
+) -> usize {
+    let weight = frame_bytes.saturating_add(entries.saturating_mul(REQUEST_ENTRY_WEIGHT_BYTES));
     if let Request::Fetch(fetch) = request {
-        let room = budget.saturating_sub(frame_bytes).max(1);
+        let room = budget.saturating_sub(weight).max(1);
         fetch.max_bytes = fetch
             .max_bytes
             .min(fetch::FETCH_RESPONSE_BYTES_MAX)
             .min(room as u32);
     }
-    frame_bytes.min(budget)
+    weight.min(budget)
 }
 
 /// What a handler knows about the request it answers besides the request itself.

@@ -52,12 +52,14 @@ pub(super) async fn handle(
         .topics
         .into_iter()
         .map(|topic| {
+            // One copy of the name, shared by the topic's partitions.
+            let shared_name: Rc<str> = Rc::from(topic.name.as_str());
             let tasks: Vec<_> = topic
                 .partitions
                 .into_iter()
                 .map(|partition| {
                     let shard = shard.clone();
-                    let name = topic.name.clone();
+                    let name = shared_name.clone();
                     let id = partition.partition;
                     let records = own_or_copy(partition.records, exchange);
                     let task =

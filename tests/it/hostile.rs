@@ -1,0 +1,468 @@
+//! Hostile requests against a real broker on loopback: what one request may make a shard
+//! build is bounded by its frame and `limits::REQUEST_ENTRIES_MAX`, never by what the
+//! request names; every request gets an answer, and the shard keeps serving others.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, TestRng, TestRunner};
+use spate::limits::REQUEST_ENTRIES_MAX;
+use spate::protocol::{
+    Acks, ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest, ErrorCode,
+    FetchPartition, FetchRequest, FetchTopic, GroupIdRequest, HeartbeatRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
+    NewTopic, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic, OffsetFetchRequest,
+    ProducePartition, ProduceRequest, ProduceTopic, Request, Response, SyncGroupRequest,
+    TopicPartitions,
+};
+
+use crate::server::Broker;
+use crate::support::batch;
+
+const MIB: u64 = 1 << 20;
+
+/// One connection speaking raw frames, one request at a time.
+struct RawClient {
+    stream: TcpStream,
+}
+
+/// A response frame: its correlation id and body (status first).
+struct Answer {
+    correlation_id: u32,
+    body: Bytes,
+}
+
+impl Answer {
+    fn code(&self) -> u16 {
+        u16::from_be_bytes([self.body[0], self.body[1]])
+    }
+
+    fn decode(&self, api_key: ApiKey) -> Response {
+        Response::decode(api_key, self.body.clone()).expect("a well-formed answer")
+    }
+}
+
+impl RawClient {
+    fn connect(broker: &Broker) -> RawClient {
+        let stream = TcpStream::connect(broker.address()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        RawClient { stream }
+    }
+
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(frame)
+    }
+
+    /// The next answer, or `None` if the broker closed the connection.
+    fn answer(&mut self) -> Option<Answer> {
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length).ok()?;
+        let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+        self.stream.read_exact(&mut frame).ok()?;
+        Some(Answer {
+            correlation_id: u32::from_be_bytes(frame[..4].try_into().unwrap()),
+            body: Bytes::from(frame).slice(4..),
+        })
+    }
+
+    fn exchange(&mut self, request: &Request, correlation_id: u32) -> Answer {
+        self.send(&request.encode(correlation_id)).unwrap();
+        let answer = self
+            .answer()
+            .expect("an answer before the connection closes");
+        assert_eq!(answer.correlation_id, correlation_id);
+        answer
+    }
+}
+
+/// A one-shard broker holding topic "a" with 1000 partitions (flushed by the timer, so
+/// hostile produces cost no fdatasyncs).
+fn broker_with_a_wide_topic() -> Broker {
+    let broker = Broker::start(1);
+    let created = broker
+        .connect()
+        .create_topic("a", 1000, &[("flush.ms".into(), "1000".into())])
+        .unwrap();
+    assert!(created.status.is_ok(), "{}", created.status);
+    broker
+}
+
+fn assert_still_serving(broker: &Broker) {
+    let mut client = broker.connect();
+    let topics = client.metadata(&["a"]).unwrap();
+    assert_eq!(topics.topics[0].partitions.len(), 1000);
+}
+
+#[test]
+fn a_metadata_request_naming_one_topic_millions_of_times_is_refused_at_once() {
+    let broker = broker_with_a_wide_topic();
+    let before = broker.peak_resident_bytes();
+    // The request of the report: an 8 MiB frame naming "a" about 2.8 million times, each
+    // of which used to be answered with all 1000 partitions (12.5 GB resident and rising).
+    let names = (spate::protocol::FRAME_BYTES_MAX_DEFAULT - 64) / 3;
+    let request = Request::Metadata(MetadataRequest {
+        topics: vec!["a".to_string(); names],
+    });
+    let mut client = RawClient::connect(&broker);
+    let answer = client.exchange(&request, 7);
+    let Response::Failed(status) = answer.decode(ApiKey::Metadata) else {
+        panic!("refused whole");
+    };
+    assert_eq!(status.code, ErrorCode::InvalidRequest);
+    assert!(
+        status
+            .message
+            .contains(&format!("at most {REQUEST_ENTRIES_MAX} entries")),
+        "{status}"
+    );
+    // The connection and the shard serve on.
+    let answer = client.exchange(
+        &Request::Metadata(MetadataRequest {
+            topics: vec!["a".to_string(); REQUEST_ENTRIES_MAX],
+        }),
+        8,
+    );
+    let Response::Metadata(metadata) = answer.decode(ApiKey::Metadata) else {
+        panic!("answered");
+    };
+    assert_eq!(metadata.topics.len(), 1, "a repeated name is answered once");
+    assert_eq!(metadata.topics[0].partitions.len(), 1000);
+    assert_still_serving(&broker);
+    let grown = broker.peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 * MIB,
+        "peak resident memory grew by {grown} bytes"
+    );
+}
+
+/// A request of kind `kind` carrying `entries` entries of the most expensive shape each
+/// kind allows: the same name over and over, a long unknown name, many partitions.
+fn wide_request(kind: ApiKey, entries: usize, name: &str) -> Request {
+    let names = || vec![name.to_string(); entries];
+    let partitions = || 0..entries as u32;
+    match kind {
+        ApiKey::Metadata => Request::Metadata(MetadataRequest { topics: names() }),
+        ApiKey::DescribeTopics => Request::DescribeTopics(DescribeTopicsRequest { names: names() }),
+        ApiKey::DeleteTopics => Request::DeleteTopics(DeleteTopicsRequest { names: names() }),
+        ApiKey::CreateTopics => Request::CreateTopics(CreateTopicsRequest {
+            topics: names()
+                .into_iter()
+                .map(|name| NewTopic {
+                    name,
+                    partitions: 10_000,
+                    configs: Vec::new(),
+                })
+                .collect(),
+        }),
+        ApiKey::Produce => Request::Produce(ProduceRequest {
+            acks: Acks::All,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: name.to_string(),
+                partitions: partitions()
+                    .map(|partition| ProducePartition {
+                        partition,
+                        records: Bytes::from_static(b"not a batch"),
+                    })
+                    .collect(),
+            }],
+        }),
+        ApiKey::Fetch => Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: name.to_string(),
+                partitions: partitions()
+                    .map(|partition| FetchPartition {
+                        partition,
+                        offset: 0,
+                        max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            }],
+        }),
+        ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: name.to_string(),
+                partitions: partitions()
+                    .map(|partition| ListOffsetsPartition {
+                        partition,
+                        timestamp: 0,
+                    })
+                    .collect(),
+            }],
+        }),
+        ApiKey::OffsetCommit => Request::OffsetCommit(OffsetCommitRequest {
+            group_id: "g".into(),
+            generation: -1,
+            member_id: String::new(),
+            topics: vec![OffsetCommitTopic {
+                name: name.to_string(),
+                partitions: partitions()
+                    .map(|partition| OffsetCommitPartition {
+                        partition,
+                        offset: 1,
+                        metadata: String::new(),
+                    })
+                    .collect(),
+            }],
+        }),
+        ApiKey::OffsetFetch => Request::OffsetFetch(OffsetFetchRequest {
+            group_id: "g".into(),
+            topics: vec![TopicPartitions {
+                name: name.to_string(),
+                partitions: partitions().collect(),
+            }],
+        }),
+        ApiKey::JoinGroup => Request::JoinGroup(JoinGroupRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            client_id: "hostile".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 0,
+            topics: names(),
+            assignors: vec!["range".into()],
+        }),
+        other => panic!("{other:?} carries no entries"),
+    }
+}
+
+const WIDE_KINDS: [ApiKey; 10] = [
+    ApiKey::Metadata,
+    ApiKey::DescribeTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::CreateTopics,
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::JoinGroup,
+];
+
+#[test]
+fn requests_of_every_kind_at_the_entry_limit_are_answered_within_bounded_memory() {
+    let broker = broker_with_a_wide_topic();
+    let before = broker.peak_resident_bytes();
+    let long_name = "x".repeat(60_000);
+    let mut client = RawClient::connect(&broker);
+    let mut correlation_id = 0;
+    for kind in WIDE_KINDS {
+        let entries = if kind == ApiKey::Fetch {
+            spate::limits::FETCH_PARTITIONS_MAX
+        } else {
+            REQUEST_ENTRIES_MAX - 1
+        };
+        // Answers quote names: a long one, named once, must not be repeated in the answer
+        // of every partition under it. Kinds that repeat the name per entry get a short
+        // unknown one (the frame limit bounds their bytes).
+        let names_per_entry = matches!(
+            kind,
+            ApiKey::Metadata
+                | ApiKey::DescribeTopics
+                | ApiKey::DeleteTopics
+                | ApiKey::CreateTopics
+                | ApiKey::JoinGroup
+        );
+        let other = if names_per_entry {
+            "zz-unknown"
+        } else {
+            long_name.as_str()
+        };
+        for name in ["a", other] {
+            if kind == ApiKey::DeleteTopics && name == "a" {
+                continue; // the topic the other requests use
+            }
+            correlation_id += 1;
+            let answer = client.exchange(&wide_request(kind, entries, name), correlation_id);
+            let response = answer.decode(kind);
+            if let Response::Failed(status) = &response {
+                // A whole-request refusal is a clear one (a join names too many topics,
+                // a commit comes from no member of a group with members).
+                assert!(
+                    matches!(
+                        status.code,
+                        ErrorCode::InvalidRequest | ErrorCode::GroupNotEmpty
+                    ),
+                    "{kind:?}: {status}"
+                );
+            }
+        }
+        // One entry more than the limit is refused whole, before anything is built.
+        correlation_id += 1;
+        let over = client.exchange(
+            &wide_request(kind, REQUEST_ENTRIES_MAX + 1, "a"),
+            correlation_id,
+        );
+        assert_eq!(over.code(), ErrorCode::InvalidRequest as u16, "{kind:?}");
+    }
+    assert_still_serving(&broker);
+    let grown = broker.peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 256 * MIB,
+        "peak resident memory grew by {grown} bytes"
+    );
+}
+
+/// What the fuzz sends: a request of some kind, with a shape chosen to stress the bounds.
+#[derive(Debug, Clone)]
+struct Shape {
+    kind: ApiKey,
+    /// How many entries (mostly few, sometimes near or past the limit).
+    entries: usize,
+    /// Which name the entries use: the wide topic, an unknown one, or a long one.
+    name: u8,
+    /// Bytes of the body to overwrite with noise (position, byte): malformed input.
+    noise: Vec<(usize, u8)>,
+}
+
+fn shapes() -> impl Strategy<Value = Shape> {
+    let kind = prop::sample::select(ApiKey::ALL.to_vec());
+    let entries = prop_oneof![
+        8 => 0usize..40,
+        1 => 900usize..1100,
+        1 => (REQUEST_ENTRIES_MAX - 10)..(REQUEST_ENTRIES_MAX + 10),
+    ];
+    let noise = prop_oneof![
+        3 => Just(Vec::new()),
+        1 => prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+    ];
+    (kind, entries, 0u8..3, noise).prop_map(|(kind, entries, name, noise)| Shape {
+        kind,
+        entries,
+        name,
+        noise,
+    })
+}
+
+/// Builds the frame for `shape`: a valid request of its kind, then the noise over its
+/// body (the frame length and header stay as they are, so the stream stays in step).
+fn frame_for(shape: &Shape, correlation_id: u32) -> Vec<u8> {
+    let long_name = "y".repeat(3000);
+    let name = match shape.name {
+        0 => "a",
+        1 => "no-such-topic",
+        _ => long_name.as_str(),
+    };
+    let entries = shape.entries;
+    let request = match shape.kind {
+        ApiKey::ApiVersions => Request::ApiVersions(spate::protocol::ApiVersionsRequest {
+            client_id: name.to_string(),
+        }),
+        ApiKey::ListGroups => Request::ListGroups,
+        ApiKey::DescribeGroup => Request::DescribeGroup(GroupIdRequest {
+            group_id: name.to_string(),
+        }),
+        ApiKey::DeleteGroup => Request::DeleteGroup(GroupIdRequest {
+            group_id: format!("fuzz-{name}"),
+        }),
+        ApiKey::SyncGroup => Request::SyncGroup(SyncGroupRequest {
+            group_id: "g".into(),
+            generation: entries as i32,
+            member_id: name.to_string(),
+        }),
+        ApiKey::Heartbeat => Request::Heartbeat(HeartbeatRequest {
+            group_id: "g".into(),
+            generation: entries as i32,
+            member_id: name.to_string(),
+            max_wait_ms: 0,
+        }),
+        ApiKey::LeaveGroup => Request::LeaveGroup(LeaveGroupRequest {
+            group_id: "g".into(),
+            member_id: name.to_string(),
+        }),
+        ApiKey::Produce if shape.name == 0 && entries < 40 => {
+            // Valid batches now and then, so the append path is exercised too.
+            Request::Produce(ProduceRequest {
+                acks: Acks::Leader,
+                timeout_ms: 30_000,
+                topics: vec![ProduceTopic {
+                    name: "a".into(),
+                    partitions: (0..entries as u32)
+                        .map(|partition| ProducePartition {
+                            partition: partition * 37 % 1000,
+                            records: batch("fuzz", 2, 10, 0),
+                        })
+                        .collect(),
+                }],
+            })
+        }
+        // Never the topic every other request uses.
+        ApiKey::DeleteTopics => wide_request(ApiKey::DeleteTopics, entries, "gone"),
+        // A group of its own, so the join completes at once instead of waiting for the
+        // members of earlier joins to rejoin.
+        ApiKey::JoinGroup => match wide_request(ApiKey::JoinGroup, entries, name) {
+            Request::JoinGroup(join) => Request::JoinGroup(JoinGroupRequest {
+                group_id: format!("fuzz-{correlation_id}"),
+                ..join
+            }),
+            _ => unreachable!(),
+        },
+        kind => wide_request(kind, entries, name),
+    };
+    let mut frame = request.encode(correlation_id).to_vec();
+    let body_start = 4 + spate::protocol::REQUEST_HEADER_BYTES;
+    if frame.len() > body_start {
+        let body_bytes = frame.len() - body_start;
+        for &(position, byte) in &shape.noise {
+            frame[body_start + position % body_bytes] = byte;
+        }
+    }
+    frame
+}
+
+/// A produce with acks=0 is not answered (and one that fails closes the connection); a
+/// frame over the limit closes the connection.
+fn expects_answer(frame: &[u8]) -> bool {
+    let api_key = u16::from_be_bytes([frame[4], frame[5]]);
+    let acks_none = api_key == ApiKey::Produce as u16 && frame[12] == 0;
+    !acks_none && frame.len() - 4 <= spate::protocol::FRAME_BYTES_MAX_DEFAULT
+}
+
+#[test]
+fn loopback_fuzz_every_request_is_answered_and_memory_stays_bounded() {
+    let mut broker = broker_with_a_wide_topic();
+    let before = broker.peak_resident_bytes();
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &[7; 32]),
+    );
+    let strategy = shapes();
+    let mut client = RawClient::connect(&broker);
+    let mut answered = 0;
+    for correlation_id in 0..4000u32 {
+        let shape = strategy.new_tree(&mut runner).unwrap().current();
+        let frame = frame_for(&shape, correlation_id);
+        if client.send(&frame).is_err() {
+            client = RawClient::connect(&broker);
+            client.send(&frame).unwrap();
+        }
+        if !expects_answer(&frame) {
+            // Nothing comes back, and the connection may be closed: start a new one.
+            client = RawClient::connect(&broker);
+            continue;
+        }
+        match client.answer() {
+            Some(answer) => {
+                assert_eq!(answer.correlation_id, correlation_id, "{shape:?}");
+                answered += 1;
+            }
+            None => panic!("no answer to {shape:?}"),
+        }
+        assert!(broker.is_running(), "the broker died on {shape:?}");
+    }
+    assert!(answered > 3500, "only {answered} answers");
+    assert_still_serving(&broker);
+    let grown = broker.peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 256 * MIB,
+        "peak resident memory grew by {grown} bytes"
+    );
+}
