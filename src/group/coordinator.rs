@@ -810,8 +810,67 @@ impl Coordinator {
 
     // ---- offsets ------------------------------------------------------------------------
 
+    /// Checks a commit against the group and the topics (synchronously) and appends what
+    /// passes. The check runs twice: once before anything is opened, so that a refused
+    /// commit creates nothing, and again under the store's turn, which is what makes it
+    /// hold: a topic deletion changes the metadata and then waits for the exclusive turn,
+    /// so a commit either checked its topic before the deletion and is applied before the
+    /// deletion's tombstones are written, or checks after it and finds the topic gone.
+    /// The same goes for the membership: a rebalance in between fences the commit.
     async fn commit(self: &Rc<Self>, request: OffsetCommitRequest) -> Result<Response, Status> {
         let partition_of_group = offsets_partition(&request.group_id);
+        let (statuses, entries) = self.check_commit(&request)?;
+        if entries.is_empty() {
+            return Ok(Response::OffsetCommit(statuses));
+        }
+        let store = self.store(partition_of_group).await?;
+        let turn = store.turn().await;
+        let (mut statuses, entries) = self.check_commit(&request)?;
+        if entries.is_empty() {
+            return Ok(Response::OffsetCommit(statuses));
+        }
+        let written = store.append(&turn, &entries).await;
+        match written {
+            Ok(()) => {
+                let mut groups = self.groups.borrow_mut();
+                let group = groups
+                    .entry(request.group_id.clone())
+                    .or_insert_with(Group::new);
+                for entry in entries {
+                    if let Entry::Offset {
+                        topic,
+                        partition,
+                        committed,
+                        ..
+                    } = entry
+                    {
+                        group.offsets.insert((topic, partition), committed);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, group = request.group_id, "offset commit failed");
+                let status = crate::broker::storage_status(&error);
+                for topic in &mut statuses {
+                    for partition in &mut topic.partitions {
+                        if partition.status.is_ok() {
+                            partition.status = status.clone();
+                        }
+                    }
+                }
+            }
+        }
+        drop(turn);
+        self.maybe_compact(partition_of_group, &store);
+        Ok(Response::OffsetCommit(statuses))
+    }
+
+    /// The commit's answer per partition, and the entries to write for those that pass;
+    /// or the whole commit's refusal (not a member, a stale generation, a rebalance).
+    fn check_commit(
+        &self,
+        request: &OffsetCommitRequest,
+    ) -> Result<(Vec<OffsetCommitTopicResponse>, Vec<Entry>), Status> {
         let mut statuses: Vec<OffsetCommitTopicResponse> = Vec::new();
         let mut entries = Vec::new();
         {
@@ -910,45 +969,7 @@ impl Coordinator {
                 });
             }
         }
-        if entries.is_empty() {
-            return Ok(Response::OffsetCommit(statuses));
-        }
-        let store = self.store(partition_of_group).await?;
-        let turn = store.turn().await;
-        let written = store.append(&turn, &entries).await;
-        match written {
-            Ok(()) => {
-                let mut groups = self.groups.borrow_mut();
-                let group = groups
-                    .entry(request.group_id.clone())
-                    .or_insert_with(Group::new);
-                for entry in entries {
-                    if let Entry::Offset {
-                        topic,
-                        partition,
-                        committed,
-                        ..
-                    } = entry
-                    {
-                        group.offsets.insert((topic, partition), committed);
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, group = request.group_id, "offset commit failed");
-                let status = crate::broker::storage_status(&error);
-                for topic in &mut statuses {
-                    for partition in &mut topic.partitions {
-                        if partition.status.is_ok() {
-                            partition.status = status.clone();
-                        }
-                    }
-                }
-            }
-        }
-        drop(turn);
-        self.maybe_compact(partition_of_group, &store);
-        Ok(Response::OffsetCommit(statuses))
+        Ok((statuses, entries))
     }
 
     /// Starts compacting an offsets log that has grown enough (one at a time per log).
@@ -1038,35 +1059,43 @@ impl Coordinator {
     /// Forgets the committed offsets of deleted topics, durably, so that a topic created
     /// later under the same name is not read from the old topic's offsets. Called on
     /// every shard before a deletion is answered.
+    ///
+    /// The shard's metadata no longer has the topics when this runs. Each offsets log is
+    /// handled under its exclusive turn: every commit that checked its topic before the
+    /// deletion has applied its offset by then (and gets a tombstone with the rest), and
+    /// every commit after it checks again under its own turn and finds the topic gone
+    /// (see `commit`). A log opened meanwhile by a commit has no offsets of the topics.
     pub async fn topics_deleted(&self, topics: &[String]) {
-        let mut by_store: BTreeMap<u32, Vec<Entry>> = BTreeMap::new();
-        {
-            let mut groups = self.groups.borrow_mut();
-            for (group_id, group) in groups.iter_mut() {
-                let gone: Vec<(String, u32)> = group
-                    .offsets
-                    .keys()
-                    .filter(|(topic, _)| topics.contains(topic))
-                    .cloned()
-                    .collect();
-                for key in gone {
-                    group.offsets.remove(&key);
-                    by_store
-                        .entry(offsets_partition(group_id))
-                        .or_default()
-                        .push(Entry::OffsetDeleted {
+        let stores: Vec<(u32, Rc<OffsetStore>)> = self
+            .stores
+            .borrow()
+            .iter()
+            .map(|(partition, store)| (*partition, store.clone()))
+            .collect();
+        for (partition, store) in stores {
+            let turn = store.exclusive_turn().await;
+            let mut entries = Vec::new();
+            {
+                let mut groups = self.groups.borrow_mut();
+                let in_store = |group_id: &String| offsets_partition(group_id) == partition;
+                for (group_id, group) in groups.iter_mut().filter(|(id, _)| in_store(id)) {
+                    let gone: Vec<(String, u32)> = group
+                        .offsets
+                        .keys()
+                        .filter(|(topic, _)| topics.contains(topic))
+                        .cloned()
+                        .collect();
+                    for key in gone {
+                        group.offsets.remove(&key);
+                        entries.push(Entry::OffsetDeleted {
                             group: group_id.clone(),
                             topic: key.0,
                             partition: key.1,
                         });
+                    }
                 }
+                groups.retain(|_, group| !group.is_dead());
             }
-            groups.retain(|_, group| !group.is_dead());
-        }
-        for (partition, entries) in by_store {
-            let store = self.stores.borrow().get(&partition).cloned();
-            let Some(store) = store else { continue };
-            let turn = store.turn().await;
             if let Err(error) = store.append(&turn, &entries).await {
                 tracing::warn!(%error, partition, "recording the offsets of deleted topics failed");
             }
@@ -1136,7 +1165,8 @@ impl Coordinator {
             }
         }
         let store = self.store(offsets_partition(&request.group_id)).await?;
-        let turn = store.turn().await;
+        // Commits admitted before apply first; the deletion's record follows theirs.
+        let turn = store.exclusive_turn().await;
         let entry = Entry::GroupDeleted {
             group: request.group_id.clone(),
         };
@@ -1182,4 +1212,117 @@ fn unknown_group(group_id: &str) -> Status {
         ErrorCode::UnknownGroup,
         format!("no group {group_id} (it has no members and no committed offsets)"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{NewTopic, OffsetCommitPartition, OffsetCommitTopic};
+
+    fn commit(offset: i64) -> Request {
+        Request::OffsetCommit(OffsetCommitRequest {
+            group_id: "g".into(),
+            generation: GENERATION_NONE,
+            member_id: String::new(),
+            topics: vec![OffsetCommitTopic {
+                name: "t".into(),
+                partitions: vec![OffsetCommitPartition {
+                    partition: 0,
+                    offset,
+                    metadata: String::new(),
+                }],
+            }],
+        })
+    }
+
+    /// The group's committed offset of t-0, as OffsetFetch answers it.
+    fn committed(coordinator: &Coordinator) -> i64 {
+        let Response::OffsetFetch(topics) = coordinator.fetch_offsets(OffsetFetchRequest {
+            group_id: "g".into(),
+            topics: vec![TopicPartitions {
+                name: "t".into(),
+                partitions: vec![0],
+            }],
+        }) else {
+            panic!("offsets")
+        };
+        topics[0].partitions[0].offset
+    }
+
+    fn coordinator(
+        dir: &std::path::Path,
+        metadata: Rc<RefCell<ClusterMetadata>>,
+    ) -> Rc<Coordinator> {
+        let config = GroupConfig {
+            data_dir: dir.to_path_buf(),
+            session_timeout_min_ms: 1,
+            session_timeout_max_ms: 100_000,
+            offsets_compact_bytes: 1 << 30,
+        };
+        Rc::new(Coordinator::new(config, 0, 1, metadata))
+    }
+
+    #[test]
+    fn a_commit_in_flight_when_its_topic_is_deleted_leaves_no_offset_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let topic = NewTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    configs: Vec::new(),
+                };
+                let mut with_topic = ClusterMetadata::default();
+                with_topic.create_topic(&topic).unwrap();
+                let metadata = Rc::new(RefCell::new(with_topic.clone()));
+                let coordinator = coordinator(&path, metadata.clone());
+                let stopping = Rc::new(Latch::default());
+                coordinator.handle(commit(5), &stopping).await;
+                assert_eq!(committed(&coordinator), 5);
+
+                // A second commit is checked and on its way to the disk when the topic is
+                // deleted (the shard applies the new metadata, then tells the coordinator).
+                let in_flight = glommio::spawn_local({
+                    let (coordinator, stopping) = (coordinator.clone(), stopping.clone());
+                    async move { coordinator.handle(commit(7), &stopping).await }
+                });
+                futures_lite::future::yield_now().await;
+                let mut without_topic = with_topic.clone();
+                without_topic.delete_topic("t").unwrap();
+                *metadata.borrow_mut() = without_topic.clone();
+                coordinator.topics_deleted(&["t".to_string()]).await;
+                in_flight.await;
+                assert_eq!(
+                    committed(&coordinator),
+                    -1,
+                    "the deleted topic's offsets are gone"
+                );
+
+                // The topic is created again: its group starts from nothing, in memory and
+                // after the offsets log is replayed.
+                *metadata.borrow_mut() = with_topic.clone();
+                assert_eq!(committed(&coordinator), -1);
+                coordinator.close().await;
+                let reopened = coordinator_for_replay(&path, with_topic).await;
+                assert_eq!(
+                    committed(&reopened),
+                    -1,
+                    "nothing stale comes back on replay"
+                );
+                reopened.close().await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    async fn coordinator_for_replay(
+        dir: &std::path::Path,
+        metadata: ClusterMetadata,
+    ) -> Rc<Coordinator> {
+        let coordinator = coordinator(dir, Rc::new(RefCell::new(metadata)));
+        coordinator.open_existing().await.unwrap();
+        coordinator
+    }
 }
