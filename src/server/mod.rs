@@ -68,6 +68,10 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     };
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-shard")
+        // Each shard's thread for blocking work (metadata saves, directory removal) runs
+        // wherever the kernel finds room; glommio's default pins every shard's to the
+        // first core of the pool.
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .on_all_shards({
             let config = config.clone();
             move || run_shard(config, mesh, metadata, lifecycle)

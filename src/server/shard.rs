@@ -550,8 +550,9 @@ impl Shard {
         // that fails before the save is rolled back; a crash leaves stray directories,
         // which the next start removes.
         let outcome = match self.open_everywhere(&created).await {
-            Ok(()) => metadata
-                .save(&self.config.data_dir)
+            Ok(()) => self
+                .save_metadata(&metadata)
+                .await
                 .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string())),
             Err(status) => Err(status),
         };
@@ -601,11 +602,21 @@ impl Shard {
         if deleted.is_empty() {
             return statuses;
         }
-        if let Err(error) = metadata.save(&self.config.data_dir) {
+        if let Err(error) = self.save_metadata(&metadata).await {
             return all_failed(&names, &error.to_string());
         }
         self.apply_everywhere(metadata, deleted).await;
         statuses
+    }
+
+    /// Saves `metadata` (write, fsync, rename, directory fsync) on the blocking-thread
+    /// pool: a slow or stalled disk must not stop this shard serving its partitions.
+    async fn save_metadata(
+        &self,
+        metadata: &ClusterMetadata,
+    ) -> Result<(), crate::broker::metadata::MetadataError> {
+        let (metadata, data_dir) = (metadata.clone(), self.config.data_dir.clone());
+        off_reactor(move || metadata.save(&data_dir)).await
     }
 
     /// Has every shard open the partitions it owns of `topics`; the first failure is
@@ -687,7 +698,7 @@ impl Shard {
                     self.drop_partition(&topic.name, partition).await;
                 }
                 let cleared = match opening {
-                    Opening::Fresh => remove_dir(&dir).map_err(|error| error.to_string()),
+                    Opening::Fresh => remove_dir(&dir).await.map_err(|error| error.to_string()),
                     Opening::Existing => Ok(()),
                 };
                 let log = match cleared {
@@ -701,7 +712,7 @@ impl Shard {
                 let log = match log {
                     Ok(log) if opening == Opening::Fresh && self.stopping.is_set() => {
                         let _ = log.close().await;
-                        let _ = remove_dir(log.dir());
+                        let _ = remove_dir(log.dir()).await;
                         Err(format!("shard {} is stopping", self.id))
                     }
                     log => log,
@@ -749,7 +760,7 @@ impl Shard {
             let _ = log.close().await;
         }
         let dir = partition_dir(&self.config.data_dir, topic, partition);
-        if let Err(error) = remove_dir(&dir) {
+        if let Err(error) = remove_dir(&dir).await {
             tracing::warn!(%error, dir = %dir.display(), "removing a partition directory");
         }
     }
@@ -862,12 +873,21 @@ enum Opening {
     Existing,
 }
 
-/// Removes a partition directory if it is there.
-fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
+/// Runs blocking work (std file I/O) on the shard's blocking-thread pool, not on its
+/// reactor, which keeps serving meanwhile.
+async fn off_reactor<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    glommio::executor().spawn_blocking(work).await
+}
+
+/// Removes a partition directory if it is there (off the reactor: a large directory, or
+/// a stalled disk, must not stop the shard).
+async fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    off_reactor(move || match std::fs::remove_dir_all(&dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
-    }
+    })
+    .await
 }
 
 /// What new partitions may still take: each shard's partition limit, and the process's

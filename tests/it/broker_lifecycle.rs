@@ -439,10 +439,21 @@ fn next_response(
     buffer: &mut BytesMut,
     limit: Duration,
 ) -> Option<Response> {
+    next_answer(stream, buffer, ApiKey::Produce, limit)
+}
+
+/// The next answer on `stream` to a request of kind `api_key`, or `None` if none comes
+/// within `limit`.
+fn next_answer(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    api_key: ApiKey,
+    limit: Duration,
+) -> Option<Response> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(frame) = split_frame(buffer, 1 << 30).unwrap() {
-            return Some(Response::decode(ApiKey::Produce, frame.slice(4..)).unwrap());
+            return Some(Response::decode(api_key, frame.slice(4..)).unwrap());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -686,4 +697,97 @@ fn a_long_poll_with_nothing_to_wait_on_answers_at_once() {
     };
     let status = &fetch.topics[0].partitions[0].status;
     assert_eq!(status.code, ErrorCode::UnknownTopicOrPartition, "{status}");
+}
+
+/// Deleting a topic saves the metadata and removes directories with blocking file calls;
+/// they run on the shard's blocking-thread pool, so a stalled disk stalls the deletion,
+/// not the shard: requests that need no disk are still answered meanwhile.
+#[test]
+fn a_topic_deletion_on_a_stalled_disk_does_not_stall_its_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mount, mut broker, mut admin)) = on_a_loop_mount(dir.path(), &[]) else {
+        return;
+    };
+    assert!(admin.create_topic("doomed", 1, &[]).unwrap().status.is_ok());
+    let doomed_dir = broker.data_dir.join("topics").join("doomed-0");
+    assert!(doomed_dir.exists());
+
+    let guard = Frozen::freeze(&mount.mount_point);
+    let mut deleting = TcpStream::connect(broker.address()).unwrap();
+    let delete = Request::DeleteTopics(spate::protocol::DeleteTopicsRequest {
+        names: vec!["doomed".into()],
+    });
+    deleting.write_all(&delete.encode(1)).unwrap();
+    let mut deleting_buffer = BytesMut::new();
+    assert!(
+        next_answer(
+            &mut deleting,
+            &mut deleting_buffer,
+            ApiKey::DeleteTopics,
+            Duration::from_millis(300)
+        )
+        .is_none(),
+        "the deletion waits for the disk"
+    );
+    // The one shard answers what needs no disk: metadata, and a read of the tail cache.
+    let mut other = TcpStream::connect(broker.address()).unwrap();
+    let mut other_buffer = BytesMut::new();
+    let metadata = Request::Metadata(spate::protocol::MetadataRequest {
+        topics: vec!["s".into()],
+    });
+    other.write_all(&metadata.encode(2)).unwrap();
+    let answer = next_answer(
+        &mut other,
+        &mut other_buffer,
+        ApiKey::Metadata,
+        Duration::from_secs(5),
+    );
+    assert!(
+        matches!(answer, Some(Response::Metadata(_))),
+        "the shard stalled with the disk: {answer:?}"
+    );
+    let fetch = Request::Fetch(spate::protocol::FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1 << 20,
+        topics: vec![spate::protocol::FetchTopic {
+            name: "s".into(),
+            partitions: vec![spate::protocol::FetchPartition {
+                partition: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+            }],
+        }],
+    });
+    other.write_all(&fetch.encode(3)).unwrap();
+    let answer = next_answer(
+        &mut other,
+        &mut other_buffer,
+        ApiKey::Fetch,
+        Duration::from_secs(5),
+    );
+    let Some(Response::Fetch(fetched)) = answer else {
+        panic!("the shard stalled with the disk: {answer:?}")
+    };
+    assert!(!fetched.topics[0].partitions[0].records.is_empty());
+
+    drop(guard);
+    let answer = next_answer(
+        &mut deleting,
+        &mut deleting_buffer,
+        ApiKey::DeleteTopics,
+        Duration::from_secs(10),
+    );
+    let Some(Response::DeleteTopics(statuses)) = answer else {
+        panic!("the deletion completes once the disk moves: {answer:?}")
+    };
+    assert!(statuses[0].status.is_ok(), "{}", statuses[0].status);
+    assert!(!doomed_dir.exists(), "its directory is removed");
+    assert!(
+        admin.metadata(&["doomed"]).unwrap().topics[0]
+            .partitions
+            .is_empty()
+    );
+    broker.stop();
+    drop(mount);
 }
