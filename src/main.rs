@@ -1,5 +1,5 @@
 //! `spate`: the broker (`spate serve`) and its command-line client (`spate topic`,
-//! `spate produce`, `spate consume`, `spate group`).
+//! `spate produce`, `spate consume`, `spate group`, `spate broker`).
 
 mod cli;
 
@@ -28,6 +28,13 @@ struct Cli {
 enum Command {
     /// Run the broker (defaults: ./spate-data, 127.0.0.1:7070, one shard per core).
     Serve(ServeArgs),
+    /// Show what each shard of a running broker holds and is doing.
+    Broker {
+        #[command(subcommand)]
+        command: BrokerCommand,
+        #[arg(long, global = true, default_value = cli::DEFAULT_BROKER)]
+        broker: String,
+    },
     /// List, describe, reset the offsets of and delete consumer groups.
     Group {
         #[command(subcommand)]
@@ -115,6 +122,13 @@ enum TopicCommand {
 }
 
 #[derive(Subcommand)]
+enum BrokerCommand {
+    /// Each shard's partitions, connections, long-poll waits and forwarded requests, and
+    /// the broker's open files.
+    Describe,
+}
+
+#[derive(Subcommand)]
 enum GroupCommand {
     /// List groups with their state and member count.
     List,
@@ -187,6 +201,9 @@ fn main() {
             TopicCommand::List => cli::topic::list(&broker),
             TopicCommand::Describe { name } => cli::topic::describe_topic(&broker, &name),
             TopicCommand::Delete { name } => cli::topic::delete(&broker, &name),
+        },
+        Command::Broker { command, broker } => match command {
+            BrokerCommand::Describe => cli::broker::describe_broker(&broker),
         },
         Command::Group { command, broker } => match command {
             GroupCommand::List => cli::group::list(&broker),

@@ -1,7 +1,9 @@
 //! The command-line client (binary only): `spate topic ...`, `spate produce`,
-//! `spate consume`, `spate group ...`, following Kafka's console tools and kcat. Every command exits 0 on
+//! `spate consume`, `spate group ...`, `spate broker describe`, following Kafka's console
+//! tools and kcat. Every command exits 0 on
 //! success and 1 with one clear line on stderr otherwise.
 
+pub mod broker;
 pub mod consume;
 pub mod group;
 pub mod produce;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{
-    Acks, ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest,
+    Acks, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerDescription, CreateTopicsRequest,
     DeleteTopicsRequest, DescribeTopicsRequest, FRAME_BYTES_MAX_DEFAULT, FetchPartition,
     FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopic, GroupDescription,
     GroupIdRequest, GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
@@ -405,6 +405,14 @@ impl Connection {
         });
         match self.call(&request)? {
             Response::DescribeGroup(group) => Ok(group),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// What each shard of the broker holds and is doing.
+    pub fn describe_broker(&mut self) -> Result<BrokerDescription, ClientError> {
+        match self.call(&Request::DescribeBroker)? {
+            Response::DescribeBroker(broker) => Ok(broker),
             _ => Err(ClientError::Unexpected),
         }
     }

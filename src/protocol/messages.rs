@@ -261,6 +261,8 @@ pub enum Request {
     ListGroups,
     DescribeGroup(GroupIdRequest),
     DeleteGroup(GroupIdRequest),
+    /// What each shard holds and is doing (no fields).
+    DescribeBroker,
 }
 
 impl Request {
@@ -283,6 +285,7 @@ impl Request {
             Request::ListGroups => ApiKey::ListGroups,
             Request::DescribeGroup(_) => ApiKey::DescribeGroup,
             Request::DeleteGroup(_) => ApiKey::DeleteGroup,
+            Request::DescribeBroker => ApiKey::DescribeBroker,
         }
     }
 
@@ -386,7 +389,7 @@ impl Request {
                 put_string(out, &request.group_id);
                 put_topic_partitions(out, &request.topics);
             }
-            Request::ListGroups => {}
+            Request::ListGroups | Request::DescribeBroker => {}
             Request::DescribeGroup(request) | Request::DeleteGroup(request) => {
                 put_string(out, &request.group_id)
             }
@@ -493,6 +496,7 @@ impl Request {
             ApiKey::DeleteGroup => Request::DeleteGroup(GroupIdRequest {
                 group_id: reader.string("group id")?,
             }),
+            ApiKey::DescribeBroker => Request::DescribeBroker,
         };
         let entries = reader.entries();
         reader.finish("request")?;
@@ -706,6 +710,30 @@ pub struct ListOffsetsResponse {
     pub topics: Vec<ListOffsetsTopicResponse>,
 }
 
+/// One shard, as `DescribeBroker` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardDescription {
+    pub shard_id: u16,
+    /// Partitions whose log this shard owns (consumer-group offsets logs not counted).
+    pub partitions: u32,
+    /// Client connections open on this shard.
+    pub connections: u32,
+    /// Waits for new data on this shard's partitions now under way: long polls of its
+    /// own connections and of other shards' fetches.
+    pub long_poll_waits: u32,
+    /// Partition requests (produce, fetch, long-poll waits, list offsets) this shard has
+    /// sent to the owning shard since it started, because they arrived here.
+    pub forwarded_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDescription {
+    pub broker_version: String,
+    /// File descriptors the broker process has open.
+    pub open_files: u64,
+    pub shards: Vec<ShardDescription>,
+}
+
 /// A response: a request-level failure, or the body of the request's kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -730,6 +758,7 @@ pub enum Response {
     ListGroups(Vec<GroupListing>),
     DescribeGroup(GroupDescription),
     DeleteGroup,
+    DescribeBroker(BrokerDescription),
 }
 
 impl Response {
@@ -822,6 +851,17 @@ impl Response {
             Response::OffsetFetch(topics) => put_offset_fetch(out, topics),
             Response::ListGroups(groups) => put_group_listings(out, groups),
             Response::DescribeGroup(group) => group.encode(out),
+            Response::DescribeBroker(broker) => {
+                put_string(out, &broker.broker_version);
+                out.put_u64(broker.open_files);
+                put_array(out, &broker.shards, |out, shard| {
+                    out.put_u16(shard.shard_id);
+                    out.put_u32(shard.partitions);
+                    out.put_u32(shard.connections);
+                    out.put_u32(shard.long_poll_waits);
+                    out.put_u64(shard.forwarded_requests);
+                });
+            }
         }
     }
 
@@ -935,6 +975,19 @@ impl Response {
                 Response::DescribeGroup(GroupDescription::decode(&mut reader)?)
             }
             ApiKey::DeleteGroup => Response::DeleteGroup,
+            ApiKey::DescribeBroker => Response::DescribeBroker(BrokerDescription {
+                broker_version: reader.string("broker version")?,
+                open_files: reader.u64("open files")?,
+                shards: read_array(&mut reader, "shards", 22, |reader| {
+                    Ok(ShardDescription {
+                        shard_id: reader.u16("shard id")?,
+                        partitions: reader.u32("partitions")?,
+                        connections: reader.u32("connections")?,
+                        long_poll_waits: reader.u32("long poll waits")?,
+                        forwarded_requests: reader.u64("forwarded requests")?,
+                    })
+                })?,
+            }),
         };
         reader.finish("response")?;
         Ok(response)

@@ -72,10 +72,11 @@ pub enum ApiKey {
     ListGroups = 14,
     DescribeGroup = 15,
     DeleteGroup = 16,
+    DescribeBroker = 17,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 17] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -93,6 +94,7 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
         ApiKey::DeleteGroup,
+        ApiKey::DescribeBroker,
     ];
 
     pub fn from_u16(value: u16) -> Result<ApiKey, ProtocolError> {

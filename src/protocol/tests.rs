@@ -348,6 +348,7 @@ fn group_request() -> impl Strategy<Value = Request> {
             Request::OffsetFetch(OffsetFetchRequest { group_id, topics })
         }),
         Just(Request::ListGroups),
+        Just(Request::DescribeBroker),
         name().prop_map(|group_id| Request::DescribeGroup(GroupIdRequest { group_id })),
         name().prop_map(|group_id| Request::DeleteGroup(GroupIdRequest { group_id })),
     ]
@@ -389,6 +390,50 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
         Just((ApiKey::Heartbeat, Response::Heartbeat)),
         Just((ApiKey::LeaveGroup, Response::LeaveGroup)),
         Just((ApiKey::DeleteGroup, Response::DeleteGroup)),
+        (
+            name(),
+            any::<u64>(),
+            prop::collection::vec(
+                (
+                    any::<u16>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u64>()
+                ),
+                0..4
+            )
+        )
+            .prop_map(|(broker_version, open_files, shards)| {
+                let shards = shards
+                    .into_iter()
+                    .map(
+                        |(
+                            shard_id,
+                            partitions,
+                            connections,
+                            long_poll_waits,
+                            forwarded_requests,
+                        )| {
+                            ShardDescription {
+                                shard_id,
+                                partitions,
+                                connections,
+                                long_poll_waits,
+                                forwarded_requests,
+                            }
+                        },
+                    )
+                    .collect();
+                (
+                    ApiKey::DescribeBroker,
+                    Response::DescribeBroker(BrokerDescription {
+                        broker_version,
+                        open_files,
+                        shards,
+                    }),
+                )
+            }),
         prop::collection::vec(
             (
                 name(),

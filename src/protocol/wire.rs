@@ -92,6 +92,10 @@ impl Reader {
         Ok(i32::from_be_bytes(self.array(what)?))
     }
 
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, ProtocolError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
     pub fn i64(&mut self, what: &'static str) -> Result<i64, ProtocolError> {
         Ok(i64::from_be_bytes(self.array(what)?))
     }

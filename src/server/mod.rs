@@ -5,6 +5,7 @@
 mod config;
 mod connection;
 mod handlers;
+mod probe;
 mod shard;
 
 use std::rc::Rc;
@@ -384,14 +385,9 @@ async fn run_shard(
         })
         .detach();
     }
-    let connections = Rc::new(Connections::default());
     let accepting: Vec<glommio::Task<()>> = bound
         .into_iter()
-        .map(|listener| {
-            let shard = shard.clone();
-            let connections = connections.clone();
-            glommio::spawn_local(accept_loop(listener, shard, connections))
-        })
+        .map(|listener| glommio::spawn_local(accept_loop(listener, shard.clone())))
         .collect();
     {
         let shard = shard.clone();
@@ -428,6 +424,7 @@ async fn run_shard(
     shard.stopping.set();
     drop(accepting);
     let deadline = Instant::now() + SHUTDOWN_DRAIN;
+    let connections = &shard.connections;
     futures_lite::future::or(
         connections
             .changed
@@ -452,13 +449,6 @@ async fn run_shard(
     let _ = stopped.send(());
 }
 
-/// The connections a shard has open; `changed` wakes the shutdown when one closes.
-#[derive(Default)]
-struct Connections {
-    open: std::cell::Cell<usize>,
-    changed: crate::wake::Event,
-}
-
 /// Counts a shard as drained when dropped: on the normal path once its connections have
 /// closed, and on every early return (a shard that failed to start has nothing to drain).
 struct Arrival(Arc<AtomicUsize>);
@@ -469,7 +459,7 @@ impl Drop for Arrival {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shard: Rc<Shard>, connections: Rc<Connections>) {
+async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -479,6 +469,7 @@ async fn accept_loop(listener: TcpListener, shard: Rc<Shard>, connections: Rc<Co
                 continue;
             }
         };
+        let connections = &shard.connections;
         if connections.open.get() >= shard.config.connections_max_per_shard {
             tracing::warn!(
                 limit = shard.config.connections_max_per_shard,
@@ -489,9 +480,9 @@ async fn accept_loop(listener: TcpListener, shard: Rc<Shard>, connections: Rc<Co
         }
         connections.open.set(connections.open.get() + 1);
         let shard = shard.clone();
-        let connections = connections.clone();
         glommio::spawn_local(async move {
-            connection::serve(shard, stream).await;
+            connection::serve(shard.clone(), stream).await;
+            let connections = &shard.connections;
             connections.open.set(connections.open.get() - 1);
             connections.changed.notify_all();
         })

@@ -12,14 +12,15 @@ use glommio::channels::channel_mesh::Senders;
 use glommio::sync::Semaphore;
 
 use super::ServerConfig;
+use super::probe::{Connections, ShardProbe};
 use crate::broker::metadata::{
     ClusterMetadata, TopicRecord, partition_dir, partitions_per_shard, shard_for,
 };
 use crate::group::coordinator::{Coordinator, GroupConfig};
 use crate::protocol::{
     ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewTopic,
-    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, Request, Response, Status,
-    TopicStatus,
+    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, Request, Response,
+    ShardDescription, Status, TopicStatus,
 };
 use crate::storage::{Chunk, Log, StorageError};
 use crate::wake::Latch;
@@ -82,6 +83,10 @@ pub(crate) enum ShardMessage {
     ListGroups {
         reply: oneshot::Sender<Vec<GroupListing>>,
     },
+    /// What a shard holds and is doing.
+    Describe {
+        reply: oneshot::Sender<ShardDescription>,
+    },
     /// From shard 0 to every shard, once saved: the new metadata, and the topics it no
     /// longer has (whose partitions are closed and removed).
     ApplyMetadata {
@@ -121,6 +126,8 @@ pub(crate) struct Shard {
     admin: Semaphore,
     /// Set once when the broker begins to stop: new requests are refused, waits end.
     pub stopping: Latch,
+    pub connections: Connections,
+    pub probe: ShardProbe,
 }
 
 impl Shard {
@@ -153,6 +160,8 @@ impl Shard {
             peers,
             admin: Semaphore::new(1),
             stopping: Latch::default(),
+            connections: Connections::default(),
+            probe: ShardProbe::default(),
         });
         shard
             .open_partitions(&metadata.topics, Opening::Existing)
@@ -197,6 +206,17 @@ impl Shard {
                     tracing::warn!(%error, dir = %log.dir().display(), "retention failed")
                 }
             }
+        }
+    }
+
+    /// What this shard holds and is doing, for `DescribeBroker`.
+    pub fn describe(&self) -> ShardDescription {
+        ShardDescription {
+            shard_id: self.id as u16,
+            partitions: self.logs.borrow().len() as u32,
+            connections: self.connections.open.get() as u32,
+            long_poll_waits: self.probe.long_poll_waits(),
+            forwarded_requests: self.probe.forwarded_requests(),
         }
     }
 
@@ -285,6 +305,7 @@ impl Shard {
                 return self.produce_local(topic, partition, records).await;
             }
             Ok(owner) => {
+                self.probe.forwarded();
                 let topic = topic.to_string();
                 self.ask(owner, |reply| ShardMessage::Produce {
                     topic,
@@ -338,6 +359,7 @@ impl Shard {
                 return self.fetch_local(topic, partition, offset, max_bytes).await;
             }
             Ok(owner) => {
+                self.probe.forwarded();
                 let topic = topic.to_string();
                 self.ask(owner, |reply| ShardMessage::Fetch {
                     topic,
@@ -413,6 +435,7 @@ impl Shard {
         match self.owner(topic, partition) {
             Ok(owner) if owner == self.id => {
                 if let Ok(log) = self.log(topic, partition) {
+                    let _counted = self.probe.long_poll_wait();
                     let wait = std::time::Duration::from_millis(u64::from(max_wait_ms));
                     let give_up =
                         futures_lite::future::or(glommio::timer::sleep(wait), self.stopping.wait());
@@ -420,6 +443,7 @@ impl Shard {
                 }
             }
             Ok(owner) => {
+                self.probe.forwarded();
                 let topic = topic.to_string();
                 let _ = self
                     .ask(owner, |reply| ShardMessage::WaitForData {
@@ -447,6 +471,7 @@ impl Shard {
                 Err(status) => return offsets_failed(partition, status),
             },
             Ok(owner) => {
+                self.probe.forwarded();
                 let topic = topic.to_string();
                 let answer = self
                     .ask(owner, |reply| ShardMessage::ListOffsets {
@@ -845,6 +870,9 @@ impl Shard {
             }
             ShardMessage::ListGroups { reply } => {
                 let _ = reply.send(self.groups.list());
+            }
+            ShardMessage::Describe { reply } => {
+                let _ = reply.send(self.describe());
             }
             ShardMessage::OpenPartitions { topics, reply } => {
                 let _ = reply.send(self.open_partitions(&topics, Opening::Fresh).await);

@@ -318,3 +318,27 @@ fn an_interactive_producer_sends_each_line_without_waiting_for_eof() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn broker_describe_shows_each_shard() {
+    let broker = Broker::start(2);
+    ok(&spate(
+        &broker,
+        &["topic", "create", "shown", "--partitions", "6"],
+        "",
+    ));
+    let out = ok(&spate(&broker, &["broker", "describe"], ""));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("Shards: 2"), "{out}");
+    assert!(lines[1].starts_with("SHARD"), "{out}");
+    let partitions: Vec<u32> = lines[2..]
+        .iter()
+        .map(|line| line.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(partitions, [3, 3], "{out}");
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["broker", "describe", "--broker", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    failed(&unreachable, "127.0.0.1:1");
+}

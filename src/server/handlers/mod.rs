@@ -1,6 +1,7 @@
 //! One handler per request kind (`<kind>.rs`); `handle` decodes a request and picks one.
 
 mod api_versions;
+mod broker;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -140,6 +141,7 @@ pub(crate) async fn handle(
             });
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
+        Request::DescribeBroker => broker::describe(&shard).await,
         request => groups::handle(&shard, request).await,
     };
     Some(Outgoing::Frame(response.encode(correlation_id)))

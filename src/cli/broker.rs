@@ -1,0 +1,28 @@
+use super::{connect, describe};
+
+/// `spate broker describe`: one line per shard, as a table.
+pub fn describe_broker(broker: &str) -> Result<(), String> {
+    let mut connection = connect(broker)?;
+    let described = connection.describe_broker().map_err(describe)?;
+    println!(
+        "Broker: {broker}\tVersion: {}\tShards: {}\tOpenFiles: {}",
+        described.broker_version,
+        described.shards.len(),
+        described.open_files
+    );
+    println!(
+        "{:<6} {:>11} {:>12} {:>15} {:>18}",
+        "SHARD", "PARTITIONS", "CONNECTIONS", "LONG-POLL-WAITS", "FORWARDED-REQUESTS"
+    );
+    for shard in &described.shards {
+        println!(
+            "{:<6} {:>11} {:>12} {:>15} {:>18}",
+            shard.shard_id,
+            shard.partitions,
+            shard.connections,
+            shard.long_poll_waits,
+            shard.forwarded_requests
+        );
+    }
+    Ok(())
+}
