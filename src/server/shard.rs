@@ -97,10 +97,16 @@ pub(crate) enum ShardMessage {
 }
 
 /// Records a fetch returns: views of this shard's log (no copy), or bytes another shard
-/// copied out of its log.
+/// copied out of its log. The default is no records.
 pub(crate) enum FetchPayload {
     Local(Vec<Chunk>),
     Remote(Bytes),
+}
+
+impl Default for FetchPayload {
+    fn default() -> FetchPayload {
+        FetchPayload::Local(Vec::new())
+    }
 }
 
 impl Payload for FetchPayload {
@@ -845,10 +851,14 @@ impl Shard {
                 partition,
                 offset,
                 max_wait_ms,
-                reply,
+                mut reply,
             } => {
-                self.wait_for_data(&topic, partition, offset, max_wait_ms)
-                    .await;
+                // The asking fetch stops listening once any of its partitions has data,
+                // its deadline passes or its connection closes: the wait ends with it,
+                // rather than holding on here for the rest of `max_wait_ms`.
+                let asker_gone = reply.cancellation();
+                let waited = self.wait_for_data(&topic, partition, offset, max_wait_ms);
+                futures_lite::future::or(waited, asker_gone).await;
                 let _ = reply.send(());
             }
             ShardMessage::ListOffsets {

@@ -311,6 +311,90 @@ fn long_polling_wakes_on_new_data() {
     assert!(answer.status.is_ok() && answer.records.is_empty());
 }
 
+/// The long-poll waits under way on each shard, once they have settled at `expected`
+/// (or what they are after 3 s).
+fn long_poll_waits(client: &mut Connection, expected: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let waits: Vec<u32> = client
+            .describe_broker()
+            .unwrap()
+            .shards
+            .iter()
+            .map(|shard| shard.long_poll_waits)
+            .collect();
+        if waits == expected || Instant::now() > deadline {
+            return waits;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_long_poll_leaves_no_waits_behind_on_other_shards() {
+    let broker = Broker::start(2);
+    let mut client = broker.connect();
+    client.create_topic("trickle", 8, &[]).unwrap();
+    let owners = client.metadata(&["trickle"]).unwrap().topics[0]
+        .partitions
+        .clone();
+    let on_shard_1 = owners.iter().filter(|p| p.shard_id == 1).count() as u32;
+    let on_shard_0 = 8 - on_shard_1;
+    let local = owners.iter().find(|p| p.shard_id == 0).unwrap().partition;
+    // A fetch on shard 0 of all 8 partitions with a min_bytes a trickle never reaches:
+    // it waits on every partition, on both shards.
+    let mut stream = TcpStream::connect(broker.shard_address(0)).unwrap();
+    let fetch = spate::protocol::Request::Fetch(spate::protocol::FetchRequest {
+        max_wait_ms: 30_000,
+        min_bytes: 10 << 20,
+        max_bytes: 64 << 20,
+        topics: vec![spate::protocol::FetchTopic {
+            name: "trickle".into(),
+            partitions: (0..8)
+                .map(|partition| spate::protocol::FetchPartition {
+                    partition,
+                    offset: 0,
+                    max_bytes: 1 << 20,
+                })
+                .collect(),
+        }],
+    });
+    stream.write_all(&fetch.encode(1)).unwrap();
+    assert_eq!(
+        long_poll_waits(&mut client, &[on_shard_0, on_shard_1]),
+        [on_shard_0, on_shard_1]
+    );
+    // Each record wakes the fetch, which reads and waits again on every partition. The
+    // waits it gave up on, on shard 1, must end with it, not linger for their 30 s.
+    for round in 0..5 {
+        let record = batch(&format!("drop{round}"), 1, 10, 0);
+        client.produce("trickle", local, record, Acks::All).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        long_poll_waits(&mut client, &[on_shard_0, on_shard_1]),
+        [on_shard_0, on_shard_1],
+        "one wait per partition, after five wake-ups"
+    );
+    // A connection that closes ends its long poll and every wait of it.
+    drop(stream);
+    assert_eq!(long_poll_waits(&mut client, &[0, 0]), [0, 0]);
+    let described = client.describe_broker().unwrap();
+    assert_eq!(
+        described
+            .shards
+            .iter()
+            .map(|shard| shard.partitions)
+            .sum::<u32>(),
+        8
+    );
+    assert!(
+        described.shards[0].forwarded_requests > 0,
+        "waits forwarded to shard 1"
+    );
+    assert!(described.open_files > 0);
+}
+
 #[test]
 fn a_restart_keeps_topics_and_data() {
     let dir = tempfile::tempdir().unwrap();
