@@ -38,6 +38,11 @@ pub struct Options {
     /// The spawned broker's binary [default: `spate` next to this program].
     #[arg(long)]
     pub broker_bin: Option<PathBuf>,
+    /// A setting of the spawned broker, key=value (repeatable), passed as
+    /// `spate serve --key value`, e.g. tail-cache-bytes-max=4294967296.
+    #[arg(long = "broker-setting")]
+    #[serde(default)]
+    pub broker_setting: Vec<String>,
     /// Topic to use; created if missing [default: loadgen].
     #[arg(long)]
     pub topic: Option<String>,
@@ -109,7 +114,11 @@ impl Options {
     pub fn over(self, base: Options) -> Options {
         macro_rules! pick {
             ($($field:ident),*) => {
-                Options { $($field: self.$field.or(base.$field),)* topic_config: if self.topic_config.is_empty() { base.topic_config } else { self.topic_config } }
+                Options {
+                    $($field: self.$field.or(base.$field),)*
+                    topic_config: if self.topic_config.is_empty() { base.topic_config } else { self.topic_config },
+                    broker_setting: if self.broker_setting.is_empty() { base.broker_setting } else { self.broker_setting },
+                }
             };
         }
         pick!(
@@ -139,6 +148,18 @@ impl Options {
     }
 }
 
+/// `key=value` pairs, trimmed; `flag` names them in the error.
+fn key_values(pairs: &[String], flag: &str) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+                .with_context(|| format!("invalid {flag} {pair:?}: expected key=value"))
+        })
+        .collect()
+}
+
 /// A target rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rate {
@@ -155,6 +176,8 @@ pub struct Plan {
     pub broker_cpus: Vec<usize>,
     #[serde(skip)]
     pub broker_bin: Option<PathBuf>,
+    /// Settings of the spawned broker (`spate serve --key value`).
+    pub broker_settings: Vec<(String, String)>,
     pub topic: String,
     pub partitions: u32,
     pub topic_config: Vec<(String, String)>,
@@ -241,21 +264,18 @@ impl Plan {
             Some(Rate::RecordsPerSecond(rate)) => Some(rate),
             Some(Rate::BytesPerSecond(rate)) => Some(rate / average_size),
         };
-        let topic_config = options
-            .topic_config
-            .iter()
-            .map(|pair| {
-                pair.split_once('=')
-                    .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
-                    .with_context(|| format!("invalid --topic-config {pair:?}: expected key=value"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let topic_config = key_values(&options.topic_config, "--topic-config")?;
+        let broker_settings = key_values(&options.broker_setting, "--broker-setting")?;
+        if !broker_settings.is_empty() && !spawn_broker {
+            bail!("--broker-setting applies to a spawned broker: add --spawn-broker");
+        }
         let plan = Plan {
             workload,
             broker: options.broker.unwrap_or_else(|| "127.0.0.1:7070".into()),
             spawn_broker,
             broker_cpus,
             broker_bin: options.broker_bin,
+            broker_settings,
             topic: options.topic.unwrap_or_else(|| "loadgen".into()),
             partitions: options.partitions.unwrap_or(1),
             topic_config,

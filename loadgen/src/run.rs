@@ -122,6 +122,11 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
         ])
         .arg("--data-dir")
         .arg(data.path().join("data"))
+        .args(
+            plan.broker_settings
+                .iter()
+                .flat_map(|(key, value)| [format!("--{key}"), value.clone()]),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -119,6 +119,11 @@ fn consume_reads_the_records_it_filled_the_topic_with() {
             "30000",
             "--message-size",
             "200",
+            // A tail cache over the broker's default limit, allowed by a broker setting.
+            "--topic-config",
+            "tail.cache.bytes=134217728",
+            "--broker-setting",
+            "tail-cache-bytes-max=134217728",
             "--json",
             path.to_str().unwrap(),
         ],
@@ -165,6 +170,14 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
         (&["--rate", "fast"][..], "--rate"),
         (&["--duration", "soon"][..], "--duration"),
         (&["e2e", "--message-size", "4"][..], "at least 8"),
+        (
+            &["--broker-setting", "tail-cache-bytes-max=1"][..],
+            "--spawn-broker",
+        ),
+        (
+            &["--spawn-broker", "--broker-setting", "no-equals"][..],
+            "--broker-setting",
+        ),
     ] {
         let output = loadgen(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub group_max_session_timeout_ms: u32,
     /// An offsets log is compacted once it is larger than this.
     pub offsets_compact_bytes: u64,
+    /// The most a topic's `tail.cache.bytes` may be: any client that may create a topic
+    /// chooses it, and each of the topic's partitions keeps that much in memory.
+    pub tail_cache_bytes_max: u64,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
             offsets_compact_bytes: 16 << 20,
+            tail_cache_bytes_max: 64 << 20,
         }
     }
 }
@@ -126,6 +130,10 @@ pub struct Settings {
     /// Compact an offsets log once it is larger than this, in bytes [default: 16 MiB].
     #[arg(long)]
     pub offsets_compact_bytes: Option<u64>,
+    /// The most a topic's tail.cache.bytes may be, in bytes; creating a topic with more is
+    /// refused [default: 64 MiB].
+    #[arg(long)]
+    pub tail_cache_bytes_max: Option<u64>,
 }
 
 /// A parsed `--cpus` list (a newtype, so clap takes it as one value, not many).
@@ -215,6 +223,7 @@ impl Settings {
             &mut config.offsets_compact_bytes,
             self.offsets_compact_bytes,
         );
+        set(&mut config.tail_cache_bytes_max, self.tail_cache_bytes_max);
     }
 }
 

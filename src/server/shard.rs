@@ -215,6 +215,17 @@ impl Shard {
         }
     }
 
+    /// The log config a topic's partitions open with: its own, with `tail.cache.bytes`
+    /// held to this broker's `tail-cache-bytes-max` (a topic created with more under an
+    /// older limit, or none, gets the limit).
+    pub fn log_config(&self, topic: &TopicRecord) -> crate::storage::LogConfig {
+        let mut config = topic.log_config();
+        config.tail_cache_bytes = config
+            .tail_cache_bytes
+            .min(self.config.tail_cache_bytes_max);
+        config
+    }
+
     /// What this shard holds and is doing, for `DescribeBroker`.
     pub fn describe(&self) -> ShardDescription {
         ShardDescription {
@@ -549,7 +560,8 @@ impl Shard {
                         ),
                     ))
                 } else {
-                    metadata.create_topic(topic)
+                    self.check_limits(topic)
+                        .and_then(|()| metadata.create_topic(topic))
                 };
                 let status = match checked {
                     Err(status) => status,
@@ -638,6 +650,27 @@ impl Shard {
         }
         self.apply_everywhere(metadata, deleted).await;
         statuses
+    }
+
+    /// The broker's own limits on a new topic's configs (the configs' ranges are checked
+    /// with its name and partition count by `ClusterMetadata::create_topic`).
+    fn check_limits(&self, topic: &NewTopic) -> Result<(), Status> {
+        let limit = self.config.tail_cache_bytes_max;
+        let asked = topic
+            .configs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "tail.cache.bytes")
+            .and_then(|(_, value)| value.trim().parse::<u64>().ok());
+        match asked {
+            Some(bytes) if bytes > limit => Err(Status::error(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "tail.cache.bytes={bytes} is over this broker's limit of {limit} bytes per partition (spate serve --tail-cache-bytes-max)"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Saves `metadata` (write, fsync, rename, directory fsync) on the blocking-thread
@@ -733,7 +766,7 @@ impl Shard {
                     Opening::Existing => Ok(()),
                 };
                 let log = match cleared {
-                    Ok(()) => Log::open(dir, topic.log_config())
+                    Ok(()) => Log::open(dir, self.log_config(topic))
                         .await
                         .map_err(|error| error.to_string()),
                     Err(error) => Err(format!("cannot clear {}: {error}", dir.display())),

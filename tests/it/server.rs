@@ -1122,3 +1122,70 @@ fn a_broker_restarts_on_its_port_right_after_a_stop_with_clients_connected() {
     let mut client = broker.connect();
     assert_eq!(client.list_offset("r", 0, OFFSET_LATEST).unwrap(), 1);
 }
+
+#[test]
+fn a_topic_s_tail_cache_is_held_to_the_broker_s_limit() {
+    let describe_cache = |client: &mut Connection, topic: &str| -> String {
+        let topic = client.describe_topics(&[topic]).unwrap().pop().unwrap();
+        assert!(topic.status.is_ok(), "{}", topic.status);
+        let (_, value) = topic
+            .configs
+            .iter()
+            .find(|(key, _)| key == "tail.cache.bytes")
+            .unwrap()
+            .clone();
+        value
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let broker = Broker::start_in(&data, 1, &[]);
+        let mut client = broker.connect();
+        let refused = client
+            .create_topic(
+                "greedy",
+                1,
+                &[("tail.cache.bytes".into(), (1u64 << 30).to_string())],
+            )
+            .unwrap();
+        assert_eq!(refused.status.code, ErrorCode::InvalidConfig);
+        assert!(
+            refused.status.message.contains("--tail-cache-bytes-max"),
+            "{}",
+            refused.status
+        );
+        assert!(
+            client.metadata(&["greedy"]).unwrap().topics[0]
+                .partitions
+                .is_empty()
+        );
+        let at_limit = (64u64 << 20).to_string();
+        let created = client
+            .create_topic(
+                "modest",
+                1,
+                &[("tail.cache.bytes".into(), at_limit.clone())],
+            )
+            .unwrap();
+        assert!(created.status.is_ok(), "{}", created.status);
+        assert_eq!(describe_cache(&mut client, "modest"), at_limit);
+    }
+    // An operator may allow more; a topic created so keeps its size only while allowed.
+    let big = (1u64 << 30).to_string();
+    {
+        let broker = Broker::start_in(&data, 1, &["--tail-cache-bytes-max", &big]);
+        let mut client = broker.connect();
+        let created = client
+            .create_topic("greedy", 1, &[("tail.cache.bytes".into(), big.clone())])
+            .unwrap();
+        assert!(created.status.is_ok(), "{}", created.status);
+        assert_eq!(describe_cache(&mut client, "greedy"), big);
+    }
+    let broker = Broker::start_in(&data, 1, &[]);
+    let mut client = broker.connect();
+    assert_eq!(
+        describe_cache(&mut client, "greedy"),
+        (64u64 << 20).to_string(),
+        "held to the limit the broker runs with now"
+    );
+}

@@ -25,7 +25,7 @@ pub(super) fn describe(shard: &Shard, request: DescribeTopicsRequest) -> Respons
                 name,
                 status: Status::ok(),
                 partitions: topic.partitions,
-                configs: effective_configs(&topic.log_config()),
+                configs: effective_configs(&shard.log_config(topic)),
             },
             None => TopicDescription {
                 status: Status::error(
