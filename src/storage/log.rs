@@ -712,16 +712,11 @@ async fn open_sealed(
     let trim = match stop {
         ScanStop::End => false,
         ScanStop::ZeroPadding => {
-            // Only the padding of the block the segment ended in can be zeros: sealing trims
-            // it, and a crash may lose that trim. Zeros anywhere else are lost data.
+            // Sealing trims the padding, and a crash may lose that trim; zeros anywhere
+            // else are lost data.
             let end = meta.size_bytes;
-            let rest = io::read_at(&file, path, end, (size - end) as usize).await?;
-            if size > io::align_up(end) || rest.iter().any(|&byte| byte != 0) {
-                let reason = format!(
-                    "zeros where a batch should start, {} bytes before the end",
-                    size - end
-                );
-                return Err(corrupt(end, reason));
+            if !zeros_are_padding(&file, path, end, size).await? {
+                return Err(corrupt(end, zeros_reason(end, size)));
             }
             true
         }
@@ -822,10 +817,21 @@ async fn open_active(
         config.index_interval_bytes,
     )
     .await?;
-    if let ScanStop::Damaged { position, reason } = &stop {
+    let end = meta.size_bytes;
+    let damage = match stop {
+        ScanStop::End => None,
+        // The appender pads only to the block boundary after the last batch: zeros further
+        // on, or anything else there, are a lost or torn write, which a bad disk can leave
+        // in front of acknowledged batches just as a crash leaves it after them.
+        ScanStop::ZeroPadding if zeros_are_padding(&file, path, end, size).await? => None,
+        ScanStop::ZeroPadding => Some((end, zeros_reason(end, size))),
+        ScanStop::Damaged { position, reason } => Some((position, reason)),
+        ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
+    };
+    if let Some((position, reason)) = damage {
         // Keep what is about to be cut: with flush.ms=0 it is a torn write that was never
         // acknowledged, but damage further back would otherwise be lost for good.
-        let kept = preserve_damaged_tail(path, *position)?;
+        let kept = preserve_damaged_tail(path, position)?;
         tracing::warn!(
             kept = %kept.display(),
             path = %path.display(),
@@ -835,8 +841,8 @@ async fn open_active(
             "cutting a torn or corrupt tail back to the last whole batch"
         );
     }
-    if size != meta.size_bytes {
-        file.truncate(meta.size_bytes)
+    if size != end {
+        file.truncate(end)
             .await
             .map_err(|error| io::io_error(path, "truncate", error.into()))?;
         io::fdatasync(&file, path).await?;
@@ -845,4 +851,27 @@ async fn open_active(
         let _ = std::fs::remove_file(stale);
     }
     Ok(Segment::new(base_offset, path.to_path_buf(), file, meta))
+}
+
+/// Whether the zeros a scan found at `end`, the end of the last whole batch, are the
+/// appender's padding: only up to the block boundary after that batch, and nothing but
+/// zeros there. Both sealed and active segments are judged by this one rule.
+async fn zeros_are_padding(
+    file: &glommio::io::DmaFile,
+    path: &Path,
+    end: u64,
+    size: u64,
+) -> Result<bool, StorageError> {
+    if size > io::align_up(end) {
+        return Ok(false);
+    }
+    let rest = io::read_at(file, path, end, (size - end) as usize).await?;
+    Ok(rest.len() as u64 == size - end && rest.iter().all(|&byte| byte == 0))
+}
+
+fn zeros_reason(end: u64, size: u64) -> String {
+    format!(
+        "zeros where a batch should start, {} bytes before the end",
+        size - end
+    )
 }
