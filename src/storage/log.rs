@@ -197,7 +197,7 @@ impl Log {
         }
         let lock = io::DirectoryLock::acquire(&dir)?;
         io::prepare_device(&dir).await?;
-        let mut bases = list_segments(&dir)?;
+        let mut bases = list_segments(&dir).await?;
         if bases.is_empty() {
             let path = dir.join(segment_file_name(0));
             drop(io::open_rw(&path, true).await?);
@@ -637,13 +637,21 @@ impl Log {
 
 /// Base offsets of the segment files in `dir`, sorted. Removes leftovers of interrupted
 /// index writes (`*.tmp`) and index files whose segment is gone.
-fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|error| io::io_error(dir, "list directory", error))?;
+async fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+    let owned = dir.to_path_buf();
+    // Listing and unlinking are blocking calls (a large directory takes a while): they
+    // run on the executor's blocking thread.
+    glommio::executor()
+        .spawn_blocking(move || scan_directory(&owned))
+        .await
+        .map_err(|error| io::io_error(dir, "list directory", error))
+}
+
+fn scan_directory(dir: &Path) -> std::io::Result<Vec<i64>> {
     let mut bases = Vec::new();
     let mut indexes = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|error| io::io_error(dir, "list directory", error))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
@@ -781,20 +789,28 @@ async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// Copies `[position, end)` of a segment to `<segment>.damaged-at-<position>` (ignored
-/// by recovery) before the tail is cut.
-fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, StorageError> {
-    use std::io::{Seek, SeekFrom};
+/// by recovery) and makes the copy and its directory entry durable, before the tail is cut.
+async fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, StorageError> {
     let mut name = path.file_name().expect("a segment file").to_os_string();
     name.push(format!(".damaged-at-{position}"));
     let kept = path.with_file_name(name);
-    let copy = || -> std::io::Result<()> {
-        let mut source = std::fs::File::open(path)?;
+    let (source_path, target_path) = (path.to_path_buf(), kept.clone());
+    // A buffered copy of up to a whole segment, and its fsync, block: they run on the
+    // executor's blocking thread so that the shard's other partitions are served meanwhile.
+    let copy = move || -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut source = std::fs::File::open(&source_path)?;
         source.seek(SeekFrom::Start(position))?;
-        let mut target = std::fs::File::create(&kept)?;
+        let mut target = std::fs::File::create(&target_path)?;
         std::io::copy(&mut source, &mut target)?;
         target.sync_all()
     };
-    copy().map_err(|error| io::io_error(&kept, "preserve damaged tail", error))?;
+    glommio::executor()
+        .spawn_blocking(copy)
+        .await
+        .map_err(|error| io::io_error(&kept, "preserve damaged tail", error))?;
+    // A crash right after the cut must not lose the copy's name either.
+    io::sync_directory(path.parent().expect("segments live in a directory")).await?;
     Ok(kept)
 }
 
@@ -831,7 +847,7 @@ async fn open_active(
     if let Some((position, reason)) = damage {
         // Keep what is about to be cut: with flush.ms=0 it is a torn write that was never
         // acknowledged, but damage further back would otherwise be lost for good.
-        let kept = preserve_damaged_tail(path, position)?;
+        let kept = preserve_damaged_tail(path, position).await?;
         tracing::warn!(
             kept = %kept.display(),
             path = %path.display(),
@@ -848,7 +864,9 @@ async fn open_active(
         io::fdatasync(&file, path).await?;
     }
     for stale in [offset_index_path(path), time_index_path(path)] {
-        let _ = std::fs::remove_file(stale);
+        // Through glommio, whose blocking thread does the unlink. Usually absent, and a
+        // stale index of the active segment is never read, so a failure is harmless.
+        let _ = glommio::io::remove(stale).await;
     }
     Ok(Segment::new(base_offset, path.to_path_buf(), file, meta))
 }
