@@ -1,5 +1,7 @@
 //! The storage layer's only contact with glommio's file API: opening segment files,
-//! aligned writes that must be complete, reads, and the per-device start-up self-test.
+//! aligned writes that must be complete, reads, syncs, durable directory creation, and
+//! the per-device start-up self-test; and `faults`, the hooks tests use to watch and
+//! break them.
 //!
 //! Keeping glommio behind this small module means the rest of `storage` could move to
 //! another io_uring runtime by rewriting this file.
@@ -111,6 +113,7 @@ pub(crate) async fn read_at(
 
 /// Makes a directory entry change (create, rename, delete) durable.
 pub(crate) async fn sync_directory(path: &Path) -> Result<(), StorageError> {
+    faults::note_directory_sync(path);
     let directory = glommio::io::Directory::open(path)
         .await
         .map_err(|error| io_error(path, "open directory", error.into()))?;
@@ -122,6 +125,117 @@ pub(crate) async fn sync_directory(path: &Path) -> Result<(), StorageError> {
         .close()
         .await
         .map_err(|error| io_error(path, "close directory", error.into()))
+}
+
+/// Creates `dir` and every missing ancestor, top-down, and makes each new directory's entry
+/// durable by syncing its parent, top-down, before returning: a directory whose own entry
+/// could vanish in a crash takes everything written inside it along. Returns the
+/// directories it synced, in order (none when `dir` already existed).
+pub(crate) async fn create_dir_all_durably(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let target = dir.to_path_buf();
+    // stat and mkdir are blocking calls: they run on the executor's blocking thread.
+    let created = glommio::executor()
+        .spawn_blocking(move || create_missing_directories(&target))
+        .await
+        .map_err(|(path, error)| io_error(&path, "create directory", error))?;
+    let mut synced = Vec::with_capacity(created.len());
+    for directory in &created {
+        let parent = parent_directory(directory);
+        sync_directory(&parent).await?;
+        synced.push(parent);
+    }
+    Ok(synced)
+}
+
+/// Creates the missing directories on the way to `dir`, top-down; returns them in the
+/// order created. One that appears meanwhile (another log creating a sibling) is still
+/// listed, so that its entry is synced before this caller relies on it.
+fn create_missing_directories(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, io::Error)> {
+    let mut missing = Vec::new();
+    let mut current = dir.to_path_buf();
+    loop {
+        match std::fs::metadata(&current) {
+            Ok(_) => break,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let parent = parent_directory(&current);
+                missing.push(current);
+                current = parent;
+            }
+            Err(error) => return Err((current, error)),
+        }
+    }
+    missing.reverse();
+    for directory in &missing {
+        match std::fs::create_dir(directory) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && directory.is_dir() => {}
+            Err(error) => return Err((directory.clone(), error)),
+        }
+    }
+    Ok(missing)
+}
+
+/// The directory holding `path`'s entry (`.` for a relative path of one component).
+fn parent_directory(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Fault injection and observation for tests, in the spirit of Redpanda's storage fault
+/// injection: lets a test see what the storage layer makes durable, and make it fail in
+/// ways no ordinary filesystem can be made to on demand.
+///
+/// Everything here is per thread: a log does all its I/O on the executor thread that
+/// opened it, so a test arms a hook on that thread (inside the future it runs on the
+/// executor) and other tests, on other threads, are not affected. Nothing is recorded or
+/// injected unless a test asks for it; the cost otherwise is one thread-local check per
+/// directory sync.
+pub mod faults {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    #[derive(Default)]
+    struct Hooks {
+        /// The directories synced since `record_directory_syncs`, while recording.
+        directory_syncs: Option<Vec<PathBuf>>,
+    }
+
+    thread_local! {
+        static HOOKS: RefCell<Hooks> = RefCell::default();
+    }
+
+    /// Starts recording, on this thread, every directory the storage layer syncs (to make
+    /// an entry it created, renamed or deleted durable). Forgets an earlier recording.
+    pub fn record_directory_syncs() {
+        HOOKS.with(|hooks| hooks.borrow_mut().directory_syncs = Some(Vec::new()));
+    }
+
+    /// The directories synced on this thread since `record_directory_syncs`, in order;
+    /// stops recording.
+    pub fn take_directory_syncs() -> Vec<PathBuf> {
+        HOOKS.with(|hooks| {
+            hooks
+                .borrow_mut()
+                .directory_syncs
+                .take()
+                .unwrap_or_default()
+        })
+    }
+
+    /// Removes every hook set on this thread.
+    pub fn clear() {
+        HOOKS.with(|hooks| *hooks.borrow_mut() = Hooks::default());
+    }
+
+    pub(super) fn note_directory_sync(path: &Path) {
+        HOOKS.with(|hooks| {
+            if let Some(synced) = &mut hooks.borrow_mut().directory_syncs {
+                synced.push(path.to_path_buf());
+            }
+        });
+    }
 }
 
 thread_local! {

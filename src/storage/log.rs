@@ -188,13 +188,9 @@ impl Log {
     /// the active segment is validated batch by batch and cut back to its last whole batch.
     pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Log, StorageError> {
         let dir = dir.into();
-        let created = !dir.exists();
-        std::fs::create_dir_all(&dir)
-            .map_err(|error| io::io_error(&dir, "create directory", error))?;
-        if created && let Some(parent) = dir.parent() {
-            // The new directory's entry must be durable before anything in it is.
-            io::sync_directory(parent).await?;
-        }
+        // The new directories' entries, up to the first that existed (`<data>/groups` as
+        // well as `<data>/groups/offsets-3`), must be durable before anything in them is.
+        io::create_dir_all_durably(&dir).await?;
         let lock = io::DirectoryLock::acquire(&dir)?;
         io::prepare_device(&dir).await?;
         let mut bases = list_segments(&dir).await?;

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
-pub use io::DirectoryLock;
+pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 
 use crate::record::BatchError;

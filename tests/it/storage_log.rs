@@ -1,4 +1,4 @@
-use spate::storage::{Log, LogConfig, StorageError};
+use spate::storage::{Log, LogConfig, StorageError, faults};
 
 use crate::support::{batch_mut, in_temp_dir, read_all, records, run};
 
@@ -782,6 +782,39 @@ fn appends_waiting_for_the_pending_budget_enter_the_log_in_call_order() {
             .collect();
         let expected: Vec<String> = sizes.into_iter().map(|(tag, _)| tag).collect();
         assert_eq!(tags, expected);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn opening_a_log_makes_every_directory_it_created_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_path_buf();
+    run(move || async move {
+        // Neither `a` nor `a/b` exists: their entries need syncs of their parents too, not
+        // only `c`'s entry in `a/b`.
+        let dir = root_path.join("a").join("b").join("c");
+        faults::record_directory_syncs();
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        let synced = faults::take_directory_syncs();
+        let expected = [
+            root_path.clone(),
+            root_path.join("a"),
+            root_path.join("a").join("b"),
+        ];
+        assert!(
+            synced.starts_with(&expected),
+            "each new directory's parent is synced, top-down, first: {synced:?}"
+        );
+        log.close().await.unwrap();
+
+        faults::record_directory_syncs();
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        let synced = faults::take_directory_syncs();
+        assert!(
+            expected.iter().all(|parent| !synced.contains(parent)),
+            "nothing was created, no parent is synced: {synced:?}"
+        );
         log.close().await.unwrap();
     });
 }
