@@ -93,6 +93,9 @@ pub(crate) fn short_write(path: &Path, written: usize, wanted: usize) -> Storage
 }
 
 pub(crate) async fn fdatasync(file: &DmaFile, path: &Path) -> Result<(), StorageError> {
+    if let Some(error) = faults::fdatasync_fault(path) {
+        return Err(io_error(path, "fdatasync", error));
+    }
     file.fdatasync()
         .await
         .map_err(|error| io_error(path, "fdatasync", error.into()))
@@ -191,13 +194,18 @@ fn parent_directory(path: &Path) -> PathBuf {
 /// opened it, so a test arms a hook on that thread (inside the future it runs on the
 /// executor) and other tests, on other threads, are not affected. Nothing is recorded or
 /// injected unless a test asks for it; the cost otherwise is one thread-local check per
-/// directory sync.
+/// fdatasync and directory sync.
 pub mod faults {
     use std::cell::RefCell;
     use std::path::{Path, PathBuf};
 
     #[derive(Default)]
     struct Hooks {
+        /// Directories under which the next fdatasync of a file fails, one entry per
+        /// failure to inject.
+        fail_next_fdatasync: Vec<PathBuf>,
+        /// fdatasync failures injected so far.
+        injected_fdatasync_failures: u64,
         /// The directories synced since `record_directory_syncs`, while recording.
         directory_syncs: Option<Vec<PathBuf>>,
     }
@@ -224,9 +232,39 @@ pub mod faults {
         })
     }
 
+    /// Makes the next fdatasync, on this thread, of a file whose path starts with `dir` fail
+    /// with EIO without syncing anything, as Linux reports a failed writeback: the data
+    /// written since the last successful sync may be gone, and a later fdatasync may
+    /// succeed regardless. The fault is used up by that one call (later ones sync as
+    /// usual); call again for several failures.
+    pub fn fail_next_fdatasync_under(dir: impl Into<PathBuf>) {
+        let dir = dir.into();
+        HOOKS.with(|hooks| hooks.borrow_mut().fail_next_fdatasync.push(dir));
+    }
+
+    /// How many fdatasync failures have been injected on this thread (so a test can wait
+    /// for the one it armed to happen, for instance in the appender's interval flush).
+    pub fn injected_fdatasync_failures() -> u64 {
+        HOOKS.with(|hooks| hooks.borrow().injected_fdatasync_failures)
+    }
+
     /// Removes every hook set on this thread.
     pub fn clear() {
         HOOKS.with(|hooks| *hooks.borrow_mut() = Hooks::default());
+    }
+
+    /// The error an fdatasync of `path` must fail with, if a test armed one.
+    pub(super) fn fdatasync_fault(path: &Path) -> Option<std::io::Error> {
+        HOOKS.with(|hooks| {
+            let mut hooks = hooks.borrow_mut();
+            let armed = hooks
+                .fail_next_fdatasync
+                .iter()
+                .position(|dir| path.starts_with(dir))?;
+            hooks.fail_next_fdatasync.remove(armed);
+            hooks.injected_fdatasync_failures += 1;
+            Some(std::io::Error::from_raw_os_error(libc::EIO))
+        })
     }
 
     pub(super) fn note_directory_sync(path: &Path) {

@@ -77,7 +77,7 @@ pub enum StorageError {
     #[error("the partition log is closed")]
     Closed,
     #[error(
-        "the partition log refuses writes after a failure ({reason}); reopen it to recover from disk"
+        "the partition refuses writes after a failure ({reason}) until it is reopened: restart the broker to recover it from disk"
     )]
     LogFailed { reason: String },
     #[error("internal error: {reason}")]
