@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -21,7 +22,7 @@ use super::{Chunk, LogConfig, StorageError, io};
 use crate::limits::{
     BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX,
 };
-use crate::record::{BatchError, RecordIter, split_batches};
+use crate::record::{BatchError, BatchHeader, RecordIter, split_batches};
 use crate::semaphore::FifoSemaphore;
 use crate::wake::{Event, Notify};
 
@@ -291,6 +292,12 @@ impl Log {
         if batches.is_empty() {
             return Err(BatchError::Empty.into());
         }
+        check_timestamps(
+            &self.inner.config,
+            &records,
+            &batches,
+            crate::clock::now_ms(),
+        )?;
         let permit = self
             .inner
             .pending_bytes
@@ -629,6 +636,63 @@ impl Log {
             })
             .collect()
     }
+}
+
+/// Refuses batches with a record timestamp outside `[now - message.timestamp.before.max.ms,
+/// now + message.timestamp.after.max.ms]`, as Kafka does: record timestamps drive retention,
+/// `segment.ms` and lookups by time, so a client must not be able to keep a segment for
+/// ever or hide a batch from a lookup. `validate` has checked that a CreateTime batch's
+/// max timestamp is its records', so the max alone decides "after"; records are walked
+/// for "before" only when it is limited. Records without a timestamp (-1, Kafka's
+/// NO_TIMESTAMP) are exempt. A LogAppendTime batch's records all carry its max timestamp,
+/// so that one is checked against both bounds.
+fn check_timestamps(
+    config: &LogConfig,
+    records: &[u8],
+    batches: &[(BatchHeader, Range<usize>)],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    const NO_TIMESTAMP: i64 = -1;
+    let after_ms = config.message_timestamp_after_max_ms;
+    let before_ms = config.message_timestamp_before_max_ms;
+    let latest = now_ms.saturating_add_unsigned(after_ms);
+    let earliest = now_ms.saturating_sub_unsigned(before_ms);
+    let too_new = |timestamp| StorageError::InvalidTimestamp {
+        timestamp,
+        now_ms,
+        direction: "ahead of",
+        key: "message.timestamp.after.max.ms",
+        limit_ms: after_ms,
+    };
+    let too_old = |timestamp| StorageError::InvalidTimestamp {
+        timestamp,
+        now_ms,
+        direction: "behind",
+        key: "message.timestamp.before.max.ms",
+        limit_ms: before_ms,
+    };
+    for (header, range) in batches {
+        if header.max_timestamp > latest {
+            return Err(too_new(header.max_timestamp));
+        }
+        if !config.limits_old_timestamps() {
+            continue;
+        }
+        if header.is_log_append_time() {
+            if header.max_timestamp != NO_TIMESTAMP && header.max_timestamp < earliest {
+                return Err(too_old(header.max_timestamp));
+            }
+            continue;
+        }
+        let batch = &records[range.clone()];
+        for record in RecordIter::new(&batch[crate::limits::BATCH_HEADER_BYTES..]) {
+            let timestamp = header.base_timestamp.wrapping_add(record?.timestamp_delta);
+            if timestamp != NO_TIMESTAMP && timestamp < earliest {
+                return Err(too_old(timestamp));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Base offsets of the segment files in `dir`, sorted. Removes leftovers of interrupted

@@ -40,6 +40,18 @@ pub enum StorageError {
     #[error("append of {bytes} bytes is larger than the limit of {max} bytes")]
     RecordTooLarge { bytes: usize, max: usize },
     #[error(
+        "record timestamp {timestamp} is more than {limit_ms} ms {direction} the broker's clock ({now_ms}): correct the producer's timestamps or clock, or raise the topic's {key}"
+    )]
+    InvalidTimestamp {
+        timestamp: i64,
+        now_ms: i64,
+        /// "ahead of" or "behind".
+        direction: &'static str,
+        /// The topic config that refused it.
+        key: &'static str,
+        limit_ms: u64,
+    },
+    #[error(
         "offset {offset} is out of range: the log holds offsets {log_start} to {log_end} (exclusive)"
     )]
     OffsetOutOfRange {
