@@ -394,7 +394,7 @@ impl Appender {
             bytes[cursor..cursor + append.records.len()].copy_from_slice(&append.records);
             cursor += append.records.len();
         }
-        // DMA buffers are recycled: the padding must be zeroed by hand (GLOMMIO_NOTES 3).
+        // DMA buffers are recycled: the padding must be zeroed by hand (docs/GLOMMIO.md §3).
         bytes[logical_bytes..].fill(0);
         let new_tail = bytes[align_down(logical_bytes as u64) as usize..logical_bytes].to_vec();
         let written = segment

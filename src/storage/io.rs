@@ -44,7 +44,7 @@ pub(crate) fn io_error(path: &Path, operation: &'static str, error: io::Error) -
 }
 
 /// Opens (or creates) a segment or index file for direct I/O, readable and writable.
-/// `DmaFile::create` would open it write-only (GLOMMIO_NOTES 2).
+/// `DmaFile::create` would open it write-only (docs/GLOMMIO.md §2).
 pub(crate) async fn open_rw(path: &Path, create: bool) -> Result<DmaFile, StorageError> {
     OpenOptions::new()
         .read(true)
@@ -72,7 +72,7 @@ pub(crate) async fn write_all_at(
     let mut buffer = file.alloc_dma_buffer(length);
     let bytes = buffer.as_bytes_mut();
     bytes[..data.len()].copy_from_slice(data);
-    // DMA buffers come from a recycled pool: zero the padding ourselves (GLOMMIO_NOTES 3).
+    // DMA buffers come from a recycled pool: zero the padding ourselves (docs/GLOMMIO.md §3).
     bytes[data.len()..].fill(0);
     let written = file
         .write_at(buffer, position)
@@ -136,7 +136,8 @@ pub(crate) async fn sync_directory(path: &Path) -> Result<(), StorageError> {
 /// directories it synced, in order (none when `dir` already existed).
 pub(crate) async fn create_dir_all_durably(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
     let target = dir.to_path_buf();
-    // stat and mkdir are blocking calls: they run on the executor's blocking thread.
+    // stat and mkdir are blocking calls: they run on the executor's blocking thread
+    // (docs/GLOMMIO.md §7).
     let created = glommio::executor()
         .spawn_blocking(move || create_missing_directories(&target))
         .await
@@ -282,7 +283,7 @@ thread_local! {
 }
 
 /// Runs once per device per thread, before the first segment file on that device is
-/// opened: works around glommio's IOPOLL probe (GLOMMIO_NOTES 1) by making sure the first
+/// opened: works around glommio's IOPOLL probe (docs/GLOMMIO.md §1) by making sure the first
 /// file glommio opens on the device is non-empty, then writes a block with direct I/O and
 /// reads it back. Failing here is loud and early instead of at the first consumer read.
 pub(crate) async fn prepare_device(directory: &Path) -> Result<(), StorageError> {

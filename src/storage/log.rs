@@ -700,7 +700,7 @@ fn check_timestamps(
 async fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
     let owned = dir.to_path_buf();
     // Listing and unlinking are blocking calls (a large directory takes a while): they
-    // run on the executor's blocking thread.
+    // run on the executor's blocking thread (docs/GLOMMIO.md §7).
     glommio::executor()
         .spawn_blocking(move || scan_directory(&owned))
         .await
@@ -856,7 +856,8 @@ async fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, St
     let kept = path.with_file_name(name);
     let (source_path, target_path) = (path.to_path_buf(), kept.clone());
     // A buffered copy of up to a whole segment, and its fsync, block: they run on the
-    // executor's blocking thread so that the shard's other partitions are served meanwhile.
+    // executor's blocking thread so that the shard's other partitions are served meanwhile
+    // (docs/GLOMMIO.md §7).
     let copy = move || -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
         let mut source = std::fs::File::open(&source_path)?;
