@@ -248,7 +248,7 @@ fn raw_write_run(options: &Options, block_bytes: usize) -> f64 {
     let _ = std::fs::remove_file(&path);
     let (run_bytes, run_time) = (options.run_bytes, options.run_time);
     on_pinned_executor(options, move || async move {
-        // A non-empty file first, for glommio's IOPOLL probe (GLOMMIO_NOTES 1).
+        // A non-empty file first, for glommio's IOPOLL probe (docs/GLOMMIO.md §1).
         std::fs::write(&path, vec![1u8; 4096]).expect("probe file");
         let file = glommio::io::OpenOptions::new()
             .read(true)

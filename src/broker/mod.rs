@@ -11,6 +11,7 @@ pub fn storage_status(error: &StorageError) -> Status {
     let code = match error {
         StorageError::InvalidBatch(_) => ErrorCode::CorruptBatch,
         StorageError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+        StorageError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::DiskFull { .. } => ErrorCode::DiskFull,
         StorageError::Closed => ErrorCode::ShuttingDown,

@@ -139,10 +139,11 @@ pub enum ErrorCode {
     UnknownGroup = 22,
     InconsistentGroupProtocol = 23,
     OffsetMetadataTooLarge = 24,
+    InvalidTimestamp = 25,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 25] = [
+    const ALL: [ErrorCode; 26] = [
         ErrorCode::None,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::OffsetOutOfRange,
@@ -168,6 +169,7 @@ impl ErrorCode {
         ErrorCode::UnknownGroup,
         ErrorCode::InconsistentGroupProtocol,
         ErrorCode::OffsetMetadataTooLarge,
+        ErrorCode::InvalidTimestamp,
     ];
 
     pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
@@ -217,6 +219,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::UnknownGroup => "unknown group",
             ErrorCode::InconsistentGroupProtocol => "no assignment strategy shared by the group",
             ErrorCode::OffsetMetadataTooLarge => "offset metadata too large",
+            ErrorCode::InvalidTimestamp => "record timestamp out of the topic's range",
         };
         f.write_str(name)
     }

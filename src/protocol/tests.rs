@@ -12,7 +12,7 @@ fn blob() -> impl Strategy<Value = Bytes> {
 }
 
 fn status() -> impl Strategy<Value = Status> {
-    (0u16..25, name()).prop_map(|(code, message)| Status {
+    (0u16..26, name()).prop_map(|(code, message)| Status {
         code: ErrorCode::from_u16(code).unwrap(),
         message,
     })
@@ -248,7 +248,7 @@ fn response() -> impl Strategy<Value = (ApiKey, Response)> {
                     .collect();
                 (ApiKey::Fetch, Response::Fetch(FetchResponse { topics }))
             }),
-        (1u16..25, name()).prop_map(|(code, message)| {
+        (1u16..26, name()).prop_map(|(code, message)| {
             let status = Status {
                 code: ErrorCode::from_u16(code).unwrap(),
                 message,

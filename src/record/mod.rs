@@ -74,6 +74,8 @@ pub enum BatchError {
     },
     #[error("malformed record: {0}")]
     MalformedRecord(&'static str),
+    #[error("batch max timestamp {declared} differs from its records' largest timestamp {records}")]
+    MaxTimestampMismatch { declared: i64, records: i64 },
     #[error("batch is empty: a batch carries at least one record")]
     Empty,
 }
@@ -227,7 +229,8 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 /// Checked: header present, length field equal to the slice length and within bounds,
 /// magic 2, CRC-32C, a supported codec, at least one record, `last_offset_delta` equal to
 /// `records_count - 1`, and (for uncompressed batches) that the records decode, number
-/// `records_count` and carry offset deltas 0, 1, 2, ...
+/// `records_count` and carry offset deltas 0, 1, 2, ..., and, for CreateTime batches,
+/// that `max_timestamp` is the largest of the records' timestamps.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = validate_framing(batch)?;
     if header.total_bytes() != batch.len() {
@@ -241,6 +244,7 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         codec => return Err(BatchError::UnsupportedCompression(codec)),
     }
     let mut count = 0usize;
+    let mut records_max_timestamp = i64::MIN;
     for (index, record) in RecordIter::new(&batch[BATCH_HEADER_BYTES..]).enumerate() {
         let record = record?;
         if index >= header.records_count as usize {
@@ -256,12 +260,25 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
                 found: record.offset_delta,
             });
         }
+        // Wrapping, as the producer computed the delta: any timestamp round-trips.
+        let timestamp = header.base_timestamp.wrapping_add(record.timestamp_delta);
+        records_max_timestamp = records_max_timestamp.max(timestamp);
         count += 1;
     }
     if count != header.records_count as usize {
         return Err(BatchError::RecordCount {
             declared: i64::from(header.records_count),
             actual: count,
+        });
+    }
+    // The stored max timestamp drives retention, `segment.ms` and lookups by time, so the
+    // client must not set it apart from its records (Kafka's producers set the max of the
+    // records' timestamps). A LogAppendTime batch's timestamps are the broker's, not the
+    // records'.
+    if !header.is_log_append_time() && header.max_timestamp != records_max_timestamp {
+        return Err(BatchError::MaxTimestampMismatch {
+            declared: header.max_timestamp,
+            records: records_max_timestamp,
         });
     }
     Ok(header)

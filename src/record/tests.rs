@@ -252,6 +252,60 @@ fn errors_name_the_problem() {
     ));
 }
 
+/// `batch` with its max timestamp set to `max_timestamp` and its CRC recomputed, so that
+/// only the timestamp is wrong.
+fn with_max_timestamp(batch: &[u8], max_timestamp: i64) -> BytesMut {
+    let mut forged = BytesMut::from(batch);
+    forged[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    with_fixed_crc(forged)
+}
+
+#[test]
+fn a_max_timestamp_other_than_the_records_is_refused_for_create_time_batches() {
+    let good = small_batch(3);
+    let header = validate(&good).unwrap();
+    let records_max = 1_700_000_000_002;
+    assert_eq!(
+        header.max_timestamp, records_max,
+        "the builder sets the records' max"
+    );
+    assert!(!header.is_log_append_time());
+
+    for forged_max in [i64::MAX, records_max - 1, header.base_timestamp, -1] {
+        let error = validate(&with_max_timestamp(&good, forged_max)).unwrap_err();
+        assert_eq!(
+            error,
+            BatchError::MaxTimestampMismatch {
+                declared: forged_max,
+                records: records_max
+            }
+        );
+        let message = error.to_string();
+        assert!(message.contains(&forged_max.to_string()), "{message}");
+        assert!(message.contains(&records_max.to_string()), "{message}");
+    }
+
+    // LogAppendTime (attributes bit 3): the broker's timestamp, not the records', is the
+    // batch's.
+    let mut log_append_time = BytesMut::from(&good[..]);
+    log_append_time[21..23].copy_from_slice(&0x08i16.to_be_bytes());
+    let log_append_time = with_max_timestamp(&log_append_time, i64::MAX);
+    assert!(validate(&log_append_time).unwrap().is_log_append_time());
+
+    // Records with no timestamp (-1, Kafka's NO_TIMESTAMP) have a max of -1.
+    let mut builder = BatchBuilder::new();
+    builder.push(-1, None, Some(b"v"), &[]);
+    builder.push(-1, None, Some(b"w"), &[]);
+    assert_eq!(validate(&builder.build(0)).unwrap().max_timestamp, -1);
+
+    // The largest timestamp need not be the last record's.
+    let mut builder = BatchBuilder::new();
+    for timestamp in [5_000, 9_000, 7_000] {
+        builder.push(timestamp, None, Some(b"v"), &[]);
+    }
+    assert_eq!(validate(&builder.build(0)).unwrap().max_timestamp, 9_000);
+}
+
 #[test]
 fn split_batches_walks_concatenated_batches_and_stops_at_damage() {
     let mut joined = BytesMut::new();

@@ -185,9 +185,10 @@ impl Appender {
                 .active
                 .sync_deadline
                 .is_some_and(|deadline| Instant::now() >= deadline);
+            // A failed flush is not retried: `sync` has failed the log, and every command
+            // from now on is refused.
             if due && let Err(error) = self.sync(false).await {
-                tracing::error!(%error, "interval flush failed; retrying");
-                self.active.sync_deadline = Some(Instant::now() + self.flush_interval());
+                tracing::error!(%error, "interval flush failed");
             }
             if let Some(command) = self.inner.queue.borrow_mut().pop_front() {
                 return Some(command);
@@ -211,12 +212,47 @@ impl Appender {
             .map(|reason| StorageError::LogFailed { reason })
     }
 
-    /// Stops accepting changes after a failure that left memory and disk out of step. Reads
-    /// go on; reopening the log recovers from what is on disk.
-    fn fail_log(&self, error: &StorageError) {
+    /// Stops accepting changes after a failure that left memory and disk out of step, or
+    /// the disk's contents in doubt. Reads go on; reopening the log recovers from what is
+    /// on disk. The first cause is kept; returns the error every write now gets.
+    fn fail_log(&self, reason: String) -> StorageError {
         let dir = self.inner.dir.display();
-        tracing::error!(%error, %dir, "partition log failed: writes refused until it is reopened");
-        self.inner.state.borrow_mut().failure = Some(error.to_string());
+        let mut state = self.inner.state.borrow_mut();
+        match &state.failure {
+            Some(first) => tracing::error!(
+                %dir,
+                reason,
+                first = %first,
+                "another failure on a partition log that already refuses writes"
+            ),
+            None => {
+                tracing::error!(
+                    %dir,
+                    reason,
+                    "partition log failed: it refuses writes until the broker restarts and recovers it from disk"
+                );
+                state.failure = Some(reason);
+            }
+        }
+        StorageError::LogFailed {
+            reason: state.failure.clone().expect("set above"),
+        }
+    }
+
+    /// fdatasync of a segment file. A failure fails the log for good: after a failed
+    /// writeback Linux may have dropped the dirty pages and cleared the error, so a retry
+    /// could report success for data that is not on disk (PostgreSQL's fsync lesson).
+    /// Only reopening, which reads back what the disk really holds, makes writes safe
+    /// again.
+    async fn fdatasync_segment(&self, segment: &Segment) -> Result<(), StorageError> {
+        io::fdatasync(&segment.file, &segment.path)
+            .await
+            .map_err(|error| {
+                self.fail_log(format!(
+                    "{error}; what was written since the last successful fdatasync may be lost, \
+                     and a retry could report success for data the kernel has dropped"
+                ))
+            })
     }
 
     fn count(&self, update: impl FnOnce(&mut LogStats)) {
@@ -241,15 +277,17 @@ impl Appender {
     }
 
     /// fdatasync of the active segment if anything is unsynced (or always, if `force`).
+    /// A failure fails the log (`fdatasync_segment`), and the pending interval flush is
+    /// dropped with it: it is never retried.
     async fn sync(&mut self, force: bool) -> Result<(), StorageError> {
         if self.active.unsynced_bytes == 0 && !force {
             return Ok(());
         }
-        let segment = &self.active.segment;
-        io::fdatasync(&segment.file, &segment.path).await?;
+        self.active.sync_deadline = None;
+        let segment = self.active.segment.clone();
+        self.fdatasync_segment(&segment).await?;
         self.count(|stats| stats.fdatasyncs += 1);
         self.active.unsynced_bytes = 0;
-        self.active.sync_deadline = None;
         Ok(())
     }
 
@@ -308,8 +346,10 @@ impl Appender {
         match self.write_group(&mut group, group_bytes).await {
             Ok(new_tail) => self.commit(group, new_tail),
             Err(error) => {
+                // A failed sync has failed the log already; the bytes are removed all the
+                // same, so that a reopened log does not adopt unacknowledged batches.
                 if let Err(cleanup) = self.discard_unacknowledged().await {
-                    self.fail_log(&cleanup);
+                    self.fail_log(cleanup.to_string());
                 }
                 for append in group {
                     drop(append.reply.send(Err(error.clone())));
@@ -354,7 +394,7 @@ impl Appender {
             bytes[cursor..cursor + append.records.len()].copy_from_slice(&append.records);
             cursor += append.records.len();
         }
-        // DMA buffers are recycled: the padding must be zeroed by hand (GLOMMIO_NOTES 3).
+        // DMA buffers are recycled: the padding must be zeroed by hand (docs/GLOMMIO.md §3).
         bytes[logical_bytes..].fill(0);
         let new_tail = bytes[align_down(logical_bytes as u64) as usize..logical_bytes].to_vec();
         let written = segment
@@ -465,16 +505,15 @@ impl Appender {
             return Err(error);
         }
         // Cut the padding off the sealed segment; if this is lost in a crash, recovery
-        // finds zero padding and cuts it again.
-        let sealed = async {
-            old.file
-                .truncate(size)
-                .await
-                .map_err(|error| io::io_error(&old.path, "truncate", error.into()))?;
-            io::fdatasync(&old.file, &old.path).await
-        };
-        if let Err(error) = sealed.await {
-            tracing::warn!(%error, "could not trim the sealed segment; recovery will");
+        // finds zero padding and cuts it again. A failed fdatasync, though, fails the log
+        // (after the roll is complete, so that memory matches the files).
+        let mut synced = Ok(());
+        match old.file.truncate(size).await {
+            Ok(()) => synced = self.fdatasync_segment(&old).await,
+            Err(error) => {
+                let error = io::io_error(&old.path, "truncate", error.into());
+                tracing::warn!(%error, "could not trim the sealed segment; recovery will");
+            }
         }
         old.meta.borrow_mut().sealed = true;
         if let Err(error) = old.write_indexes().await {
@@ -498,7 +537,7 @@ impl Appender {
             sync_deadline: None,
         };
         tracing::debug!(base_offset = next_offset, "rolled to a new segment");
-        Ok(())
+        synced
     }
 
     async fn truncate(&mut self, offset: i64) -> Result<i64, StorageError> {
@@ -568,7 +607,7 @@ impl Appender {
         self.active = Active::with_tail(target.clone(), tail_block);
         // From here memory is ahead of the disk: a failure stops the log until reopened.
         if let Err(error) = self.cut_files(&doomed, &target, cut).await {
-            self.fail_log(&error);
+            self.fail_log(error.to_string());
             return Err(error);
         }
         tracing::info!(offset, new_end, "truncated the log");

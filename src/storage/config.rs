@@ -30,6 +30,13 @@ pub struct LogConfig {
     /// `tail.cache.bytes` (Spate): recently appended batches kept in memory per partition,
     /// so readers at the tail are served with no disk I/O.
     pub tail_cache_bytes: u64,
+    /// `message.timestamp.after.max.ms`: how far ahead of the broker's clock a record's
+    /// timestamp may be. Record timestamps drive retention and lookups by time, so one far
+    /// in the future would keep a segment past `retention.ms`. Kafka 4.0's default: 1 hour.
+    pub message_timestamp_after_max_ms: u64,
+    /// `message.timestamp.before.max.ms`: how far behind the broker's clock a record's
+    /// timestamp may be. The default, `i64::MAX`, is Kafka's: no limit.
+    pub message_timestamp_before_max_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -43,12 +50,14 @@ impl Default for LogConfig {
             flush_bytes: None,
             index_interval_bytes: 4096,
             tail_cache_bytes: 8 << 20,
+            message_timestamp_after_max_ms: 60 * 60 * 1000,
+            message_timestamp_before_max_ms: i64::MAX as u64,
         }
     }
 }
 
 /// The config keys `LogConfig::set` understands.
-pub const LOG_CONFIG_KEYS: [&str; 8] = [
+pub const LOG_CONFIG_KEYS: [&str; 10] = [
     "segment.bytes",
     "segment.ms",
     "retention.ms",
@@ -57,6 +66,8 @@ pub const LOG_CONFIG_KEYS: [&str; 8] = [
     "flush.bytes",
     "index.interval.bytes",
     "tail.cache.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
 ];
 
 impl LogConfig {
@@ -124,6 +135,13 @@ impl LogConfig {
                 self.index_interval_bytes = bytes;
             }
             "tail.cache.bytes" => self.tail_cache_bytes = non_negative()?,
+            // Any non-negative i64, as in Kafka: the parse above bounds it by i64::MAX.
+            "message.timestamp.after.max.ms" => {
+                self.message_timestamp_after_max_ms = non_negative()?
+            }
+            "message.timestamp.before.max.ms" => {
+                self.message_timestamp_before_max_ms = non_negative()?
+            }
             _ => {
                 return Err(StorageError::InvalidConfig {
                     key: key.to_string(),
@@ -133,6 +151,12 @@ impl LogConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether `message.timestamp.before.max.ms` limits anything (its default does not), so
+    /// that appends need to walk the records to check it.
+    pub fn limits_old_timestamps(&self) -> bool {
+        self.message_timestamp_before_max_ms < i64::MAX as u64
     }
 
     /// Whether appends wait for fdatasync before they are acknowledged.
@@ -153,6 +177,12 @@ mod tests {
         assert_eq!(config.retention_bytes, None);
         assert_eq!(config.flush_ms, 0);
         assert!(config.syncs_before_ack());
+        assert_eq!(config.message_timestamp_after_max_ms, 3_600_000);
+        assert_eq!(
+            config.message_timestamp_before_max_ms,
+            9_223_372_036_854_775_807
+        );
+        assert!(!config.limits_old_timestamps());
     }
 
     #[test]
@@ -162,8 +192,13 @@ mod tests {
             ("retention.ms", "-1"),
             ("retention.bytes", "1000000"),
             ("segment.bytes", "1048576"),
+            ("message.timestamp.after.max.ms", "0"),
+            ("message.timestamp.before.max.ms", "86400000"),
         ])
         .unwrap();
+        assert_eq!(config.message_timestamp_after_max_ms, 0);
+        assert_eq!(config.message_timestamp_before_max_ms, 86_400_000);
+        assert!(config.limits_old_timestamps());
         assert_eq!(config.flush_ms, 100);
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.retention_bytes, Some(1_000_000));
@@ -174,6 +209,8 @@ mod tests {
             ("flush.ms", "soon"),
             ("segment.bytes", "10"),
             ("retention.ms", "-2"),
+            ("message.timestamp.after.max.ms", "-1"),
+            ("message.timestamp.before.max.ms", "9223372036854775808"),
             ("compression.type", "zstd"),
         ] {
             let error = LogConfig::from_pairs([(key, value)]).unwrap_err();

@@ -1,5 +1,7 @@
 //! The storage layer's only contact with glommio's file API: opening segment files,
-//! aligned writes that must be complete, reads, and the per-device start-up self-test.
+//! aligned writes that must be complete, reads, syncs, durable directory creation, and
+//! the per-device start-up self-test; and `faults`, the hooks tests use to watch and
+//! break them.
 //!
 //! Keeping glommio behind this small module means the rest of `storage` could move to
 //! another io_uring runtime by rewriting this file.
@@ -42,7 +44,7 @@ pub(crate) fn io_error(path: &Path, operation: &'static str, error: io::Error) -
 }
 
 /// Opens (or creates) a segment or index file for direct I/O, readable and writable.
-/// `DmaFile::create` would open it write-only (GLOMMIO_NOTES 2).
+/// `DmaFile::create` would open it write-only (docs/GLOMMIO.md §2).
 pub(crate) async fn open_rw(path: &Path, create: bool) -> Result<DmaFile, StorageError> {
     OpenOptions::new()
         .read(true)
@@ -70,7 +72,7 @@ pub(crate) async fn write_all_at(
     let mut buffer = file.alloc_dma_buffer(length);
     let bytes = buffer.as_bytes_mut();
     bytes[..data.len()].copy_from_slice(data);
-    // DMA buffers come from a recycled pool: zero the padding ourselves (GLOMMIO_NOTES 3).
+    // DMA buffers come from a recycled pool: zero the padding ourselves (docs/GLOMMIO.md §3).
     bytes[data.len()..].fill(0);
     let written = file
         .write_at(buffer, position)
@@ -91,6 +93,9 @@ pub(crate) fn short_write(path: &Path, written: usize, wanted: usize) -> Storage
 }
 
 pub(crate) async fn fdatasync(file: &DmaFile, path: &Path) -> Result<(), StorageError> {
+    if let Some(error) = faults::fdatasync_fault(path) {
+        return Err(io_error(path, "fdatasync", error));
+    }
     file.fdatasync()
         .await
         .map_err(|error| io_error(path, "fdatasync", error.into()))
@@ -111,6 +116,7 @@ pub(crate) async fn read_at(
 
 /// Makes a directory entry change (create, rename, delete) durable.
 pub(crate) async fn sync_directory(path: &Path) -> Result<(), StorageError> {
+    faults::note_directory_sync(path);
     let directory = glommio::io::Directory::open(path)
         .await
         .map_err(|error| io_error(path, "open directory", error.into()))?;
@@ -124,13 +130,160 @@ pub(crate) async fn sync_directory(path: &Path) -> Result<(), StorageError> {
         .map_err(|error| io_error(path, "close directory", error.into()))
 }
 
+/// Creates `dir` and every missing ancestor, top-down, and makes each new directory's entry
+/// durable by syncing its parent, top-down, before returning: a directory whose own entry
+/// could vanish in a crash takes everything written inside it along. Returns the
+/// directories it synced, in order (none when `dir` already existed).
+pub(crate) async fn create_dir_all_durably(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let target = dir.to_path_buf();
+    // stat and mkdir are blocking calls: they run on the executor's blocking thread
+    // (docs/GLOMMIO.md §7).
+    let created = glommio::executor()
+        .spawn_blocking(move || create_missing_directories(&target))
+        .await
+        .map_err(|(path, error)| io_error(&path, "create directory", error))?;
+    let mut synced = Vec::with_capacity(created.len());
+    for directory in &created {
+        let parent = parent_directory(directory);
+        sync_directory(&parent).await?;
+        synced.push(parent);
+    }
+    Ok(synced)
+}
+
+/// Creates the missing directories on the way to `dir`, top-down; returns them in the
+/// order created. One that appears meanwhile (another log creating a sibling) is still
+/// listed, so that its entry is synced before this caller relies on it.
+fn create_missing_directories(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, io::Error)> {
+    let mut missing = Vec::new();
+    let mut current = dir.to_path_buf();
+    loop {
+        match std::fs::metadata(&current) {
+            Ok(_) => break,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let parent = parent_directory(&current);
+                missing.push(current);
+                current = parent;
+            }
+            Err(error) => return Err((current, error)),
+        }
+    }
+    missing.reverse();
+    for directory in &missing {
+        match std::fs::create_dir(directory) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && directory.is_dir() => {}
+            Err(error) => return Err((directory.clone(), error)),
+        }
+    }
+    Ok(missing)
+}
+
+/// The directory holding `path`'s entry (`.` for a relative path of one component).
+fn parent_directory(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Fault injection and observation for tests, in the spirit of Redpanda's storage fault
+/// injection: lets a test see what the storage layer makes durable, and make it fail in
+/// ways no ordinary filesystem can be made to on demand.
+///
+/// Everything here is per thread: a log does all its I/O on the executor thread that
+/// opened it, so a test arms a hook on that thread (inside the future it runs on the
+/// executor) and other tests, on other threads, are not affected. Nothing is recorded or
+/// injected unless a test asks for it; the cost otherwise is one thread-local check per
+/// fdatasync and directory sync.
+pub mod faults {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    #[derive(Default)]
+    struct Hooks {
+        /// Directories under which the next fdatasync of a file fails, one entry per
+        /// failure to inject.
+        fail_next_fdatasync: Vec<PathBuf>,
+        /// fdatasync failures injected so far.
+        injected_fdatasync_failures: u64,
+        /// The directories synced since `record_directory_syncs`, while recording.
+        directory_syncs: Option<Vec<PathBuf>>,
+    }
+
+    thread_local! {
+        static HOOKS: RefCell<Hooks> = RefCell::default();
+    }
+
+    /// Starts recording, on this thread, every directory the storage layer syncs (to make
+    /// an entry it created, renamed or deleted durable). Forgets an earlier recording.
+    pub fn record_directory_syncs() {
+        HOOKS.with(|hooks| hooks.borrow_mut().directory_syncs = Some(Vec::new()));
+    }
+
+    /// The directories synced on this thread since `record_directory_syncs`, in order;
+    /// stops recording.
+    pub fn take_directory_syncs() -> Vec<PathBuf> {
+        HOOKS.with(|hooks| {
+            hooks
+                .borrow_mut()
+                .directory_syncs
+                .take()
+                .unwrap_or_default()
+        })
+    }
+
+    /// Makes the next fdatasync, on this thread, of a file whose path starts with `dir` fail
+    /// with EIO without syncing anything, as Linux reports a failed writeback: the data
+    /// written since the last successful sync may be gone, and a later fdatasync may
+    /// succeed regardless. The fault is used up by that one call (later ones sync as
+    /// usual); call again for several failures.
+    pub fn fail_next_fdatasync_under(dir: impl Into<PathBuf>) {
+        let dir = dir.into();
+        HOOKS.with(|hooks| hooks.borrow_mut().fail_next_fdatasync.push(dir));
+    }
+
+    /// How many fdatasync failures have been injected on this thread (so a test can wait
+    /// for the one it armed to happen, for instance in the appender's interval flush).
+    pub fn injected_fdatasync_failures() -> u64 {
+        HOOKS.with(|hooks| hooks.borrow().injected_fdatasync_failures)
+    }
+
+    /// Removes every hook set on this thread.
+    pub fn clear() {
+        HOOKS.with(|hooks| *hooks.borrow_mut() = Hooks::default());
+    }
+
+    /// The error an fdatasync of `path` must fail with, if a test armed one.
+    pub(super) fn fdatasync_fault(path: &Path) -> Option<std::io::Error> {
+        HOOKS.with(|hooks| {
+            let mut hooks = hooks.borrow_mut();
+            let armed = hooks
+                .fail_next_fdatasync
+                .iter()
+                .position(|dir| path.starts_with(dir))?;
+            hooks.fail_next_fdatasync.remove(armed);
+            hooks.injected_fdatasync_failures += 1;
+            Some(std::io::Error::from_raw_os_error(libc::EIO))
+        })
+    }
+
+    pub(super) fn note_directory_sync(path: &Path) {
+        HOOKS.with(|hooks| {
+            if let Some(synced) = &mut hooks.borrow_mut().directory_syncs {
+                synced.push(path.to_path_buf());
+            }
+        });
+    }
+}
+
 thread_local! {
     /// Devices this thread has already probed and self-tested.
     static TESTED_DEVICES: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
 }
 
 /// Runs once per device per thread, before the first segment file on that device is
-/// opened: works around glommio's IOPOLL probe (GLOMMIO_NOTES 1) by making sure the first
+/// opened: works around glommio's IOPOLL probe (docs/GLOMMIO.md §1) by making sure the first
 /// file glommio opens on the device is non-empty, then writes a block with direct I/O and
 /// reads it back. Failing here is loud and early instead of at the first consumer read.
 pub(crate) async fn prepare_device(directory: &Path) -> Result<(), StorageError> {

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -21,7 +22,7 @@ use super::{Chunk, LogConfig, StorageError, io};
 use crate::limits::{
     BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX,
 };
-use crate::record::{BatchError, RecordIter, split_batches};
+use crate::record::{BatchError, BatchHeader, RecordIter, split_batches};
 use crate::semaphore::FifoSemaphore;
 use crate::wake::{Event, Notify};
 
@@ -188,16 +189,12 @@ impl Log {
     /// the active segment is validated batch by batch and cut back to its last whole batch.
     pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Log, StorageError> {
         let dir = dir.into();
-        let created = !dir.exists();
-        std::fs::create_dir_all(&dir)
-            .map_err(|error| io::io_error(&dir, "create directory", error))?;
-        if created && let Some(parent) = dir.parent() {
-            // The new directory's entry must be durable before anything in it is.
-            io::sync_directory(parent).await?;
-        }
+        // The new directories' entries, up to the first that existed (`<data>/groups` as
+        // well as `<data>/groups/offsets-3`), must be durable before anything in them is.
+        io::create_dir_all_durably(&dir).await?;
         let lock = io::DirectoryLock::acquire(&dir)?;
         io::prepare_device(&dir).await?;
-        let mut bases = list_segments(&dir)?;
+        let mut bases = list_segments(&dir).await?;
         if bases.is_empty() {
             let path = dir.join(segment_file_name(0));
             drop(io::open_rw(&path, true).await?);
@@ -295,6 +292,12 @@ impl Log {
         if batches.is_empty() {
             return Err(BatchError::Empty.into());
         }
+        check_timestamps(
+            &self.inner.config,
+            &records,
+            &batches,
+            crate::clock::now_ms(),
+        )?;
         let permit = self
             .inner
             .pending_bytes
@@ -635,15 +638,80 @@ impl Log {
     }
 }
 
+/// Refuses batches with a record timestamp outside `[now - message.timestamp.before.max.ms,
+/// now + message.timestamp.after.max.ms]`, as Kafka does: record timestamps drive retention,
+/// `segment.ms` and lookups by time, so a client must not be able to keep a segment for
+/// ever or hide a batch from a lookup. `validate` has checked that a CreateTime batch's
+/// max timestamp is its records', so the max alone decides "after"; records are walked
+/// for "before" only when it is limited. Records without a timestamp (-1, Kafka's
+/// NO_TIMESTAMP) are exempt. A LogAppendTime batch's records all carry its max timestamp,
+/// so that one is checked against both bounds.
+fn check_timestamps(
+    config: &LogConfig,
+    records: &[u8],
+    batches: &[(BatchHeader, Range<usize>)],
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    const NO_TIMESTAMP: i64 = -1;
+    let after_ms = config.message_timestamp_after_max_ms;
+    let before_ms = config.message_timestamp_before_max_ms;
+    let latest = now_ms.saturating_add_unsigned(after_ms);
+    let earliest = now_ms.saturating_sub_unsigned(before_ms);
+    let too_new = |timestamp| StorageError::InvalidTimestamp {
+        timestamp,
+        now_ms,
+        direction: "ahead of",
+        key: "message.timestamp.after.max.ms",
+        limit_ms: after_ms,
+    };
+    let too_old = |timestamp| StorageError::InvalidTimestamp {
+        timestamp,
+        now_ms,
+        direction: "behind",
+        key: "message.timestamp.before.max.ms",
+        limit_ms: before_ms,
+    };
+    for (header, range) in batches {
+        if header.max_timestamp > latest {
+            return Err(too_new(header.max_timestamp));
+        }
+        if !config.limits_old_timestamps() {
+            continue;
+        }
+        if header.is_log_append_time() {
+            if header.max_timestamp != NO_TIMESTAMP && header.max_timestamp < earliest {
+                return Err(too_old(header.max_timestamp));
+            }
+            continue;
+        }
+        let batch = &records[range.clone()];
+        for record in RecordIter::new(&batch[crate::limits::BATCH_HEADER_BYTES..]) {
+            let timestamp = header.base_timestamp.wrapping_add(record?.timestamp_delta);
+            if timestamp != NO_TIMESTAMP && timestamp < earliest {
+                return Err(too_old(timestamp));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Base offsets of the segment files in `dir`, sorted. Removes leftovers of interrupted
 /// index writes (`*.tmp`) and index files whose segment is gone.
-fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|error| io::io_error(dir, "list directory", error))?;
+async fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+    let owned = dir.to_path_buf();
+    // Listing and unlinking are blocking calls (a large directory takes a while): they
+    // run on the executor's blocking thread (docs/GLOMMIO.md §7).
+    glommio::executor()
+        .spawn_blocking(move || scan_directory(&owned))
+        .await
+        .map_err(|error| io::io_error(dir, "list directory", error))
+}
+
+fn scan_directory(dir: &Path) -> std::io::Result<Vec<i64>> {
     let mut bases = Vec::new();
     let mut indexes = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|error| io::io_error(dir, "list directory", error))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
@@ -712,16 +780,11 @@ async fn open_sealed(
     let trim = match stop {
         ScanStop::End => false,
         ScanStop::ZeroPadding => {
-            // Only the padding of the block the segment ended in can be zeros: sealing trims
-            // it, and a crash may lose that trim. Zeros anywhere else are lost data.
+            // Sealing trims the padding, and a crash may lose that trim; zeros anywhere
+            // else are lost data.
             let end = meta.size_bytes;
-            let rest = io::read_at(&file, path, end, (size - end) as usize).await?;
-            if size > io::align_up(end) || rest.iter().any(|&byte| byte != 0) {
-                let reason = format!(
-                    "zeros where a batch should start, {} bytes before the end",
-                    size - end
-                );
-                return Err(corrupt(end, reason));
+            if !zeros_are_padding(&file, path, end, size).await? {
+                return Err(corrupt(end, zeros_reason(end, size)));
             }
             true
         }
@@ -786,20 +849,29 @@ async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// Copies `[position, end)` of a segment to `<segment>.damaged-at-<position>` (ignored
-/// by recovery) before the tail is cut.
-fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, StorageError> {
-    use std::io::{Seek, SeekFrom};
+/// by recovery) and makes the copy and its directory entry durable, before the tail is cut.
+async fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, StorageError> {
     let mut name = path.file_name().expect("a segment file").to_os_string();
     name.push(format!(".damaged-at-{position}"));
     let kept = path.with_file_name(name);
-    let copy = || -> std::io::Result<()> {
-        let mut source = std::fs::File::open(path)?;
+    let (source_path, target_path) = (path.to_path_buf(), kept.clone());
+    // A buffered copy of up to a whole segment, and its fsync, block: they run on the
+    // executor's blocking thread so that the shard's other partitions are served meanwhile
+    // (docs/GLOMMIO.md §7).
+    let copy = move || -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut source = std::fs::File::open(&source_path)?;
         source.seek(SeekFrom::Start(position))?;
-        let mut target = std::fs::File::create(&kept)?;
+        let mut target = std::fs::File::create(&target_path)?;
         std::io::copy(&mut source, &mut target)?;
         target.sync_all()
     };
-    copy().map_err(|error| io::io_error(&kept, "preserve damaged tail", error))?;
+    glommio::executor()
+        .spawn_blocking(copy)
+        .await
+        .map_err(|error| io::io_error(&kept, "preserve damaged tail", error))?;
+    // A crash right after the cut must not lose the copy's name either.
+    io::sync_directory(path.parent().expect("segments live in a directory")).await?;
     Ok(kept)
 }
 
@@ -822,10 +894,21 @@ async fn open_active(
         config.index_interval_bytes,
     )
     .await?;
-    if let ScanStop::Damaged { position, reason } = &stop {
+    let end = meta.size_bytes;
+    let damage = match stop {
+        ScanStop::End => None,
+        // The appender pads only to the block boundary after the last batch: zeros further
+        // on, or anything else there, are a lost or torn write, which a bad disk can leave
+        // in front of acknowledged batches just as a crash leaves it after them.
+        ScanStop::ZeroPadding if zeros_are_padding(&file, path, end, size).await? => None,
+        ScanStop::ZeroPadding => Some((end, zeros_reason(end, size))),
+        ScanStop::Damaged { position, reason } => Some((position, reason)),
+        ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
+    };
+    if let Some((position, reason)) = damage {
         // Keep what is about to be cut: with flush.ms=0 it is a torn write that was never
         // acknowledged, but damage further back would otherwise be lost for good.
-        let kept = preserve_damaged_tail(path, *position)?;
+        let kept = preserve_damaged_tail(path, position).await?;
         tracing::warn!(
             kept = %kept.display(),
             path = %path.display(),
@@ -835,14 +918,39 @@ async fn open_active(
             "cutting a torn or corrupt tail back to the last whole batch"
         );
     }
-    if size != meta.size_bytes {
-        file.truncate(meta.size_bytes)
+    if size != end {
+        file.truncate(end)
             .await
             .map_err(|error| io::io_error(path, "truncate", error.into()))?;
         io::fdatasync(&file, path).await?;
     }
     for stale in [offset_index_path(path), time_index_path(path)] {
-        let _ = std::fs::remove_file(stale);
+        // Through glommio, whose blocking thread does the unlink. Usually absent, and a
+        // stale index of the active segment is never read, so a failure is harmless.
+        let _ = glommio::io::remove(stale).await;
     }
     Ok(Segment::new(base_offset, path.to_path_buf(), file, meta))
+}
+
+/// Whether the zeros a scan found at `end`, the end of the last whole batch, are the
+/// appender's padding: only up to the block boundary after that batch, and nothing but
+/// zeros there. Both sealed and active segments are judged by this one rule.
+async fn zeros_are_padding(
+    file: &glommio::io::DmaFile,
+    path: &Path,
+    end: u64,
+    size: u64,
+) -> Result<bool, StorageError> {
+    if size > io::align_up(end) {
+        return Ok(false);
+    }
+    let rest = io::read_at(file, path, end, (size - end) as usize).await?;
+    Ok(rest.len() as u64 == size - end && rest.iter().all(|&byte| byte == 0))
+}
+
+fn zeros_reason(end: u64, size: u64) -> String {
+    format!(
+        "zeros where a batch should start, {} bytes before the end",
+        size - end
+    )
 }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
-pub use io::DirectoryLock;
+pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 
 use crate::record::BatchError;
@@ -39,6 +39,18 @@ pub enum StorageError {
     InvalidBatch(#[from] BatchError),
     #[error("append of {bytes} bytes is larger than the limit of {max} bytes")]
     RecordTooLarge { bytes: usize, max: usize },
+    #[error(
+        "record timestamp {timestamp} is more than {limit_ms} ms {direction} the broker's clock ({now_ms}): correct the producer's timestamps or clock, or raise the topic's {key}"
+    )]
+    InvalidTimestamp {
+        timestamp: i64,
+        now_ms: i64,
+        /// "ahead of" or "behind".
+        direction: &'static str,
+        /// The topic config that refused it.
+        key: &'static str,
+        limit_ms: u64,
+    },
     #[error(
         "offset {offset} is out of range: the log holds offsets {log_start} to {log_end} (exclusive)"
     )]
@@ -77,7 +89,7 @@ pub enum StorageError {
     #[error("the partition log is closed")]
     Closed,
     #[error(
-        "the partition log refuses writes after a failure ({reason}); reopen it to recover from disk"
+        "the partition refuses writes after a failure ({reason}) until it is reopened: restart the broker to recover it from disk"
     )]
     LogFailed { reason: String },
     #[error("internal error: {reason}")]

@@ -1,13 +1,16 @@
-//! Real faults on a real filesystem: a full disk, and files that cannot be deleted
-//! (`chattr +i`), on a small ext4 image mounted on a loop device. Needs root (CI and the
-//! development machines run as root); elsewhere set SPATE_SKIP_ROOT_TESTS=1.
+//! Faults: real ones on a real filesystem (a full disk, and files that cannot be deleted
+//! with `chattr +i`, on a small ext4 image mounted on a loop device; these need root, as
+//! CI and the development machines have; elsewhere set SPATE_SKIP_ROOT_TESTS=1), and
+//! failed fdatasyncs, which no filesystem fails on demand, injected through
+//! `storage::faults` (no root needed).
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use spate::storage::{Log, LogConfig, StorageError};
+use spate::storage::{Log, LogConfig, StorageError, faults};
 
-use crate::support::{batch_mut, fill, on_loop_mount, read_all};
+use crate::support::{batch_mut, fill, in_temp_dir, on_loop_mount, read_all};
 
 #[test]
 fn a_full_disk_fails_appends_cleanly_and_the_log_recovers_when_space_returns() {
@@ -167,6 +170,107 @@ fn retention_that_cannot_delete_a_segment_keeps_the_log_start() {
         assert_eq!(report.deleted_segments.first(), Some(&0));
         assert!(!segments[0].path.exists());
         assert_eq!(log.log_start_offset(), report.log_start_offset);
+        log.close().await.unwrap();
+    });
+}
+
+fn assert_log_failed(error: &StorageError) {
+    assert!(matches!(error, StorageError::LogFailed { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("fdatasync"), "names the cause: {message}");
+    assert!(message.contains("restart the broker"), "{message}");
+}
+
+#[test]
+fn a_failed_interval_flush_is_not_retried_and_stops_acknowledging_appends() {
+    in_temp_dir(|path| async move {
+        let config = LogConfig {
+            flush_ms: 100,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        faults::fail_next_fdatasync_under(&path);
+        for index in 0..5 {
+            log.append(batch_mut(&format!("a{index}"), 2, 100, 1_000))
+                .await
+                .expect("acknowledged once written, before the interval flush");
+        }
+        let acknowledged = read_all(&log, 0).await;
+        // Wait on the fault, not a clock: the appender's own timer runs the flush.
+        for _ in 0..3000 {
+            if faults::injected_fdatasync_failures() > 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            faults::injected_fdatasync_failures(),
+            1,
+            "the interval flush ran"
+        );
+
+        // A retry could succeed although the kernel dropped the data: nothing more is
+        // acknowledged, and nothing is synced and reported durable.
+        let refused = log
+            .append(batch_mut("after", 1, 10, 2_000))
+            .await
+            .expect_err("no append is acknowledged after a failed fdatasync");
+        assert_log_failed(&refused);
+        assert_log_failed(&log.flush().await.unwrap_err());
+        assert_eq!(log.stats().fdatasyncs, 0);
+        assert_eq!(read_all(&log, 0).await, acknowledged, "reads go on");
+        assert_log_failed(&log.close().await.unwrap_err());
+
+        faults::clear();
+        let log = Log::open(&path, config).await.unwrap();
+        assert_eq!(read_all(&log, 0).await, acknowledged);
+        let next = log.append(batch_mut("again", 1, 10, 3_000)).await.unwrap();
+        assert_eq!(next.base_offset, 10);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn an_append_whose_fdatasync_fails_is_refused_and_so_is_every_later_one() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        for index in 0..3 {
+            log.append(batch_mut(&format!("b{index}"), 3, 200, 1_000))
+                .await
+                .unwrap();
+        }
+        let acknowledged = read_all(&log, 0).await;
+        let end = log.log_end_offset();
+
+        // One failed fdatasync only: the next one (discarding the unacknowledged bytes)
+        // succeeds, and must not make the log writable again.
+        faults::fail_next_fdatasync_under(&path);
+        let failed = log
+            .append(batch_mut("lost", 3, 200, 2_000))
+            .await
+            .expect_err("an append whose fdatasync failed is not acknowledged");
+        assert_log_failed(&failed);
+        assert_eq!(faults::injected_fdatasync_failures(), 1);
+        for index in 0..3 {
+            let refused = log
+                .append(batch_mut(&format!("later{index}"), 1, 10, 3_000))
+                .await
+                .expect_err("every later append is refused");
+            assert_log_failed(&refused);
+        }
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await, acknowledged, "reads go on");
+        assert!(log.close().await.is_err(), "close reports the failure");
+
+        faults::clear();
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(
+            read_all(&log, 0).await,
+            acknowledged,
+            "exactly the acknowledged batches"
+        );
+        let next = log.append(batch_mut("again", 1, 10, 4_000)).await.unwrap();
+        assert_eq!(next.base_offset, end);
         log.close().await.unwrap();
     });
 }

@@ -1,4 +1,4 @@
-use spate::storage::{Log, LogConfig, StorageError};
+use spate::storage::{Log, LogConfig, StorageError, faults};
 
 use crate::support::{batch_mut, in_temp_dir, read_all, records, run};
 
@@ -782,6 +782,149 @@ fn appends_waiting_for_the_pending_budget_enter_the_log_in_call_order() {
             .collect();
         let expected: Vec<String> = sizes.into_iter().map(|(tag, _)| tag).collect();
         assert_eq!(tags, expected);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn opening_a_log_makes_every_directory_it_created_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_path_buf();
+    run(move || async move {
+        // Neither `a` nor `a/b` exists: their entries need syncs of their parents too, not
+        // only `c`'s entry in `a/b`.
+        let dir = root_path.join("a").join("b").join("c");
+        faults::record_directory_syncs();
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        let synced = faults::take_directory_syncs();
+        let expected = [
+            root_path.clone(),
+            root_path.join("a"),
+            root_path.join("a").join("b"),
+        ];
+        assert!(
+            synced.starts_with(&expected),
+            "each new directory's parent is synced, top-down, first: {synced:?}"
+        );
+        log.close().await.unwrap();
+
+        faults::record_directory_syncs();
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        let synced = faults::take_directory_syncs();
+        assert!(
+            expected.iter().all(|parent| !synced.contains(parent)),
+            "nothing was created, no parent is synced: {synced:?}"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+/// A batch of `count` records at `timestamps` (one per record) with its max timestamp
+/// forged to `max_timestamp` when given, and its CRC recomputed so that only the
+/// timestamp is wrong.
+fn timestamped_batch(timestamps: &[i64], max_timestamp: Option<i64>) -> bytes::BytesMut {
+    let mut builder = spate::record::BatchBuilder::new();
+    for (index, &timestamp) in timestamps.iter().enumerate() {
+        builder.push(timestamp, None, Some(format!("t{index}").as_bytes()), &[]);
+    }
+    let mut batch = bytes::BytesMut::from(&builder.build(0)[..]);
+    if let Some(max_timestamp) = max_timestamp {
+        batch[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+        let crc = spate::record::compute_crc(&batch);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+    batch
+}
+
+#[test]
+fn a_batch_whose_max_timestamp_is_not_its_records_is_refused() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        let now = spate::clock::now_ms();
+        log.append(timestamped_batch(&[now, now + 1], None))
+            .await
+            .unwrap();
+        let before = (read_all(&log, 0).await, log.segments());
+
+        // i64::MAX would keep the segment past any retention; a max below the records'
+        // would make a lookup by time skip the batch.
+        for forged in [i64::MAX, now - 60_000] {
+            let error = log
+                .append(timestamped_batch(&[now, now + 5, now + 2], Some(forged)))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    StorageError::InvalidBatch(spate::record::BatchError::MaxTimestampMismatch {
+                        declared,
+                        records,
+                    }) if declared == forged && records == now + 5
+                ),
+                "{error}"
+            );
+            assert_eq!((read_all(&log, 0).await, log.segments()), before);
+        }
+        assert_eq!(log.offset_for_timestamp(now + 1).await.unwrap(), Some(1));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn record_timestamps_far_from_the_broker_clock_are_refused_by_the_topic_config() {
+    in_temp_dir(|path| async move {
+        const HOUR_MS: i64 = 60 * 60 * 1000;
+        let now = spate::clock::now_ms();
+        let in_two_hours = timestamped_batch(&[now, now + 2 * HOUR_MS], None);
+        let two_days_old = timestamped_batch(&[now, now - 48 * HOUR_MS, now], None);
+
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        let error = log.append(in_two_hours.clone()).await.unwrap_err();
+        assert!(
+            matches!(error, StorageError::InvalidTimestamp { timestamp, .. } if timestamp == now + 2 * HOUR_MS),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("message.timestamp.after.max.ms"),
+            "says which config to change: {error}"
+        );
+        assert_eq!(
+            spate::broker::storage_status(&error).code,
+            spate::protocol::ErrorCode::InvalidTimestamp
+        );
+        assert_eq!(log.log_end_offset(), 0, "nothing appended");
+        // No limit on old timestamps by default (Kafka's), nor on records without one.
+        log.append(two_days_old.clone()).await.unwrap();
+        log.append(timestamped_batch(&[-1, -1], None))
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+
+        let config = LogConfig::from_pairs([
+            ("message.timestamp.after.max.ms", "10800000"),
+            ("message.timestamp.before.max.ms", "86400000"),
+        ])
+        .unwrap();
+        let log = Log::open(&path, config).await.unwrap();
+        let end = log.log_end_offset();
+        let info = log.append(in_two_hours).await.unwrap();
+        assert_eq!(info.base_offset, end, "accepted with after.max.ms raised");
+        // Only the middle record is old: the records are walked, not just the max.
+        let error = log.append(two_days_old).await.unwrap_err();
+        assert!(
+            matches!(error, StorageError::InvalidTimestamp { timestamp, .. } if timestamp == now - 48 * HOUR_MS),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("message.timestamp.before.max.ms"),
+            "says which config to change: {error}"
+        );
+        log.append(timestamped_batch(&[now - HOUR_MS, -1], None))
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), end + 4);
         log.close().await.unwrap();
     });
 }

@@ -199,6 +199,8 @@ fn config() -> impl Strategy<Value = LogConfig> {
                 flush_bytes,
                 index_interval_bytes,
                 tail_cache_bytes,
+                // The model's timestamps are fixed, far in the past: no limit on their age.
+                ..LogConfig::default()
             },
         )
 }

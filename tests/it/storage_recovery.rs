@@ -124,12 +124,19 @@ fn garbage_after_the_last_batch_is_cut_and_zero_padding_is_not_damage() {
     let file_name = path.file_name().unwrap().to_owned();
     let root_path = root.path().to_path_buf();
     run(move || async move {
-        let dir = root_path.join("padded");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut padded = bytes[..end as usize].to_vec();
-        padded.resize(8192, 0);
-        std::fs::write(dir.join(&file_name), &padded).unwrap();
-        check_prefix(&dir, last_base + 3).await;
+        // Zeros up to the block boundary after the last batch are the appender's padding:
+        // nothing is kept. Zeros past it are a lost write: the cut bytes are kept.
+        assert!(end < 4096);
+        for (padded_bytes, kept) in [(4096, false), (8192, true)] {
+            let dir = root_path.join(format!("padded-{padded_bytes}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut padded = bytes[..end as usize].to_vec();
+            padded.resize(padded_bytes, 0);
+            std::fs::write(dir.join(&file_name), &padded).unwrap();
+            check_prefix(&dir, last_base + 3).await;
+            let copy = dir.join(format!("{}.damaged-at-{end}", file_name.to_string_lossy()));
+            assert_eq!(copy.exists(), kept, "{padded_bytes} bytes of padding");
+        }
 
         let dir = root_path.join("garbage");
         std::fs::create_dir_all(&dir).unwrap();
@@ -458,5 +465,64 @@ fn a_partition_directory_is_opened_by_one_log_at_a_time() {
         log.close().await.unwrap();
         let again = Log::open(&path, LogConfig::default()).await.unwrap();
         again.close().await.unwrap();
+    });
+}
+
+/// A one-record batch of exactly 1 KiB, so that four of them fill a 4 KiB block and every
+/// block starts with a batch header.
+fn kib_batch(tag: &str) -> bytes::BytesMut {
+    (0..2048)
+        .map(|value_bytes| batch_mut(tag, 1, value_bytes, 1_000))
+        .find(|batch| batch.len() == 1024)
+        .expect("some value size makes a 1 KiB batch")
+}
+
+#[test]
+fn a_zeroed_block_inside_the_active_segment_is_kept_before_the_cut() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        for index in 0..12 {
+            log.append(kib_batch(&format!("z{index:02}")))
+                .await
+                .unwrap();
+        }
+        let segment = log.segments()[0].clone();
+        assert!(!segment.sealed);
+        log.close().await.unwrap();
+
+        // A bad disk loses the second block: it reads back as zeros, starting exactly on a
+        // batch header, with acknowledged batches after it.
+        let mut bytes = std::fs::read(&segment.path).unwrap();
+        assert_eq!(bytes.len(), 12 * 1024);
+        bytes[4096..8192].fill(0);
+        std::fs::write(&segment.path, &bytes).unwrap();
+
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(
+            log.log_end_offset(),
+            4,
+            "the batches before the block survive"
+        );
+        let values: Vec<Vec<u8>> = read_all(&log, 0).await.into_iter().map(|r| r.1).collect();
+        for (index, value) in values.iter().enumerate() {
+            assert!(value.starts_with(format!("z{index:02}-0").as_bytes()));
+        }
+        let kept = path.join(format!(
+            "{}.damaged-at-4096",
+            segment.path.file_name().unwrap().to_string_lossy()
+        ));
+        let kept_bytes = std::fs::read(&kept).expect("the cut bytes are kept");
+        assert_eq!(&kept_bytes[..], &bytes[4096..], "everything after the cut");
+        let later = records(&kept_bytes[4096..]);
+        assert_eq!(later.len(), 4, "the later batches are in the copy");
+        assert!(later[0].1.starts_with(b"z08-0"));
+        assert!(later[3].1.starts_with(b"z11-0"));
+
+        let next = log.append(batch_mut("after", 1, 10, 2_000)).await.unwrap();
+        assert_eq!(next.base_offset, 4, "appends continue after the cut");
+        log.close().await.unwrap();
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 5);
+        log.close().await.unwrap();
     });
 }

@@ -59,5 +59,13 @@ fn effective_configs(config: &LogConfig) -> Vec<(String, String)> {
             "tail.cache.bytes".into(),
             config.tail_cache_bytes.to_string(),
         ),
+        (
+            "message.timestamp.after.max.ms".into(),
+            config.message_timestamp_after_max_ms.to_string(),
+        ),
+        (
+            "message.timestamp.before.max.ms".into(),
+            config.message_timestamp_before_max_ms.to_string(),
+        ),
     ]
 }
