@@ -240,15 +240,9 @@ impl Coordinator {
         if self.closed.get() {
             return Err(stopping());
         }
+        // `Log::open` creates `<data>/groups/offsets-<n>` and any missing directory above
+        // it, making each one's entry durable in its parent.
         let dir = offsets_dir(&self.config.data_dir, partition);
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|error| {
-                Status::error(
-                    ErrorCode::StorageError,
-                    format!("cannot create {}: {error}", parent.display()),
-                )
-            })?;
-        }
         let (store, loaded) = OffsetStore::open(dir.clone()).await.map_err(|error| {
             Status::error(
                 ErrorCode::StorageError,
@@ -1278,8 +1272,17 @@ mod tests {
                 let metadata = Rc::new(RefCell::new(with_topic.clone()));
                 let coordinator = coordinator(&path, metadata.clone());
                 let stopping = Rc::new(Latch::default());
+                crate::storage::faults::record_directory_syncs();
                 coordinator.handle(commit(5), &stopping).await;
                 assert_eq!(committed(&coordinator), 5);
+                // The first commit created <data>/groups/offsets-<n>: both new entries
+                // were made durable in their parents.
+                let synced = crate::storage::faults::take_directory_syncs();
+                let groups = path.join("groups");
+                assert!(
+                    synced.contains(&path) && synced.contains(&groups),
+                    "{synced:?}"
+                );
 
                 // A second commit is checked and on its way to the disk when the topic is
                 // deleted (the shard applies the new metadata, then tells the coordinator).

@@ -357,6 +357,7 @@ fn frame_for(shape: &Shape, correlation_id: u32) -> Vec<u8> {
             client_id: name.to_string(),
         }),
         ApiKey::ListGroups => Request::ListGroups,
+        ApiKey::DescribeBroker => Request::DescribeBroker,
         ApiKey::DescribeGroup => Request::DescribeGroup(GroupIdRequest {
             group_id: name.to_string(),
         }),
