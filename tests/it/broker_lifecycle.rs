@@ -791,3 +791,64 @@ fn a_topic_deletion_on_a_stalled_disk_does_not_stall_its_shard() {
     broker.stop();
     drop(mount);
 }
+
+/// Pipelined produces to one partition reach the log in the order they were sent, also
+/// when the disk stalls and later, smaller batches would fit in the log's pending budget
+/// while an earlier, larger one waits for room.
+#[test]
+fn pipelined_produces_keep_their_order_on_a_stalled_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = LoopMount::new(dir.path(), 256) else {
+        return;
+    };
+    // One connection may hold more than the log's 64 MiB pending-append budget.
+    let flags = [
+        "--buffered-bytes-max-per-connection",
+        &(256 << 20).to_string(),
+    ];
+    let mut broker = Broker::start_in(&mount.mount_point.join("data"), 1, &flags);
+    let mut admin = broker.connect();
+    admin.create_topic("s", 1, &[]).unwrap();
+    const MIB: usize = 1 << 20;
+    // Eight appends of 7.5 MiB leave under 4 MiB of the budget: the 7 MiB one waits, and
+    // the 1 MiB one behind it would fit in what is free.
+    let mut sizes: Vec<(String, usize)> = (0..8)
+        .map(|index| (format!("fill{index}"), 7 * MIB + MIB / 2))
+        .collect();
+    sizes.push(("large".into(), 7 * MIB));
+    sizes.push(("small".into(), MIB));
+    sizes.push(("last".into(), 100));
+
+    let guard = Frozen::freeze(&mount.mount_point);
+    let mut stream = TcpStream::connect(broker.address()).unwrap();
+    for (index, (tag, bytes)) in sizes.iter().enumerate() {
+        let request = Request::Produce(ProduceRequest {
+            acks: Acks::All,
+            timeout_ms: 120_000,
+            topics: vec![ProduceTopic {
+                name: "s".into(),
+                partitions: vec![ProducePartition {
+                    partition: 0,
+                    records: batch(tag, 1, *bytes, 0),
+                }],
+            }],
+        });
+        stream.write_all(&request.encode(index as u32)).unwrap();
+    }
+    // Let every request reach its append before the disk moves again.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(guard);
+    let mut buffer = BytesMut::new();
+    for _ in &sizes {
+        let answer = next_response(&mut stream, &mut buffer, Duration::from_secs(60));
+        assert_eq!(produce_code(answer), ErrorCode::None);
+    }
+    let tags: Vec<String> = read_partition(&mut admin, "s", 0, 0)
+        .into_iter()
+        .map(|(_, value)| value.split('-').next().unwrap().to_string())
+        .collect();
+    let sent: Vec<String> = sizes.into_iter().map(|(tag, _)| tag).collect();
+    assert_eq!(tags, sent);
+    broker.stop();
+    drop(mount);
+}
