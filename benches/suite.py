@@ -207,9 +207,12 @@ def iperf3(args, seconds, reverse=False):
                  *(["--reverse"] if reverse else [])],
                 capture_output=True, text=True)
             if client.returncode == 0:
-                result = json.loads(client.stdout)
-                return result["end"]["sum_received"]["bits_per_second"] / 8e6
-            time.sleep(0.1)  # the server is not listening yet
+                received = json.loads(client.stdout).get("end", {}).get("sum_received")
+                if received:
+                    return received["bits_per_second"] / 8e6
+            # The server is not listening yet, or the run did not complete (iperf3 can
+            # exit 0 with a JSON error when it meets the server mid-start).
+            time.sleep(0.1)
         sys.exit(f"benches/suite.py: iperf3 failed: {client.stdout[-1000:]}{client.stderr}")
     finally:
         server.wait(timeout=30)
