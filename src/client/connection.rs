@@ -10,10 +10,10 @@ use crate::protocol::{
     FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopic, GroupDescription,
     GroupIdRequest, GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
-    MetadataResponse, NewTopic, OffsetCommitRequest, OffsetCommitTopicResponse, OffsetFetchRequest,
-    OffsetFetchTopic, ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic,
-    ProtocolError, Request, Response, Status, SyncGroupRequest, TopicDescription, TopicPartitions,
-    TopicStatus, split_frame,
+    MetadataResponse, NewTopic, OffsetCommitRequest, OffsetCommitTopic, OffsetCommitTopicResponse,
+    OffsetFetchRequest, OffsetFetchTopic, ProducePartition, ProducePartitionResponse,
+    ProduceRequest, ProduceTopic, ProtocolError, Request, Response, Status, SyncGroupRequest,
+    TopicDescription, TopicPartitions, TopicStatus, split_frame,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -366,30 +366,67 @@ impl Connection {
     }
 
     /// Commits offsets; each partition answers with its own status.
+    /// Commits offsets; more than a request may carry (`REQUEST_ENTRIES_MAX`) go in
+    /// several requests, answered together.
     pub fn commit_offsets(
         &mut self,
         request: OffsetCommitRequest,
     ) -> Result<Vec<OffsetCommitTopicResponse>, ClientError> {
-        match self.call(&Request::OffsetCommit(request))? {
-            Response::OffsetCommit(topics) => Ok(topics),
-            _ => Err(ClientError::Unexpected),
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|topic| (topic.name, topic.partitions))
+            .collect();
+        let mut answers = Vec::new();
+        for piece in request_sized_pieces(topics) {
+            let piece = OffsetCommitRequest {
+                group_id: request.group_id.clone(),
+                generation: request.generation,
+                member_id: request.member_id.clone(),
+                topics: piece
+                    .into_iter()
+                    .map(|(name, partitions)| OffsetCommitTopic { name, partitions })
+                    .collect(),
+            };
+            match self.call(&Request::OffsetCommit(piece))? {
+                Response::OffsetCommit(topics) => answers.extend(topics),
+                _ => return Err(ClientError::Unexpected),
+            }
         }
+        Ok(answers)
     }
 
-    /// The group's committed offsets for `topics` (empty: all of them).
+    /// The group's committed offsets for `topics` (empty: all of them); more than a
+    /// request may carry are asked for in several requests.
     pub fn fetch_offsets(
         &mut self,
         group_id: &str,
         topics: Vec<TopicPartitions>,
     ) -> Result<Vec<OffsetFetchTopic>, ClientError> {
-        let request = Request::OffsetFetch(OffsetFetchRequest {
-            group_id: group_id.to_string(),
-            topics,
-        });
-        match self.call(&request)? {
-            Response::OffsetFetch(topics) => Ok(topics),
-            _ => Err(ClientError::Unexpected),
+        let topics: Vec<(String, Vec<u32>)> = topics
+            .into_iter()
+            .map(|topic| (topic.name, topic.partitions))
+            .collect();
+        let pieces = if topics.is_empty() {
+            vec![Vec::new()]
+        } else {
+            request_sized_pieces(topics)
+        };
+        let mut answers = Vec::new();
+        for piece in pieces {
+            let request = Request::OffsetFetch(OffsetFetchRequest {
+                group_id: group_id.to_string(),
+                topics: piece
+                    .into_iter()
+                    .map(|(name, partitions)| TopicPartitions { name, partitions })
+                    .collect(),
+            });
+            match self.call(&request)? {
+                Response::OffsetFetch(topics) => answers.extend(topics),
+                _ => return Err(ClientError::Unexpected),
+            }
         }
+        Ok(answers)
     }
 
     pub fn list_groups(&mut self) -> Result<Vec<GroupListing>, ClientError> {
@@ -459,5 +496,63 @@ impl Connection {
             }
             _ => Err(ClientError::Unexpected),
         }
+    }
+}
+
+/// Splits per-topic lists into pieces a request can carry: at most `REQUEST_ENTRIES_MAX`
+/// entries each, a topic and each of its items counting one (a topic's items are split
+/// across pieces where needed, its name repeated).
+fn request_sized_pieces<T>(topics: Vec<(String, Vec<T>)>) -> Vec<Vec<(String, Vec<T>)>> {
+    let limit = crate::limits::REQUEST_ENTRIES_MAX;
+    let mut pieces = vec![Vec::new()];
+    let mut entries = 0;
+    for (name, items) in topics {
+        let mut items = items.into_iter().peekable();
+        loop {
+            if entries + 2 > limit {
+                pieces.push(Vec::new());
+                entries = 0;
+            }
+            let room = limit - entries - 1;
+            let taken: Vec<T> = items.by_ref().take(room).collect();
+            entries += 1 + taken.len();
+            pieces
+                .last_mut()
+                .expect("one piece at least")
+                .push((name.clone(), taken));
+            if items.peek().is_none() {
+                break;
+            }
+        }
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_sized_pieces;
+    use crate::limits::REQUEST_ENTRIES_MAX;
+
+    #[test]
+    fn long_lists_are_split_into_requests_within_the_entry_limit() {
+        let topics = vec![
+            ("a".to_string(), (0..15_000u32).collect::<Vec<_>>()),
+            ("b".to_string(), (0..15_000u32).collect()),
+            ("c".to_string(), vec![7]),
+        ];
+        let pieces = request_sized_pieces(topics);
+        assert_eq!(pieces.len(), 2);
+        for piece in &pieces {
+            let entries: usize = piece.iter().map(|(_, items)| 1 + items.len()).sum();
+            assert!(entries <= REQUEST_ENTRIES_MAX, "{entries}");
+        }
+        let mut joined: Vec<(String, u32)> = Vec::new();
+        for (name, items) in pieces.into_iter().flatten() {
+            joined.extend(items.into_iter().map(|item| (name.clone(), item)));
+        }
+        assert_eq!(joined.len(), 30_001);
+        assert_eq!(joined.last(), Some(&("c".to_string(), 7)));
+        let small = request_sized_pieces(vec![("x".to_string(), vec![1, 2])]);
+        assert_eq!(small, vec![vec![("x".to_string(), vec![1, 2])]]);
     }
 }
