@@ -253,11 +253,47 @@ impl Coordinator {
             store.close().await;
             return Err(stopping());
         }
-        let mut groups = self.groups.borrow_mut();
-        for (id, offsets) in loaded {
-            groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+        // Offsets of topics that no longer exist: their deletion's tombstones were not
+        // written (a crash after the deletion was saved, or a failed write). They go now,
+        // before a topic created again under the name could read from them.
+        let mut stale = Vec::new();
+        {
+            let metadata = self.metadata.borrow();
+            let mut groups = self.groups.borrow_mut();
+            for (id, mut offsets) in loaded {
+                offsets.retain(|(topic, partition), _| {
+                    let exists = metadata
+                        .topic(topic)
+                        .is_some_and(|record| *partition < record.partitions);
+                    if !exists {
+                        stale.push(Entry::OffsetDeleted {
+                            group: id.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        });
+                    }
+                    exists
+                });
+                groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+            }
+            groups.retain(|_, group| !group.is_dead());
         }
         let store = Rc::new(store);
+        if !stale.is_empty() {
+            let turn = store.exclusive_turn().await;
+            match store.append(&turn, &stale).await {
+                Ok(()) => tracing::info!(
+                    partition,
+                    offsets = stale.len(),
+                    "dropped the committed offsets of deleted topics"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    partition,
+                    "recording the offsets of deleted topics failed; they are dropped again at the next open"
+                ),
+            }
+        }
         self.stores.borrow_mut().insert(partition, store.clone());
         Ok(store)
     }
@@ -909,7 +945,11 @@ impl Coordinator {
                     {
                         Status::error(
                             ErrorCode::UnknownTopicOrPartition,
-                            format!("no partition {}-{}", topic.name, partition.partition),
+                            format!(
+                                "no partition {}-{}",
+                                crate::protocol::quoted(&topic.name),
+                                partition.partition
+                            ),
                         )
                     } else if partition.metadata.len() > OFFSET_METADATA_BYTES_MAX {
                         Status::error(
@@ -1060,6 +1100,7 @@ impl Coordinator {
     /// every commit after it checks again under its own turn and finds the topic gone
     /// (see `commit`). A log opened meanwhile by a commit has no offsets of the topics.
     pub async fn topics_deleted(&self, topics: &[String]) {
+        let topics: std::collections::HashSet<&str> = topics.iter().map(String::as_str).collect();
         let stores: Vec<(u32, Rc<OffsetStore>)> = self
             .stores
             .borrow()
@@ -1076,7 +1117,7 @@ impl Coordinator {
                     let gone: Vec<(String, u32)> = group
                         .offsets
                         .keys()
-                        .filter(|(topic, _)| topics.contains(topic))
+                        .filter(|(topic, _)| topics.contains(topic.as_str()))
                         .cloned()
                         .collect();
                     for key in gone {
@@ -1286,16 +1327,20 @@ mod tests {
 
                 // A second commit is checked and on its way to the disk when the topic is
                 // deleted (the shard applies the new metadata, then tells the coordinator).
-                let in_flight = glommio::spawn_local({
-                    let (coordinator, stopping) = (coordinator.clone(), stopping.clone());
-                    async move { coordinator.handle(commit(7), &stopping).await }
-                });
-                futures_lite::future::yield_now().await;
+                let mut in_flight = Box::pin(coordinator.handle(commit(7), &stopping));
+                assert!(
+                    futures_lite::future::poll_once(&mut in_flight)
+                        .await
+                        .is_none(),
+                    "the commit waits for its append to be durable"
+                );
                 let mut without_topic = with_topic.clone();
                 without_topic.delete_topic("t").unwrap();
                 *metadata.borrow_mut() = without_topic.clone();
-                coordinator.topics_deleted(&["t".to_string()]).await;
-                in_flight.await;
+                // The deletion waits for the commit to apply (it holds a turn), so both go
+                // on together.
+                let deleted = ["t".to_string()];
+                futures_lite::future::zip(in_flight, coordinator.topics_deleted(&deleted)).await;
                 assert_eq!(
                     committed(&coordinator),
                     -1,
@@ -1307,13 +1352,28 @@ mod tests {
                 *metadata.borrow_mut() = with_topic.clone();
                 assert_eq!(committed(&coordinator), -1);
                 coordinator.close().await;
-                let reopened = coordinator_for_replay(&path, with_topic).await;
+                let reopened = coordinator_for_replay(&path, with_topic.clone()).await;
                 assert_eq!(
                     committed(&reopened),
                     -1,
                     "nothing stale comes back on replay"
                 );
+
+                // Offsets whose deletion never reached the log (a crash between the saved
+                // deletion and its tombstones) are dropped when the log opens without
+                // the topic, for good.
+                reopened.handle(commit(9), &stopping).await;
+                assert_eq!(committed(&reopened), 9);
                 reopened.close().await;
+                let without = coordinator_for_replay(&path, without_topic).await;
+                without.close().await;
+                let again = coordinator_for_replay(&path, with_topic).await;
+                assert_eq!(
+                    committed(&again),
+                    -1,
+                    "the topic created again starts afresh"
+                );
+                again.close().await;
             })
             .unwrap()
             .join()

@@ -225,6 +225,24 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// Most bytes of a client-supplied name (a topic, a group) that a status message quotes.
+/// Every valid name is shorter; a longer one is shown cut, so that a request naming it in
+/// thousands of entries does not make each message as long as the name.
+pub const NAME_IN_MESSAGE_BYTES_MAX: usize = 255;
+
+/// `name` as a status message quotes it: whole, or its first `NAME_IN_MESSAGE_BYTES_MAX`
+/// bytes (at a character boundary) and an ellipsis.
+pub fn quoted(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= NAME_IN_MESSAGE_BYTES_MAX {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut end = NAME_IN_MESSAGE_BYTES_MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &name[..end]))
+}
+
 /// An error code with the message that explains it to a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {

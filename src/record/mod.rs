@@ -229,9 +229,20 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 /// Checked: header present, length field equal to the slice length and within bounds,
 /// magic 2, CRC-32C, a supported codec, at least one record, `last_offset_delta` equal to
 /// `records_count - 1`, and (for uncompressed batches) that the records decode, number
-/// `records_count` and carry offset deltas 0, 1, 2, ..., and, for CreateTime batches,
-/// that `max_timestamp` is the largest of the records' timestamps.
+/// `records_count` and carry offset deltas 0, 1, 2, ...
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    validate_records(batch, false)
+}
+
+/// `validate`, and for a CreateTime batch also that its `max_timestamp` is the largest of
+/// its records' timestamps: what a broker checks of a batch it is asked to store, since
+/// the stored max drives retention, `segment.ms` and lookups by time. Readers use
+/// `validate`, so batches stored before this check existed stay readable.
+pub fn validate_new(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    validate_records(batch, true)
+}
+
+fn validate_records(batch: &[u8], check_max_timestamp: bool) -> Result<BatchHeader, BatchError> {
     let header = validate_framing(batch)?;
     if header.total_bytes() != batch.len() {
         return Err(BatchError::LengthMismatch {
@@ -275,7 +286,10 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     // client must not set it apart from its records (Kafka's producers set the max of the
     // records' timestamps). A LogAppendTime batch's timestamps are the broker's, not the
     // records'.
-    if !header.is_log_append_time() && header.max_timestamp != records_max_timestamp {
+    if check_max_timestamp
+        && !header.is_log_append_time()
+        && header.max_timestamp != records_max_timestamp
+    {
         return Err(BatchError::MaxTimestampMismatch {
             declared: header.max_timestamp,
             records: records_max_timestamp,
@@ -331,9 +345,24 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
 }
 
 /// Splits a buffer of concatenated batches into (header, byte range) pairs, validating
-/// each batch fully. Stops at the first error.
+/// each batch fully (`validate`). Stops at the first error.
 pub fn split_batches(
     bytes: &[u8],
+) -> impl Iterator<Item = Result<(BatchHeader, std::ops::Range<usize>), BatchError>> + '_ {
+    split_checked(bytes, validate)
+}
+
+/// `split_batches` for batches a broker is asked to store: each is checked with
+/// `validate_new`.
+pub fn split_new_batches(
+    bytes: &[u8],
+) -> impl Iterator<Item = Result<(BatchHeader, std::ops::Range<usize>), BatchError>> + '_ {
+    split_checked(bytes, validate_new)
+}
+
+fn split_checked(
+    bytes: &[u8],
+    check: fn(&[u8]) -> Result<BatchHeader, BatchError>,
 ) -> impl Iterator<Item = Result<(BatchHeader, std::ops::Range<usize>), BatchError>> + '_ {
     let mut position = 0usize;
     let mut failed = false;
@@ -350,7 +379,7 @@ pub fn split_batches(
                     available: rest.len(),
                 });
             }
-            validate(&rest[..end]).map(|header| (header, position..position + end))
+            check(&rest[..end]).map(|header| (header, position..position + end))
         });
         match &result {
             Ok((_, range)) => position = range.end,

@@ -263,7 +263,7 @@ fn with_max_timestamp(batch: &[u8], max_timestamp: i64) -> BytesMut {
 #[test]
 fn a_max_timestamp_other_than_the_records_is_refused_for_create_time_batches() {
     let good = small_batch(3);
-    let header = validate(&good).unwrap();
+    let header = validate_new(&good).unwrap();
     let records_max = 1_700_000_000_002;
     assert_eq!(
         header.max_timestamp, records_max,
@@ -272,7 +272,7 @@ fn a_max_timestamp_other_than_the_records_is_refused_for_create_time_batches() {
     assert!(!header.is_log_append_time());
 
     for forged_max in [i64::MAX, records_max - 1, header.base_timestamp, -1] {
-        let error = validate(&with_max_timestamp(&good, forged_max)).unwrap_err();
+        let error = validate_new(&with_max_timestamp(&good, forged_max)).unwrap_err();
         assert_eq!(
             error,
             BatchError::MaxTimestampMismatch {
@@ -283,6 +283,8 @@ fn a_max_timestamp_other_than_the_records_is_refused_for_create_time_batches() {
         let message = error.to_string();
         assert!(message.contains(&forged_max.to_string()), "{message}");
         assert!(message.contains(&records_max.to_string()), "{message}");
+        // Readers take the batch as it is: one stored before the check stays readable.
+        assert!(validate(&with_max_timestamp(&good, forged_max)).is_ok());
     }
 
     // LogAppendTime (attributes bit 3): the broker's timestamp, not the records', is the
@@ -290,20 +292,23 @@ fn a_max_timestamp_other_than_the_records_is_refused_for_create_time_batches() {
     let mut log_append_time = BytesMut::from(&good[..]);
     log_append_time[21..23].copy_from_slice(&0x08i16.to_be_bytes());
     let log_append_time = with_max_timestamp(&log_append_time, i64::MAX);
-    assert!(validate(&log_append_time).unwrap().is_log_append_time());
+    assert!(validate_new(&log_append_time).unwrap().is_log_append_time());
 
     // Records with no timestamp (-1, Kafka's NO_TIMESTAMP) have a max of -1.
     let mut builder = BatchBuilder::new();
     builder.push(-1, None, Some(b"v"), &[]);
     builder.push(-1, None, Some(b"w"), &[]);
-    assert_eq!(validate(&builder.build(0)).unwrap().max_timestamp, -1);
+    assert_eq!(validate_new(&builder.build(0)).unwrap().max_timestamp, -1);
 
     // The largest timestamp need not be the last record's.
     let mut builder = BatchBuilder::new();
     for timestamp in [5_000, 9_000, 7_000] {
         builder.push(timestamp, None, Some(b"v"), &[]);
     }
-    assert_eq!(validate(&builder.build(0)).unwrap().max_timestamp, 9_000);
+    assert_eq!(
+        validate_new(&builder.build(0)).unwrap().max_timestamp,
+        9_000
+    );
 }
 
 #[test]

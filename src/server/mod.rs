@@ -40,7 +40,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             .set_port(free_port_range(config.listen.ip(), config.shards)?);
     }
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir)
+    prepare_data_dir(data_dir)
         .map_err(|error| format!("cannot use data directory {}: {error}", data_dir.display()))?;
     let _lock =
         crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
@@ -118,14 +118,40 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     }
 }
 
+/// Creates the data directory and the two directories the shards create logs in
+/// (`topics/`, `groups/`), each entry made durable in its parent, before any shard starts:
+/// shards that found one of them already there (made by another shard a moment before)
+/// would otherwise not know whether its entry was synced yet.
+fn prepare_data_dir(data_dir: &std::path::Path) -> std::io::Result<()> {
+    let existed = data_dir.exists();
+    std::fs::create_dir_all(data_dir)?;
+    if !existed && let Some(parent) = data_dir.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            parent
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    for name in ["topics", "groups"] {
+        std::fs::create_dir_all(data_dir.join(name))?;
+    }
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
 /// File descriptors this process may still open before it nears its limit: the limit,
 /// less those open now, less a reserve (a quarter of the limit, at most 4096) kept for
 /// connections and segment rolls. `None` where the numbers cannot be read.
 pub(crate) fn descriptors_free() -> Option<u64> {
-    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let open = open_descriptors()?;
     let limit = descriptor_limit()?;
     let reserve = (limit / 4).min(4096);
     Some(limit.saturating_sub(open).saturating_sub(reserve))
+}
+
+/// File descriptors this process has open (`None` where /proc cannot be read).
+pub(crate) fn open_descriptors() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
 fn descriptor_limit() -> Option<u64> {

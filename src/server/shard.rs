@@ -3,7 +3,7 @@
 //! with another core except through the mesh of glommio channels.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -20,8 +20,9 @@ use crate::group::coordinator::{Coordinator, GroupConfig};
 use crate::protocol::{
     ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewTopic,
     OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, Request, Response,
-    ShardDescription, Status, TopicStatus,
+    ShardDescription, Status, TopicStatus, quoted,
 };
+use crate::semaphore::FifoSemaphore;
 use crate::storage::{Chunk, Log, StorageError};
 use crate::wake::Latch;
 
@@ -39,6 +40,7 @@ pub(crate) enum ShardMessage {
         partition: u32,
         offset: i64,
         max_bytes: u32,
+        at_least_one_batch: bool,
         reply: oneshot::Sender<FetchPartitionResponse>,
     },
     WaitForData {
@@ -128,6 +130,10 @@ pub(crate) struct Shard {
     pub groups: Rc<Coordinator>,
     logs: RefCell<HashMap<(String, u32), Log>>,
     peers: Senders<ShardMessage>,
+    /// One turn per peer for sending to it: when its channel is full, glommio wakes the
+    /// waiting senders newest first, which would let a later produce to a partition on
+    /// that peer overtake an earlier one. Senders take their turn first come, first served.
+    send_turns: Vec<Rc<FifoSemaphore>>,
     /// Shard 0 applies one metadata change at a time.
     admin: Semaphore,
     /// Set once when the broker begins to stop: new requests are refused, waits end.
@@ -156,6 +162,9 @@ impl Shard {
             config.shards,
             shared_metadata.clone(),
         ));
+        let send_turns = (0..config.shards)
+            .map(|_| Rc::new(FifoSemaphore::new(1)))
+            .collect();
         let shard = Rc::new(Shard {
             id,
             count: config.shards,
@@ -163,6 +172,7 @@ impl Shard {
             metadata: shared_metadata,
             groups,
             logs: RefCell::new(HashMap::new()),
+            send_turns,
             peers,
             admin: Semaphore::new(1),
             stopping: Latch::default(),
@@ -271,7 +281,11 @@ impl Shard {
             Err(status) => status,
             Ok(_) => Status::error(
                 ErrorCode::NotOwner,
-                format!("shard {} does not own {topic}-{partition}", self.id),
+                format!(
+                    "shard {} does not own {}-{partition}",
+                    self.id,
+                    quoted(topic)
+                ),
             ),
         }
     }
@@ -288,6 +302,12 @@ impl Shard {
     /// Sends `message` to shard `peer` (never this one).
     pub async fn send(&self, peer: usize, message: ShardMessage) -> Result<(), Status> {
         assert_ne!(peer, self.id, "local work is done in place");
+        let stopped =
+            || Status::error(ErrorCode::ShuttingDown, format!("shard {peer} is stopping"));
+        let _turn = self.send_turns[peer]
+            .acquire(1)
+            .await
+            .map_err(|_| stopped())?;
         self.peers.send_to(peer, message).await.map_err(|_| {
             Status::error(ErrorCode::ShuttingDown, format!("shard {peer} is stopping"))
         })
@@ -363,17 +383,22 @@ impl Shard {
         }
     }
 
-    /// Reads a partition here (views of the log) or on its owner (a copy).
+    /// Reads a partition here (views of the log) or on its owner (a copy): whole batches
+    /// up to `max_bytes`, and at least one if `at_least_one_batch` (else none when the
+    /// first is larger).
     pub async fn fetch(
         self: &Rc<Self>,
         topic: &str,
         partition: u32,
         offset: i64,
         max_bytes: u32,
+        at_least_one_batch: bool,
     ) -> FetchPartitionResponse<FetchPayload> {
         let answer = match self.owner(topic, partition) {
             Ok(owner) if owner == self.id => {
-                return self.fetch_local(topic, partition, offset, max_bytes).await;
+                return self
+                    .fetch_local(topic, partition, offset, max_bytes, at_least_one_batch)
+                    .await;
             }
             Ok(owner) => {
                 self.probe.forwarded();
@@ -383,6 +408,7 @@ impl Shard {
                     partition,
                     offset,
                     max_bytes,
+                    at_least_one_batch,
                     reply,
                 })
                 .await
@@ -407,6 +433,7 @@ impl Shard {
         partition: u32,
         offset: i64,
         max_bytes: u32,
+        at_least_one_batch: bool,
     ) -> FetchPartitionResponse<FetchPayload> {
         let log = match self.log(topic, partition) {
             Ok(log) => log,
@@ -417,7 +444,12 @@ impl Shard {
         let status = if max_bytes == 0 {
             Status::ok()
         } else {
-            match log.read(offset, max_bytes as usize).await {
+            let read = if at_least_one_batch {
+                log.read(offset, max_bytes as usize).await
+            } else {
+                log.read_within(offset, max_bytes as usize).await
+            };
+            match read {
                 Ok(outcome) => {
                     return FetchPartitionResponse {
                         partition,
@@ -556,27 +588,21 @@ impl Shard {
                         ErrorCode::InvalidRequest,
                         format!(
                             "topic {} is named more than once in this request",
-                            topic.name
+                            quoted(&topic.name)
                         ),
                     ))
                 } else {
-                    self.check_limits(topic)
-                        .and_then(|()| metadata.create_topic(topic))
+                    metadata.check_new_topic(topic).and_then(|record| {
+                        self.check_limits(&record)?;
+                        budget.take(&record)?;
+                        Ok(record)
+                    })
                 };
                 let status = match checked {
                     Err(status) => status,
-                    Ok(()) => {
-                        let record = metadata.topic(&topic.name).expect("just added").clone();
-                        match budget.take(&record) {
-                            Ok(()) => {
-                                created.push(record);
-                                Status::ok()
-                            }
-                            Err(status) => {
-                                let _ = metadata.delete_topic(&topic.name);
-                                status
-                            }
-                        }
+                    Ok(record) => {
+                        created.push(record);
+                        Status::ok()
                     }
                 };
                 TopicStatus {
@@ -588,6 +614,7 @@ impl Shard {
         if created.is_empty() {
             return statuses;
         }
+        metadata.add_topics(created.clone());
         // Directories first, metadata last: a topic is saved only once every shard holds
         // its partitions open, so a saved topic always opens again on restart. Anything
         // that fails before the save is rolled back; a crash leaves stray directories,
@@ -601,8 +628,9 @@ impl Shard {
         };
         if let Err(status) = outcome {
             self.drop_everywhere(&created).await;
+            let names: HashSet<&str> = created.iter().map(|record| record.name.as_str()).collect();
             for topic in &mut statuses {
-                if created.iter().any(|record| record.name == topic.name) {
+                if names.contains(topic.name.as_str()) {
                     topic.status = status.clone();
                 }
             }
@@ -625,16 +653,16 @@ impl Shard {
         }
         let _turn = self.admin.acquire_permit(1).await;
         let mut metadata = self.metadata.borrow().clone();
-        let mut deleted = Vec::new();
+        // A name given again is answered as a topic that no longer exists, as when it is
+        // deleted twice in a row; all are removed in one pass.
+        let mut doomed: HashSet<&str> = HashSet::new();
         let statuses: Vec<TopicStatus> = names
             .iter()
             .map(|name| {
-                let status = match metadata.delete_topic(name) {
-                    Ok(record) => {
-                        deleted.push(record);
-                        Status::ok()
-                    }
-                    Err(status) => status,
+                let status = if metadata.topic(name).is_some() && doomed.insert(name) {
+                    Status::ok()
+                } else {
+                    unknown_topic(name)
                 };
                 TopicStatus {
                     name: name.clone(),
@@ -642,9 +670,10 @@ impl Shard {
                 }
             })
             .collect();
-        if deleted.is_empty() {
+        if doomed.is_empty() {
             return statuses;
         }
+        let deleted = metadata.remove_topics(&doomed);
         if let Err(error) = self.save_metadata(&metadata).await {
             return all_failed(&names, &error.to_string());
         }
@@ -652,18 +681,12 @@ impl Shard {
         statuses
     }
 
-    /// The broker's own limits on a new topic's configs (the configs' ranges are checked
-    /// with its name and partition count by `ClusterMetadata::create_topic`).
-    fn check_limits(&self, topic: &NewTopic) -> Result<(), Status> {
+    /// The broker's own limits on a new topic's configs (checked in themselves by
+    /// `ClusterMetadata::check_new_topic`).
+    fn check_limits(&self, topic: &TopicRecord) -> Result<(), Status> {
         let limit = self.config.tail_cache_bytes_max;
-        let asked = topic
-            .configs
-            .iter()
-            .rev()
-            .find(|(key, _)| key == "tail.cache.bytes")
-            .and_then(|(_, value)| value.trim().parse::<u64>().ok());
-        match asked {
-            Some(bytes) if bytes > limit => Err(Status::error(
+        match topic.log_config().tail_cache_bytes {
+            bytes if bytes > limit => Err(Status::error(
                 ErrorCode::InvalidConfig,
                 format!(
                     "tail.cache.bytes={bytes} is over this broker's limit of {limit} bytes per partition (spate serve --tail-cache-bytes-max)"
@@ -856,9 +879,12 @@ impl Shard {
                 partition,
                 offset,
                 max_bytes,
+                at_least_one_batch,
                 reply,
             } => {
-                let response = self.fetch_local(&topic, partition, offset, max_bytes).await;
+                let response = self
+                    .fetch_local(&topic, partition, offset, max_bytes, at_least_one_batch)
+                    .await;
                 // The bytes leave this core: copy them out of the log's buffers.
                 let records = match response.records {
                     FetchPayload::Local(chunks) => {
@@ -1021,7 +1047,7 @@ impl Budget {
 fn unknown_topic(topic: &str) -> Status {
     Status::error(
         ErrorCode::UnknownTopicOrPartition,
-        format!("topic {topic} does not exist"),
+        format!("topic {} does not exist", quoted(topic)),
     )
 }
 

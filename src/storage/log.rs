@@ -22,7 +22,7 @@ use super::{Chunk, LogConfig, StorageError, io};
 use crate::limits::{
     BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX,
 };
-use crate::record::{BatchError, BatchHeader, RecordIter, split_batches};
+use crate::record::{BatchError, BatchHeader, RecordIter, split_batches, split_new_batches};
 use crate::semaphore::FifoSemaphore;
 use crate::wake::{Event, Notify};
 
@@ -288,7 +288,7 @@ impl Log {
                 max,
             });
         }
-        let batches = split_batches(&records).collect::<Result<Vec<_>, BatchError>>()?;
+        let batches = split_new_batches(&records).collect::<Result<Vec<_>, BatchError>>()?;
         if batches.is_empty() {
             return Err(BatchError::Empty.into());
         }
@@ -319,6 +319,26 @@ impl Log {
     /// one batch. At the log end the answer is empty; outside the log it is
     /// `OffsetOutOfRange`. Tail reads come from memory, older ones from disk.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadOutcome, StorageError> {
+        self.read_batches(offset, max_bytes, true).await
+    }
+
+    /// As `read`, but never more than `max_bytes`: the answer is empty below the log end
+    /// when the batch holding `offset` alone is larger. For readers that share one budget
+    /// and must not each take a batch past it.
+    pub async fn read_within(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadOutcome, StorageError> {
+        self.read_batches(offset, max_bytes, false).await
+    }
+
+    async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        at_least_one_batch: bool,
+    ) -> Result<ReadOutcome, StorageError> {
         loop {
             let (segment, log_start_offset, log_end_offset) = {
                 let state = self.inner.state.borrow();
@@ -334,7 +354,7 @@ impl Log {
                 if offset == state.log_end {
                     return Ok(outcome(Vec::new()));
                 }
-                if let Some(chunks) = state.cache.read(offset, max_bytes) {
+                if let Some(chunks) = state.cache.read(offset, max_bytes, at_least_one_batch) {
                     // A reader served from memory has caught up: what was read ahead for
                     // it is no longer wanted.
                     if let Ok(mut slot) = self.inner.read_ahead.try_borrow_mut() {
@@ -357,14 +377,18 @@ impl Log {
             let ahead = self.take_read_ahead(&segment, offset, truncations).await;
             let sequential = ahead.is_some()
                 || self.inner.last_read_end.get() == Some((segment.base_offset, offset));
-            let result = segment.read(offset, max_bytes, ahead).await;
+            let result = segment
+                .read(offset, max_bytes, at_least_one_batch, ahead)
+                .await;
             if segment.truncations.get() != truncations {
                 // A truncation cut this segment while it was being read: what was read may
                 // be gone. Answer from the log as it is now.
                 continue;
             }
             let read = result?;
-            if read.chunks.is_empty() {
+            // Empty below the log end only when the first batch did not fit a read within.
+            let first_too_large = !at_least_one_batch && read.next.is_some();
+            if read.chunks.is_empty() && !first_too_large {
                 return Err(StorageError::Internal {
                     reason: format!("offset {offset} is below the log end but no segment holds it"),
                 });

@@ -265,6 +265,7 @@ impl Segment {
         &self,
         offset: i64,
         max_bytes: usize,
+        at_least_one_batch: bool,
         ahead: Option<ReadAhead>,
     ) -> Result<SegmentRead, StorageError> {
         let (limit, entry) = {
@@ -319,7 +320,7 @@ impl Segment {
                 position += length as u64;
                 continue;
             }
-            if total_bytes > 0 && total_bytes + length > max_bytes {
+            if (total_bytes > 0 || !at_least_one_batch) && total_bytes + length > max_bytes {
                 next = Some((position, header.base_offset));
                 break;
             }

@@ -60,9 +60,15 @@ impl TailCache {
         }
     }
 
-    /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one), or
-    /// `None` when the cache does not reach back to `offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Option<Vec<Chunk>> {
+    /// Whole batches from the one holding `offset`, up to `max_bytes` (but at least one
+    /// with `at_least_one_batch`), or `None` when the cache does not reach back to
+    /// `offset`.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        at_least_one_batch: bool,
+    ) -> Option<Vec<Chunk>> {
         let (first, last) = (self.batches.front()?, self.batches.back()?);
         if offset < first.base_offset || offset >= last.next_offset {
             return None;
@@ -73,7 +79,7 @@ impl TailCache {
         let mut chunks = Vec::new();
         let mut total = 0usize;
         for batch in self.batches.range(start..) {
-            if total > 0 && total + batch.bytes.len() > max_bytes {
+            if (total > 0 || !at_least_one_batch) && total + batch.bytes.len() > max_bytes {
                 break;
             }
             total += batch.bytes.len();
@@ -126,23 +132,31 @@ mod tests {
         cache.push(0, 5, Bytes::from(vec![0; 10]));
         cache.push(5, 7, Bytes::from(vec![1; 10]));
         cache.push(7, 9, Bytes::from(vec![2; 10]));
-        assert_eq!(offsets(&cache.read(0, 100).unwrap()), vec![10, 10, 10]);
-        assert_eq!(offsets(&cache.read(6, 100).unwrap()), vec![10, 10]);
         assert_eq!(
-            offsets(&cache.read(6, 5).unwrap()),
+            offsets(&cache.read(0, 100, true).unwrap()),
+            vec![10, 10, 10]
+        );
+        assert_eq!(offsets(&cache.read(6, 100, true).unwrap()), vec![10, 10]);
+        assert_eq!(
+            offsets(&cache.read(6, 5, true).unwrap()),
             vec![10],
             "at least one batch"
         );
+        assert!(
+            cache.read(6, 5, false).unwrap().is_empty(),
+            "none when asked for no more than max_bytes"
+        );
+        assert_eq!(offsets(&cache.read(6, 25, false).unwrap()), vec![10, 10]);
         cache.push(9, 10, Bytes::from(vec![3; 10]));
-        assert!(cache.read(4, 100).is_none(), "evicted");
-        assert_eq!(offsets(&cache.read(5, 15).unwrap()), vec![10]);
+        assert!(cache.read(4, 100, true).is_none(), "evicted");
+        assert_eq!(offsets(&cache.read(5, 15, true).unwrap()), vec![10]);
         cache.truncate(7);
-        assert_eq!(offsets(&cache.read(5, 100).unwrap()), vec![10]);
+        assert_eq!(offsets(&cache.read(5, 100, true).unwrap()), vec![10]);
         cache.drop_before(7);
-        assert!(cache.read(5, 100).is_none());
+        assert!(cache.read(5, 100, true).is_none());
         cache.push(7, 8, Bytes::from(vec![0; 31]));
         assert!(
-            cache.read(7, 100).is_none(),
+            cache.read(7, 100, true).is_none(),
             "an oversized batch empties the cache"
         );
     }

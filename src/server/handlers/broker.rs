@@ -19,7 +19,7 @@ pub(super) async fn describe(shard: &Rc<Shard>) -> Response {
             Err(status) => return Response::Failed(status),
         }
     }
-    let open_files = std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count() as u64);
+    let open_files = crate::server::open_descriptors().unwrap_or(0);
     Response::DescribeBroker(BrokerDescription {
         broker_version: env!("CARGO_PKG_VERSION").to_string(),
         open_files,

@@ -190,26 +190,36 @@ const READS_CONCURRENT_MAX: usize = 128;
 /// partition with data returns at least one whole batch, as Kafka does; once the budget is
 /// spent, later partitions report their offsets with no records.
 async fn read_all(shard: &Rc<Shard>, request: &FetchRequest) -> FetchResponse<FetchPayload> {
-    read_all_with(request, |topic, partition, offset, max_bytes| {
-        shard.fetch(topic, partition, offset, max_bytes)
-    })
+    read_all_with(
+        request,
+        |topic, partition, offset, max_bytes, at_least_one_batch| {
+            shard.fetch(topic, partition, offset, max_bytes, at_least_one_batch)
+        },
+    )
     .await
 }
 
-/// `read_all` over any partition reader. Partitions are read in windows of up to
-/// `READS_CONCURRENT_MAX` at once. Within a window each partition is granted, in request
-/// order, its own `max_bytes` out of what is left of the budget, and the window ends
-/// where the budget is all granted, so the window's reads together stay within it (bar
-/// first batches larger than their grant) and what they leave unused goes to the next
-/// window: empty partitions early in a request do not starve later ones. The answers
-/// are taken in request order exactly as reading one after another would have taken
-/// them: a partition whose turn comes with the budget already spent answers offsets only
-/// (what it read is dropped, and the client asks again). Once the budget is spent, the
-/// rest are read at once for their offsets.
+/// `read_all` over any partition reader, with the answers reading one partition after
+/// another would give, but with the reads overlapped. Reading in order, each partition
+/// gets `min(its max_bytes, what is left of the budget)` and returns at least one batch
+/// while anything is left (the first batch may exceed its share).
+///
+/// Here partitions are read in windows of up to `READS_CONCURRENT_MAX` at once. In a
+/// window each partition is granted its share out of what is left, in request order, and
+/// the window ends where the budget is all granted; its reads are strict (never more
+/// than the grant, so together they stay within the budget, whatever the batches'
+/// sizes), and what they leave unused goes to the next window, so empty partitions early
+/// in a request do not starve later ones. The answers are then taken in request order:
+/// one whose turn comes with the budget spent answers offsets only; one whose first batch
+/// did not fit its grant (or that would now pass the budget) is read again, alone, as
+/// reading in order would have read it. So the answer passes the budget by at most one
+/// batch, and what a fetch reads, the reads it drops included, stays under twice its
+/// budget and one batch (reading all at once with each partition's own share could read
+/// a whole batch per partition: 128 batches of 8 MiB for a 64 MiB answer).
 async fn read_all_with<'a, P, R, F>(request: &'a FetchRequest, read: R) -> FetchResponse<P>
 where
     P: Payload + Default,
-    R: Fn(&'a str, u32, i64, u32) -> F,
+    R: Fn(&'a str, u32, i64, u32, bool) -> F,
     F: std::future::Future<Output = FetchPartitionResponse<P>> + 'a,
 {
     let entries: Vec<(&str, &FetchPartition)> = request
@@ -226,6 +236,7 @@ where
     let mut remaining = request.max_bytes as usize;
     let mut next = 0;
     while next < entries.len() {
+        let first = next;
         let mut granted = 0usize;
         let mut reads: Vec<F> = Vec::new();
         while let Some(&(topic, partition)) = entries.get(next) {
@@ -235,17 +246,29 @@ where
                 break;
             }
             granted += grant;
-            reads.push(read(
+            let strict = read(
                 topic,
                 partition.partition,
                 partition.offset,
                 grant as u32,
-            ));
+                false,
+            );
+            reads.push(strict);
             next += 1;
         }
-        for mut answer in join_all(reads).await {
+        for (&(topic, partition), mut answer) in
+            entries[first..next].iter().zip(join_all(reads).await)
+        {
             if remaining == 0 {
                 answer.records = P::default();
+            } else {
+                let bytes = answer.records.payload_len();
+                let first_did_not_fit =
+                    bytes == 0 && answer.status.is_ok() && partition.offset < answer.high_watermark;
+                if (first_did_not_fit && partition.max_bytes > 0) || bytes > remaining {
+                    let share = (partition.max_bytes as usize).min(remaining) as u32;
+                    answer = read(topic, partition.partition, partition.offset, share, true).await;
+                }
             }
             remaining = remaining.saturating_sub(answer.records.payload_len());
             answers.push(answer);
@@ -293,7 +316,7 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     use bytes::Bytes;
 
@@ -318,14 +341,36 @@ mod tests {
         }
     }
 
-    fn answer(partition: u32, bytes: usize) -> FetchPartitionResponse<Bytes> {
+    /// What a log whose batches have the sizes `batches` answers a read from its start:
+    /// whole batches up to `max_bytes`, at least one if `at_least_one_batch`.
+    fn answer(
+        partition: u32,
+        batches: &[usize],
+        max_bytes: u32,
+        at_least_one_batch: bool,
+    ) -> FetchPartitionResponse<Bytes> {
+        let mut bytes = 0;
+        for &batch in batches {
+            if (bytes > 0 || !at_least_one_batch) && bytes + batch > max_bytes as usize {
+                break;
+            }
+            bytes += batch;
+        }
         FetchPartitionResponse {
             partition,
             status: Status::ok(),
-            high_watermark: 0,
+            high_watermark: batches.len() as i64,
             log_start_offset: 0,
             records: Bytes::from(vec![0u8; bytes]),
         }
+    }
+
+    fn sizes(response: &FetchResponse<Bytes>) -> Vec<usize> {
+        response.topics[0]
+            .partitions
+            .iter()
+            .map(|partition| partition.records.len())
+            .collect()
     }
 
     fn on_executor<T: Send + 'static>(make: impl FnOnce() -> T + Send + 'static) -> T {
@@ -340,15 +385,19 @@ mod tests {
     fn partitions_are_read_at_once_not_one_after_another() {
         on_executor(|| {
             let request = request(40, 1 << 20, 1000);
-            // Each read finishes only once all 40 have started: reading one after
-            // another would never finish.
-            let started = Cell::new(0);
-            let read = |_topic: &str, partition: u32, _offset: i64, _max_bytes: u32| {
-                started.set(started.get() + 1);
-                let started = &started;
+            // Each read finishes only once all 40 have begun: reading one after another
+            // would never finish.
+            let begun = Cell::new(0);
+            let read = |_topic: &str, partition: u32, _offset: i64, max_bytes: u32, _: bool| {
+                let begun = &begun;
+                let mut counted = false;
                 async move {
                     std::future::poll_fn(|context| {
-                        if started.get() == 40 {
+                        if !counted {
+                            counted = true;
+                            begun.set(begun.get() + 1);
+                        }
+                        if begun.get() == 40 {
                             std::task::Poll::Ready(())
                         } else {
                             context.waker().wake_by_ref();
@@ -356,79 +405,85 @@ mod tests {
                         }
                     })
                     .await;
-                    answer(partition, 10)
+                    answer(partition, &[10], max_bytes, false)
                 }
             };
             let response = futures_lite::future::block_on(async {
-                futures_lite::future::or(
-                    async { Some(read_all_with(&request, read).await) },
-                    async {
-                        // Polled many times over by then; a hang guard, not a timing.
-                        for _ in 0..10_000 {
-                            futures_lite::future::yield_now().await;
-                        }
-                        None
-                    },
-                )
-                .await
+                let reading = async { Some(read_all_with(&request, read).await) };
+                let hang_guard = async {
+                    // Polled many times over by then: this guards a hang, it times nothing.
+                    for _ in 0..10_000 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    None
+                };
+                futures_lite::future::or(reading, hang_guard).await
             })
-            .expect("every read started before any finished");
-            let partitions = &response.topics[0].partitions;
-            assert_eq!(partitions.len(), 40);
-            assert!(
-                partitions
-                    .iter()
-                    .enumerate()
-                    .all(|(i, p)| p.partition == i as u32)
-            );
+            .expect("every read began before any finished");
+            assert_eq!(sizes(&response), vec![10; 40]);
+        });
+    }
+
+    #[test]
+    fn the_budget_is_shared_as_reading_one_partition_after_another_shares_it() {
+        on_executor(|| {
+            // A 2500-byte budget over partitions of max_bytes 1000 whose first batch is
+            // 1200 bytes: in order, the first two get 1000 and return their batch, the
+            // third gets the 100 left and returns its batch, the rest get nothing.
+            let request = request(6, 2500, 1000);
+            let whole_reads = RefCell::new(Vec::new());
+            let read = |_topic: &str, partition: u32, _offset: i64, max_bytes: u32, whole| {
+                if whole {
+                    whole_reads.borrow_mut().push(max_bytes);
+                }
+                let answer = answer(partition, &[1200], max_bytes, whole);
+                async move { answer }
+            };
+            let response = futures_lite::future::block_on(read_all_with(&request, read));
+            assert_eq!(*whole_reads.borrow(), [1000, 1000, 100]);
+            assert_eq!(sizes(&response), [1200, 1200, 1200, 0, 0, 0]);
         });
     }
 
     #[test]
     fn empty_partitions_early_in_a_fetch_do_not_starve_later_ones() {
         on_executor(|| {
-            // Only the last two of six partitions have data; the budget covers two
-            // partitions' max_bytes at a time.
+            // Only the last two of six partitions have data (small batches); the budget
+            // covers two partitions' max_bytes at a time.
             let request = request(6, 2000, 1000);
-            let read = |_topic: &str, partition: u32, _offset: i64, max_bytes: u32| {
-                let bytes = if partition >= 4 {
-                    max_bytes as usize
-                } else {
-                    0
-                };
-                async move { answer(partition, bytes) }
+            let read = |_topic: &str, partition: u32, _offset: i64, max_bytes: u32, whole| {
+                let batches: &[usize] = if partition >= 4 { &[100; 20] } else { &[] };
+                let answer = answer(partition, batches, max_bytes, whole);
+                async move { answer }
             };
             let response = futures_lite::future::block_on(read_all_with(&request, read));
-            let sizes: Vec<usize> = response.topics[0]
-                .partitions
-                .iter()
-                .map(|p| p.records.len())
-                .collect();
-            assert_eq!(sizes, [0, 0, 0, 0, 1000, 1000]);
+            assert_eq!(sizes(&response), [0, 0, 0, 0, 1000, 1000]);
         });
     }
 
     #[test]
-    fn the_budget_is_shared_in_request_order_as_when_read_one_by_one() {
+    fn a_fetch_reads_at_most_its_budget_and_one_batch_whatever_the_batches() {
         on_executor(|| {
-            // A 2500-byte budget over partitions of 1000 bytes each, whose first batch is
-            // 1200 bytes: the first three fit (the third over its grant, as a first batch
-            // may be), the rest answer offsets only.
-            let request = request(6, 2500, 1000);
-            let grants = std::cell::RefCell::new(Vec::new());
-            let read = |_topic: &str, partition: u32, _offset: i64, max_bytes: u32| {
-                grants.borrow_mut().push(max_bytes);
-                let bytes = if max_bytes == 0 { 0 } else { 1200 };
-                async move { answer(partition, bytes) }
+            // 128 partitions of one 8 MiB batch each, read with a partition max_bytes of
+            // 1 byte and a 64 MiB budget: eight batches come back, and no more than that
+            // (and one batch) may be read, or a window of reads would hold 1 GiB.
+            const BATCH: usize = 8 << 20;
+            let request = request(128, 64 << 20, 1);
+            let read_bytes = Cell::new(0usize);
+            let read = |_topic: &str, partition: u32, _offset: i64, max_bytes: u32, whole| {
+                let answer = answer(partition, &[BATCH], max_bytes, whole);
+                read_bytes.set(read_bytes.get() + answer.records.len());
+                async move { answer }
             };
             let response = futures_lite::future::block_on(read_all_with(&request, read));
-            assert_eq!(*grants.borrow(), [1000, 1000, 500, 0, 0, 0]);
-            let sizes: Vec<usize> = response.topics[0]
-                .partitions
-                .iter()
-                .map(|p| p.records.len())
-                .collect();
-            assert_eq!(sizes, [1200, 1200, 1200, 0, 0, 0]);
+            let sizes = sizes(&response);
+            assert_eq!(sizes.iter().filter(|&&size| size == BATCH).count(), 8);
+            assert_eq!(sizes.iter().sum::<usize>(), 64 << 20);
+            assert!(
+                read_bytes.get() <= (64 << 20) + BATCH,
+                "{} bytes read",
+                read_bytes.get()
+            );
         });
     }
 }

@@ -1,7 +1,7 @@
 use crate::broker::metadata::shard_for;
 use crate::protocol::{
     ErrorCode, MetadataRequest, MetadataResponse, PartitionMetadata, Response, ShardAddress,
-    Status, TopicMetadata,
+    Status, TopicMetadata, quoted,
 };
 use crate::server::shard::Shard;
 
@@ -32,7 +32,7 @@ pub(super) fn handle(shard: &Shard, request: MetadataRequest) -> Response {
             None => TopicMetadata {
                 status: Status::error(
                     ErrorCode::UnknownTopicOrPartition,
-                    format!("topic {name} does not exist"),
+                    format!("topic {} does not exist", quoted(&name)),
                 ),
                 name,
                 partitions: Vec::new(),

@@ -2,7 +2,7 @@ use std::rc::Rc;
 
 use crate::protocol::{
     CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest, ErrorCode, Response, Status,
-    TopicDescription,
+    TopicDescription, quoted,
 };
 use crate::server::shard::Shard;
 use crate::storage::LogConfig;
@@ -30,7 +30,7 @@ pub(super) fn describe(shard: &Shard, request: DescribeTopicsRequest) -> Respons
             None => TopicDescription {
                 status: Status::error(
                     ErrorCode::UnknownTopicOrPartition,
-                    format!("topic {name} does not exist"),
+                    format!("topic {} does not exist", quoted(&name)),
                 ),
                 name,
                 partitions: 0,
