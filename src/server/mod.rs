@@ -39,9 +39,14 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             .listen
             .set_port(free_port_range(config.listen.ip(), config.shards)?);
     }
+    // Every shard works from the absolute path: glommio's directory opens on a shard
+    // thread failed with EBADF for a relative one (`./spate-data`, the default).
+    let given = config.data_dir.clone();
+    let unusable =
+        |error: std::io::Error| format!("cannot use data directory {}: {error}", given.display());
+    config.data_dir = std::path::absolute(&config.data_dir).map_err(unusable)?;
     let data_dir = &config.data_dir;
-    prepare_data_dir(data_dir)
-        .map_err(|error| format!("cannot use data directory {}: {error}", data_dir.display()))?;
+    prepare_data_dir(data_dir).map_err(unusable)?;
     let _lock =
         crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
     let metadata = ClusterMetadata::load(data_dir).map_err(|error| error.to_string())?;

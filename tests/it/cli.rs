@@ -342,3 +342,109 @@ fn broker_describe_shows_each_shard() {
         .unwrap();
     failed(&unreachable, "127.0.0.1:1");
 }
+
+/// The README's walk-through as a newcomer runs it: `spate serve` with its defaults
+/// (shards, and the relative `./spate-data`) in an empty working directory, only the
+/// port chosen by the test, then the documented commands.
+#[test]
+fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
+    struct Serving(std::process::Child);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shards = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let port = crate::server::free_ports(shards + 1);
+    let address = format!("127.0.0.1:{port}");
+    let _serving = Serving(
+        Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["serve", "--listen", &address])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while spate::client::Connection::connect(&address, "probe").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(args)
+            .args(["--broker", &address])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        ok(&child.wait_with_output().unwrap())
+    };
+    run(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "6",
+            "--config",
+            "flush.ms=100",
+        ],
+        "",
+    );
+    assert_eq!(run(&["topic", "list"], ""), "orders\n");
+    assert!(run(&["topic", "describe", "orders"], "").contains("PartitionCount: 6"));
+    let offsets = run(
+        &[
+            "produce",
+            "orders",
+            "--key-separator",
+            ":",
+            "--print-offsets",
+        ],
+        "alice:login\nbob:login\nalice:logout\n",
+    );
+    assert_eq!(offsets.lines().count(), 3, "{offsets}");
+    let consumed = run(
+        &[
+            "consume",
+            "orders",
+            "--from-beginning",
+            "--max-messages",
+            "3",
+            "--format",
+            "%k=%v\n",
+        ],
+        "",
+    );
+    let mut records: Vec<&str> = consumed.lines().collect();
+    records.sort_unstable();
+    assert_eq!(records, ["alice=login", "alice=logout", "bob=login"]);
+    run(
+        &[
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--from-beginning",
+            "--max-messages",
+            "3",
+        ],
+        "",
+    );
+    assert!(run(&["group", "list"], "").contains("billing"));
+    assert!(run(&["group", "describe", "billing"], "").contains("orders"));
+    run(&["group", "delete", "billing"], "");
+    assert!(run(&["broker", "describe"], "").contains(&format!("Shards: {shards}")));
+    run(&["topic", "delete", "orders"], "");
+    assert!(dir.path().join("spate-data").join("metadata.bin").exists());
+}
