@@ -15,7 +15,7 @@ use spate::protocol::{
 };
 
 use crate::server::{Broker, read_partition};
-use crate::support::{LoopMount, batch};
+use crate::support::{LoopMount, batch, budget_overrunning_appends};
 
 fn produce_request(
     topic: &str,
@@ -809,14 +809,8 @@ fn pipelined_produces_keep_their_order_on_a_stalled_disk() {
     let mut broker = Broker::start_in(&mount.mount_point.join("data"), 1, &flags);
     let mut admin = broker.connect();
     admin.create_topic("s", 1, &[]).unwrap();
-    const MIB: usize = 1 << 20;
-    // Eight appends of 7.5 MiB leave under 4 MiB of the budget: the 7 MiB one waits, and
-    // the 1 MiB one behind it would fit in what is free.
-    let mut sizes: Vec<(String, usize)> = (0..8)
-        .map(|index| (format!("fill{index}"), 7 * MIB + MIB / 2))
-        .collect();
-    sizes.push(("large".into(), 7 * MIB));
-    sizes.push(("small".into(), MIB));
+    // The 1 MiB append would fit in what the 7 MiB one before it waits for.
+    let mut sizes = budget_overrunning_appends();
     sizes.push(("last".into(), 100));
 
     let guard = Frozen::freeze(&mount.mount_point);

@@ -1,6 +1,6 @@
 use spate::storage::{Log, LogConfig, StorageError, faults};
 
-use crate::support::{batch_mut, in_temp_dir, read_all, records, run};
+use crate::support::{batch_mut, budget_overrunning_appends, in_temp_dir, read_all, records, run};
 
 #[test]
 fn append_then_read_back_from_cache_and_disk() {
@@ -751,15 +751,8 @@ fn delete_before_past_the_log_end_is_refused_and_changes_nothing() {
 fn appends_waiting_for_the_pending_budget_enter_the_log_in_call_order() {
     in_temp_dir(|path| async move {
         let log = Log::open(&path, LogConfig::default()).await.unwrap();
-        const MIB: usize = 1 << 20;
-        // Eight appends of 7.5 MiB leave a little under 4 MiB of the 64 MiB pending budget;
-        // the next append (7 MiB) must wait, and the one after it (1 MiB) would fit in
-        // what is free, but came later: it must wait its turn.
-        let mut sizes: Vec<(String, usize)> = (0..8)
-            .map(|index| (format!("fill{index}"), 7 * MIB + MIB / 2))
-            .collect();
-        sizes.push(("large".into(), 7 * MIB));
-        sizes.push(("small".into(), MIB));
+        // The 1 MiB append would fit in what the 7 MiB one before it waits for.
+        let sizes = budget_overrunning_appends();
         let started: Vec<_> = sizes
             .iter()
             .map(|(tag, bytes)| {

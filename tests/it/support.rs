@@ -173,3 +173,16 @@ pub fn fill(path: &Path) {
         }
     }
 }
+
+/// Appends (tag, value bytes) that overrun a log's 64 MiB pending-append budget so as to
+/// test its admission order: eight of 7.5 MiB leave a little under 4 MiB free, then one of
+/// 7 MiB must wait, and one of 1 MiB behind it would fit in what is free but came later.
+pub fn budget_overrunning_appends() -> Vec<(String, usize)> {
+    const MIB: usize = 1 << 20;
+    let mut sizes: Vec<(String, usize)> = (0..8)
+        .map(|index| (format!("fill{index}"), 7 * MIB + MIB / 2))
+        .collect();
+    sizes.push(("large".into(), 7 * MIB));
+    sizes.push(("small".into(), MIB));
+    sizes
+}
