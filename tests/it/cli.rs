@@ -9,9 +9,22 @@ use spate::client::partitioner::partition_for_key;
 use crate::server::Broker;
 
 fn spate(broker: &Broker, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+    spate_at(&broker.address(), args, stdin, |_| {})
+}
+
+/// Runs `spate ARGS --broker ADDRESS` with `stdin` as its input, after `configure` has
+/// adjusted the command (its working directory, say).
+fn spate_at(
+    address: &str,
+    args: &[&str],
+    stdin: &str,
+    configure: impl FnOnce(&mut Command),
+) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
+    configure(&mut command);
+    let mut child = command
         .args(args)
-        .args(["--broker", &broker.address()])
+        .args(["--broker", address])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -377,17 +390,9 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(args)
-            .args(["--broker", &address])
-            .current_dir(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        ok(&child.wait_with_output().unwrap())
+        ok(&spate_at(&address, args, stdin, |command| {
+            command.current_dir(dir.path());
+        }))
     };
     run(
         &[
