@@ -267,6 +267,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", &address, "--cpus", &cpu.to_string()])
+            .args(["--kafka-listen", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })

@@ -61,6 +61,10 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 pub const GROUP_MEMBERS_MAX: usize = 1000;
 pub const GROUP_TOPICS_MAX: usize = 1000;
 
+/// Producer ids reserved at a time (`broker::producer_ids`): one durable write per this
+/// many InitProducerId requests; a restart skips what was left of the block.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
 /// Most partition entries one fetch may name.
 pub const FETCH_PARTITIONS_MAX: usize = 1000;
 

@@ -119,6 +119,8 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
             &format!("127.0.0.1:{port}"),
             "--cpus",
             &cpus,
+            "--kafka-listen",
+            "none",
         ])
         .arg("--data-dir")
         .arg(data.path().join("data"))

@@ -199,6 +199,8 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
             "1",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--kafka-listen",
+            "none",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -2,6 +2,7 @@
 //! partition-to-shard table, and how storage failures are reported to clients.
 
 pub mod metadata;
+pub mod producer_ids;
 
 use crate::protocol::{ErrorCode, Status};
 use crate::storage::StorageError;

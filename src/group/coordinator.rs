@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::sync::Semaphore;
 
@@ -75,14 +76,111 @@ impl State {
     }
 }
 
-type JoinReply = oneshot::Sender<Result<JoinGroupResponse, Status>>;
+/// The protocol type Spate's native members take part in (Kafka's consumer protocol type).
+pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
+
+/// A group request, from either door.
+pub enum GroupCall {
+    Native(Request),
+    /// A Kafka member's join. `request.topics` are the topics its subscription names
+    /// (empty if its metadata is not Kafka's consumer protocol) and `request.assignors`
+    /// its protocol names.
+    KafkaJoin {
+        request: JoinGroupRequest,
+        protocol_type: String,
+        /// (protocol name, opaque metadata), preferred first.
+        protocols: Vec<(String, Bytes)>,
+    },
+    /// A Kafka member's sync; the leader's carries every member's assignment.
+    KafkaSync {
+        request: SyncGroupRequest,
+        assignments: Vec<ClientAssignment>,
+    },
+    /// What Kafka's DescribeGroups tells about a group.
+    KafkaDescribe { group_id: String },
+}
+
+impl GroupCall {
+    pub fn group_id(&self) -> &str {
+        match self {
+            GroupCall::Native(request) => request
+                .group_id()
+                .expect("only group requests reach the coordinator"),
+            GroupCall::KafkaJoin { request, .. } => &request.group_id,
+            GroupCall::KafkaSync { request, .. } => &request.group_id,
+            GroupCall::KafkaDescribe { group_id } => group_id,
+        }
+    }
+}
+
+pub enum GroupAnswer {
+    Native(Response),
+    Joined(Result<Joined, Status>),
+    /// The member's assignment: the leader's bytes for a Kafka member.
+    Synced(Result<Bytes, Status>),
+    Described(Result<KafkaGroup, Status>),
+}
+
+/// One member's assignment as a Kafka group leader sent it: opaque bytes, and the
+/// partitions they name when they are Kafka's consumer protocol.
+#[derive(Debug, Clone)]
+pub struct ClientAssignment {
+    pub member_id: String,
+    pub bytes: Bytes,
+    pub partitions: Option<BTreeMap<String, Vec<u32>>>,
+}
+
+/// A member's subscription as the group leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberMetadata {
+    /// A Kafka member's metadata for the chosen protocol, as it sent it.
+    Kafka(Bytes),
+    /// A native member: its topics (the Kafka door encodes them as a subscription).
+    Native { topics: Vec<String> },
+}
+
+/// A completed join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub response: JoinGroupResponse,
+    pub protocol_type: String,
+    /// Every member's subscription, for a Kafka leader that assigns the partitions;
+    /// empty for everyone else.
+    pub members: Vec<(String, MemberMetadata)>,
+}
+
+/// What Kafka's DescribeGroups answers.
+#[derive(Debug, Clone)]
+pub struct KafkaGroup {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<KafkaGroupMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaGroupMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub metadata: MemberMetadata,
+    /// Bytes a Kafka leader assigned, or the partitions the coordinator assigned.
+    pub assignment: Result<Bytes, Vec<TopicPartitions>>,
+}
+
+type JoinReply = oneshot::Sender<Result<Joined, Status>>;
 
 struct Member {
     client_id: String,
     session_timeout: Duration,
     rebalance_timeout: Duration,
     topics: Vec<String>,
-    assignors: Vec<Strategy>,
+    /// Protocol names the member accepts, preferred first: all a Kafka member sent, a
+    /// native member's assignors.
+    protocols: Vec<String>,
+    /// A Kafka member's metadata per protocol; `None` for a native member.
+    kafka: Option<Vec<(String, Bytes)>>,
+    /// The bytes a Kafka leader assigned this member in the current generation.
+    assigned_bytes: Option<Bytes>,
     /// The last time the member was heard from (a request, or a held heartbeat answered).
     last_seen: Instant,
     /// Heartbeats of this member the coordinator is holding: the member is alive.
@@ -97,6 +195,19 @@ struct Group {
     state: State,
     generation: i32,
     strategy: Option<Strategy>,
+    /// The protocol type of its members ("consumer" for Spate's own) and the protocol
+    /// chosen for the generation.
+    protocol_type: String,
+    protocol: String,
+    /// The generation's partitions are assigned by a Kafka leader, not the coordinator
+    /// (whenever a Kafka member is in the group).
+    client_assigned: bool,
+    /// The generation's assignment is known (the coordinator's, or the leader's sync).
+    assignments_ready: bool,
+    /// The assignment names partitions the coordinator can read (to refuse commits for
+    /// partitions a member does not hold); false when a Kafka leader's bytes are not
+    /// Kafka's consumer protocol.
+    assignment_known: bool,
     leader: String,
     /// By member id: assignors see members in id order.
     members: BTreeMap<String, Member>,
@@ -116,6 +227,11 @@ impl Group {
             state: State::Empty,
             generation: 0,
             strategy: None,
+            protocol_type: String::new(),
+            protocol: String::new(),
+            client_assigned: false,
+            assignments_ready: false,
+            assignment_known: true,
             leader: String::new(),
             members: BTreeMap::new(),
             offsets: GroupOffsets::new(),
@@ -132,6 +248,9 @@ impl Group {
     }
 
     fn owns(&self, member_id: &str, topic: &str, partition: u32) -> bool {
+        if !self.assignment_known {
+            return self.members.contains_key(member_id);
+        }
         self.members.get(member_id).is_some_and(|member| {
             member
                 .assignment
@@ -319,7 +438,42 @@ impl Coordinator {
         }
     }
 
-    /// Serves one group request (other than ListGroups, which spans the shards).
+    /// Serves one group call of either door (other than ListGroups, which spans the
+    /// shards).
+    pub async fn call(self: &Rc<Self>, call: GroupCall, stopping: &Latch) -> GroupAnswer {
+        if let Err(status) = check_name("group id", call.group_id(), false) {
+            return match call {
+                GroupCall::Native(_) => GroupAnswer::Native(Response::Failed(status)),
+                GroupCall::KafkaJoin { .. } => GroupAnswer::Joined(Err(status)),
+                GroupCall::KafkaSync { .. } => GroupAnswer::Synced(Err(status)),
+                GroupCall::KafkaDescribe { .. } => GroupAnswer::Described(Err(status)),
+            };
+        }
+        match call {
+            GroupCall::Native(request) => GroupAnswer::Native(self.handle(request, stopping).await),
+            GroupCall::KafkaJoin {
+                request,
+                protocol_type,
+                protocols,
+            } => GroupAnswer::Joined(
+                self.join(request, Some((protocol_type, protocols)), stopping)
+                    .await,
+            ),
+            GroupCall::KafkaSync {
+                request,
+                assignments,
+            } => GroupAnswer::Synced(
+                self.sync(request, Some(assignments), stopping)
+                    .await
+                    .map(|(_, bytes)| bytes.unwrap_or_default()),
+            ),
+            GroupCall::KafkaDescribe { group_id } => {
+                GroupAnswer::Described(self.describe_kafka(&group_id))
+            }
+        }
+    }
+
+    /// Serves one native group request (other than ListGroups, which spans the shards).
     pub async fn handle(self: &Rc<Self>, request: Request, stopping: &Latch) -> Response {
         let group_id = request
             .group_id()
@@ -331,8 +485,14 @@ impl Coordinator {
         // commit or deletion opens (creating) its own, so a refused or read-only request
         // creates nothing.
         let outcome = match request {
-            Request::JoinGroup(request) => self.join(request, stopping).await,
-            Request::SyncGroup(request) => self.sync(request),
+            Request::JoinGroup(request) => self
+                .join(request, None, stopping)
+                .await
+                .map(|joined| Response::JoinGroup(joined.response)),
+            Request::SyncGroup(request) => self
+                .sync(request, None, stopping)
+                .await
+                .map(|(assignment, _)| Response::SyncGroup(assignment)),
             Request::Heartbeat(request) => self.heartbeat(request, stopping).await,
             Request::LeaveGroup(request) => self.leave(request),
             Request::OffsetCommit(request) => self.commit(request).await,
@@ -346,11 +506,14 @@ impl Coordinator {
 
     // ---- membership ---------------------------------------------------------------------
 
+    /// A member joins (or rejoins) and waits for the rebalance to complete. `kafka` is a
+    /// Kafka member's protocol type and protocols.
     async fn join(
         self: &Rc<Self>,
         request: JoinGroupRequest,
+        kafka: Option<(String, Vec<(String, Bytes)>)>,
         stopping: &Latch,
-    ) -> Result<Response, Status> {
+    ) -> Result<Joined, Status> {
         check_name("member id", &request.member_id, true)?;
         check_name("client id", &request.client_id, true)?;
         let (min, max) = (
@@ -366,7 +529,8 @@ impl Coordinator {
                 ),
             ));
         }
-        if request.topics.is_empty() || request.topics.len() > GROUP_TOPICS_MAX {
+        let topics_min = usize::from(kafka.is_none());
+        if request.topics.len() < topics_min || request.topics.len() > GROUP_TOPICS_MAX {
             return Err(Status::error(
                 ErrorCode::InvalidRequest,
                 format!(
@@ -383,7 +547,23 @@ impl Coordinator {
             .iter()
             .filter_map(|name| Strategy::parse(name))
             .collect();
-        if assignors.is_empty() {
+        let (protocol_type, protocols, kafka) = match kafka {
+            Some((protocol_type, protocols)) => {
+                if protocols.is_empty() {
+                    return Err(Status::error(
+                        ErrorCode::InconsistentGroupProtocol,
+                        "a Kafka member must name at least one protocol",
+                    ));
+                }
+                let names: Vec<String> = protocols.iter().map(|(name, _)| name.clone()).collect();
+                (protocol_type, names, Some(protocols))
+            }
+            None => {
+                let names = assignors.iter().map(|strategy| strategy.name().to_string());
+                (CONSUMER_PROTOCOL_TYPE.to_string(), names.collect(), None)
+            }
+        };
+        if assignors.is_empty() && kafka.is_none() {
             return Err(Status::error(
                 ErrorCode::InconsistentGroupProtocol,
                 format!(
@@ -421,23 +601,42 @@ impl Coordinator {
                     ),
                 ));
             }
-            let common = Strategy::ALL.into_iter().any(|strategy| {
-                assignors.contains(&strategy)
-                    && group
-                        .members
-                        .iter()
-                        .filter(|(id, _)| **id != request.member_id)
-                        .all(|(_, member)| member.assignors.contains(&strategy))
-            });
-            if !common {
+            let others = || {
+                group
+                    .members
+                    .iter()
+                    .filter(|(id, _)| **id != request.member_id)
+                    .map(|(_, member)| member)
+            };
+            if others().next().is_some() && group.protocol_type != protocol_type {
                 return Err(Status::error(
                     ErrorCode::InconsistentGroupProtocol,
                     format!(
-                        "group {} uses assignors that {:?} does not include",
-                        request.group_id, request.assignors
+                        "group {} has members of protocol type {:?}, not {protocol_type:?}",
+                        request.group_id, group.protocol_type
                     ),
                 ));
             }
+            let common = protocols
+                .iter()
+                .any(|name| others().all(|member| member.protocols.contains(name)));
+            if !common {
+                let native = others().any(|member| member.kafka.is_none());
+                return Err(Status::error(
+                    ErrorCode::InconsistentGroupProtocol,
+                    format!(
+                        "group {} uses assignors that {:?} does not include{}",
+                        request.group_id,
+                        protocols,
+                        if native {
+                            " (its Spate members accept range, roundrobin and sticky)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            group.protocol_type = protocol_type;
             let member_id = if known {
                 request.member_id.clone()
             } else {
@@ -457,7 +656,9 @@ impl Coordinator {
                         .into(),
                 ),
                 topics: request.topics.clone(),
-                assignors,
+                protocols,
+                kafka,
+                assigned_bytes: None,
                 last_seen: now,
                 held: previous.as_ref().map_or(0, |member| member.held),
                 join: Some(reply),
@@ -477,7 +678,7 @@ impl Coordinator {
         })
         .await;
         match answer {
-            Some(Ok(response)) => Ok(Response::JoinGroup(response)),
+            Some(Ok(joined)) => Ok(joined),
             Some(Err(status)) => Err(status),
             None if stopping.is_set() || self.closed.get() => Err(Status::error(
                 ErrorCode::ShuttingDown,
@@ -538,57 +739,89 @@ impl Coordinator {
         if group.members.is_empty() {
             group.state = State::Empty;
             group.strategy = None;
+            group.protocol.clear();
+            group.protocol_type.clear();
+            group.client_assigned = false;
             group.leader.clear();
             group.assigned_for.clear();
             group.changed.notify_all();
             return;
         }
-        if !group.members.contains_key(&group.leader) {
-            group.leader = group.members.keys().next().expect("not empty").clone();
+        let client_assigned = group.members.values().any(|member| member.kafka.is_some());
+        // A Kafka leader assigns when Kafka members are present: the leader must be one.
+        let leader_fits = |member: &Member| !client_assigned || member.kafka.is_some();
+        if !group.members.get(&group.leader).is_some_and(leader_fits) {
+            group.leader = group
+                .members
+                .iter()
+                .find(|(_, member)| leader_fits(member))
+                .map(|(id, _)| id.clone())
+                .expect("not empty, and a Kafka member when one is needed");
         }
-        let leader = &group.members[&group.leader];
-        let strategy = leader
-            .assignors
-            .iter()
-            .copied()
-            .find(|strategy| {
-                group
-                    .members
-                    .values()
-                    .all(|member| member.assignors.contains(strategy))
-            })
-            .expect("joins are refused unless every member shares a strategy");
+        let protocol = choose_protocol(group);
         let partitions = self.subscribed_partitions(group);
-        let previous: Assignment = group
-            .members
-            .iter()
-            .map(|(id, member)| (id.clone(), member.assignment.clone()))
-            .collect();
-        let subscriptions: Vec<Subscription<'_>> = group
-            .members
-            .iter()
-            .map(|(id, member)| Subscription {
-                member_id: id,
-                topics: &member.topics,
-            })
-            .collect();
-        let mut assignment = assignor::assign(strategy, &subscriptions, &partitions, &previous);
-        group.strategy = Some(strategy);
-        group.assigned_for = partitions;
+        group.assigned_for = partitions.clone();
         group.state = State::CompletingRebalance;
+        group.protocol = protocol.clone();
+        group.client_assigned = client_assigned;
+        let mut assignment = if client_assigned {
+            group.strategy = Strategy::parse(&protocol);
+            group.assignments_ready = false;
+            group.assignment_known = true;
+            Assignment::new()
+        } else {
+            let strategy = Strategy::parse(&protocol).expect("native members name known strategies");
+            let previous: Assignment = group
+                .members
+                .iter()
+                .map(|(id, member)| (id.clone(), member.assignment.clone()))
+                .collect();
+            let subscriptions: Vec<Subscription<'_>> = group
+                .members
+                .iter()
+                .map(|(id, member)| Subscription {
+                    member_id: id,
+                    topics: &member.topics,
+                })
+                .collect();
+            group.strategy = Some(strategy);
+            group.assignments_ready = true;
+            group.assignment_known = true;
+            assignor::assign(strategy, &subscriptions, &partitions, &previous)
+        };
+        // The leader of a Kafka-assigned generation learns every member's subscription.
+        let subscriptions: Vec<(String, MemberMetadata)> = if client_assigned {
+            group
+                .members
+                .iter()
+                .map(|(id, member)| (id.clone(), member_metadata(member, &protocol)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let now = Instant::now();
         let members = group.members.len() as u32;
         for (id, member) in group.members.iter_mut() {
             member.assignment = assignment.remove(id).unwrap_or_default();
+            member.assigned_bytes = None;
             member.synced = false;
             member.last_seen = now;
             if let Some(reply) = member.join.take() {
-                let _ = reply.send(Ok(JoinGroupResponse {
-                    generation: group.generation,
-                    member_id: id.clone(),
-                    leader_id: group.leader.clone(),
-                    assignor: strategy.name().to_string(),
-                    members,
+                let is_leader = *id == group.leader;
+                let _ = reply.send(Ok(Joined {
+                    response: JoinGroupResponse {
+                        generation: group.generation,
+                        member_id: id.clone(),
+                        leader_id: group.leader.clone(),
+                        assignor: protocol.clone(),
+                        members,
+                    },
+                    protocol_type: group.protocol_type.clone(),
+                    members: if is_leader {
+                        subscriptions.clone()
+                    } else {
+                        Vec::new()
+                    },
                 }));
             }
         }
@@ -596,7 +829,8 @@ impl Coordinator {
             group = group_id,
             generation = group.generation,
             members,
-            strategy = strategy.name(),
+            protocol,
+            client_assigned,
             "rebalance complete"
         );
         group.changed.notify_all();
@@ -643,11 +877,79 @@ impl Coordinator {
         Ok(())
     }
 
-    fn sync(&self, request: SyncGroupRequest) -> Result<Response, Status> {
+    /// A member collects its assignment. In a generation a Kafka leader assigns, the
+    /// leader's sync brings every member's assignment and the others wait for it.
+    async fn sync(
+        &self,
+        request: SyncGroupRequest,
+        assignments: Option<Vec<ClientAssignment>>,
+        stopping: &Latch,
+    ) -> Result<(Vec<TopicPartitions>, Option<Bytes>), Status> {
+        let (round, changed) = {
+            let mut groups = self.groups.borrow_mut();
+            let group = groups.get_mut(&request.group_id);
+            if let Some(group) = &group
+                && group.state == State::PreparingRebalance
+                && group.members.contains_key(&request.member_id)
+            {
+                return Err(rebalancing(&request.group_id));
+            }
+            Self::check_member(
+                &request.group_id,
+                group.as_deref(),
+                &request.member_id,
+                request.generation,
+            )?;
+            let group = group.expect("checked");
+            group.members.get_mut(&request.member_id).expect("checked").last_seen =
+                Instant::now();
+            if group.client_assigned
+                && !group.assignments_ready
+                && request.member_id == group.leader
+                && let Some(assignments) = assignments
+            {
+                let mut by_member: HashMap<String, ClientAssignment> = assignments
+                    .into_iter()
+                    .map(|assignment| (assignment.member_id.clone(), assignment))
+                    .collect();
+                let mut known = true;
+                for (id, member) in group.members.iter_mut() {
+                    let given = by_member.remove(id);
+                    known &= given.as_ref().is_none_or(|given| given.partitions.is_some());
+                    member.assignment = given
+                        .as_ref()
+                        .and_then(|given| given.partitions.clone())
+                        .unwrap_or_default();
+                    member.assigned_bytes = Some(given.map(|given| given.bytes).unwrap_or_default());
+                }
+                group.assignment_known = known;
+                group.assignments_ready = true;
+                group.changed.notify_all();
+            }
+            (group.round, group.changed.clone())
+        };
+        // Wait for the leader's assignment (at once when it is known).
+        let ready = || {
+            let groups = self.groups.borrow();
+            let group = groups.get(&request.group_id);
+            let current = group.is_some_and(|group| {
+                group.round == round
+                    && group.generation == request.generation
+                    && group.members.contains_key(&request.member_id)
+            });
+            !current || group.is_some_and(|group| group.assignments_ready) || self.closed.get()
+        };
+        futures_lite::future::or(changed.wait_until(ready), stopping.wait()).await;
+        if self.closed.get() || stopping.is_set() {
+            return Err(Status::error(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down",
+            ));
+        }
         let mut groups = self.groups.borrow_mut();
         let group = groups.get_mut(&request.group_id);
         if let Some(group) = &group
-            && group.state == State::PreparingRebalance
+            && group.round != round
             && group.members.contains_key(&request.member_id)
         {
             return Err(rebalancing(&request.group_id));
@@ -662,11 +964,14 @@ impl Coordinator {
         let member = group.members.get_mut(&request.member_id).expect("checked");
         member.synced = true;
         member.last_seen = Instant::now();
-        let assignment = to_topic_partitions(&member.assignment);
+        let answer = (
+            to_topic_partitions(&member.assignment),
+            member.assigned_bytes.clone(),
+        );
         if group.members.values().all(|member| member.synced) {
             group.state = State::Stable;
         }
-        Ok(Response::SyncGroup(assignment))
+        Ok(answer)
     }
 
     async fn heartbeat(
@@ -1165,7 +1470,7 @@ impl Coordinator {
             group_id: request.group_id.clone(),
             state: group.state.name().to_string(),
             generation: group.generation,
-            assignor: group.strategy.map(Strategy::name).unwrap_or("").to_string(),
+            assignor: group.protocol.clone(),
             leader_id: group.leader.clone(),
             members: group
                 .members
@@ -1179,6 +1484,34 @@ impl Coordinator {
                 })
                 .collect(),
         }))
+    }
+
+    /// A group as Kafka's DescribeGroups shows it. A group that has only committed
+    /// offsets is described as `Empty` with no members, as Kafka does.
+    fn describe_kafka(&self, group_id: &str) -> Result<KafkaGroup, Status> {
+        let groups = self.groups.borrow();
+        let group = groups
+            .get(group_id)
+            .filter(|group| !group.is_dead())
+            .ok_or_else(|| unknown_group(group_id))?;
+        Ok(KafkaGroup {
+            state: group.state.name(),
+            protocol_type: group.protocol_type.clone(),
+            protocol: group.protocol.clone(),
+            members: group
+                .members
+                .iter()
+                .map(|(id, member)| KafkaGroupMember {
+                    member_id: id.clone(),
+                    client_id: member.client_id.clone(),
+                    metadata: member_metadata(member, &group.protocol),
+                    assignment: match &member.assigned_bytes {
+                        Some(bytes) => Ok(bytes.clone()),
+                        None => Err(to_topic_partitions(&member.assignment)),
+                    },
+                })
+                .collect(),
+        })
     }
 
     async fn delete(&self, request: GroupIdRequest) -> Result<Response, Status> {
@@ -1219,6 +1552,43 @@ impl Coordinator {
             }
         }
         Ok(Response::DeleteGroup)
+    }
+}
+
+/// The protocol of a generation, chosen as Kafka chooses it: among the protocols every
+/// member accepts, the one most members prefer most (ties: the leader's preference).
+fn choose_protocol(group: &Group) -> String {
+    let shared = |name: &String| group.members.values().all(|member| member.protocols.contains(name));
+    let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+    for member in group.members.values() {
+        if let Some(name) = member.protocols.iter().find(|name| shared(name)) {
+            *votes.entry(name.as_str()).or_default() += 1;
+        }
+    }
+    let leader = &group.members[&group.leader];
+    let most = votes.values().copied().max().unwrap_or(0);
+    leader
+        .protocols
+        .iter()
+        .find(|name| shared(name) && votes.get(name.as_str()) == Some(&most))
+        .or_else(|| leader.protocols.iter().find(|name| shared(name)))
+        .expect("joins are refused unless every member shares a protocol")
+        .clone()
+}
+
+/// A member's subscription under `protocol`, as its group's leader sees it.
+fn member_metadata(member: &Member, protocol: &str) -> MemberMetadata {
+    match &member.kafka {
+        Some(protocols) => MemberMetadata::Kafka(
+            protocols
+                .iter()
+                .find(|(name, _)| name == protocol)
+                .map(|(_, metadata)| metadata.clone())
+                .unwrap_or_default(),
+        ),
+        None => MemberMetadata::Native {
+            topics: member.topics.clone(),
+        },
     }
 }
 

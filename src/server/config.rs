@@ -13,10 +13,18 @@ pub struct ServerConfig {
     /// The address every shard accepts on (SO_REUSEPORT spreads connections); shard `i`
     /// also accepts on port `listen.port() + 1 + i`, which metadata advertises.
     pub listen: SocketAddr,
+    /// Where Kafka clients connect (every shard accepts there); shard `i` also accepts
+    /// Kafka connections on `port + 1 + i`, which Kafka metadata advertises as broker `i`.
+    /// `None`: no Kafka listener.
+    pub kafka_listen: Option<SocketAddr>,
+    /// The host Kafka metadata tells clients to connect to; `None`: the Kafka listener's
+    /// address, or this machine's host name when that address is unspecified (0.0.0.0).
+    pub kafka_advertised_host: Option<String>,
     pub shards: usize,
     /// Cores to pin shards to, one per shard; `None` spreads them over all cores.
     pub cpus: Option<Vec<usize>>,
-    /// Create a topic on its first produce (off by default, as in Kafka's recommendation).
+    /// Create a topic on its first use: a produce, or a Kafka metadata request that asks
+    /// for it (on by default, as Kafka's `auto.create.topics.enable`).
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic.
     pub default_partitions: u32,
@@ -54,9 +62,11 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("./spate-data"),
             listen: "127.0.0.1:7070".parse().expect("a valid address"),
+            kafka_listen: Some("127.0.0.1:9092".parse().expect("a valid address")),
+            kafka_advertised_host: None,
             shards: std::thread::available_parallelism().map_or(1, |count| count.get()),
             cpus: None,
-            auto_create_topics: false,
+            auto_create_topics: true,
             default_partitions: 1,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max_per_shard: 1024,
@@ -87,6 +97,15 @@ pub struct Settings {
     #[arg(long, value_parser = parse_listen)]
     #[serde(default, deserialize_with = "listen_from_text")]
     pub listen: Option<SocketAddr>,
+    /// Address Kafka clients connect to, or `none`; shard i also listens on port+1+i
+    /// [default: 127.0.0.1:9092].
+    #[arg(long, value_parser = parse_kafka_listen)]
+    #[serde(default, deserialize_with = "kafka_listen_from_text")]
+    pub kafka_listen: Option<KafkaListen>,
+    /// Host name Kafka clients are told to connect to [default: the Kafka listener's
+    /// address, or the host name if that is 0.0.0.0].
+    #[arg(long)]
+    pub kafka_advertised_host: Option<String>,
     /// Number of shards, one pinned core each [default: one per core].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -94,7 +113,7 @@ pub struct Settings {
     #[arg(long, value_parser = parse_core_list)]
     #[serde(default, deserialize_with = "cpus_from_text")]
     pub cpus: Option<CoreList>,
-    /// Create a topic on its first produce [default: false].
+    /// Create a topic on its first produce or Kafka metadata request [default: true].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub auto_create_topics: Option<bool>,
     /// Partitions of an auto-created topic [default: 1].
@@ -179,6 +198,12 @@ impl Settings {
         }
         set(&mut config.data_dir, self.data_dir);
         set(&mut config.listen, self.listen);
+        if let Some(KafkaListen(address)) = self.kafka_listen {
+            config.kafka_listen = address;
+        }
+        if let Some(host) = self.kafka_advertised_host {
+            config.kafka_advertised_host = Some(host);
+        }
         set(&mut config.shards, self.shards);
         if let Some(CoreList(cpus)) = self.cpus {
             config.shards = self.shards.unwrap_or(cpus.len());
@@ -261,6 +286,39 @@ impl ServerConfig {
                 self.shards
             ));
         }
+        if let Some(kafka) = self.kafka_listen {
+            if kafka.port() != 0
+                && usize::from(kafka.port()) + self.shards > usize::from(u16::MAX)
+            {
+                return Err(format!(
+                    "--kafka-listen port {} leaves no room for {} shard ports after it",
+                    kafka.port(),
+                    self.shards
+                ));
+            }
+            let ports = |base: u16| base..=base.saturating_add(self.shards as u16);
+            let (native, kafka_ports) = (ports(self.listen.port()), ports(kafka.port()));
+            if self.listen.port() != 0
+                && kafka.port() != 0
+                && native.start() <= kafka_ports.end()
+                && kafka_ports.start() <= native.end()
+            {
+                return Err(format!(
+                    "--listen ports {}-{} and --kafka-listen ports {}-{} overlap: each needs one port and one per shard after it",
+                    native.start(),
+                    native.end(),
+                    kafka_ports.start(),
+                    kafka_ports.end()
+                ));
+            }
+        }
+        if let Some(host) = &self.kafka_advertised_host
+            && (host.is_empty() || host.len() > 255 || host.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "--kafka-advertised-host {host:?} is not a host name or address"
+            ));
+        }
         if self.frame_bytes_max < 1024 {
             return Err("frame-bytes-max must be at least 1024".to_string());
         }
@@ -300,6 +358,55 @@ impl ServerConfig {
     pub fn shard_port(&self, shard: usize) -> u16 {
         self.listen.port() + 1 + shard as u16
     }
+
+    /// Port of shard `shard`'s own Kafka listener (advertised as Kafka broker `shard`).
+    pub fn kafka_shard_port(&self, shard: usize) -> Option<u16> {
+        self.kafka_listen
+            .map(|address| address.port() + 1 + shard as u16)
+    }
+
+    /// The host Kafka metadata advertises.
+    pub fn kafka_host(&self) -> String {
+        if let Some(host) = &self.kafka_advertised_host {
+            return host.clone();
+        }
+        match self.kafka_listen {
+            Some(address) if !address.ip().is_unspecified() => address.ip().to_string(),
+            _ => host_name().unwrap_or_else(|| "localhost".to_string()),
+        }
+    }
+}
+
+/// This machine's host name.
+fn host_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let done = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let end = buffer.iter().position(|&byte| byte == 0)?;
+    done.then(|| String::from_utf8_lossy(&buffer[..end]).into_owned())
+        .filter(|name| !name.is_empty())
+}
+
+/// `--kafka-listen`: an address, or `none` (no Kafka listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaListen(pub Option<SocketAddr>);
+
+pub fn parse_kafka_listen(value: &str) -> Result<KafkaListen, String> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(KafkaListen(None));
+    }
+    value.parse().map(|address| KafkaListen(Some(address))).map_err(|_| {
+        format!("invalid Kafka listen address {value:?}: expected HOST:PORT (e.g. 127.0.0.1:9092) or none")
+    })
+}
+
+fn kafka_listen_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<KafkaListen>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_kafka_listen(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn core_count() -> usize {

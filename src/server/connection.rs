@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_channel::oneshot;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -40,7 +41,72 @@ struct Answer {
     held: Rc<StaticPermit>,
 }
 
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Which protocol a connection speaks. Both frame requests the same way (a 4-byte
+/// big-endian length, then the request); they differ in headers, bodies and in the order
+/// of answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Door {
+    /// Spate's own protocol: answers go out as they are ready (clients match them by
+    /// correlation id).
+    Native,
+    /// Kafka's protocol: answers go out in request order, as Kafka clients require.
+    Kafka,
+}
+
+/// What the writer receives: an answer ready now, or (Kafka) the place in the answer
+/// order of a request still being worked on; a request that owes no answer (acks=0)
+/// drops its sender.
+enum Slot {
+    Ready(Answer),
+    Awaiting(oneshot::Receiver<Answer>),
+}
+
+/// A decoded request of either protocol.
+pub(crate) enum Work {
+    Native(crate::protocol::Request),
+    Kafka(super::kafka::KafkaWork),
+}
+
+/// What the reader makes of one frame.
+pub(crate) struct Decoded {
+    pub correlation_id: u32,
+    /// The request, or the answer for one that cannot be served (unknown kind,
+    /// unsupported version, malformed body).
+    pub work: Result<Work, Outgoing>,
+    /// Its share of the connection's byte budget (see `handlers::weigh`).
+    pub weight: usize,
+}
+
+/// Splits the request header off a frame and decodes the request; `Err` names why the
+/// connection must close instead.
+fn decode_frame(door: Door, frame: Bytes, bytes_max: usize) -> Result<Decoded, String> {
+    match door {
+        Door::Native => {
+            let frame_bytes = frame.len();
+            let (header, body) = decode_request_header(frame)
+                .map_err(|error| format!("truncated request header: {error}"))?;
+            let correlation_id = header.correlation_id;
+            Ok(match handlers::decode(&header, body) {
+                Ok((mut request, entries)) => {
+                    let weight = handlers::weigh(&mut request, frame_bytes, entries, bytes_max);
+                    Decoded {
+                        correlation_id,
+                        work: Ok(Work::Native(request)),
+                        weight,
+                    }
+                }
+                Err(failure) => Decoded {
+                    correlation_id,
+                    work: Err(failure),
+                    weight: frame_bytes.min(bytes_max),
+                },
+            })
+        }
+        Door::Kafka => super::kafka::decode(frame, bytes_max),
+    }
+}
+
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
     let peer = stream
         .peer_addr()
         .map(|address| address.to_string())
@@ -54,7 +120,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // polls) answer with what they have.
     let closed = Rc::new(Latch::default());
     let in_flight_max = shard.config.in_flight_max_per_connection;
-    let (answers, pending) = local_channel::new_bounded::<Answer>(in_flight_max);
+    let (answers, pending) = local_channel::new_bounded::<Slot>(in_flight_max);
     let writer_task = glommio::spawn_local({
         let closed = closed.clone();
         let peer = peer.clone();
@@ -64,14 +130,32 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 // Take every answer already waiting, so small ones leave in one send.
                 let mut next = Some(first);
                 let mut close = false;
-                while let Some(answer) = next.take() {
-                    if matches!(answer.outgoing, Outgoing::Close) {
-                        close = true;
-                        break;
-                    }
-                    if let Err(error) = out.add(&mut writer, answer).await {
-                        tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
-                        break 'writing;
+                while let Some(slot) = next.take() {
+                    let answer = match slot {
+                        Slot::Ready(answer) => Some(answer),
+                        Slot::Awaiting(mut later) => {
+                            match futures_lite::future::poll_once(&mut later).await {
+                                Some(answer) => answer.ok(),
+                                None => {
+                                    // What is ready goes out before waiting on the rest.
+                                    if let Err(error) = out.flush(&mut writer).await {
+                                        tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
+                                        break 'writing;
+                                    }
+                                    later.await.ok()
+                                }
+                            }
+                        }
+                    };
+                    if let Some(answer) = answer {
+                        if matches!(answer.outgoing, Outgoing::Close) {
+                            close = true;
+                            break;
+                        }
+                        if let Err(error) = out.add(&mut writer, answer).await {
+                            tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
+                            break 'writing;
+                        }
                     }
                     if out.buffered() < COALESCE_BYTES {
                         next = futures_lite::future::poll_once(pending.recv())
@@ -132,20 +216,16 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 }
             };
             let frame_bytes = frame.len();
-            let (header, body) = match decode_request_header(frame) {
-                Ok(parts) => parts,
-                Err(error) => {
-                    tracing::warn!(%peer, %error, "closing the connection: truncated request header");
+            let Decoded {
+                correlation_id,
+                work,
+                weight,
+            } = match decode_frame(door, frame, bytes_max) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    tracing::warn!(%peer, ?door, %reason, "closing the connection");
                     break 'connection;
                 }
-            };
-            let correlation_id = header.correlation_id;
-            let (request, weight) = match handlers::decode(&header, body) {
-                Ok((mut request, entries)) => {
-                    let weight = handlers::weigh(&mut request, frame_bytes, entries, bytes_max);
-                    (Ok(request), weight)
-                }
-                Err(failure) => (Err(failure), frame_bytes.min(bytes_max)),
             };
             // Stop reading while too many requests of this connection, or too many of
             // their bytes, are in flight.
@@ -177,14 +257,38 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 held: Rc::new(held),
                 budget: in_flight_bytes.clone(),
             };
+            // Kafka answers in request order: the writer gets this request's place now.
+            let place = match door {
+                Door::Native => None,
+                Door::Kafka => {
+                    let (place, later) = oneshot::channel();
+                    if answers.send(Slot::Awaiting(later)).await.is_err() {
+                        break 'connection;
+                    }
+                    Some(place)
+                }
+            };
             glommio::spawn_local(async move {
-                let outgoing = match request {
-                    Ok(request) => handlers::handle(shard, request, &exchange).await,
+                let outgoing = match work {
+                    Ok(Work::Native(request)) => handlers::handle(shard, request, &exchange).await,
+                    Ok(Work::Kafka(request)) => {
+                        super::kafka::handle(shard, request, &exchange).await
+                    }
                     Err(failure) => Some(failure),
                 };
                 if let Some(outgoing) = outgoing {
-                    let held = exchange.held;
-                    let _ = answers.send(Answer { outgoing, held }).await;
+                    let answer = Answer {
+                        outgoing,
+                        held: exchange.held,
+                    };
+                    match place {
+                        Some(place) => {
+                            let _ = place.send(answer);
+                        }
+                        None => {
+                            let _ = answers.send(Slot::Ready(answer)).await;
+                        }
+                    }
                 }
                 drop(permit);
             })

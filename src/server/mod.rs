@@ -5,6 +5,7 @@
 mod config;
 mod connection;
 mod handlers;
+mod kafka;
 mod probe;
 mod shard;
 
@@ -18,6 +19,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 pub use config::{CoreList, ServerConfig, Settings, parse_cpus, parse_listen};
+use connection::Door;
 use shard::{Shard, ShardMessage};
 
 use crate::broker::metadata::ClusterMetadata;
@@ -39,6 +41,11 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             .listen
             .set_port(free_port_range(config.listen.ip(), config.shards)?);
     }
+    if let Some(kafka) = &mut config.kafka_listen
+        && kafka.port() == 0
+    {
+        kafka.set_port(free_port_range(kafka.ip(), config.shards)?);
+    }
     // Every shard works from the absolute path: glommio's directory opens on a shard
     // thread failed with EBADF for a relative one (`./spate-data`, the default).
     let given = config.data_dir.clone();
@@ -50,13 +57,11 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     let _lock =
         crate::storage::DirectoryLock::acquire(data_dir).map_err(|error| error.to_string())?;
     let metadata = ClusterMetadata::load(data_dir).map_err(|error| error.to_string())?;
+    let producer_ids_start = crate::broker::producer_ids::load(data_dir)?;
     raise_descriptor_limit();
     // Probe every port first: the listeners set SO_REUSEPORT, which would let a second
     // broker share a port silently.
-    for port in std::iter::once(config.listen.port())
-        .chain((0..config.shards).map(|shard| config.shard_port(shard)))
-    {
-        let address = std::net::SocketAddr::new(config.listen.ip(), port);
+    for address in listen_addresses(&config) {
         port_is_free(address)?;
     }
     quarantine_stray_partitions(data_dir, &metadata)?;
@@ -80,7 +85,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .on_all_shards({
             let config = config.clone();
-            move || run_shard(config, mesh, metadata, lifecycle)
+            move || run_shard(config, mesh, metadata, producer_ids_start, lifecycle)
         })
         .map_err(|error| format!("cannot start the shards: {error}"))?;
 
@@ -98,6 +103,9 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     } else {
         tracing::info!(
             listen = %config.listen,
+            kafka_listen = config
+                .kafka_listen
+                .map_or_else(|| "none".to_string(), |address| address.to_string()),
             shards = config.shards,
             shard_ports = format!("{}-{}", config.shard_port(0), config.shard_port(config.shards - 1)),
             data_dir = %config.data_dir.display(),
@@ -121,6 +129,21 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// Every address the broker listens on: the native shared port and each shard's own,
+/// then the same for Kafka.
+fn listen_addresses(config: &ServerConfig) -> Vec<std::net::SocketAddr> {
+    let mut addresses = Vec::new();
+    let ports = |base: std::net::SocketAddr| {
+        (0..=config.shards)
+            .map(move |index| std::net::SocketAddr::new(base.ip(), base.port() + index as u16))
+    };
+    addresses.extend(ports(config.listen));
+    if let Some(kafka) = config.kafka_listen {
+        addresses.extend(ports(kafka));
+    }
+    addresses
 }
 
 /// Creates the data directory and the two directories the shards create logs in
@@ -366,6 +389,7 @@ async fn run_shard(
     config: Arc<ServerConfig>,
     mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
     metadata: ClusterMetadata,
+    producer_ids_start: i64,
     lifecycle: Lifecycle,
 ) {
     let Lifecycle {
@@ -384,21 +408,29 @@ async fn run_shard(
     };
     let id = senders.peer_id();
     let config = Rc::new((*config).clone());
-    let shard = match Shard::open(id, config.clone(), metadata, senders).await {
+    let shard = match Shard::open(id, config.clone(), metadata, producer_ids_start, senders).await {
         Ok(shard) => shard,
         Err(error) => {
             let _ = ready.send(Err(error));
             return;
         }
     };
-    let listeners = [
-        config.listen,
-        std::net::SocketAddr::new(config.listen.ip(), config.shard_port(id)),
+    let mut listeners = vec![
+        (config.listen, Door::Native),
+        (
+            std::net::SocketAddr::new(config.listen.ip(), config.shard_port(id)),
+            Door::Native,
+        ),
     ];
+    if let Some(kafka) = config.kafka_listen {
+        let own = config.kafka_shard_port(id).expect("a Kafka listener");
+        listeners.push((kafka, Door::Kafka));
+        listeners.push((std::net::SocketAddr::new(kafka.ip(), own), Door::Kafka));
+    }
     let mut bound = Vec::new();
-    for address in listeners {
+    for (address, door) in listeners {
         match bind_listener(address) {
-            Ok(listener) => bound.push(listener),
+            Ok(listener) => bound.push((listener, door)),
             Err(error) => {
                 let _ = ready.send(Err(format!("cannot listen on {address}: {error}")));
                 shard.close().await;
@@ -418,7 +450,7 @@ async fn run_shard(
     }
     let accepting: Vec<glommio::Task<()>> = bound
         .into_iter()
-        .map(|listener| glommio::spawn_local(accept_loop(listener, shard.clone())))
+        .map(|(listener, door)| glommio::spawn_local(accept_loop(listener, door, shard.clone())))
         .collect();
     {
         let shard = shard.clone();
@@ -490,7 +522,7 @@ impl Drop for Arrival {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
+async fn accept_loop(listener: TcpListener, door: Door, shard: Rc<Shard>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -512,7 +544,7 @@ async fn accept_loop(listener: TcpListener, shard: Rc<Shard>) {
         connections.open.set(connections.open.get() + 1);
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            connection::serve(shard.clone(), stream).await;
+            connection::serve(shard.clone(), stream, door).await;
             let connections = &shard.connections;
             connections.open.set(connections.open.get() - 1);
             connections.changed.notify_all();

@@ -13,13 +13,14 @@ use glommio::sync::Semaphore;
 
 use super::ServerConfig;
 use super::probe::{Connections, ShardProbe};
+use crate::broker::producer_ids::{self, ProducerIds};
 use crate::broker::metadata::{
     ClusterMetadata, TopicRecord, partition_dir, partitions_per_shard, shard_for,
 };
-use crate::group::coordinator::{Coordinator, GroupConfig};
+use crate::group::coordinator::{Coordinator, GroupAnswer, GroupCall, GroupConfig};
 use crate::protocol::{
     ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewTopic,
-    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, Request, Response,
+    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse,
     ShardDescription, Status, TopicStatus, quoted,
 };
 use crate::semaphore::FifoSemaphore;
@@ -76,14 +77,18 @@ pub(crate) enum ShardMessage {
         topics: Vec<TopicRecord>,
         reply: oneshot::Sender<()>,
     },
-    /// A group request, to the shard that coordinates the group.
+    /// A group request of either door, to the shard that coordinates the group.
     Group {
-        request: Request,
-        reply: oneshot::Sender<Response>,
+        call: GroupCall,
+        reply: oneshot::Sender<GroupAnswer>,
     },
     /// The groups a shard coordinates.
     ListGroups {
         reply: oneshot::Sender<Vec<GroupListing>>,
+    },
+    /// To shard 0, which hands out Kafka producer ids.
+    InitProducerId {
+        reply: oneshot::Sender<Result<i64, Status>>,
     },
     /// What a shard holds and is doing.
     Describe {
@@ -136,6 +141,9 @@ pub(crate) struct Shard {
     send_turns: Vec<Rc<FifoSemaphore>>,
     /// Shard 0 applies one metadata change at a time.
     admin: Semaphore,
+    /// Shard 0's block of Kafka producer ids, and its turn for reserving the next block.
+    producer_ids: RefCell<ProducerIds>,
+    producer_ids_turn: Semaphore,
     /// Set once when the broker begins to stop: new requests are refused, waits end.
     pub stopping: Latch,
     pub connections: Connections,
@@ -148,6 +156,7 @@ impl Shard {
         id: usize,
         config: Rc<ServerConfig>,
         metadata: ClusterMetadata,
+        producer_ids_start: i64,
         peers: Senders<ShardMessage>,
     ) -> Result<Rc<Shard>, String> {
         let shared_metadata = Rc::new(RefCell::new(ClusterMetadata::default()));
@@ -175,6 +184,8 @@ impl Shard {
             send_turns,
             peers,
             admin: Semaphore::new(1),
+            producer_ids: RefCell::new(ProducerIds::starting_at(producer_ids_start)),
+            producer_ids_turn: Semaphore::new(1),
             stopping: Latch::default(),
             connections: Connections::default(),
             probe: ShardProbe::default(),
@@ -547,6 +558,37 @@ impl Shard {
             },
             Err(error) => offsets_failed(partition, self.storage_status(topic, partition, &error)),
         }
+    }
+
+    /// A new Kafka producer id (shard 0 hands them out; other shards ask it), unique for
+    /// the life of the data directory.
+    pub async fn init_producer_id(self: &Rc<Self>) -> Result<i64, Status> {
+        if self.id != 0 {
+            return self
+                .ask(0, |reply| ShardMessage::InitProducerId { reply })
+                .await?;
+        }
+        let _turn = self
+            .producer_ids_turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Status::error(ErrorCode::ShuttingDown, "the broker is shutting down"))?;
+        if let Some(id) = self.producer_ids.borrow_mut().take() {
+            return Ok(id);
+        }
+        let end = self.producer_ids.borrow().next_block_end();
+        let data_dir = self.config.data_dir.clone();
+        off_reactor(move || producer_ids::reserve(&data_dir, end))
+            .await
+            .map_err(|error| {
+                Status::error(
+                    ErrorCode::StorageError,
+                    format!("cannot reserve producer ids in {}: {error}", self.config.data_dir.display()),
+                )
+            })?;
+        let mut ids = self.producer_ids.borrow_mut();
+        ids.end = end;
+        Ok(ids.take().expect("a new block has ids"))
     }
 
     /// Sends an admin request to shard 0, which owns metadata changes, and waits for its
@@ -934,11 +976,14 @@ impl Shard {
             ShardMessage::DeleteTopics { names, reply } => {
                 let _ = reply.send(self.delete_topics(names).await);
             }
-            ShardMessage::Group { request, reply } => {
-                let _ = reply.send(self.groups.handle(request, &self.stopping).await);
+            ShardMessage::Group { call, reply } => {
+                let _ = reply.send(self.groups.call(call, &self.stopping).await);
             }
             ShardMessage::ListGroups { reply } => {
                 let _ = reply.send(self.groups.list());
+            }
+            ShardMessage::InitProducerId { reply } => {
+                let _ = reply.send(self.init_producer_id().await);
             }
             ShardMessage::Describe { reply } => {
                 let _ = reply.send(self.describe());

@@ -17,6 +17,8 @@ use crate::support::{batch, records};
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
+    /// The Kafka listener's port (shard i's own is `kafka_port + 1 + i`).
+    pub kafka_port: u16,
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -73,6 +75,19 @@ impl Broker {
     ) -> Broker {
         let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
         configure(&mut command);
+        // Every broker gets Kafka ports of its own (the default, 9092, would be shared),
+        // unless the test chooses.
+        let kafka_port = if extra.contains(&"--kafka-listen") {
+            0
+        } else {
+            free_ports(shards + 1)
+        };
+        let kafka_listen = format!("127.0.0.1:{kafka_port}");
+        let kafka_args: &[&str] = if kafka_port == 0 {
+            &[]
+        } else {
+            &["--kafka-listen", &kafka_listen]
+        };
         let child = command
             .args([
                 "serve",
@@ -84,6 +99,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .args(kafka_args)
             .stdout(Stdio::null())
             // SPATE_TEST_BROKER_LOG=1 shows the brokers' logs when a test needs explaining.
             .stderr(if std::env::var_os("SPATE_TEST_BROKER_LOG").is_some() {
@@ -96,6 +112,7 @@ impl Broker {
         let broker = Broker {
             child: Some(child),
             port,
+            kafka_port,
             data_dir: data_dir.to_path_buf(),
             _dir: None,
         };
@@ -430,7 +447,7 @@ fn a_restart_keeps_topics_and_data() {
 
 #[test]
 fn errors_come_back_with_codes_and_messages() {
-    let broker = Broker::start(1);
+    let broker = Broker::start_flagged(1, &["--auto-create-topics", "false"]);
     let mut client = broker.connect();
     let unknown = client
         .produce("missing", 0, batch("x", 1, 1, 0), Acks::All)
@@ -814,8 +831,12 @@ fn auto_creation_and_acks_zero() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(broker);
-    // Without the flag, producing to an unknown topic is an error.
-    let broker = Broker::start_in(&dir.path().join("other"), 1, &[]);
+    // Turned off, producing to an unknown topic is an error.
+    let broker = Broker::start_in(
+        &dir.path().join("other"),
+        1,
+        &["--auto-create-topics", "false"],
+    );
     let mut client = broker.connect();
     let answer = client
         .produce("fresh", 0, batch("no", 1, 1, 0), Acks::All)

@@ -165,6 +165,8 @@ fn start_up_sets_aside_directories_no_topic_claims_but_not_without_metadata() {
         &format!("127.0.0.1:{port}"),
         "--shards",
         "1",
+        "--kafka-listen",
+        "none",
     ]);
     assert!(!output.status.success());
     drop(taken);
@@ -209,6 +211,8 @@ fn start_up_sets_aside_directories_no_topic_claims_but_not_without_metadata() {
         &format!("127.0.0.1:{}", free_ports(2)),
         "--shards",
         "1",
+        "--kafka-listen",
+        "none",
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -35,9 +35,24 @@ const ROOM_MIN_BYTES: u32 = 64 * 1024;
 /// is left to wait on, the answer goes out at once.
 pub(super) async fn handle(
     shard: &Rc<Shard>,
-    mut request: FetchRequest,
+    request: FetchRequest,
     exchange: &Exchange,
 ) -> Result<Outgoing, Status> {
+    let (response, room) = fetch_records(shard, request, exchange).await?;
+    Ok(Outgoing::Pieces(
+        response.into_pieces(exchange.correlation_id),
+        room,
+    ))
+}
+
+/// The work of a fetch, shared by the native and Kafka doors: the answer (records as
+/// they sit in the log) and the room it holds in the connection's byte budget until it
+/// is written.
+pub(crate) async fn fetch_records(
+    shard: &Rc<Shard>,
+    mut request: FetchRequest,
+    exchange: &Exchange,
+) -> Result<(FetchResponse<FetchPayload>, Option<StaticPermit>), Status> {
     check(&request)?;
     let closed = &exchange.closed;
     let max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
@@ -77,10 +92,7 @@ pub(super) async fn handle(
             .collect();
         let enough = bytes_in(&response) >= min_bytes;
         if enough || now >= deadline || closed.is_set() || to_watch.is_empty() || room.is_none() {
-            return Ok(Outgoing::Pieces(
-                response.into_pieces(exchange.correlation_id),
-                room,
-            ));
+            return Ok((response, room));
         }
         drop(room);
         let waits: Vec<_> = to_watch

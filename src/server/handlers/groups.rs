@@ -3,38 +3,46 @@
 
 use std::rc::Rc;
 
+use crate::group::coordinator::{GroupAnswer, GroupCall};
 use crate::group::coordinator_shard;
-use crate::protocol::{Request, Response};
+use crate::protocol::{GroupListing, Request, Response, Status};
 use crate::server::shard::{Shard, ShardMessage};
 
 pub(crate) async fn handle(shard: &Rc<Shard>, request: Request) -> Response {
     if matches!(request, Request::ListGroups) {
-        return list(shard).await;
+        return match list(shard).await {
+            Ok(groups) => Response::ListGroups(groups),
+            Err(status) => Response::Failed(status),
+        };
     }
-    let group_id = request
-        .group_id()
-        .expect("only group requests are routed here");
-    let coordinator = coordinator_shard(group_id, shard.count);
-    if coordinator == shard.id {
-        return shard.groups.handle(request, &shard.stopping).await;
+    match call(shard, GroupCall::Native(request)).await {
+        Ok(GroupAnswer::Native(response)) => response,
+        Ok(_) => unreachable!("a native call gets a native answer"),
+        Err(status) => Response::Failed(status),
     }
-    shard
-        .ask(coordinator, |reply| ShardMessage::Group { request, reply })
-        .await
-        .unwrap_or_else(Response::Failed)
 }
 
-async fn list(shard: &Rc<Shard>) -> Response {
+/// Sends a group call to its group's coordinator shard (or serves it here).
+pub(crate) async fn call(shard: &Rc<Shard>, call: GroupCall) -> Result<GroupAnswer, Status> {
+    let coordinator = coordinator_shard(call.group_id(), shard.count);
+    if coordinator == shard.id {
+        return Ok(shard.groups.call(call, &shard.stopping).await);
+    }
+    shard
+        .ask(coordinator, |reply| ShardMessage::Group { call, reply })
+        .await
+}
+
+/// Every shard's groups, sorted by id.
+pub(crate) async fn list(shard: &Rc<Shard>) -> Result<Vec<GroupListing>, Status> {
     let mut groups = shard.groups.list();
     for peer in (0..shard.count).filter(|&peer| peer != shard.id) {
-        match shard
-            .ask(peer, |reply| ShardMessage::ListGroups { reply })
-            .await
-        {
-            Ok(listed) => groups.extend(listed),
-            Err(status) => return Response::Failed(status),
-        }
+        groups.extend(
+            shard
+                .ask(peer, |reply| ShardMessage::ListGroups { reply })
+                .await?,
+        );
     }
     groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-    Response::ListGroups(groups)
+    Ok(groups)
 }

@@ -2,11 +2,11 @@
 
 mod api_versions;
 mod broker;
-mod fetch;
-mod groups;
+pub(crate) mod fetch;
+pub(crate) mod groups;
 mod list_offsets;
-mod metadata;
-mod produce;
+pub(crate) mod metadata;
+pub(crate) mod produce;
 mod topics;
 
 use std::rc::Rc;
