@@ -7,7 +7,7 @@ pub(crate) mod groups;
 mod list_offsets;
 pub(crate) mod metadata;
 pub(crate) mod produce;
-mod topics;
+pub(crate) mod topics;
 
 use std::rc::Rc;
 

@@ -19,7 +19,7 @@ pub(super) async fn handle(
     request: ProduceRequest,
     exchange: &Exchange,
 ) -> Option<Outgoing> {
-    let (correlation_id, held) = (exchange.correlation_id, &exchange.held);
+    let correlation_id = exchange.correlation_id;
     if shard.config.auto_create_topics {
         let missing: Vec<NewTopic> = request
             .topics
@@ -39,6 +39,25 @@ pub(super) async fn handle(
             }
         }
     }
+    match append_all(shard, request, exchange).await {
+        Ok(Some(topics)) => Some(Outgoing::Frame(
+            Response::Produce(ProduceResponse { topics }).encode(correlation_id),
+        )),
+        Ok(None) => None,
+        Err(close) => Some(close),
+    }
+}
+
+/// The work of a produce, shared by the native and Kafka doors: every partition's
+/// batches appended (in request order), and their answers once all are durable under
+/// their topic's flush policy or the request's timeout has passed. With acks=0 there is
+/// no answer (`Ok(None)`), and a failure closes the connection (`Err(Outgoing::Close)`).
+pub(crate) async fn append_all(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+    exchange: &Exchange,
+) -> Result<Option<Vec<ProduceTopicResponse>>, Outgoing> {
+    let held = &exchange.held;
     // The whole request shares one deadline, as Kafka's produce timeout does. An append
     // still running when it passes is answered `Timeout` and left to finish: the client
     // cannot know whether it landed (a retry may duplicate it, as in Kafka). The append
@@ -91,19 +110,20 @@ pub(super) async fn handle(
                     .map(move |partition| (topic, partition))
             })
             .find(|(_, partition)| !partition.status.is_ok());
-        return failure.map(|(topic, partition)| {
-            tracing::warn!(
-                topic = topic.name,
-                partition = partition.partition,
-                status = %partition.status,
-                "an acks=0 produce failed: closing its connection"
-            );
-            Outgoing::Close
-        });
+        return match failure {
+            Some((topic, partition)) => {
+                tracing::warn!(
+                    topic = topic.name,
+                    partition = partition.partition,
+                    status = %partition.status,
+                    "an acks=0 produce failed: closing its connection"
+                );
+                Err(Outgoing::Close)
+            }
+            None => Ok(None),
+        };
     }
-    Some(Outgoing::Frame(
-        Response::Produce(ProduceResponse { topics }).encode(correlation_id),
-    ))
+    Ok(Some(topics))
 }
 
 /// Batches the log may keep as they are: those that fill most of a frame read into a

@@ -42,7 +42,7 @@ pub(super) fn describe(shard: &Shard, request: DescribeTopicsRequest) -> Respons
 }
 
 /// Every config key with its value in effect, in Kafka's spelling (-1: no limit).
-fn effective_configs(config: &LogConfig) -> Vec<(String, String)> {
+pub(crate) fn effective_configs(config: &LogConfig) -> Vec<(String, String)> {
     let optional = |value: Option<u64>| value.map_or("-1".to_string(), |value| value.to_string());
     vec![
         ("segment.bytes".into(), config.segment_bytes.to_string()),
