@@ -104,7 +104,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), 0);
         let mut ids = ProducerIds::starting_at(load(dir.path()).unwrap());
-        assert_eq!(ids.take(), None, "nothing is given before a block is reserved");
+        assert_eq!(
+            ids.take(),
+            None,
+            "nothing is given before a block is reserved"
+        );
         let end = ids.next_block_end();
         reserve(dir.path(), end).unwrap();
         ids.end = end;

@@ -97,7 +97,9 @@ pub enum GroupCall {
         assignments: Vec<ClientAssignment>,
     },
     /// What Kafka's DescribeGroups tells about a group.
-    KafkaDescribe { group_id: String },
+    KafkaDescribe {
+        group_id: String,
+    },
 }
 
 impl GroupCall {
@@ -770,7 +772,8 @@ impl Coordinator {
             group.assignment_known = true;
             Assignment::new()
         } else {
-            let strategy = Strategy::parse(&protocol).expect("native members name known strategies");
+            let strategy =
+                Strategy::parse(&protocol).expect("native members name known strategies");
             let previous: Assignment = group
                 .members
                 .iter()
@@ -901,8 +904,11 @@ impl Coordinator {
                 request.generation,
             )?;
             let group = group.expect("checked");
-            group.members.get_mut(&request.member_id).expect("checked").last_seen =
-                Instant::now();
+            group
+                .members
+                .get_mut(&request.member_id)
+                .expect("checked")
+                .last_seen = Instant::now();
             if group.client_assigned
                 && !group.assignments_ready
                 && request.member_id == group.leader
@@ -915,12 +921,15 @@ impl Coordinator {
                 let mut known = true;
                 for (id, member) in group.members.iter_mut() {
                     let given = by_member.remove(id);
-                    known &= given.as_ref().is_none_or(|given| given.partitions.is_some());
+                    known &= given
+                        .as_ref()
+                        .is_none_or(|given| given.partitions.is_some());
                     member.assignment = given
                         .as_ref()
                         .and_then(|given| given.partitions.clone())
                         .unwrap_or_default();
-                    member.assigned_bytes = Some(given.map(|given| given.bytes).unwrap_or_default());
+                    member.assigned_bytes =
+                        Some(given.map(|given| given.bytes).unwrap_or_default());
                 }
                 group.assignment_known = known;
                 group.assignments_ready = true;
@@ -1558,7 +1567,12 @@ impl Coordinator {
 /// The protocol of a generation, chosen as Kafka chooses it: among the protocols every
 /// member accepts, the one most members prefer most (ties: the leader's preference).
 fn choose_protocol(group: &Group) -> String {
-    let shared = |name: &String| group.members.values().all(|member| member.protocols.contains(name));
+    let shared = |name: &String| {
+        group
+            .members
+            .values()
+            .all(|member| member.protocols.contains(name))
+    };
     let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
     for member in group.members.values() {
         if let Some(name) = member.protocols.iter().find(|name| shared(name)) {

@@ -287,8 +287,7 @@ impl ServerConfig {
             ));
         }
         if let Some(kafka) = self.kafka_listen {
-            if kafka.port() != 0
-                && usize::from(kafka.port()) + self.shards > usize::from(u16::MAX)
+            if kafka.port() != 0 && usize::from(kafka.port()) + self.shards > usize::from(u16::MAX)
             {
                 return Err(format!(
                     "--kafka-listen port {} leaves no room for {} shard ports after it",

@@ -13,15 +13,15 @@ use glommio::sync::Semaphore;
 
 use super::ServerConfig;
 use super::probe::{Connections, ShardProbe};
-use crate::broker::producer_ids::{self, ProducerIds};
 use crate::broker::metadata::{
     ClusterMetadata, TopicRecord, partition_dir, partitions_per_shard, shard_for,
 };
+use crate::broker::producer_ids::{self, ProducerIds};
 use crate::group::coordinator::{Coordinator, GroupAnswer, GroupCall, GroupConfig};
 use crate::protocol::{
     ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewTopic,
-    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse,
-    ShardDescription, Status, TopicStatus, quoted,
+    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, ShardDescription, Status,
+    TopicStatus, quoted,
 };
 use crate::semaphore::FifoSemaphore;
 use crate::storage::{Chunk, Log, StorageError};
@@ -583,7 +583,10 @@ impl Shard {
             .map_err(|error| {
                 Status::error(
                     ErrorCode::StorageError,
-                    format!("cannot reserve producer ids in {}: {error}", self.config.data_dir.display()),
+                    format!(
+                        "cannot reserve producer ids in {}: {error}",
+                        self.config.data_dir.display()
+                    ),
                 )
             })?;
         let mut ids = self.producer_ids.borrow_mut();

@@ -375,7 +375,13 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
     let kafka_address = format!("127.0.0.1:{}", crate::server::free_ports(shards + 1));
     let _serving = Serving(
         Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(["serve", "--listen", &address, "--kafka-listen", &kafka_address])
+            .args([
+                "serve",
+                "--listen",
+                &address,
+                "--kafka-listen",
+                &kafka_address,
+            ])
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

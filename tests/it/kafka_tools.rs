@@ -66,7 +66,9 @@ pub fn kcat() -> &'static str {
 }
 
 fn run_ok(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|error| panic!("{command:?}: {error}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{command:?}: {error}"));
     assert!(
         output.status.success(),
         "{command:?} failed:\n{}\n{}",
