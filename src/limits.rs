@@ -17,6 +17,13 @@ pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// The most records one batch may declare; bounds the work of validating a batch.
 pub const BATCH_RECORDS_MAX: usize = 1 << 20;
+/// Largest records section a compressed batch may decompress to (the broker decompresses
+/// a batch to check it; a small zstd frame can claim gigabytes).
+/// Batches per idempotent producer and partition whose sequence numbers a log remembers:
+/// a retry of any of them is answered with its first offsets instead of being stored
+/// twice (Kafka's producers keep at most five requests in flight per partition).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Direct-I/O alignment used for every write position and length. The device here reports
 /// 512; 4096 is safe on every device Spate targets.

@@ -1,9 +1,9 @@
-//! Building an uncompressed RecordBatch v2 from records.
+//! Building a RecordBatch v2 from records (uncompressed, or compressed by a codec).
 
 use bytes::Bytes;
 
 use super::varint::{put_varint, put_varlong, varint_len, varlong_len};
-use super::{BatchHeader, MAGIC_V2, compute_crc};
+use super::{BatchHeader, Compression, MAGIC_V2, compute_crc};
 use crate::limits::{BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES};
 
 /// A header to encode: a key and an optional value.
@@ -120,6 +120,12 @@ impl BatchBuilder {
 
     /// Encodes the batch with the given base offset and leaves the builder empty.
     pub fn build(&mut self, base_offset: i64) -> Bytes {
+        self.build_compressed(base_offset, Compression::None)
+    }
+
+    /// `build`, with the records section compressed by `codec` (as Kafka's producers do:
+    /// the header stays plain, the attributes name the codec).
+    pub fn build_compressed(&mut self, base_offset: i64, codec: Compression) -> Bytes {
         assert!(
             self.records_count > 0,
             "a batch carries at least one record"
@@ -127,6 +133,11 @@ impl BatchBuilder {
         // The next batch starts with room for one like this.
         let room = Vec::with_capacity(self.batch.len());
         let mut batch = std::mem::replace(&mut self.batch, room);
+        if codec != Compression::None {
+            let compressed = super::compression::compress(codec, &batch[BATCH_HEADER_BYTES..]);
+            batch.truncate(BATCH_HEADER_BYTES);
+            batch.extend_from_slice(&compressed);
+        }
         let total = batch.len();
         let header = BatchHeader {
             base_offset,
@@ -134,7 +145,7 @@ impl BatchBuilder {
             partition_leader_epoch: -1,
             magic: MAGIC_V2,
             crc: 0,
-            attributes: 0,
+            attributes: codec.id(),
             last_offset_delta: self.records_count - 1,
             base_timestamp: self.base_timestamp,
             max_timestamp: self.max_timestamp,

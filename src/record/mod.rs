@@ -24,6 +24,7 @@
 //! ```
 
 mod builder;
+pub mod compression;
 mod records;
 pub mod varint;
 
@@ -55,8 +56,10 @@ pub enum BatchError {
     UnsupportedMagic(i8),
     #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
-    #[error("compression codec {0} is not supported by this broker; send uncompressed batches")]
-    UnsupportedCompression(Compression),
+    #[error("cannot decompress the {codec} batch: {reason}")]
+    Decompression { codec: Compression, reason: String },
+    #[error("the {codec} batch decompresses to more than {max} bytes")]
+    DecompressedTooLarge { codec: Compression, max: usize },
     #[error("unknown compression codec id {0}")]
     UnknownCompression(u8),
     #[error("batch declares {declared} records but carries {actual}")]
@@ -91,6 +94,30 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The codec's id in the attributes (bits 0-2).
+    pub fn id(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// A codec by its Kafka name (`compression.type`).
+    pub fn from_name(name: &str) -> Option<Compression> {
+        [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ]
+        .into_iter()
+        .find(|codec| codec.to_string() == name)
+    }
+
     fn from_attributes(attributes: i16) -> Result<Compression, BatchError> {
         match (attributes & 0x07) as u8 {
             0 => Ok(Compression::None),
@@ -227,8 +254,8 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 /// Checks one complete batch: `batch` must be exactly one batch, no more and no less.
 ///
 /// Checked: header present, length field equal to the slice length and within bounds,
-/// magic 2, CRC-32C, a supported codec, at least one record, `last_offset_delta` equal to
-/// `records_count - 1`, and (for uncompressed batches) that the records decode, number
+/// magic 2, CRC-32C, a known codec, at least one record, `last_offset_delta` equal to
+/// `records_count - 1`, and that the records decode (decompressed first), number
 /// `records_count` and carry offset deltas 0, 1, 2, ...
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     validate_records(batch, false)
@@ -250,13 +277,10 @@ fn validate_records(batch: &[u8], check_max_timestamp: bool) -> Result<BatchHead
             actual: batch.len(),
         });
     }
-    match header.compression()? {
-        Compression::None => {}
-        codec => return Err(BatchError::UnsupportedCompression(codec)),
-    }
+    let section = compression::records_section(batch, &header)?;
     let mut count = 0usize;
     let mut records_max_timestamp = i64::MIN;
-    for (index, record) in RecordIter::new(&batch[BATCH_HEADER_BYTES..]).enumerate() {
+    for (index, record) in RecordIter::new(&section).enumerate() {
         let record = record?;
         if index >= header.records_count as usize {
             return Err(BatchError::RecordCount {
@@ -335,6 +359,17 @@ pub fn validate_framing(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     header.compression()?;
     Ok(header)
+}
+
+/// Stamps an idempotent producer's id, epoch and first sequence number on a whole batch
+/// and recomputes its CRC (which covers them).
+pub fn set_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    assert!(batch.len() >= BATCH_HEADER_BYTES, "not a batch");
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Overwrites the base offset of the batch at the front of `batch`. The CRC does not cover

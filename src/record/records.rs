@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::varint::{get_varint, get_varlong};
-use super::{BatchError, BatchHeader, Compression};
+use super::{BatchError, BatchHeader};
 use crate::limits::BATCH_HEADER_BYTES;
 
 /// One record as it sits in the batch, borrowing its bytes.
@@ -150,16 +150,17 @@ fn read_nullable<'a>(input: &mut &'a [u8]) -> Result<Option<&'a [u8]>, BatchErro
     Ok(Some(field))
 }
 
-/// Decodes every record of one whole, uncompressed batch. The returned records share
-/// `batch`'s memory. The batch is validated first (CRC included).
+/// Decodes every record of one whole batch. The batch is validated first (CRC included);
+/// the records share `batch`'s memory, or for a compressed batch its decompressed copy.
 pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
     let header: BatchHeader = super::validate(batch)?;
-    if header.compression()? != Compression::None {
-        return Err(BatchError::UnsupportedCompression(header.compression()?));
-    }
-    let share = |slice: &[u8]| batch.slice_ref(slice);
+    let section = match super::compression::records_section(batch, &header)? {
+        std::borrow::Cow::Borrowed(_) => batch.slice(BATCH_HEADER_BYTES..),
+        std::borrow::Cow::Owned(decompressed) => Bytes::from(decompressed),
+    };
+    let share = |slice: &[u8]| section.slice_ref(slice);
     let mut records = Vec::with_capacity(header.records_count as usize);
-    for record in RecordIter::new(&batch[BATCH_HEADER_BYTES..]) {
+    for record in RecordIter::new(&section) {
         let record = record?;
         records.push(Record {
             offset: header.base_offset + i64::from(record.offset_delta),
