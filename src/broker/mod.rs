@@ -16,6 +16,8 @@ pub fn storage_status(error: &StorageError) -> Status {
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::DiskFull { .. } => ErrorCode::DiskFull,
         StorageError::Closed => ErrorCode::ShuttingDown,
+        StorageError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+        StorageError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         _ => ErrorCode::StorageError,
     };
     Status::error(code, error.to_string())

@@ -140,10 +140,12 @@ pub enum ErrorCode {
     InconsistentGroupProtocol = 23,
     OffsetMetadataTooLarge = 24,
     InvalidTimestamp = 25,
+    OutOfOrderSequence = 26,
+    InvalidProducerEpoch = 27,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 26] = [
+    const ALL: [ErrorCode; 28] = [
         ErrorCode::None,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::OffsetOutOfRange,
@@ -170,6 +172,8 @@ impl ErrorCode {
         ErrorCode::InconsistentGroupProtocol,
         ErrorCode::OffsetMetadataTooLarge,
         ErrorCode::InvalidTimestamp,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::InvalidProducerEpoch,
     ];
 
     pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
@@ -220,6 +224,8 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::InconsistentGroupProtocol => "no assignment strategy shared by the group",
             ErrorCode::OffsetMetadataTooLarge => "offset metadata too large",
             ErrorCode::InvalidTimestamp => "record timestamp out of the topic's range",
+            ErrorCode::OutOfOrderSequence => "producer sequence number out of order",
+            ErrorCode::InvalidProducerEpoch => "producer epoch fenced by a newer one",
         };
         f.write_str(name)
     }

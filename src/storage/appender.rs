@@ -22,6 +22,7 @@ use futures_channel::oneshot;
 use super::StorageError;
 use super::io::{self, align_down, align_up};
 use super::log::{AppendInfo, LogInner, LogStats, RetentionReport};
+use super::producers::{self, Pending, Verdict};
 use super::segment::{
     ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
 };
@@ -318,6 +319,11 @@ impl Appender {
     /// Takes `first` and every append queued right behind it (up to the write limit and the
     /// segment boundary), writes them at once and answers them all.
     async fn append_group(&mut self, first: PendingAppend) {
+        // Idempotent producers' retries are answered from the table, gaps refused.
+        let mut pending = Pending::new();
+        let Some(first) = self.screen(first, &mut pending) else {
+            return;
+        };
         if self.needs_roll(0, None, &first)
             && let Err(error) = self.roll().await
         {
@@ -340,6 +346,10 @@ impl Appender {
             let Some(Command::Append(next)) = queue.pop_front() else {
                 unreachable!("peeked")
             };
+            drop(queue);
+            let Some(next) = self.screen(next, &mut pending) else {
+                continue;
+            };
             group_bytes += next.records.len();
             group.push(next);
         }
@@ -356,6 +366,62 @@ impl Appender {
                 }
             }
         }
+    }
+
+    /// Checks an append's batches of idempotent producers against the producer table and
+    /// the group being built (`pending`): returns it to be written, or answers it here (a
+    /// retry of stored batches gets their offsets; a gap or a fenced epoch its error).
+    fn screen(&self, append: PendingAppend, pending: &mut Pending) -> Option<PendingAppend> {
+        if !append
+            .batches
+            .iter()
+            .any(|(header, _)| producers::is_idempotent(header))
+        {
+            return Some(append);
+        }
+        let state = self.inner.state.borrow();
+        let mut tentative = pending.clone();
+        let mut duplicates = Vec::new();
+        let mut refusal = None;
+        for (header, _) in &append.batches {
+            match state.producers.check(header, &mut tentative) {
+                Ok(Verdict::Write) => {}
+                Ok(Verdict::Duplicate {
+                    base_offset,
+                    last_offset,
+                }) => duplicates.push((base_offset, last_offset)),
+                Err(error) => {
+                    refusal = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(state);
+        if refusal.is_none() && duplicates.is_empty() {
+            *pending = tentative;
+            return Some(append);
+        }
+        let answer = match refusal {
+            Some(error) => Err(error),
+            None if duplicates.len() == append.batches.len() => {
+                self.count(|stats| stats.duplicates += 1);
+                Ok(AppendInfo {
+                    base_offset: duplicates[0].0,
+                    last_offset: duplicates[duplicates.len() - 1].1,
+                })
+            }
+            // Some batches stored, some not: the request is not a plain retry.
+            None => {
+                let (header, _) = &append.batches[0];
+                Err(StorageError::OutOfOrderSequence {
+                    producer_id: header.producer_id,
+                    expected: -1,
+                    found: header.base_sequence,
+                })
+            }
+        };
+        drop(append.reply.send(answer));
+        None
     }
 
     /// Assigns offsets, writes the group after the tail block in one aligned write, and
@@ -451,6 +517,7 @@ impl Appender {
             for (header, range) in &append.batches {
                 let position = meta.size_bytes;
                 meta.note_batch(segment.base_offset, position, header, interval);
+                state.producers.record(header);
                 state.cache.push(
                     header.base_offset,
                     header.next_offset(),
@@ -602,6 +669,7 @@ impl Appender {
             *target.meta.borrow_mut() = meta;
             state.log_end = new_end;
             state.cache.truncate(new_end);
+            state.producers.truncate(new_end);
             doomed
         };
         self.active = Active::with_tail(target.clone(), tail_block);

@@ -13,6 +13,7 @@ use futures_channel::oneshot;
 
 use super::appender::{self, Command, PendingAppend};
 use super::index::{SegmentSummary, decode_offset_index, decode_time_index};
+use super::producers::ProducerTable;
 use super::segment::{
     ReadAhead, ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name,
     time_index_path,
@@ -72,6 +73,8 @@ pub struct LogStats {
     pub fdatasyncs: u64,
     /// Disk reads served (at least in part) by bytes read ahead.
     pub read_ahead_hits: u64,
+    /// Retries of idempotent producers' stored batches, answered without a write.
+    pub duplicates: u64,
 }
 
 /// What a retention pass deleted.
@@ -105,6 +108,8 @@ pub(crate) struct LogState {
     /// Set when a failure left memory and disk out of step: writes are refused (reads go
     /// on) until the log is reopened.
     pub failure: Option<String>,
+    /// Idempotent producers' recent batches (see `producers`).
+    pub producers: ProducerTable,
 }
 
 impl LogState {
@@ -250,6 +255,15 @@ impl Log {
             .meta
             .borrow()
             .next_offset;
+        let producers = std::mem::take(
+            &mut segments
+                .values()
+                .next_back()
+                .expect("at least one")
+                .meta
+                .borrow_mut()
+                .producers,
+        );
         let inner = Rc::new(LogInner {
             dir,
             state: RefCell::new(LogState {
@@ -259,6 +273,7 @@ impl Log {
                 cache: TailCache::new(config.tail_cache_bytes),
                 closed: false,
                 failure: None,
+                producers,
             }),
             config,
             queue: RefCell::new(VecDeque::new()),
@@ -541,8 +556,8 @@ impl Log {
                 if header.max_timestamp < timestamp {
                     continue;
                 }
-                let records = RecordIter::new(&bytes[range][crate::limits::BATCH_HEADER_BYTES..]);
-                for record in records {
+                let section = crate::record::compression::records_section(&bytes[range], &header)?;
+                for record in RecordIter::new(&section) {
                     let record = record?;
                     if header.base_timestamp.wrapping_add(record.timestamp_delta) >= timestamp {
                         return Ok(Some(header.base_offset + i64::from(record.offset_delta)));
@@ -709,7 +724,8 @@ fn check_timestamps(
             continue;
         }
         let batch = &records[range.clone()];
-        for record in RecordIter::new(&batch[crate::limits::BATCH_HEADER_BYTES..]) {
+        let section = crate::record::compression::records_section(batch, header)?;
+        for record in RecordIter::new(&section) {
             let timestamp = header.base_timestamp.wrapping_add(record?.timestamp_delta);
             if timestamp != NO_TIMESTAMP && timestamp < earliest {
                 return Err(too_old(timestamp));
@@ -860,6 +876,7 @@ async fn load_indexes(path: &Path, base_offset: i64, size: u64) -> Option<Segmen
         offset_index,
         time_index,
         sealed: true,
+        producers: Default::default(),
     })
 }
 

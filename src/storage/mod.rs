@@ -20,6 +20,7 @@ mod config;
 mod index;
 mod io;
 mod log;
+mod producers;
 mod segment;
 mod tail_cache;
 
@@ -86,6 +87,22 @@ pub enum StorageError {
     SelfTest { path: PathBuf, reason: String },
     #[error("directory {} is in use (locked by another Spate log or broker, in this or another process)", path.display())]
     Locked { path: PathBuf },
+    #[error(
+        "producer {producer_id} sent sequence {found} where {expected} was expected: a batch before it is missing"
+    )]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        found: i32,
+    },
+    #[error(
+        "producer {producer_id} epoch {epoch} is older than epoch {current}, which the partition has seen: this producer was fenced"
+    )]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
     #[error("the partition log is closed")]
     Closed,
     #[error(

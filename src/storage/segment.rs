@@ -43,6 +43,9 @@ pub(crate) struct SegmentMeta {
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
     pub sealed: bool,
+    /// Idempotent producers' batches seen by a recovery scan (empty otherwise): how
+    /// `Log::open` rebuilds the log's producer table from the active segment.
+    pub producers: super::producers::ProducerTable,
 }
 
 impl SegmentMeta {
@@ -252,6 +255,7 @@ impl Segment {
                 ));
             }
             meta.note_batch(base_offset, position, &header, index_interval_bytes);
+            meta.producers.record(&header);
         }
     }
 
