@@ -16,6 +16,7 @@ pub mod broker;
 pub mod client;
 pub mod clock;
 pub mod group;
+pub mod kafka;
 pub mod limits;
 pub mod protocol;
 pub mod record;
