@@ -145,7 +145,6 @@ pub enum MemberMetadata {
 #[derive(Debug, Clone)]
 pub struct Joined {
     pub response: JoinGroupResponse,
-    pub protocol_type: String,
     /// Every member's subscription, for a Kafka leader that assigns the partitions;
     /// empty for everyone else.
     pub members: Vec<(String, MemberMetadata)>,
@@ -819,7 +818,6 @@ impl Coordinator {
                         assignor: protocol.clone(),
                         members,
                     },
-                    protocol_type: group.protocol_type.clone(),
                     members: if is_leader {
                         subscriptions.clone()
                     } else {

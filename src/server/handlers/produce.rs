@@ -20,31 +20,46 @@ pub(super) async fn handle(
     exchange: &Exchange,
 ) -> Option<Outgoing> {
     let correlation_id = exchange.correlation_id;
-    if shard.config.auto_create_topics {
-        let missing: Vec<NewTopic> = request
-            .topics
-            .iter()
-            .filter(|topic| shard.metadata.borrow().topic(&topic.name).is_none())
-            .map(|topic| NewTopic {
-                name: topic.name.clone(),
-                partitions: shard.config.default_partitions,
-                configs: Vec::new(),
-            })
-            .collect();
-        if !missing.is_empty() {
-            for created in shard.create_topics(missing).await {
-                if !created.status.is_ok() && created.status.code != ErrorCode::TopicAlreadyExists {
-                    tracing::warn!(topic = created.name, status = %created.status, "auto-creating a topic");
-                }
-            }
-        }
-    }
+    auto_create(
+        shard,
+        request.topics.iter().map(|topic| topic.name.as_str()),
+    )
+    .await;
     match append_all(shard, request, exchange).await {
         Ok(Some(topics)) => Some(Outgoing::Frame(
             Response::Produce(ProduceResponse { topics }).encode(correlation_id),
         )),
         Ok(None) => None,
         Err(close) => Some(close),
+    }
+}
+
+/// Creates the named topics that do not exist, with the broker's default partition count,
+/// when the broker auto-creates topics (`--auto-create-topics`): a produce to a new topic
+/// creates it, as does a Kafka client's metadata request that allows it.
+pub(crate) async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a str>) {
+    if !shard.config.auto_create_topics {
+        return;
+    }
+    let mut missing: Vec<NewTopic> = Vec::new();
+    for name in names {
+        if shard.metadata.borrow().topic(name).is_none()
+            && !missing.iter().any(|topic| topic.name == name)
+        {
+            missing.push(NewTopic {
+                name: name.to_string(),
+                partitions: shard.config.default_partitions,
+                configs: Vec::new(),
+            });
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
+    for created in shard.create_topics(missing).await {
+        if !created.status.is_ok() && created.status.code != ErrorCode::TopicAlreadyExists {
+            tracing::warn!(topic = created.name, status = %created.status, "auto-creating a topic");
+        }
     }
 }
 

@@ -1,0 +1,294 @@
+//! Metadata, Produce, Fetch and ListOffsets over Kafka's protocol.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::sync::StaticPermit;
+
+use super::{code, kafka_index, partition_index};
+use crate::broker::metadata::shard_for;
+use crate::kafka::{self, error};
+use crate::protocol::{self, Acks};
+use crate::server::handlers::{Exchange, Outgoing, fetch, produce as native_produce};
+use crate::server::shard::{FetchPayload, Shard};
+
+/// Every shard is a Kafka broker; partitions are led by their owner shard. Topics the
+/// request names that do not exist are created first when both the client allows it and
+/// the broker auto-creates topics.
+pub(super) async fn metadata(
+    shard: &Rc<Shard>,
+    request: kafka::MetadataRequest,
+) -> kafka::MetadataResponse {
+    if request.allow_auto_topic_creation
+        && let Some(names) = &request.topics
+    {
+        native_produce::auto_create(shard, names.iter().map(String::as_str)).await;
+    }
+    let host = shard.config.kafka_host();
+    let brokers = (0..shard.count)
+        .map(|id| kafka::MetadataBroker {
+            node_id: id as i32,
+            host: host.clone(),
+            port: i32::from(shard.config.kafka_shard_port(id).unwrap_or(0)),
+        })
+        .collect();
+    let metadata = shard.metadata.borrow();
+    let names = metadata.names_or_all(request.topics.unwrap_or_default());
+    let topics = names
+        .into_iter()
+        .map(|name| match metadata.topic(&name) {
+            Some(topic) => kafka::MetadataTopic {
+                error_code: error::NONE,
+                partitions: (0..topic.partitions)
+                    .map(|partition| kafka::MetadataPartition {
+                        error_code: error::NONE,
+                        partition_index: kafka_index(partition),
+                        leader_id: shard_for(&name, partition, shard.count) as i32,
+                    })
+                    .collect(),
+                name,
+            },
+            None => kafka::MetadataTopic {
+                error_code: error::UNKNOWN_TOPIC_OR_PARTITION,
+                name,
+                partitions: Vec::new(),
+            },
+        })
+        .collect();
+    kafka::MetadataResponse {
+        brokers,
+        cluster_id: "spate".to_string(),
+        controller_id: 0,
+        topics,
+    }
+}
+
+/// Appends through the same path as a native produce (`handlers::produce::append_all`).
+/// `Ok(None)`: acks=0, no answer; `Err`: the connection closes (a failed acks=0 produce).
+pub(super) async fn produce(
+    shard: &Rc<Shard>,
+    request: kafka::ProduceRequest,
+    exchange: &Exchange,
+) -> Result<Option<kafka::ProduceResponse>, Outgoing> {
+    let refuse_all = |code: i16, message: &str| kafka::ProduceResponse {
+        topics: request
+            .topics
+            .iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|partition| kafka::ProducePartitionResponse {
+                        index: partition.index,
+                        error_code: code,
+                        base_offset: -1,
+                        log_start_offset: -1,
+                        error_message: Some(message.to_string()),
+                    })
+                    .collect();
+                (topic.name.clone(), partitions)
+            })
+            .collect(),
+    };
+    let acks = match request.acks {
+        0 => Acks::None,
+        1 => Acks::Leader,
+        -1 => Acks::All,
+        other => {
+            return Ok(Some(refuse_all(
+                error::INVALID_REQUIRED_ACKS,
+                &format!("acks must be 0, 1 or -1, not {other}"),
+            )));
+        }
+    };
+    if request.transactional_id.is_some() {
+        let answer = refuse_all(
+            error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            "Spate does not support transactions",
+        );
+        return if acks == Acks::None {
+            Err(Outgoing::Close)
+        } else {
+            Ok(Some(answer))
+        };
+    }
+    native_produce::auto_create(
+        shard,
+        request.topics.iter().map(|topic| topic.name.as_str()),
+    )
+    .await;
+    let native = protocol::ProduceRequest {
+        acks,
+        timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
+        topics: request
+            .topics
+            .into_iter()
+            .map(|topic| protocol::ProduceTopic {
+                name: topic.name,
+                partitions: topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| protocol::ProducePartition {
+                        partition: partition_index(partition.index),
+                        // A null record set appends nothing: the log refuses it as empty.
+                        records: partition.records.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let Some(topics) = native_produce::append_all(shard, native, exchange).await? else {
+        return Ok(None);
+    };
+    Ok(Some(kafka::ProduceResponse {
+        topics: topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| {
+                        let ok = partition.status.is_ok();
+                        kafka::ProducePartitionResponse {
+                            index: kafka_index(partition.partition),
+                            error_code: code(&partition.status),
+                            base_offset: if ok { partition.base_offset } else { -1 },
+                            log_start_offset: -1,
+                            error_message: (!ok).then_some(partition.status.message),
+                        }
+                    })
+                    .collect();
+                (topic.name, partitions)
+            })
+            .collect(),
+    }))
+}
+
+/// Long-polls through the same path as a native fetch (`handlers::fetch::fetch_records`):
+/// the stored batches go out as they are, without a copy.
+pub(super) async fn fetch(
+    shard: &Rc<Shard>,
+    request: kafka::FetchRequest,
+    exchange: &Exchange,
+) -> (kafka::FetchResponse<FetchPayload>, Option<StaticPermit>) {
+    let native = protocol::FetchRequest {
+        max_wait_ms: u32::try_from(request.max_wait_ms).unwrap_or(0),
+        min_bytes: u32::try_from(request.min_bytes).unwrap_or(0),
+        max_bytes: u32::try_from(request.max_bytes).unwrap_or(0),
+        topics: request
+            .topics
+            .into_iter()
+            .map(|topic| protocol::FetchTopic {
+                name: topic.topic,
+                partitions: topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| protocol::FetchPartition {
+                        partition: partition_index(partition.partition),
+                        offset: partition.fetch_offset,
+                        max_bytes: u32::try_from(partition.partition_max_bytes).unwrap_or(0),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let asked: Vec<(String, Vec<u32>)> = native
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic.partitions.iter().map(|p| p.partition).collect();
+            (topic.name.clone(), partitions)
+        })
+        .collect();
+    match fetch::fetch_records(shard, native, exchange).await {
+        Ok((response, room)) => {
+            let topics = response
+                .topics
+                .into_iter()
+                .map(|topic| {
+                    let partitions = topic
+                        .partitions
+                        .into_iter()
+                        .map(|partition| kafka::FetchPartitionResponse {
+                            partition_index: kafka_index(partition.partition),
+                            error_code: code(&partition.status),
+                            high_watermark: partition.high_watermark,
+                            log_start_offset: partition.log_start_offset,
+                            records: partition.records,
+                        })
+                        .collect();
+                    (topic.name, partitions)
+                })
+                .collect();
+            (
+                kafka::FetchResponse {
+                    error_code: error::NONE,
+                    topics,
+                },
+                room,
+            )
+        }
+        // The fetch as a whole is refused (too many partitions, one named twice): every
+        // partition answers the error, and from v7 the top-level code says it too.
+        Err(status) => {
+            let failed = code(&status);
+            let topics = asked
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let partitions = partitions
+                        .into_iter()
+                        .map(|partition| kafka::FetchPartitionResponse {
+                            partition_index: kafka_index(partition),
+                            error_code: failed,
+                            high_watermark: -1,
+                            log_start_offset: -1,
+                            records: FetchPayload::Remote(Bytes::new()),
+                        })
+                        .collect();
+                    (name, partitions)
+                })
+                .collect();
+            (
+                kafka::FetchResponse {
+                    error_code: failed,
+                    topics,
+                },
+                None,
+            )
+        }
+    }
+}
+
+/// Earliest (-2), latest (-1), or the first offset at or after a timestamp. Kafka answers
+/// -1 as the timestamp of earliest and latest; Spate answers -1 for every lookup (the
+/// offset is what clients use).
+pub(super) async fn list_offsets(
+    shard: &Rc<Shard>,
+    request: kafka::ListOffsetsRequest,
+) -> kafka::ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let answer = shard
+                .list_offset(
+                    &topic.name,
+                    partition_index(partition.partition_index),
+                    partition.timestamp,
+                )
+                .await;
+            partitions.push(kafka::ListOffsetsPartitionResponse {
+                partition_index: partition.partition_index,
+                error_code: code(&answer.status),
+                timestamp: -1,
+                offset: if answer.status.is_ok() {
+                    answer.offset
+                } else {
+                    -1
+                },
+            });
+        }
+        topics.push((topic.name, partitions));
+    }
+    kafka::ListOffsetsResponse { topics }
+}
