@@ -361,19 +361,12 @@ fn broker_describe_shows_each_shard() {
 /// port chosen by the test, then the documented commands.
 #[test]
 fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
-    struct Serving(std::process::Child);
-    impl Drop for Serving {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let shards = std::thread::available_parallelism().map_or(1, |count| count.get());
     let port = crate::server::free_ports(shards + 1);
     let address = format!("127.0.0.1:{port}");
     let kafka_address = format!("127.0.0.1:{}", crate::server::free_ports(shards + 1));
-    let _serving = Serving(
+    let _serving = crate::server::Serving(
         Command::new(env!("CARGO_BIN_EXE_spate"))
             .args([
                 "serve",

@@ -6,6 +6,7 @@ mod broker_lifecycle;
 mod cli;
 mod groups;
 mod hostile;
+mod kafka;
 mod kafka_tools;
 mod server;
 mod storage_faults;

@@ -173,6 +173,16 @@ impl Broker {
     }
 }
 
+/// A `spate serve` started by hand (not through `Broker`), killed when dropped.
+pub struct Serving(pub Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
