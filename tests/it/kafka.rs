@@ -579,3 +579,194 @@ fn hostile_kafka_frames_close_their_connection_and_nothing_else() {
     let metadata = bystander.metadata(Some(vec!["safe".into()])).unwrap();
     assert_eq!(metadata.topics[0].error_code, error::NONE);
 }
+
+/// The loopback fuzz of the native port (tests/it/hostile.rs), on the Kafka port: valid
+/// requests of many APIs and versions, some with noise over their bodies, some with
+/// thousands of entries. Each gets its answer (in order) or its connection closed; the
+/// broker keeps serving and its memory stays bounded.
+#[test]
+fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bounded() {
+    use spate::kafka::{
+        CreatableTopic, CreateTopicsRequest, FindCoordinatorRequest, KafkaRequest,
+        ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
+        ProducePartition, ProduceRequest, ProduceTopic, api_range, encode_request,
+    };
+    let mut broker = Broker::start(2);
+    create(&broker, "fuzzed", 4);
+    let before = broker.peak_resident_bytes();
+    let address = format!("127.0.0.1:{}", broker.kafka_port);
+    let rng = &mut Rng(0x9e37_79b9_7f4a_7c15);
+    let mut batch = BatchBuilder::new();
+    batch.push(spate::clock::now_ms(), None, Some(b"fuzz"), &[]);
+    let batch = batch.build(0);
+    let connect = || {
+        let stream = TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    let mut stream = connect();
+    let (mut answered, mut closed) = (0, 0);
+    for correlation_id in 0..1500i32 {
+        let entries = if rng.below(10) == 0 {
+            500 + rng.below(2500)
+        } else {
+            rng.below(5)
+        };
+        let names = |entries: usize| -> Vec<String> {
+            (0..entries)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        "fuzzed".into()
+                    } else {
+                        format!("missing-{i}")
+                    }
+                })
+                .collect()
+        };
+        let (request, noisy) = match rng.below(7) {
+            0 => (
+                KafkaRequest::Metadata(MetadataRequest {
+                    topics: Some(names(entries)),
+                    allow_auto_topic_creation: false,
+                }),
+                true,
+            ),
+            1 => (
+                KafkaRequest::Produce(ProduceRequest {
+                    transactional_id: None,
+                    acks: -1,
+                    timeout_ms: 5_000,
+                    topics: vec![ProduceTopic {
+                        name: "fuzzed".into(),
+                        partitions: (0..entries.clamp(1, 8) as i32)
+                            .map(|index| ProducePartition {
+                                index,
+                                records: Some(batch.clone()),
+                            })
+                            .collect(),
+                    }],
+                }),
+                false,
+            ),
+            2 => (
+                KafkaRequest::Fetch(FetchRequest {
+                    max_wait_ms: 0,
+                    min_bytes: 1,
+                    max_bytes: 1 << 20,
+                    isolation_level: 0,
+                    session_id: 0,
+                    session_epoch: -1,
+                    topics: vec![FetchTopic {
+                        topic: "fuzzed".into(),
+                        partitions: (0..entries.min(2000) as i32)
+                            .map(|partition| FetchPartition {
+                                partition,
+                                fetch_offset: 0,
+                                partition_max_bytes: 4096,
+                            })
+                            .collect(),
+                    }],
+                }),
+                false,
+            ),
+            3 => (
+                KafkaRequest::ListOffsets(ListOffsetsRequest {
+                    isolation_level: 0,
+                    topics: vec![ListOffsetsTopic {
+                        name: "fuzzed".into(),
+                        partitions: (0..entries as i32)
+                            .map(|partition_index| ListOffsetsPartition {
+                                partition_index,
+                                timestamp: -1,
+                            })
+                            .collect(),
+                    }],
+                }),
+                true,
+            ),
+            4 => (
+                KafkaRequest::FindCoordinator(FindCoordinatorRequest {
+                    key: format!("group-{entries}"),
+                    key_type: 0,
+                }),
+                true,
+            ),
+            5 => (
+                KafkaRequest::CreateTopics(CreateTopicsRequest {
+                    topics: (0..entries.min(3))
+                        .map(|i| CreatableTopic {
+                            name: format!("fuzz-created-{correlation_id}-{i}"),
+                            num_partitions: 1,
+                            replication_factor: 1,
+                            assignments: 0,
+                            configs: Vec::new(),
+                        })
+                        .collect(),
+                    timeout_ms: 5_000,
+                    validate_only: false,
+                }),
+                true,
+            ),
+            _ => (KafkaRequest::DescribeGroups(names(entries)), true),
+        };
+        let range = api_range(request.api_key()).unwrap();
+        let version = range.min + rng.below((range.max - range.min + 1) as usize) as i16;
+        let mut frame = encode_request(&request, version, correlation_id, "fuzz").to_vec();
+        if noisy && frame.len() > 12 && rng.below(3) == 0 {
+            for _ in 0..1 + rng.below(5) {
+                let at = 12 + rng.below(frame.len() - 12);
+                frame[at] = rng.below(256) as u8;
+            }
+        }
+        if stream.write_all(&frame).is_err() {
+            stream = connect();
+            stream.write_all(&frame).unwrap();
+        }
+        let mut length = [0u8; 4];
+        match stream.read_exact(&mut length) {
+            Ok(()) => {
+                let mut body = vec![0u8; i32::from_be_bytes(length) as usize];
+                stream.read_exact(&mut body).unwrap();
+                assert_eq!(
+                    &body[..4],
+                    &correlation_id.to_be_bytes(),
+                    "answers come in order"
+                );
+                answered += 1;
+            }
+            Err(error) => {
+                assert_ne!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock,
+                    "no answer to {request:?}"
+                );
+                closed += 1;
+                stream = connect();
+            }
+        }
+        assert!(broker.is_running(), "the broker died on {request:?}");
+    }
+    assert!(answered > 1000, "{answered} answered, {closed} closed");
+    let mut client = KafkaClient::connect(&address, "after").unwrap();
+    let metadata = client.metadata(Some(vec!["fuzzed".into()])).unwrap();
+    assert_eq!(metadata.topics[0].partitions.len(), 4);
+    let grown = broker.peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 256 * 1024 * 1024,
+        "peak resident memory grew by {grown} bytes"
+    );
+}
+
+/// A small deterministic generator (xorshift64) for the fuzz.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
