@@ -605,6 +605,24 @@ fn bad_flags_an_unusable_data_directory_and_a_busy_port_fail_with_one_clear_line
         "{message}"
     );
 
+    // The Kafka port busy (the native one free): one line naming it, exit 1.
+    let kafka_address = format!("127.0.0.1:{}", broker.kafka_port);
+    let busy_kafka = spate(&[
+        "serve",
+        "--data-dir",
+        dir.path().join("third").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka-listen",
+        &kafka_address,
+        "--shards",
+        "1",
+    ]);
+    assert_eq!(busy_kafka.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&busy_kafka.stderr);
+    assert!(message.contains(&kafka_address), "{message}");
+    assert_eq!(message.trim().lines().count(), 1, "{message}");
+
     let same_dir = spate(&[
         "serve",
         "--data-dir",
