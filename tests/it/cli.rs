@@ -453,3 +453,21 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
     run(&["topic", "delete", "orders"], "");
     assert!(dir.path().join("spate-data").join("metadata.bin").exists());
 }
+
+/// The README's `cargo run --release -- serve` starts the broker: at the top of the
+/// workspace (which also builds spate-loadgen) `cargo run` must pick `spate`. Checked
+/// with the dev profile, which the test build has already compiled.
+#[test]
+fn cargo_run_at_the_top_of_the_workspace_runs_the_broker() {
+    let output = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--", "--version"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("spate "));
+}
