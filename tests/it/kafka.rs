@@ -770,3 +770,43 @@ impl Rng {
         (self.0 % bound as u64) as usize
     }
 }
+
+/// A Kafka produce on a full disk is answered KAFKA_STORAGE_ERROR (56), the records
+/// acknowledged before it stay, and produces succeed again once there is room.
+#[test]
+fn a_kafka_produce_on_a_full_disk_gets_a_storage_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = crate::support::LoopMount::new(dir.path(), 64) else {
+        return;
+    };
+    let broker = Broker::start_in(&mount.mount_point.join("data"), 1, &[]);
+    create(&broker, "full", 1);
+    let address = format!("127.0.0.1:{}", broker.kafka_port);
+    let mut client = KafkaClient::connect(&address, "filler").unwrap();
+    let produce = |client: &mut KafkaClient, value: &str| {
+        let mut builder = BatchBuilder::new();
+        builder.push(spate::clock::now_ms(), None, Some(value.as_bytes()), &[]);
+        let answer = client.produce("full", 0, builder.build(0), -1).unwrap();
+        answer.topics[0].1[0].error_code
+    };
+    assert_eq!(produce(&mut client, "before"), error::NONE);
+    let filler = mount.mount_point.join("filler");
+    crate::support::fill(&filler);
+    let big = "x".repeat(64 * 1024);
+    let mut acknowledged = 1;
+    let refused = (0..200).find_map(|_| match produce(&mut client, &big) {
+        error::NONE => {
+            acknowledged += 1;
+            None
+        }
+        code => Some(code),
+    });
+    assert_eq!(refused, Some(error::KAFKA_STORAGE_ERROR));
+    assert_eq!(native_records(&broker, "full", 0).len(), acknowledged);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(produce(&mut client, "after"), error::NONE);
+    let values = native_records(&broker, "full", 0);
+    assert_eq!(values.len(), acknowledged + 1);
+    assert_eq!(values[0].2, "before");
+    assert_eq!(values[acknowledged].2, "after");
+}

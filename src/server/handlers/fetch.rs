@@ -38,22 +38,22 @@ pub(super) async fn handle(
     request: FetchRequest,
     exchange: &Exchange,
 ) -> Result<Outgoing, Status> {
-    let (response, room) = fetch_records(shard, request, exchange).await?;
+    check(&request)?;
+    let (response, room) = fetch_records(shard, request, exchange).await;
     Ok(Outgoing::Pieces(
         response.into_pieces(exchange.correlation_id),
         room,
     ))
 }
 
-/// The work of a fetch, shared by the native and Kafka doors: the answer (records as
-/// they sit in the log) and the room it holds in the connection's byte budget until it
-/// is written.
+/// The work of a fetch, shared by the native and Kafka doors (each `check`s the request
+/// first): the answer (records as they sit in the log) and the room it holds in the
+/// connection's byte budget until it is written.
 pub(crate) async fn fetch_records(
     shard: &Rc<Shard>,
     mut request: FetchRequest,
     exchange: &Exchange,
-) -> Result<(FetchResponse<FetchPayload>, Option<StaticPermit>), Status> {
-    check(&request)?;
+) -> (FetchResponse<FetchPayload>, Option<StaticPermit>) {
     let closed = &exchange.closed;
     let max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
@@ -92,7 +92,7 @@ pub(crate) async fn fetch_records(
             .collect();
         let enough = bytes_in(&response) >= min_bytes;
         if enough || now >= deadline || closed.is_set() || to_watch.is_empty() || room.is_none() {
-            return Ok((response, room));
+            return (response, room);
         }
         drop(room);
         let waits: Vec<_> = to_watch
@@ -155,7 +155,7 @@ async fn take_room(
 
 /// Bounds what one request may ask for: a hostile fetch must not make the answer (or the
 /// waits behind it) unbounded.
-fn check(request: &FetchRequest) -> Result<(), Status> {
+pub(crate) fn check(request: &FetchRequest) -> Result<(), Status> {
     let entries: usize = request
         .topics
         .iter()

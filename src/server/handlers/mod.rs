@@ -75,15 +75,25 @@ pub(crate) fn weigh(
     entries: usize,
     budget: usize,
 ) -> usize {
-    let weight = frame_bytes.saturating_add(entries.saturating_mul(REQUEST_ENTRY_WEIGHT_BYTES));
+    let weight = request_weight(frame_bytes, entries);
     if let Request::Fetch(fetch) = request {
-        let room = budget.saturating_sub(weight).max(1);
-        fetch.max_bytes = fetch
-            .max_bytes
-            .min(fetch::FETCH_RESPONSE_BYTES_MAX)
-            .min(room as u32);
+        fetch.max_bytes = fetch_max_bytes(fetch.max_bytes, weight, budget);
     }
     weight.min(budget)
+}
+
+/// A request's weight before the budget caps it: its frame and its entries (both doors).
+pub(crate) fn request_weight(frame_bytes: usize, entries: usize) -> usize {
+    frame_bytes.saturating_add(entries.saturating_mul(REQUEST_ENTRY_WEIGHT_BYTES))
+}
+
+/// A fetch's `max_bytes` lowered to what the budget can ever give it next to its own
+/// weight (both doors).
+pub(crate) fn fetch_max_bytes(max_bytes: u32, weight: usize, budget: usize) -> u32 {
+    let room = budget.saturating_sub(weight).max(1);
+    max_bytes
+        .min(fetch::FETCH_RESPONSE_BYTES_MAX)
+        .min(u32::try_from(room).unwrap_or(u32::MAX))
 }
 
 /// What a handler knows about the request it answers besides the request itself.

@@ -192,71 +192,60 @@ pub(super) async fn fetch(
             })
             .collect(),
     };
-    let asked: Vec<(String, Vec<u32>)> = native
+    // A fetch refused as a whole (too many partitions, one named twice): every partition
+    // answers the error, and from v7 the top-level code says it too.
+    if let Err(status) = fetch::check(&native) {
+        let failed = code(&status);
+        let topics = native
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| kafka::FetchPartitionResponse {
+                        partition_index: kafka_index(partition.partition),
+                        error_code: failed,
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                        records: FetchPayload::Remote(Bytes::new()),
+                    })
+                    .collect();
+                (topic.name, partitions)
+            })
+            .collect();
+        let response = kafka::FetchResponse {
+            error_code: failed,
+            topics,
+        };
+        return (response, None);
+    }
+    let (response, room) = fetch::fetch_records(shard, native, exchange).await;
+    let topics = response
         .topics
-        .iter()
+        .into_iter()
         .map(|topic| {
-            let partitions = topic.partitions.iter().map(|p| p.partition).collect();
-            (topic.name.clone(), partitions)
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|partition| kafka::FetchPartitionResponse {
+                    partition_index: kafka_index(partition.partition),
+                    error_code: code(&partition.status),
+                    high_watermark: partition.high_watermark,
+                    log_start_offset: partition.log_start_offset,
+                    records: partition.records,
+                })
+                .collect();
+            (topic.name, partitions)
         })
         .collect();
-    match fetch::fetch_records(shard, native, exchange).await {
-        Ok((response, room)) => {
-            let topics = response
-                .topics
-                .into_iter()
-                .map(|topic| {
-                    let partitions = topic
-                        .partitions
-                        .into_iter()
-                        .map(|partition| kafka::FetchPartitionResponse {
-                            partition_index: kafka_index(partition.partition),
-                            error_code: code(&partition.status),
-                            high_watermark: partition.high_watermark,
-                            log_start_offset: partition.log_start_offset,
-                            records: partition.records,
-                        })
-                        .collect();
-                    (topic.name, partitions)
-                })
-                .collect();
-            (
-                kafka::FetchResponse {
-                    error_code: error::NONE,
-                    topics,
-                },
-                room,
-            )
-        }
-        // The fetch as a whole is refused (too many partitions, one named twice): every
-        // partition answers the error, and from v7 the top-level code says it too.
-        Err(status) => {
-            let failed = code(&status);
-            let topics = asked
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let partitions = partitions
-                        .into_iter()
-                        .map(|partition| kafka::FetchPartitionResponse {
-                            partition_index: kafka_index(partition),
-                            error_code: failed,
-                            high_watermark: -1,
-                            log_start_offset: -1,
-                            records: FetchPayload::Remote(Bytes::new()),
-                        })
-                        .collect();
-                    (name, partitions)
-                })
-                .collect();
-            (
-                kafka::FetchResponse {
-                    error_code: failed,
-                    topics,
-                },
-                None,
-            )
-        }
-    }
+    (
+        kafka::FetchResponse {
+            error_code: error::NONE,
+            topics,
+        },
+        room,
+    )
 }
 
 /// Earliest (-2), latest (-1), or the first offset at or after a timestamp. Kafka answers

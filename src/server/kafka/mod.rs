@@ -19,14 +19,12 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::connection::{Decoded, Work};
-use super::handlers::fetch::FETCH_RESPONSE_BYTES_MAX;
-use super::handlers::{Exchange, Outgoing};
+use super::handlers::{self, Exchange, Outgoing};
 use super::shard::Shard;
 use crate::kafka::{
     ApiVersionsResponse, KafkaError, KafkaRequest, KafkaResponse, RequestHeader, api,
     decode_header, decode_request, error, peek_header,
 };
-use crate::limits::REQUEST_ENTRY_WEIGHT_BYTES;
 use crate::protocol::{ErrorCode, Status};
 
 /// A decoded Kafka request and the header it came with (version, correlation id).
@@ -62,14 +60,11 @@ pub(crate) fn decode(frame: Bytes, bytes_max: usize) -> Result<Decoded, String> 
     let (mut request, entries) = decode_request(&header, body).map_err(|error| {
         format!("Kafka request (API key {api_key} version {api_version}): {error}")
     })?;
-    let weight = frame_bytes.saturating_add(entries.saturating_mul(REQUEST_ENTRY_WEIGHT_BYTES));
+    let weight = handlers::request_weight(frame_bytes, entries);
     if let KafkaRequest::Fetch(fetch) = &mut request {
         // As for native fetches (`handlers::weigh`): never more than the budget can give.
-        let room = bytes_max.saturating_sub(weight).max(1);
         let max_bytes = u32::try_from(fetch.max_bytes.max(1)).unwrap_or(1);
-        fetch.max_bytes = max_bytes
-            .min(FETCH_RESPONSE_BYTES_MAX)
-            .min(u32::try_from(room).unwrap_or(u32::MAX)) as i32;
+        fetch.max_bytes = handlers::fetch_max_bytes(max_bytes, weight, bytes_max) as i32;
     }
     Ok(Decoded {
         correlation_id: correlation_id as u32,
@@ -189,11 +184,7 @@ pub(crate) async fn handle(
 /// Kafka's error code for a native status (the message is lost: most Kafka answers have
 /// no room for one).
 fn code(status: &Status) -> i16 {
-    code_of(status.code)
-}
-
-fn code_of(code: ErrorCode) -> i16 {
-    match code {
+    match status.code {
         ErrorCode::None => error::NONE,
         ErrorCode::UnknownTopicOrPartition => error::UNKNOWN_TOPIC_OR_PARTITION,
         ErrorCode::OffsetOutOfRange => error::OFFSET_OUT_OF_RANGE,
