@@ -1,6 +1,6 @@
 //! A consumer thread: long-polls its share of the partitions (partition `p` goes to
-//! consumer `p % consumers`) on their owning shards, counts records and batch bytes, and
-//! for e2e reads each value's send time to record the latency from send to receipt.
+//! consumer `p % consumers`) on their owners, counts records and batch bytes, and for e2e
+//! reads each value's send time to record the latency from send to receipt.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,16 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use spate::client::Connection;
-use spate::protocol::{FetchPartition, FetchRequest, FetchTopic, Request, Response};
 use spate::record::{BatchHeader, RecordIter};
 
+use crate::door::{Layout, by_owner, fetcher};
 use crate::options::{Plan, Workload};
-use crate::run::{Layout, Shared};
+use crate::run::Shared;
 use crate::stats::Recorder;
-
-/// Bytes asked of each partition per fetch.
-const PARTITION_FETCH_BYTES: u32 = 4 << 20;
 
 /// Reads from `start[p]` for each assigned partition until `done` says so.
 pub fn run(
@@ -29,65 +25,43 @@ pub fn run(
     recorder: &Recorder,
     done: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let mine: Vec<u32> = (0..plan.partitions)
-        .filter(|partition| *partition as usize % plan.consumers == index)
+    let mine =
+        (0..plan.partitions).filter(|partition| *partition as usize % plan.consumers == index);
+    let by_owner = by_owner(layout, mine);
+    let mut fetchers = HashMap::new();
+    for &owner in by_owner.keys() {
+        let address = layout.address(owner);
+        let fetcher = fetcher(plan.protocol, address)
+            .with_context(|| format!("connecting to {owner} at {address}"))?;
+        fetchers.insert(owner, fetcher);
+    }
+    let mut offsets: HashMap<u32, i64> = by_owner
+        .values()
+        .flatten()
+        .map(|&p| (p, start[p as usize]))
         .collect();
-    let mut by_shard: HashMap<u16, Vec<u32>> = HashMap::new();
-    for &partition in &mine {
-        by_shard
-            .entry(layout.owners[partition as usize])
-            .or_default()
-            .push(partition);
-    }
-    let mut connections = HashMap::new();
-    for &shard in by_shard.keys() {
-        let address = &layout.addresses[&shard];
-        let connection = Connection::connect(address, "spate-loadgen")
-            .with_context(|| format!("connecting to shard {shard} at {address}"))?;
-        connections.insert(shard, connection);
-    }
-    let mut offsets: HashMap<u32, i64> = mine.iter().map(|&p| (p, start[p as usize])).collect();
     let e2e = plan.workload == Workload::E2e;
     let mut latencies = Vec::new();
+    let mut asked = Vec::new();
     while !done() && !shared.stop.load(Ordering::Relaxed) {
-        for (shard, partitions) in &by_shard {
-            let request = Request::Fetch(FetchRequest {
-                max_wait_ms: 100,
-                min_bytes: 1,
-                max_bytes: 64 << 20,
-                topics: vec![FetchTopic {
-                    name: plan.topic.clone(),
-                    partitions: partitions
-                        .iter()
-                        .map(|&partition| FetchPartition {
-                            partition,
-                            offset: offsets[&partition],
-                            max_bytes: PARTITION_FETCH_BYTES,
-                        })
-                        .collect(),
-                }],
-            });
-            let connection = connections.get_mut(shard).expect("connected above");
-            let response = connection
-                .call(&request)
-                .with_context(|| format!("fetching from shard {shard}"))?;
+        for (owner, partitions) in &by_owner {
+            asked.clear();
+            asked.extend(
+                partitions
+                    .iter()
+                    .map(|&partition| (partition, offsets[&partition])),
+            );
+            let fetcher = fetchers.get_mut(owner).expect("connected above");
+            let answer = fetcher
+                .fetch(&plan.topic, &asked)
+                .with_context(|| format!("fetching from {owner}"))?;
             let received = Instant::now();
-            let Response::Fetch(response) = response else {
-                anyhow::bail!("shard {shard} answered a fetch with another kind");
-            };
-            for partition in response
-                .topics
-                .into_iter()
-                .flat_map(|topic| topic.partitions)
-            {
-                if !partition.status.is_ok() {
-                    anyhow::bail!("partition {}: {}", partition.partition, partition.status);
-                }
+            for (partition, records) in answer {
                 let offset = offsets
-                    .get_mut(&partition.partition)
+                    .get_mut(&partition)
                     .context("an unasked partition")?;
                 let (records, bytes) = count(
-                    &partition.records,
+                    &records,
                     offset,
                     e2e.then_some((&mut latencies, shared, received)),
                 )?;

@@ -2,6 +2,7 @@
 //! reports throughput and latency (see README and docs/BENCHMARKS.md).
 
 mod consumer;
+mod door;
 mod options;
 mod producer;
 mod report;

@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use spate::protocol::Acks;
 
+use crate::door::Protocol;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
@@ -26,7 +28,12 @@ pub struct Options {
     /// What to run: produce, consume or e2e [default: produce].
     #[arg(value_enum)]
     pub kind: Option<Workload>,
-    /// Broker to load, HOST:PORT [default: 127.0.0.1:7070].
+    /// The protocol to load the broker through: Spate's own (native) or Kafka's wire
+    /// protocol (kafka; also drives any Kafka-compatible broker) [default: native].
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+    /// Broker to load, HOST:PORT [default: 127.0.0.1:7070, or 127.0.0.1:9092 with
+    /// --protocol kafka].
     #[arg(long)]
     pub broker: Option<String>,
     /// Start a broker on a temporary data directory for the run, and remove it after.
@@ -123,6 +130,7 @@ impl Options {
         }
         pick!(
             kind,
+            protocol,
             broker,
             spawn_broker,
             broker_cpus,
@@ -171,6 +179,7 @@ pub enum Rate {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Plan {
     pub workload: Workload,
+    pub protocol: Protocol,
     pub broker: String,
     pub spawn_broker: bool,
     pub broker_cpus: Vec<usize>,
@@ -269,9 +278,13 @@ impl Plan {
         if !broker_settings.is_empty() && !spawn_broker {
             bail!("--broker-setting applies to a spawned broker: add --spawn-broker");
         }
+        let protocol = options.protocol.unwrap_or(Protocol::Native);
         let plan = Plan {
             workload,
-            broker: options.broker.unwrap_or_else(|| "127.0.0.1:7070".into()),
+            protocol,
+            broker: options
+                .broker
+                .unwrap_or_else(|| protocol.default_address().into()),
             spawn_broker,
             broker_cpus,
             broker_bin: options.broker_bin,

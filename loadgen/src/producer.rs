@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use spate::client::partitioner::partition_for_key;
-use spate::client::{Answer, Connection, Pipeline};
-use spate::protocol::{Acks, ProducePartition, ProduceRequest, ProduceTopic, Request, Response};
+use spate::client::{Answer, Pipeline};
+use spate::protocol::Acks;
 use spate::record::BatchBuilder;
 
+use crate::door::{Layout, ProduceWire};
 use crate::options::Plan;
-use crate::run::{Layout, Shared};
+use crate::run::Shared;
 use crate::stats::Recorder;
 
 /// What a sent batch carries to its acknowledgement.
-struct Sent {
+pub struct Sent {
     partition: u32,
     records: u64,
     bytes: u64,
@@ -36,8 +37,9 @@ struct Open {
     since: Instant,
 }
 
-/// Sends `records` records (or until the run stops), then waits for their answers.
-pub fn run(
+/// Sends `records` records (or until the run stops) through `W`, then waits for their
+/// answers.
+pub fn run<W: ProduceWire>(
     index: usize,
     plan: &Plan,
     layout: &Layout,
@@ -45,16 +47,15 @@ pub fn run(
     records: Option<u64>,
     recorder: &Arc<Recorder>,
 ) -> anyhow::Result<()> {
-    let (answers, acknowledged) = mpsc::channel::<Answer<Sent>>();
+    let (answers, acknowledged) = mpsc::channel::<Answer<Sent, W::Response>>();
     let collector = {
         let recorder = recorder.clone();
         let shared = shared.clone();
-        let acks = plan.acks;
         std::thread::Builder::new()
             .name(format!("ack-{index}"))
-            .spawn(move || collect(acknowledged, &recorder, &shared, acks))?
+            .spawn(move || collect::<W>(acknowledged, &recorder, &shared))?
     };
-    let mut pipelines: HashMap<u16, Pipeline<Sent>> = HashMap::new();
+    let mut pipelines: HashMap<i32, Pipeline<Sent, W>> = HashMap::new();
     let mut open: HashMap<u32, Open> = HashMap::new();
     let rate = plan
         .rate_records_per_s
@@ -80,7 +81,16 @@ pub fn run(
                         if now >= due {
                             break;
                         }
-                        send_lingering(&mut open, &mut pipelines, linger, plan, layout, &answers)?;
+                        send_lingering(
+                            &mut open,
+                            &mut pipelines,
+                            linger,
+                            plan,
+                            layout,
+                            &answers,
+                            shared,
+                            recorder,
+                        )?;
                         let left = due - now;
                         if left > Duration::from_micros(200) {
                             std::thread::sleep(
@@ -125,17 +135,44 @@ pub fn run(
                     .is_some_and(|limit| batch.builder.records_count() >= limit);
             if full {
                 let batch = open.remove(&partition).expect("just filled");
-                send(partition, batch, &mut pipelines, plan, layout, &answers)?;
+                send(
+                    partition,
+                    batch,
+                    &mut pipelines,
+                    plan,
+                    layout,
+                    &answers,
+                    shared,
+                    recorder,
+                )?;
                 if key.is_none() {
                     sticky = (sticky + 1) % plan.partitions;
                 }
             }
             if sent.is_multiple_of(64) {
-                send_lingering(&mut open, &mut pipelines, linger, plan, layout, &answers)?;
+                send_lingering(
+                    &mut open,
+                    &mut pipelines,
+                    linger,
+                    plan,
+                    layout,
+                    &answers,
+                    shared,
+                    recorder,
+                )?;
             }
         }
         for (partition, batch) in std::mem::take(&mut open) {
-            send(partition, batch, &mut pipelines, plan, layout, &answers)?;
+            send(
+                partition,
+                batch,
+                &mut pipelines,
+                plan,
+                layout,
+                &answers,
+                shared,
+                recorder,
+            )?;
         }
         Ok(())
     })();
@@ -148,13 +185,16 @@ pub fn run(
     outcome
 }
 
-fn send_lingering(
+#[allow(clippy::too_many_arguments)]
+fn send_lingering<W: ProduceWire>(
     open: &mut HashMap<u32, Open>,
-    pipelines: &mut HashMap<u16, Pipeline<Sent>>,
+    pipelines: &mut HashMap<i32, Pipeline<Sent, W>>,
     linger: Duration,
     plan: &Plan,
     layout: &Layout,
-    answers: &mpsc::Sender<Answer<Sent>>,
+    answers: &mpsc::Sender<Answer<Sent, W::Response>>,
+    shared: &Shared,
+    recorder: &Recorder,
 ) -> anyhow::Result<()> {
     let due: Vec<u32> = open
         .iter()
@@ -163,31 +203,32 @@ fn send_lingering(
         .collect();
     for partition in due {
         let batch = open.remove(&partition).expect("listed");
-        send(partition, batch, pipelines, plan, layout, answers)?;
+        send(
+            partition, batch, pipelines, plan, layout, answers, shared, recorder,
+        )?;
     }
     Ok(())
 }
 
-fn send(
+#[allow(clippy::too_many_arguments)]
+fn send<W: ProduceWire>(
     partition: u32,
     mut batch: Open,
-    pipelines: &mut HashMap<u16, Pipeline<Sent>>,
+    pipelines: &mut HashMap<i32, Pipeline<Sent, W>>,
     plan: &Plan,
     layout: &Layout,
-    answers: &mpsc::Sender<Answer<Sent>>,
+    answers: &mpsc::Sender<Answer<Sent, W::Response>>,
+    shared: &Shared,
+    recorder: &Recorder,
 ) -> anyhow::Result<()> {
-    let shard = layout.owners[partition as usize];
-    let pipeline = match pipelines.entry(shard) {
+    let owner = layout.owners[partition as usize];
+    let pipeline = match pipelines.entry(owner) {
         std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
         std::collections::hash_map::Entry::Vacant(entry) => {
-            let address = &layout.addresses[&shard];
-            let connection = Connection::connect(address, "spate-loadgen")
-                .with_context(|| format!("connecting to shard {shard} at {address}"))?;
-            entry.insert(Pipeline::new(
-                connection,
-                plan.max_in_flight,
-                answers.clone(),
-            )?)
+            let address = layout.address(owner);
+            let pipeline = W::open(address, plan.max_in_flight, answers.clone())
+                .with_context(|| format!("connecting to {owner} at {address}"))?;
+            entry.insert(pipeline)
         }
     };
     let records = batch.builder.build(0);
@@ -197,75 +238,50 @@ fn send(
         bytes: records.len() as u64,
         due: std::mem::take(&mut batch.due),
     };
-    let request = Request::Produce(ProduceRequest {
-        acks: plan.acks,
-        timeout_ms: 30_000,
-        topics: vec![ProduceTopic {
-            name: plan.topic.clone(),
-            partitions: vec![ProducePartition { partition, records }],
-        }],
-    });
+    let request = W::produce(plan, partition, records);
     if plan.acks == Acks::None {
-        // No answer will come: count the batch as done once written.
+        // No answer will come: the batch counts as done once written.
         pipeline.send_unanswered(&request)?;
-        let _ = answers.send(Answer {
-            token: sent,
-            response: Ok(Response::Failed(spate::protocol::Status::ok())),
-            received: Instant::now(),
-        });
+        acknowledge(sent, Instant::now(), recorder, shared);
         return Ok(());
     }
     pipeline
         .send(&request, sent)
-        .with_context(|| format!("sending to shard {shard}"))
+        .with_context(|| format!("sending to {owner}"))
 }
 
-fn collect(
-    answers: mpsc::Receiver<Answer<Sent>>,
+fn collect<W: ProduceWire>(
+    answers: mpsc::Receiver<Answer<Sent, W::Response>>,
     recorder: &Recorder,
     shared: &Shared,
-    acks: Acks,
 ) {
     for answer in answers {
         let sent = answer.token;
-        let status = match answer.response {
-            Ok(Response::Produce(response)) => response
-                .topics
-                .into_iter()
-                .flat_map(|topic| topic.partitions)
-                .map(|partition| partition.status)
-                .find(|status| !status.is_ok())
-                .map_or(Ok(()), Err),
-            Ok(Response::Failed(status)) if acks == Acks::None && status.is_ok() => Ok(()),
-            Ok(Response::Failed(status)) => Err(status),
-            Ok(_) => Err(spate::protocol::Status::error(
-                spate::protocol::ErrorCode::InvalidRequest,
-                "an answer of the wrong kind",
-            )),
+        let verdict = match answer.response {
+            Ok(response) => W::verdict(response),
+            Err(error) => Err(error.to_string()),
+        };
+        match verdict {
+            Ok(()) => acknowledge(sent, answer.received, recorder, shared),
             Err(error) => {
                 recorder.error(format!("partition {}: {error}", sent.partition));
-                shared.fail();
-                continue;
-            }
-        };
-        match status {
-            Ok(()) => {
-                shared
-                    .acknowledged
-                    .fetch_add(sent.records, Ordering::Relaxed);
-                let received = answer.received.duration_since(shared.epoch).as_nanos() as u64;
-                recorder.record(
-                    sent.records,
-                    sent.bytes,
-                    sent.due
-                        .iter()
-                        .map(|&due| Duration::from_nanos(received.saturating_sub(due))),
-                );
-            }
-            Err(status) => {
-                recorder.error(format!("partition {}: {status}", sent.partition));
                 shared.fail();
             }
         }
     }
+}
+
+/// Counts an acknowledged batch, each record's latency from when it was due.
+fn acknowledge(sent: Sent, received: Instant, recorder: &Recorder, shared: &Shared) {
+    shared
+        .acknowledged
+        .fetch_add(sent.records, Ordering::Relaxed);
+    let received = received.duration_since(shared.epoch).as_nanos() as u64;
+    recorder.record(
+        sent.records,
+        sent.bytes,
+        sent.due
+            .iter()
+            .map(|&due| Duration::from_nanos(received.saturating_sub(due))),
+    );
 }

@@ -65,8 +65,9 @@ pub fn table(summary: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:?}: {} records, {:.1} MB in {:.2} s{}",
+        "{:?} ({:?} protocol): {} records, {:.1} MB in {:.2} s{}",
         summary.workload,
+        summary.plan.protocol,
         summary.records,
         summary.bytes as f64 / 1e6,
         summary.duration_s,

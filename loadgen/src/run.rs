@@ -1,7 +1,6 @@
 //! One run: reach (or spawn) the broker, make sure the topic exists, start the workers on
 //! their cores, print a progress line a second, and gather the results.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,17 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use spate::client::{Connection, ShardRouter};
-use spate::protocol::{ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
+use spate::client::Native;
+use spate::kafka::client::KafkaWire;
 
+use crate::door::{Admin, Layout, Position, Protocol};
 use crate::options::{Plan, Workload};
 use crate::stats::{Recorder, Tally};
-
-/// Where each partition lives: its owning shard, and each shard's address.
-pub struct Layout {
-    pub owners: Vec<u16>,
-    pub addresses: HashMap<u16, String>,
-}
 
 /// State every worker sees.
 pub struct Shared {
@@ -103,8 +97,10 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
         .prefix("spate-loadgen-")
         .tempdir()?;
     let shards = plan.broker_cpus.len();
-    let port = spate::server::free_port_range([127, 0, 0, 1].into(), shards)
+    // Native: the bootstrap port and one per shard; Kafka's the same, just above.
+    let port = spate::server::free_port_range([127, 0, 0, 1].into(), 2 * shards + 1)
         .map_err(|error| anyhow::anyhow!(error))?;
+    let kafka_port = port + shards as u16 + 1;
     let cpus = plan
         .broker_cpus
         .iter()
@@ -120,7 +116,7 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
             "--cpus",
             &cpus,
             "--kafka-listen",
-            "none",
+            &format!("127.0.0.1:{kafka_port}"),
         ])
         .arg("--data-dir")
         .arg(data.path().join("data"))
@@ -133,9 +129,12 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start the broker {}", binary.display()))?;
-    plan.broker = format!("127.0.0.1:{port}");
+    plan.broker = match plan.protocol {
+        Protocol::Native => format!("127.0.0.1:{port}"),
+        Protocol::Kafka => format!("127.0.0.1:{kafka_port}"),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Connection::connect(&plan.broker, "spate-loadgen").is_err() {
+    while Admin::connect(plan).is_err() {
         if let Some(status) = child.try_wait()? {
             bail!("the spawned broker exited at start ({status}); run it by hand to see why");
         }
@@ -149,39 +148,30 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
 }
 
 /// Creates the topic if missing and learns where its partitions live.
-fn prepare_topic(plan: &mut Plan) -> anyhow::Result<(Connection, Layout)> {
-    let mut admin = Connection::connect(&plan.broker, "spate-loadgen")
-        .with_context(|| format!("cannot reach the broker at {}", plan.broker))?;
-    let created = admin.create_topic(&plan.topic, plan.partitions, &plan.topic_config)?;
-    match created.status.code {
-        ErrorCode::None => {}
-        ErrorCode::TopicAlreadyExists if plan.topic_config.is_empty() => {}
-        ErrorCode::TopicAlreadyExists => eprintln!(
-            "note: topic {} exists; its configs are kept and --topic-config is not applied",
-            plan.topic
-        ),
-        _ => bail!("cannot create topic {}: {}", plan.topic, created.status),
-    }
-    // The router learns the partitions' owners and the shards' addresses from metadata.
-    let bootstrap = Connection::connect(&plan.broker, "spate-loadgen")?;
-    let router = ShardRouter::new(bootstrap, &plan.topic, "spate-loadgen")
-        .with_context(|| format!("topic {}", plan.topic))?;
-    // An existing topic keeps its own partition count.
-    plan.partitions = router.partitions();
-    let owners: Vec<u16> = (0..plan.partitions)
-        .map(|partition| router.owner(partition).expect("a partition of the topic"))
-        .collect();
-    let addresses = owners
-        .iter()
-        .filter_map(|&shard| Some((shard, router.shard_address(shard)?.to_string())))
-        .collect();
-    Ok((admin, Layout { owners, addresses }))
+fn prepare_topic(plan: &mut Plan) -> anyhow::Result<(Admin, Layout)> {
+    let mut admin = Admin::connect(plan)?;
+    admin.create_topic(plan)?;
+    let layout = admin.layout(plan)?;
+    Ok((admin, layout))
 }
 
-fn offsets(admin: &mut Connection, plan: &Plan, at: i64) -> anyhow::Result<Vec<i64>> {
-    (0..plan.partitions)
-        .map(|partition| Ok(admin.list_offset(&plan.topic, partition, at)?))
-        .collect()
+/// One producer's whole run, over the plan's protocol.
+fn produce(
+    index: usize,
+    plan: &Plan,
+    layout: &Layout,
+    shared: &Arc<Shared>,
+    records: Option<u64>,
+    recorder: &Arc<Recorder>,
+) -> anyhow::Result<()> {
+    match plan.protocol {
+        Protocol::Native => {
+            crate::producer::run::<Native>(index, plan, layout, shared, records, recorder)
+        }
+        Protocol::Kafka => {
+            crate::producer::run::<KafkaWire>(index, plan, layout, shared, records, recorder)
+        }
+    }
 }
 
 /// Pins the current thread to the `index`th of the plan's cores (round robin).
@@ -202,8 +192,8 @@ pub fn run(plan: &mut Plan) -> anyhow::Result<Outcome> {
         fill(plan, &layout, &mut admin)?;
     }
     let start_offsets = match plan.workload {
-        Workload::Consume => offsets(&mut admin, plan, OFFSET_EARLIEST)?,
-        _ => offsets(&mut admin, plan, OFFSET_LATEST)?,
+        Workload::Consume => admin.offsets(plan, &layout, Position::Earliest)?,
+        _ => admin.offsets(plan, &layout, Position::Latest)?,
     };
     let shared = Arc::new(Shared::new());
     let recorder = Arc::new(Recorder::default());
@@ -227,7 +217,7 @@ pub fn run(plan: &mut Plan) -> anyhow::Result<Outcome> {
                     .name(format!("producer-{index}"))
                     .spawn(move || {
                         pin(&plan, index);
-                        crate::producer::run(index, &plan, &layout, &shared, records, &recorder)
+                        produce(index, &plan, &layout, &shared, records, &recorder)
                     })?,
             );
         }
@@ -353,9 +343,9 @@ fn split(total: u64, parts: usize) -> Vec<u64> {
 
 /// For a consume run: produces (unmeasured) what the topic lacks of `--records` (or, with
 /// only a duration, of 1 GB of records).
-fn fill(plan: &Plan, layout: &Arc<Layout>, admin: &mut Connection) -> anyhow::Result<()> {
-    let start = offsets(admin, plan, OFFSET_EARLIEST)?;
-    let end = offsets(admin, plan, OFFSET_LATEST)?;
+fn fill(plan: &Plan, layout: &Arc<Layout>, admin: &mut Admin) -> anyhow::Result<()> {
+    let start = admin.offsets(plan, layout, Position::Earliest)?;
+    let end = admin.offsets(plan, layout, Position::Latest)?;
     let held: i64 = end.iter().zip(&start).map(|(end, start)| end - start).sum();
     let average = (plan.message_size.0 + plan.message_size.1) as u64 / 2;
     let wanted = plan.records.unwrap_or(1_000_000_000 / average.max(1));
@@ -372,7 +362,7 @@ fn fill(plan: &Plan, layout: &Arc<Layout>, admin: &mut Connection) -> anyhow::Re
     filler.producers = 1;
     let shared = Arc::new(Shared::new());
     let recorder = Arc::new(Recorder::default());
-    crate::producer::run(0, &filler, layout, &shared, Some(missing), &recorder)?;
+    produce(0, &filler, layout, &shared, Some(missing), &recorder)?;
     let mut tally = Tally::default();
     tally.collect(&recorder, 1.0);
     if let Some(error) = tally.first_error {

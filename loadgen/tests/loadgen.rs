@@ -255,3 +255,95 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
         "the run ends when the broker dies"
     );
 }
+
+/// `--protocol kafka` drives the broker's Kafka door: keyed records over two shards reach
+/// each partition's owner directly (nothing forwarded), and what it produced is read back
+/// in full through the native door, and the other way round.
+#[test]
+fn the_kafka_protocol_produces_and_consumes_the_same_log_as_the_native_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
+    // Native: the listener and two shard ports; Kafka's three just above.
+    let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 5).unwrap();
+    let (native, kafka) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{}", port + 3),
+    );
+    let mut broker = Command::new(spate)
+        .args([
+            "serve",
+            "--shards",
+            "2",
+            "--listen",
+            &native,
+            "--kafka-listen",
+            &kafka,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(std::fs::File::create(dir.path().join("broker.log")).unwrap())
+        .spawn()
+        .expect("the spate binary, built beside the load generator");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&kafka).is_err() {
+        if let Some(status) = broker.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default();
+            panic!("the broker exited ({status}) before serving: {log}");
+        }
+        assert!(std::time::Instant::now() < deadline, "the broker starts");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let report_path = dir.path().join("run.json");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--topic", "both", "--json", report_path.to_str().unwrap()]);
+        run_ok(&all, &report_path)
+    };
+    let produced = run(&[
+        "produce",
+        "--protocol",
+        "kafka",
+        "--broker",
+        &kafka,
+        "--partitions",
+        "4",
+        "--keys",
+        "20",
+        "--records",
+        "6000",
+        "--message-size",
+        "50-500",
+    ]);
+    assert_eq!(produced["records"], 6000);
+    assert_eq!(produced["plan"]["protocol"], "kafka", "{produced}");
+    let described = spate::client::Connection::connect(&native, "test")
+        .unwrap()
+        .describe_broker()
+        .unwrap();
+    let forwarded: u64 = described
+        .shards
+        .iter()
+        .map(|shard| shard.forwarded_requests)
+        .sum();
+    assert_eq!(forwarded, 0, "every Kafka produce went to its owner shard");
+
+    // The native door reads all 6000 from the start (nothing is missing, so no fill).
+    let consumed = run(&["consume", "--broker", &native, "--records", "6000"]);
+    assert_eq!(consumed["records"], 6000);
+    // More through the native door; the Kafka door reads all 9000.
+    run(&["produce", "--broker", &native, "--records", "3000"]);
+    let consumed = run(&[
+        "consume",
+        "--protocol",
+        "kafka",
+        "--broker",
+        &kafka,
+        "--records",
+        "9000",
+        "--consumers",
+        "2",
+    ]);
+    assert_eq!(consumed["records"], 9000);
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}

@@ -13,6 +13,6 @@ mod router;
 pub use connection::{ClientError, Connection};
 pub use consumer::{PartitionConsumer, StartAt};
 pub use group::{GroupConsumer, GroupConsumerConfig, GroupRecord, OffsetReset, RebalanceListener};
-pub use pipeline::{Answer, Pipeline};
+pub use pipeline::{Answer, Native, Pipeline, Wire};
 pub use producer::{Delivery, Producer, ProducerConfig};
 pub use router::ShardRouter;

@@ -1,5 +1,7 @@
 //! A connection that keeps many requests in flight: the way to drive a broker at speed
-//! (the load generator's producers use it). `send` writes a request and returns at once,
+//! (the load generator's producers use it). It speaks either protocol through [`Wire`]:
+//! Spate's own ([`Native`], the default) or Kafka's (`kafka::client::KafkaWire`); both
+//! frame answers as a 4-byte length and a 4-byte correlation id, answered in order. `send` writes a request and returns at once,
 //! blocking only while `max_in_flight` requests are unanswered; a reader thread decodes
 //! each answer and hands it, with the caller's token, to the `answers` channel.
 //!
@@ -16,31 +18,61 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::{ClientError, Connection};
 use crate::protocol::{ApiKey, FRAME_BYTES_MAX_DEFAULT, Request, Response, split_frame};
 
+/// A protocol a pipeline speaks: how a request becomes a frame, and what the reader needs
+/// to turn the answer's body (after the correlation id) into a response.
+pub trait Wire: Send + 'static {
+    type Request;
+    type Response: Send + 'static;
+    /// What the reader keeps per request to decode its answer.
+    type Expect: Send + 'static;
+    /// The whole frame, length prefix included.
+    fn encode(&self, request: &Self::Request, correlation_id: u32) -> (BytesMut, Self::Expect);
+    fn decode(expect: Self::Expect, body: Bytes) -> Result<Self::Response, ClientError>;
+}
+
+/// Spate's own protocol.
+pub struct Native;
+
+impl Wire for Native {
+    type Request = Request;
+    type Response = Response;
+    type Expect = ApiKey;
+
+    fn encode(&self, request: &Request, correlation_id: u32) -> (BytesMut, ApiKey) {
+        (request.encode(correlation_id), request.api_key())
+    }
+
+    fn decode(api_key: ApiKey, body: Bytes) -> Result<Response, ClientError> {
+        Ok(Response::decode(api_key, body)?)
+    }
+}
+
 /// One answer: the token given to `send`, the response (or why there is none), and when
 /// it arrived.
-pub struct Answer<T> {
+pub struct Answer<T, R = Response> {
     pub token: T,
-    pub response: Result<Response, ClientError>,
+    pub response: Result<R, ClientError>,
     pub received: Instant,
 }
 
-pub struct Pipeline<T: Send + 'static> {
+pub struct Pipeline<T: Send + 'static, W: Wire = Native> {
+    wire: W,
     stream: TcpStream,
     next_correlation_id: u32,
     slots: Arc<Slots>,
-    pending: mpsc::Sender<Sent<T>>,
+    pending: mpsc::Sender<Sent<T, W::Expect>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A request on its way: what the reader needs to decode and hand back its answer.
-struct Sent<T> {
+struct Sent<T, E> {
     correlation_id: u32,
-    api_key: ApiKey,
+    expect: E,
     token: T,
     at: Instant,
 }
@@ -63,6 +95,28 @@ impl<T: Send + 'static> Pipeline<T> {
         answers: mpsc::Sender<Answer<T>>,
     ) -> Result<Pipeline<T>, ClientError> {
         let (stream, buffer, next_correlation_id) = connection.into_parts();
+        Pipeline::start(
+            Native,
+            stream,
+            buffer,
+            next_correlation_id,
+            max_in_flight,
+            answers,
+        )
+    }
+}
+
+impl<T: Send + 'static, W: Wire> Pipeline<T, W> {
+    /// Takes over a connected stream that speaks `wire` (`buffer`: bytes already read from
+    /// it; `next_correlation_id`: the first id to use).
+    pub fn start(
+        wire: W,
+        stream: TcpStream,
+        buffer: BytesMut,
+        next_correlation_id: u32,
+        max_in_flight: usize,
+        answers: mpsc::Sender<Answer<T, W::Response>>,
+    ) -> Result<Pipeline<T, W>, ClientError> {
         let answer_timeout = stream.read_timeout()?;
         let reading = stream.try_clone()?;
         // The reader wakes now and then to judge the oldest request's age; no answer at
@@ -78,9 +132,10 @@ impl<T: Send + 'static> Pipeline<T> {
             .name("spate-pipeline".into())
             .spawn({
                 let slots = slots.clone();
-                move || read_answers(reading, buffer, sent, answers, &slots, answer_timeout)
+                move || read_answers::<T, W>(reading, buffer, sent, answers, &slots, answer_timeout)
             })?;
         Ok(Pipeline {
+            wire,
             stream,
             next_correlation_id,
             slots,
@@ -95,8 +150,9 @@ impl<T: Send + 'static> Pipeline<T> {
     /// once the pipeline has failed; fails after taking it when the write fails (part
     /// way, perhaps, so that fails the pipeline), and the token then comes back with the
     /// failure like every other request in flight.
-    pub fn send(&mut self, request: &Request, token: T) -> Result<(), ClientError> {
+    pub fn send(&mut self, request: &W::Request, token: T) -> Result<(), ClientError> {
         let correlation_id = self.next_correlation_id;
+        let (frame, expect) = self.wire.encode(request, correlation_id);
         {
             let mut state = self.slots.state.lock().expect("not poisoned");
             while state.0 >= self.slots.max && !state.1 {
@@ -109,7 +165,7 @@ impl<T: Send + 'static> Pipeline<T> {
             // reader either sees this request or it is never registered.
             let sent = Sent {
                 correlation_id,
-                api_key: request.api_key(),
+                expect,
                 token,
                 at: Instant::now(),
             };
@@ -117,7 +173,7 @@ impl<T: Send + 'static> Pipeline<T> {
             state.0 += 1;
         }
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        self.write(&request.encode(correlation_id))
+        self.write(&frame)
     }
 
     /// Writes a whole frame, or fails the pipeline: after a partial write the stream holds
@@ -130,13 +186,14 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 
     /// Sends a request that gets no answer (a produce with acks=0).
-    pub fn send_unanswered(&mut self, request: &Request) -> Result<(), ClientError> {
+    pub fn send_unanswered(&mut self, request: &W::Request) -> Result<(), ClientError> {
         if self.slots.state.lock().expect("not poisoned").1 {
             return Err(closed());
         }
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        self.write(&request.encode(correlation_id))
+        let (frame, _) = self.wire.encode(request, correlation_id);
+        self.write(&frame)
     }
 
     /// Requests sent and not yet answered.
@@ -154,7 +211,7 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for Pipeline<T> {
+impl<T: Send + 'static, W: Wire> Drop for Pipeline<T, W> {
     fn drop(&mut self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         if let Some(reader) = self.reader.take() {
@@ -170,22 +227,22 @@ fn closed() -> ClientError {
     ))
 }
 
-fn read_answers<T>(
+fn read_answers<T, W: Wire>(
     mut stream: TcpStream,
     mut buffer: BytesMut,
-    sent: mpsc::Receiver<Sent<T>>,
-    answers: mpsc::Sender<Answer<T>>,
+    sent: mpsc::Receiver<Sent<T, W::Expect>>,
+    answers: mpsc::Sender<Answer<T, W::Response>>,
     slots: &Slots,
     answer_timeout: Option<Duration>,
 ) {
-    let mut waiting: HashMap<u32, Sent<T>> = HashMap::new();
-    let take_sent = |waiting: &mut HashMap<u32, Sent<T>>| {
+    let mut waiting: HashMap<u32, Sent<T, W::Expect>> = HashMap::new();
+    let take_sent = |waiting: &mut HashMap<u32, Sent<T, W::Expect>>| {
         while let Ok(request) = sent.try_recv() {
             waiting.insert(request.correlation_id, request);
         }
     };
     // Whether the oldest request has waited longer than the answer timeout.
-    let overdue = |waiting: &HashMap<u32, Sent<T>>| {
+    let overdue = |waiting: &HashMap<u32, Sent<T, W::Expect>>| {
         let oldest = waiting.values().map(|request| request.at).min();
         answer_timeout
             .zip(oldest)
@@ -206,10 +263,10 @@ fn read_answers<T>(
                 let received = Instant::now();
                 let correlation_id = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
                 take_sent(&mut waiting);
-                let Some(Sent { api_key, token, .. }) = waiting.remove(&correlation_id) else {
+                let Some(Sent { expect, token, .. }) = waiting.remove(&correlation_id) else {
                     break ClientError::Unexpected;
                 };
-                let response = Response::decode(api_key, frame.slice(4..)).map_err(Into::into);
+                let response = W::decode(expect, frame.slice(4..));
                 let _ = answers.send(Answer {
                     token,
                     response,

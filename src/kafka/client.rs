@@ -1,7 +1,7 @@
 //! A small blocking Kafka client on the codec of this module: what the load generator's
 //! `--protocol kafka` and the tests use to speak Kafka's protocol to any Kafka-compatible
-//! broker (one request at a time per connection; pipelining is the caller's, with
-//! `send` and `receive`).
+//! broker. `KafkaClient` sends one request at a time (or pipelines by hand, with `send`
+//! and `receive`); `KafkaWire` lets `client::Pipeline` keep many in flight.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,9 +10,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse, KafkaError,
-    KafkaRequest, MetadataRequest, MetadataResponse, ProducePartition, ProduceRequest,
-    ProduceResponse, ProduceTopic, encode_request,
+    CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    InitProducerIdRequest, InitProducerIdResponse, KafkaError, KafkaRequest, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsResponse, ListOffsetsTopic, MetadataRequest, MetadataResponse,
+    ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, encode_request,
 };
 
 /// Versions the client speaks (all within what Spate serves, and what Kafka 2.1+ serves).
@@ -20,6 +21,8 @@ pub const PRODUCE_VERSION: i16 = 7;
 pub const FETCH_VERSION: i16 = 10;
 pub const METADATA_VERSION: i16 = 7;
 pub const INIT_PRODUCER_ID_VERSION: i16 = 1;
+pub const CREATE_TOPICS_VERSION: i16 = 2;
+pub const LIST_OFFSETS_VERSION: i16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,10 +36,46 @@ pub enum ClientError {
     BadLength(i32),
 }
 
+/// Kafka's protocol for `client::Pipeline`: a request goes with the version to encode it
+/// at, and each answer is the body after its (v0, non-flexible) response header, for the
+/// caller to decode with the matching `decode`. Use non-flexible versions (such as the
+/// constants above).
+pub struct KafkaWire {
+    pub client_id: String,
+}
+
+impl crate::client::Wire for KafkaWire {
+    type Request = (KafkaRequest, i16);
+    type Response = Bytes;
+    type Expect = ();
+
+    fn encode(
+        &self,
+        (request, version): &(KafkaRequest, i16),
+        correlation_id: u32,
+    ) -> (BytesMut, ()) {
+        (
+            encode_request(request, *version, correlation_id as i32, &self.client_id),
+            (),
+        )
+    }
+
+    fn decode((): (), body: Bytes) -> Result<Bytes, crate::client::ClientError> {
+        Ok(body)
+    }
+}
+
+/// The largest answer the client takes.
+const ANSWER_BYTES_MAX: i32 = 256 << 20;
+/// Bytes asked of each read of the socket.
+const READ_BYTES: usize = 64 * 1024;
+
 pub struct KafkaClient {
     stream: TcpStream,
     client_id: String,
     next_correlation: i32,
+    /// Bytes read and not yet handed out.
+    buffer: BytesMut,
 }
 
 impl KafkaClient {
@@ -48,6 +87,7 @@ impl KafkaClient {
             stream,
             client_id: client_id.to_string(),
             next_correlation: 1,
+            buffer: BytesMut::new(),
         })
     }
 
@@ -63,22 +103,40 @@ impl KafkaClient {
     /// Reads the next answer (its body, after the response header v0), which must be
     /// `correlation_id`'s: Kafka answers a connection's requests in order.
     pub fn receive(&mut self, correlation_id: i32) -> Result<Bytes, ClientError> {
-        let mut length = [0u8; 4];
-        self.stream.read_exact(&mut length)?;
-        let length = i32::from_be_bytes(length);
-        if !(4..=256 << 20).contains(&length) {
-            return Err(ClientError::BadLength(length));
+        loop {
+            if self.buffer.len() >= 4 {
+                let length = i32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes"));
+                if !(4..=ANSWER_BYTES_MAX).contains(&length) {
+                    return Err(ClientError::BadLength(length));
+                }
+                let total = 4 + length as usize;
+                if self.buffer.len() >= total {
+                    let mut frame = self.buffer.split_to(total).freeze();
+                    let found = i32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
+                    if found != correlation_id {
+                        return Err(ClientError::Correlation {
+                            expected: correlation_id,
+                            found,
+                        });
+                    }
+                    return Ok(frame.split_off(8));
+                }
+                self.buffer.reserve(total - self.buffer.len());
+            }
+            // Reads of a bounded size, as the native client does: the reader takes what
+            // has arrived and comes back, rather than sleeping on a huge read that the
+            // sender must wake for every segment.
+            let filled = self.buffer.len();
+            self.buffer.resize(filled + READ_BYTES, 0);
+            let read = self.stream.read(&mut self.buffer[filled..]);
+            self.buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
+            if read? == 0 {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection",
+                )));
+            }
         }
-        let mut frame = BytesMut::zeroed(length as usize);
-        self.stream.read_exact(&mut frame)?;
-        let found = i32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
-        if found != correlation_id {
-            return Err(ClientError::Correlation {
-                expected: correlation_id,
-                found,
-            });
-        }
-        Ok(frame.freeze().slice(4..))
     }
 
     pub fn call(&mut self, request: &KafkaRequest, version: i16) -> Result<Bytes, ClientError> {
@@ -125,6 +183,74 @@ impl KafkaClient {
         });
         let body = self.call(&request, INIT_PRODUCER_ID_VERSION)?;
         Ok(InitProducerIdResponse::decode(body)?)
+    }
+
+    /// Creates `topic` (replication factor 1, as a single broker has it).
+    pub fn create_topic(
+        &mut self,
+        topic: &str,
+        partitions: u32,
+        configs: &[(String, String)],
+    ) -> Result<CreateTopicsResponse, ClientError> {
+        let request = KafkaRequest::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: topic.to_string(),
+                num_partitions: partitions as i32,
+                replication_factor: 1,
+                assignments: 0,
+                configs: configs
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Some(value.clone())))
+                    .collect(),
+            }],
+            timeout_ms: 30_000,
+            validate_only: false,
+        });
+        let body = self.call(&request, CREATE_TOPICS_VERSION)?;
+        Ok(CreateTopicsResponse::decode(body, CREATE_TOPICS_VERSION)?)
+    }
+
+    /// Each partition's offset at `timestamp` (-2 earliest, -1 latest), asked of this
+    /// broker (which must lead them).
+    pub fn list_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<ListOffsetsResponse, ClientError> {
+        let request = KafkaRequest::ListOffsets(ListOffsetsRequest {
+            isolation_level: 0,
+            topics: vec![ListOffsetsTopic {
+                name: topic.to_string(),
+                partitions: partitions
+                    .iter()
+                    .map(|&partition_index| ListOffsetsPartition {
+                        partition_index,
+                        timestamp,
+                    })
+                    .collect(),
+            }],
+        });
+        let body = self.call(&request, LIST_OFFSETS_VERSION)?;
+        Ok(ListOffsetsResponse::decode(body, LIST_OFFSETS_VERSION)?)
+    }
+
+    /// Hands the connection to a `client::Pipeline` speaking `KafkaWire`.
+    pub fn into_pipeline<T: Send + 'static>(
+        self,
+        max_in_flight: usize,
+        answers: std::sync::mpsc::Sender<crate::client::Answer<T, Bytes>>,
+    ) -> Result<crate::client::Pipeline<T, KafkaWire>, crate::client::ClientError> {
+        crate::client::Pipeline::start(
+            KafkaWire {
+                client_id: self.client_id,
+            },
+            self.stream,
+            self.buffer,
+            self.next_correlation as u32,
+            max_in_flight,
+            answers,
+        )
     }
 }
 
