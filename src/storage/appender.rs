@@ -410,12 +410,21 @@ impl Appender {
                     last_offset: duplicates[duplicates.len() - 1].1,
                 })
             }
-            // Some batches stored, some not: the request is not a plain retry.
+            // Some batches stored, some not: the request is not a plain retry. It is
+            // refused as out of order, naming the sequence the producer's next batch must
+            // start at.
             None => {
                 let (header, _) = &append.batches[0];
+                let expected = self
+                    .inner
+                    .state
+                    .borrow()
+                    .producers
+                    .next_sequence(header.producer_id)
+                    .unwrap_or(0);
                 Err(StorageError::OutOfOrderSequence {
                     producer_id: header.producer_id,
-                    expected: -1,
+                    expected,
                     found: header.base_sequence,
                 })
             }

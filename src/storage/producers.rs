@@ -130,6 +130,17 @@ impl ProducerTable {
         Ok(Verdict::Write)
     }
 
+    /// The sequence `producer_id`'s next batch must start at, if the partition knows it.
+    pub fn next_sequence(&self, producer_id: i64) -> Option<i32> {
+        let last = self
+            .producers
+            .get(&producer_id)?
+            .batches
+            .back()?
+            .last_sequence;
+        Some(sequence_after(last, 1))
+    }
+
     /// Records a written batch (its base offset assigned).
     pub fn record(&mut self, header: &BatchHeader) {
         if !is_idempotent(header) {
@@ -238,6 +249,9 @@ mod tests {
             write(&mut table, batch(9, 0, 21, 1, 121)).unwrap(),
             Verdict::Write
         );
+        // What a request mixing a retry and a new batch is told to start at.
+        assert_eq!(table.next_sequence(9), Some(22));
+        assert_eq!(table.next_sequence(77), None);
         // A new epoch restarts at 0; then the old one is fenced.
         assert!(matches!(
             write(&mut table, batch(9, 1, 5, 1, -1)),
