@@ -820,8 +820,8 @@ async fn open_sealed(
     let trim = match stop {
         ScanStop::End => false,
         ScanStop::ZeroPadding => {
-            // Sealing trims the padding, and a crash may lose that trim; zeros anywhere
-            // else are lost data.
+            // Sealing trims the padding and the space allocated ahead, and a crash may
+            // lose that trim; zeros followed by data are lost data.
             let end = meta.size_bytes;
             if !zeros_are_padding(&file, path, end, size).await? {
                 return Err(corrupt(end, zeros_reason(end, size)));
@@ -938,9 +938,10 @@ async fn open_active(
     let end = meta.size_bytes;
     let damage = match stop {
         ScanStop::End => None,
-        // The appender pads only to the block boundary after the last batch: zeros further
-        // on, or anything else there, are a lost or torn write, which a bad disk can leave
-        // in front of acknowledged batches just as a crash leaves it after them.
+        // The appender pads to the block boundary after the last batch and allocates space
+        // ahead, all zeros to the end of the file: zeros followed by anything else are a
+        // lost or torn write, which a bad disk can leave in front of acknowledged batches
+        // just as a crash leaves it after them.
         ScanStop::ZeroPadding if zeros_are_padding(&file, path, end, size).await? => None,
         ScanStop::ZeroPadding => Some((end, zeros_reason(end, size))),
         ScanStop::Damaged { position, reason } => Some((position, reason)),
@@ -973,25 +974,35 @@ async fn open_active(
     Ok(Segment::new(base_offset, path.to_path_buf(), file, meta))
 }
 
-/// Whether the zeros a scan found at `end`, the end of the last whole batch, are the
-/// appender's padding: only up to the block boundary after that batch, and nothing but
-/// zeros there. Both sealed and active segments are judged by this one rule.
+/// Whether the zeros a scan found at `end`, the end of the last whole batch, are unused
+/// space: the appender's padding to the block boundary, and the space it allocates ahead of
+/// the log end (`Appender::preallocate`), which reads as zeros. Both run to the end of the
+/// file; zeros followed by anything else are a lost or torn write in front of later data.
+/// Both sealed and active segments are judged by this one rule.
 async fn zeros_are_padding(
     file: &glommio::io::DmaFile,
     path: &Path,
     end: u64,
     size: u64,
 ) -> Result<bool, StorageError> {
-    if size > io::align_up(end) {
-        return Ok(false);
+    // Read in windows: after a crash the allocated space can be megabytes long.
+    const WINDOW_BYTES: u64 = 1 << 20;
+    let mut position = end;
+    while position < size {
+        let length = (size - position).min(WINDOW_BYTES) as usize;
+        let rest = io::read_at(file, path, position, length).await?;
+        if rest.len() != length || rest.iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        position += length as u64;
     }
-    let rest = io::read_at(file, path, end, (size - end) as usize).await?;
-    Ok(rest.len() as u64 == size - end && rest.iter().all(|&byte| byte == 0))
+    Ok(true)
 }
 
 fn zeros_reason(end: u64, size: u64) -> String {
     format!(
-        "zeros where a batch should start, {} bytes before the end",
+        "zeros where a batch should start, followed by other bytes before the file's end \
+         {} bytes on (a lost write in front of later data)",
         size - end
     )
 }

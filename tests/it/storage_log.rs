@@ -921,3 +921,41 @@ fn record_timestamps_far_from_the_broker_clock_are_refused_by_the_topic_config()
         log.close().await.unwrap();
     });
 }
+
+/// The active segment is allocated ahead of its end (so that direct writes need no block
+/// allocation), by a step that grows with the segment; the space ahead reads as zeros; a
+/// clean close gives it back.
+#[test]
+fn the_active_segment_is_allocated_ahead_and_trimmed_at_close() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        log.append(batch_mut("first", 1, 100, 1_000)).await.unwrap();
+        let file = log.segments()[0].path.clone();
+        let length = || std::fs::metadata(&file).unwrap().len();
+        let after_one = length();
+        assert!(
+            after_one >= 64 << 10,
+            "64 KiB at least are allocated ahead: {after_one}"
+        );
+        for index in 0..200 {
+            log.append(batch_mut(&format!("v{index}"), 10, 1000, 2_000 + index))
+                .await
+                .unwrap();
+        }
+        let size = log.segments()[0].size_bytes;
+        assert!(size > after_one, "the appends outgrew the first allocation");
+        // Each step is as much again as the segment holds: never more than that ahead.
+        assert!(
+            (size..=2 * size.next_multiple_of(4096) + (64 << 10)).contains(&length()),
+            "{} bytes allocated for {size}",
+            length()
+        );
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(bytes[size as usize..].iter().all(|&byte| byte == 0));
+        log.close().await.unwrap();
+        assert_eq!(length(), size.next_multiple_of(4096), "given back at close");
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 1 + 200 * 10);
+        log.close().await.unwrap();
+    });
+}

@@ -1243,10 +1243,20 @@ fn check_files(model: &Model, path: &Path) -> Result<(), String> {
             .len();
         let size = segment.size();
         if index == last {
+            // Past the batches: zero padding to the block boundary, and the space the
+            // appender allocates ahead (as much again as the segment holds, 64 KiB to
+            // 16 MiB), all zeros.
             let padded = size.next_multiple_of(IO_ALIGNMENT_BYTES as u64);
+            let ahead = padded.clamp(64 << 10, 16 << 20);
             ensure!(
-                (size..=padded).contains(&length),
+                (size..=padded + ahead).contains(&length),
                 "active segment {} holds {size} bytes of batches but its file is {length} bytes",
+                file.display()
+            );
+            let bytes = std::fs::read(&file).map_err(|error| format!("read {file:?}: {error}"))?;
+            ensure!(
+                bytes[size as usize..].iter().all(|&byte| byte == 0),
+                "active segment {} has non-zero bytes past its batches",
                 file.display()
             );
         } else {

@@ -124,18 +124,39 @@ fn garbage_after_the_last_batch_is_cut_and_zero_padding_is_not_damage() {
     let file_name = path.file_name().unwrap().to_owned();
     let root_path = root.path().to_path_buf();
     run(move || async move {
-        // Zeros up to the block boundary after the last batch are the appender's padding:
-        // nothing is kept. Zeros past it are a lost write: the cut bytes are kept.
+        // Zeros to the end of the file are the appender's padding and the space it
+        // allocates ahead (megabytes, after a crash): nothing is kept. Zeros followed by
+        // anything else are a lost write in front of later data: the cut bytes are kept.
         assert!(end < 4096);
-        for (padded_bytes, kept) in [(4096, false), (8192, true)] {
-            let dir = root_path.join(format!("padded-{padded_bytes}"));
+        for (padded_bytes, trailing, kept) in [
+            (4096, None, false),
+            (8192, None, false),
+            (3 << 20, None, false),
+            (8192, Some(8000), true),
+            ((3 << 20) + 5, Some((3 << 20) + 4), true),
+        ] {
+            let dir = root_path.join(format!("padded-{padded_bytes}-{trailing:?}"));
             std::fs::create_dir_all(&dir).unwrap();
             let mut padded = bytes[..end as usize].to_vec();
             padded.resize(padded_bytes, 0);
+            if let Some(position) = trailing {
+                padded[position] = 7;
+            }
             std::fs::write(dir.join(&file_name), &padded).unwrap();
             check_prefix(&dir, last_base + 3).await;
             let copy = dir.join(format!("{}.damaged-at-{end}", file_name.to_string_lossy()));
-            assert_eq!(copy.exists(), kept, "{padded_bytes} bytes of padding");
+            assert_eq!(
+                copy.exists(),
+                kept,
+                "{padded_bytes} bytes, non-zero at {trailing:?}"
+            );
+            // check_prefix appended a batch, closed and opened again: the space allocated
+            // for the append was given back.
+            let length = std::fs::metadata(dir.join(&file_name)).unwrap().len();
+            assert!(
+                length < 4096,
+                "{padded_bytes} bytes, non-zero at {trailing:?}"
+            );
         }
 
         let dir = root_path.join("garbage");
