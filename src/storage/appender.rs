@@ -255,15 +255,13 @@ impl Appender {
     /// could report success for data that is not on disk (PostgreSQL's fsync lesson).
     /// Only reopening, which reads back what the disk really holds, makes writes safe
     /// again.
-    async fn fdatasync_segment(&self, segment: &Segment) -> Result<(), StorageError> {
-        io::fdatasync(&segment.file, &segment.path)
-            .await
-            .map_err(|error| {
-                self.fail_log(format!(
-                    "{error}; what was written since the last successful fdatasync may be lost, \
+    async fn fdatasync_segment(&self, segment: &Rc<Segment>) -> Result<(), StorageError> {
+        super::rounds::sync(segment).await.map_err(|error| {
+            self.fail_log(format!(
+                "{error}; what was written since the last successful fdatasync may be lost, \
                      and a retry could report success for data the kernel has dropped"
-                ))
-            })
+            ))
+        })
     }
 
     fn count(&self, update: impl FnOnce(&mut LogStats)) {

@@ -255,7 +255,7 @@ pub mod faults {
     }
 
     /// The error an fdatasync of `path` must fail with, if a test armed one.
-    pub(super) fn fdatasync_fault(path: &Path) -> Option<std::io::Error> {
+    pub(crate) fn fdatasync_fault(path: &Path) -> Option<std::io::Error> {
         HOOKS.with(|hooks| {
             let mut hooks = hooks.borrow_mut();
             let armed = hooks

@@ -21,6 +21,7 @@ mod index;
 mod io;
 mod log;
 mod producers;
+mod rounds;
 mod segment;
 mod tail_cache;
 
@@ -30,6 +31,7 @@ use std::rc::Rc;
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
 pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
+pub use rounds::round_counts;
 
 use crate::record::BatchError;
 

@@ -274,3 +274,63 @@ fn an_append_whose_fdatasync_fails_is_refused_and_so_is_every_later_one() {
         log.close().await.unwrap();
     });
 }
+
+/// Appends to many logs on one executor share durability rounds (one `syncfs` for many
+/// partitions); a sync failure armed for one partition fails that partition's append and
+/// its log, and no other.
+#[test]
+fn partitions_share_durability_rounds_and_a_failure_stays_with_its_partition() {
+    in_temp_dir(|root| async move {
+        let mut logs = Vec::new();
+        for partition in 0..20 {
+            let path = root.join(format!("p{partition}"));
+            logs.push((
+                path.clone(),
+                Log::open(&path, LogConfig::default()).await.unwrap(),
+            ));
+        }
+        faults::fail_next_fdatasync_under(&logs[7].0);
+        let (rounds_before, syncfs_before) = spate::storage::round_counts();
+        let appends: Vec<_> = logs
+            .iter()
+            .enumerate()
+            .map(|(partition, (_, log))| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    log.append(batch_mut(&format!("r{partition}"), 2, 100, 1_000))
+                        .await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for append in appends {
+            outcomes.push(append.await);
+        }
+        let (rounds_after, syncfs_after) = spate::storage::round_counts();
+        for (partition, outcome) in outcomes.iter().enumerate() {
+            if partition == 7 {
+                assert_log_failed(outcome.as_ref().expect_err("its sync failed"));
+            } else {
+                assert_eq!(outcome.as_ref().unwrap().base_offset, 0, "p{partition}");
+            }
+        }
+        assert_eq!(faults::injected_fdatasync_failures(), 1);
+        assert!(
+            rounds_after - rounds_before < 20,
+            "20 syncs in {} rounds",
+            rounds_after - rounds_before
+        );
+        assert!(
+            syncfs_after > syncfs_before,
+            "a round covered several partitions"
+        );
+        for (partition, (_, log)) in logs.into_iter().enumerate() {
+            if partition == 7 {
+                assert!(log.close().await.is_err());
+            } else {
+                assert_eq!(read_all(&log, 0).await.len(), 2);
+                log.close().await.unwrap();
+            }
+        }
+    });
+}

@@ -547,3 +547,108 @@ fn a_zeroed_block_inside_the_active_segment_is_kept_before_the_cut() {
         log.close().await.unwrap();
     });
 }
+
+const MANY_CRASH_DIR_ENV: &str = "SPATE_MANY_CRASH_CHILD_DIR";
+const MANY_PARTITIONS: usize = 200;
+
+/// Not a test on its own: the child process of
+/// `kill_9_loses_nothing_acknowledged_over_200_partitions`. Appends to 200 logs on one
+/// executor at once (their syncs share durability rounds), printing each acknowledgement.
+#[test]
+fn crash_child_appends_to_many_logs_until_killed() {
+    let Ok(dir) = std::env::var(MANY_CRASH_DIR_ENV) else {
+        return;
+    };
+    run(move || async move {
+        let mut logs = Vec::new();
+        for partition in 0..MANY_PARTITIONS {
+            let path = Path::new(&dir).join(format!("p{partition}"));
+            logs.push(Log::open(&path, LogConfig::default()).await.unwrap());
+        }
+        for round in 0i64.. {
+            let appends: Vec<_> = logs
+                .iter()
+                .enumerate()
+                .map(|(partition, log)| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        let tag = format!("m{partition}-{round}");
+                        let info = log
+                            .append(batch_mut(&tag, 2, 200, 1_000 + round))
+                            .await
+                            .unwrap();
+                        // Printed only once acknowledged (durable: flush.ms=0).
+                        println!("acked {partition} {} {}", info.base_offset, round);
+                    })
+                })
+                .collect();
+            for append in appends {
+                append.await;
+            }
+        }
+    });
+}
+
+#[test]
+fn kill_9_loses_nothing_acknowledged_over_200_partitions() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut acknowledged: Vec<(usize, i64, i64)> = Vec::new();
+    for attempt in 0..2 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "storage_recovery::crash_child_appends_to_many_logs_until_killed",
+                "--nocapture",
+            ])
+            .env(MANY_CRASH_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = 0;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            let Some(rest) = line.strip_prefix("acked ") else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            acknowledged.push((
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            ));
+            seen += 1;
+            // Killed mid-round: some of the 200 appends of a round answered, some not.
+            if seen == MANY_PARTITIONS * (3 + attempt) + 77 {
+                break;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let root = dir.path().to_path_buf();
+        let acknowledged = acknowledged.clone();
+        run(move || async move {
+            for partition in 0..MANY_PARTITIONS {
+                let log = Log::open(&root.join(format!("p{partition}")), LogConfig::default())
+                    .await
+                    .unwrap();
+                let all = read_all(&log, 0).await;
+                assert_eq!(all.len() as i64, log.log_end_offset(), "p{partition}");
+                for &(_, base, round) in acknowledged.iter().filter(|a| a.0 == partition) {
+                    let record = all
+                        .iter()
+                        .find(|(offset, _)| *offset == base)
+                        .unwrap_or_else(|| panic!("p{partition}: acknowledged {base} lost"));
+                    let tag = format!("m{partition}-{round}-0");
+                    assert!(
+                        record.1.starts_with(tag.as_bytes()),
+                        "p{partition} at {base}"
+                    );
+                }
+                log.close().await.unwrap();
+            }
+        });
+    }
+}
