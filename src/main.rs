@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (defaults: ./spate-data, 127.0.0.1:7070, one shard per core).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show what each shard of a running broker holds and is doing.
     Broker {
         #[command(subcommand)]
@@ -191,7 +191,7 @@ fn main() {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Topic { command, broker } => match command {
             TopicCommand::Create {
                 name,

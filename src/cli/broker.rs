@@ -11,18 +11,36 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
         described.open_files
     );
     println!(
-        "{:<6} {:>11} {:>12} {:>15} {:>18}",
-        "SHARD", "PARTITIONS", "CONNECTIONS", "LONG-POLL-WAITS", "FORWARDED-REQUESTS"
+        "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18}",
+        "SHARD",
+        "PARTITIONS",
+        "CONNECTIONS",
+        "LONG-POLL-WAITS",
+        "FORWARDED-REQUESTS",
+        "MEMORY-BUDGET",
+        "TAIL-CACHE/BUDGET",
+        "CACHE-EVICTIONS"
     );
     for shard in &described.shards {
         println!(
-            "{:<6} {:>11} {:>12} {:>15} {:>18}",
+            "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18}",
             shard.shard_id,
             shard.partitions,
             shard.connections,
             shard.long_poll_waits,
-            shard.forwarded_requests
+            shard.forwarded_requests,
+            mebibytes(shard.memory_budget_bytes),
+            format!(
+                "{}/{}",
+                mebibytes(shard.tail_cache_bytes),
+                mebibytes(shard.tail_cache_budget_bytes)
+            ),
+            shard.tail_cache_evicted_batches
         );
     }
     Ok(())
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / (1 << 20) as f64)
 }

@@ -724,6 +724,14 @@ pub struct ShardDescription {
     /// Partition requests (produce, fetch, long-poll waits, list offsets) this shard has
     /// sent to the owning shard since it started, because they arrived here.
     pub forwarded_requests: u64,
+    /// This shard's share of the broker's `--memory-max`.
+    pub memory_budget_bytes: u64,
+    /// Bytes its partitions' tail caches hold, and the most they may hold together.
+    pub tail_cache_bytes: u64,
+    pub tail_cache_budget_bytes: u64,
+    /// Cached batches dropped to keep the tail caches within their budget (reads of them
+    /// go to disk).
+    pub tail_cache_evicted_batches: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -860,6 +868,10 @@ impl Response {
                     out.put_u32(shard.connections);
                     out.put_u32(shard.long_poll_waits);
                     out.put_u64(shard.forwarded_requests);
+                    out.put_u64(shard.memory_budget_bytes);
+                    out.put_u64(shard.tail_cache_bytes);
+                    out.put_u64(shard.tail_cache_budget_bytes);
+                    out.put_u64(shard.tail_cache_evicted_batches);
                 });
             }
         }
@@ -985,6 +997,10 @@ impl Response {
                         connections: reader.u32("connections")?,
                         long_poll_waits: reader.u32("long poll waits")?,
                         forwarded_requests: reader.u64("forwarded requests")?,
+                        memory_budget_bytes: reader.u64("memory budget")?,
+                        tail_cache_bytes: reader.u64("tail cache bytes")?,
+                        tail_cache_budget_bytes: reader.u64("tail cache budget")?,
+                        tail_cache_evicted_batches: reader.u64("tail cache evictions")?,
                     })
                 })?,
             }),

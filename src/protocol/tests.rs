@@ -399,7 +399,8 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                     any::<u32>(),
                     any::<u32>(),
                     any::<u32>(),
-                    any::<u64>()
+                    any::<u64>(),
+                    any::<[u64; 4]>()
                 ),
                 0..4
             )
@@ -414,6 +415,7 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                             connections,
                             long_poll_waits,
                             forwarded_requests,
+                            memory,
                         )| {
                             ShardDescription {
                                 shard_id,
@@ -421,6 +423,10 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                                 connections,
                                 long_poll_waits,
                                 forwarded_requests,
+                                memory_budget_bytes: memory[0],
+                                tail_cache_bytes: memory[1],
+                                tail_cache_budget_bytes: memory[2],
+                                tail_cache_evicted_batches: memory[3],
                             }
                         },
                     )

@@ -55,6 +55,40 @@ pub struct ServerConfig {
     /// The most a topic's `tail.cache.bytes` may be: any client that may create a topic
     /// chooses it, and each of the topic's partitions keeps that much in memory.
     pub tail_cache_bytes_max: u64,
+    /// Memory the broker may use, split evenly between its shards. Each shard's tail
+    /// caches together take at most half of its share (`TAIL_CACHE_SHARE`), its oldest
+    /// cached batches dropped first; the rest is headroom for requests in flight,
+    /// read-ahead and answers.
+    pub memory_max: u64,
+}
+
+/// The part of a shard's memory share its tail caches may hold together.
+pub const TAIL_CACHE_SHARE: f64 = 0.5;
+
+/// `--memory-max`'s default: half of the machine's memory (the other half for the
+/// operating system, other programs and Spate's own fixed costs), or 2 GiB where the
+/// machine's memory cannot be read.
+pub fn default_memory_max() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    total.map_or(2 << 30, |bytes| bytes / 2)
+}
+
+impl ServerConfig {
+    /// One shard's share of `memory_max`.
+    pub fn memory_per_shard(&self) -> u64 {
+        self.memory_max / self.shards.max(1) as u64
+    }
+
+    /// The bytes one shard's tail caches may hold together.
+    pub fn tail_cache_budget_per_shard(&self) -> u64 {
+        (self.memory_per_shard() as f64 * TAIL_CACHE_SHARE) as u64
+    }
 }
 
 impl Default for ServerConfig {
@@ -79,6 +113,7 @@ impl Default for ServerConfig {
             group_max_session_timeout_ms: 300_000,
             offsets_compact_bytes: 16 << 20,
             tail_cache_bytes_max: 64 << 20,
+            memory_max: default_memory_max(),
         }
     }
 }
@@ -153,6 +188,58 @@ pub struct Settings {
     /// refused [default: 64 MiB].
     #[arg(long)]
     pub tail_cache_bytes_max: Option<u64>,
+    /// Memory the broker may use, e.g. 512MiB or 4GiB, split evenly between shards; each
+    /// shard's tail caches together hold at most half of its share [default: half of the
+    /// machine's memory].
+    #[arg(long, value_parser = parse_size)]
+    #[serde(default, deserialize_with = "size_from_text")]
+    pub memory_max: Option<u64>,
+}
+
+/// A size in bytes: a plain number, or with a unit: KiB, MiB, GiB, TiB (powers of 1024),
+/// KB, MB, GB, TB (powers of 1000); K, M, G, T are taken as the binary units.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid = || format!("invalid size {text:?}: expected e.g. 512MiB, 4GiB or 1073741824");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(invalid()),
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(bytes as u64)
+}
+
+fn size_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => Ok(Some(bytes)),
+        Size::Text(text) => parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 /// A parsed `--cpus` list (a newtype, so clap takes it as one value, not many).
@@ -249,6 +336,7 @@ impl Settings {
             self.offsets_compact_bytes,
         );
         set(&mut config.tail_cache_bytes_max, self.tail_cache_bytes_max);
+        set(&mut config.memory_max, self.memory_max);
     }
 }
 
@@ -259,6 +347,16 @@ impl ServerConfig {
             return Err(format!(
                 "--shards must be between 1 and 1024, not {}",
                 self.shards
+            ));
+        }
+        // Below this a shard cannot cache a handful of full batches.
+        const MEMORY_PER_SHARD_MIN: u64 = 16 << 20;
+        if self.memory_per_shard() < MEMORY_PER_SHARD_MIN {
+            return Err(format!(
+                "--memory-max {} bytes leaves each of the {} shards less than 16 MiB: give at least {} bytes, or fewer shards",
+                self.memory_max,
+                self.shards,
+                MEMORY_PER_SHARD_MIN * self.shards as u64
             ));
         }
         if let Some(cpus) = &self.cpus {
@@ -479,5 +577,35 @@ mod tests {
             ..ServerConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4g").unwrap(), 4 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        for bad in ["", "lots", "-1GiB", "0", "12 parsecs", "1e3"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        let config = ServerConfig {
+            memory_max: 4 << 30,
+            shards: 2,
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.memory_per_shard(), 2 << 30);
+        assert_eq!(config.tail_cache_budget_per_shard(), 1 << 30);
+        let starved = ServerConfig {
+            memory_max: 8 << 20,
+            ..ServerConfig::default()
+        };
+        assert!(starved.validate().unwrap_err().contains("--memory-max"));
     }
 }

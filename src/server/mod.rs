@@ -408,6 +408,8 @@ async fn run_shard(
     };
     let id = senders.peer_id();
     let config = Rc::new((*config).clone());
+    // Before any partition opens: its tail cache draws from this shard's budget.
+    crate::storage::set_shard_budget(Some(config.tail_cache_budget_per_shard()));
     let shard = match Shard::open(id, config.clone(), metadata, producer_ids_start, senders).await {
         Ok(shard) => shard,
         Err(error) => {

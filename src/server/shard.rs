@@ -249,12 +249,17 @@ impl Shard {
 
     /// What this shard holds and is doing, for `DescribeBroker`.
     pub fn describe(&self) -> ShardDescription {
+        let cache = crate::storage::shard_usage();
         ShardDescription {
             shard_id: self.id as u16,
             partitions: self.logs.borrow().len() as u32,
             connections: self.connections.open.get() as u32,
             long_poll_waits: self.probe.long_poll_waits(),
             forwarded_requests: self.probe.forwarded_requests(),
+            memory_budget_bytes: self.config.memory_per_shard(),
+            tail_cache_bytes: cache.bytes,
+            tail_cache_budget_bytes: cache.budget.unwrap_or(u64::MAX),
+            tail_cache_evicted_batches: cache.evicted_batches,
         }
     }
 

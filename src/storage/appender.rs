@@ -26,6 +26,7 @@ use super::producers::{self, Pending, Verdict};
 use super::segment::{
     ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
 };
+use super::tail_cache;
 use crate::limits::GROUP_WRITE_BYTES_MAX;
 use crate::record::{BatchHeader, set_base_offset};
 use crate::semaphore::FifoPermit;
@@ -578,6 +579,7 @@ impl Appender {
         let mut meta = segment.meta.borrow_mut();
         let mut state = self.inner.state.borrow_mut();
         let appended = group.len() as u64;
+        let mut cached = Vec::new();
         for append in group {
             let records = append.records.freeze();
             let base_offset = append.batches[0].0.base_offset;
@@ -590,6 +592,7 @@ impl Appender {
                     header.next_offset(),
                     records.slice(range.clone()),
                 );
+                cached.push(header.next_offset());
             }
             let last_offset = meta.next_offset - 1;
             drop(append.reply.send(Ok(AppendInfo {
@@ -608,6 +611,11 @@ impl Appender {
         );
         self.active.tail_block = new_tail;
         self.count(|stats| stats.appends += appended);
+        // With no log's state borrowed: the shard's budget may take from any partition.
+        for next_offset in cached {
+            tail_cache::note(&self.inner, next_offset);
+        }
+        tail_cache::enforce();
         self.inner.data_arrived.notify_all();
     }
 

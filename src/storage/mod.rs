@@ -32,6 +32,7 @@ pub use config::{LOG_CONFIG_KEYS, LogConfig};
 pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 pub use rounds::round_counts;
+pub use tail_cache::{CacheUsage, set_shard_budget, shard_usage};
 
 use crate::record::BatchError;
 

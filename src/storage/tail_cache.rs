@@ -2,12 +2,100 @@
 //! the tail are served with no disk I/O. With O_DIRECT there is no page cache to do this.
 //!
 //! Invariant: the cached batches are contiguous and end exactly at the log end offset.
+//!
+//! Each partition's cache is bounded by its topic's `tail.cache.bytes`; all the caches of a
+//! shard together are bounded by the shard's cache budget (`set_shard_budget`, from
+//! `spate serve --memory-max`). Over that budget the shard's oldest cached batches go
+//! first, whichever partition holds them: a tail consumer reads what was appended last,
+//! and the bytes dropped stay on disk, where a read finds them.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
 use super::Chunk;
+use super::log::LogInner;
+
+/// The caches of one shard (one executor): their bytes against the budget, and every
+/// cached batch in the order it was added, for eviction oldest first. Entries of batches
+/// already gone (evicted by their own partition's bound, truncated, deleted) are skipped
+/// when reached, and pruned when they outnumber the live ones.
+#[derive(Default)]
+struct Shard {
+    budget: Cell<Option<u64>>,
+    bytes: Cell<u64>,
+    batches: Cell<u64>,
+    evicted: Cell<u64>,
+    order: RefCell<VecDeque<(Weak<LogInner>, i64)>>,
+}
+
+thread_local! {
+    static SHARD: Rc<Shard> = Rc::new(Shard::default());
+}
+
+/// The shard is the thread: each shard's executor runs on a thread of its own.
+fn shard() -> Rc<Shard> {
+    SHARD.with(Rc::clone)
+}
+
+/// Bounds all the tail caches of this executor's partitions together (`None`: only each
+/// partition's own bound).
+pub fn set_shard_budget(bytes: Option<u64>) {
+    shard().budget.set(bytes);
+}
+
+/// This shard's tail caches: bytes held, the budget, and batches evicted to keep to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheUsage {
+    pub bytes: u64,
+    pub budget: Option<u64>,
+    pub evicted_batches: u64,
+}
+
+pub fn shard_usage() -> CacheUsage {
+    let shard = shard();
+    CacheUsage {
+        bytes: shard.bytes.get(),
+        budget: shard.budget.get(),
+        evicted_batches: shard.evicted.get(),
+    }
+}
+
+/// Notes a batch `log` just cached (ending at `next_offset`), in the shard's order.
+pub(crate) fn note(log: &Rc<LogInner>, next_offset: i64) {
+    let shard = shard();
+    let mut order = shard.order.borrow_mut();
+    order.push_back((Rc::downgrade(log), next_offset));
+    if order.len() as u64 > 2 * shard.batches.get() + 1024 {
+        order.retain(|(log, next_offset)| {
+            log.upgrade()
+                .is_some_and(|log| log.state.borrow().cache.holds_end(*next_offset))
+        });
+    }
+}
+
+/// Drops the shard's oldest cached batches until its caches are within the budget. Call
+/// with no log's state borrowed.
+pub(crate) fn enforce() {
+    let shard = shard();
+    let Some(budget) = shard.budget.get() else {
+        return;
+    };
+    while shard.bytes.get() > budget {
+        let Some((log, next_offset)) = shard.order.borrow_mut().pop_front() else {
+            break;
+        };
+        if let Some(log) = log.upgrade() {
+            let mut state = log.state.borrow_mut();
+            let before = state.cache.batches.len();
+            state.cache.drop_before(next_offset);
+            let dropped = before - state.cache.batches.len();
+            shard.evicted.set(shard.evicted.get() + dropped as u64);
+        }
+    }
+}
 
 #[derive(Debug)]
 struct CachedBatch {
@@ -32,6 +120,32 @@ impl TailCache {
         }
     }
 
+    /// Whether a cached batch ends at `next_offset`.
+    fn holds_end(&self, next_offset: i64) -> bool {
+        let start = self
+            .batches
+            .partition_point(|batch| batch.next_offset < next_offset);
+        self.batches
+            .get(start)
+            .is_some_and(|batch| batch.next_offset == next_offset)
+    }
+
+    /// Every change of what is cached goes through these two, so the shard's count holds.
+    fn added(&mut self, bytes: u64) {
+        self.bytes_total += bytes;
+        let shard = shard();
+        shard.bytes.set(shard.bytes.get() + bytes);
+        shard.batches.set(shard.batches.get() + 1);
+    }
+
+    fn removed(&mut self, batch: CachedBatch) {
+        let bytes = batch.bytes.len() as u64;
+        self.bytes_total -= bytes;
+        let shard = shard();
+        shard.bytes.set(shard.bytes.get() - bytes);
+        shard.batches.set(shard.batches.get() - 1);
+    }
+
     /// Adds the batch that was just acknowledged, evicting the oldest to stay in budget.
     pub fn push(&mut self, base_offset: i64, next_offset: i64, bytes: Bytes) {
         if let Some(last) = self.batches.back() {
@@ -45,7 +159,7 @@ impl TailCache {
             self.clear();
             return;
         }
-        self.bytes_total += bytes.len() as u64;
+        self.added(bytes.len() as u64);
         self.batches.push_back(CachedBatch {
             base_offset,
             next_offset,
@@ -56,7 +170,7 @@ impl TailCache {
                 .batches
                 .pop_front()
                 .expect("over budget means non-empty");
-            self.bytes_total -= evicted.bytes.len() as u64;
+            self.removed(evicted);
         }
     }
 
@@ -96,7 +210,7 @@ impl TailCache {
             .is_some_and(|batch| batch.next_offset > offset)
         {
             let dropped = self.batches.pop_back().expect("checked");
-            self.bytes_total -= dropped.bytes.len() as u64;
+            self.removed(dropped);
         }
     }
 
@@ -108,13 +222,20 @@ impl TailCache {
             .is_some_and(|batch| batch.next_offset <= offset)
         {
             let dropped = self.batches.pop_front().expect("checked");
-            self.bytes_total -= dropped.bytes.len() as u64;
+            self.removed(dropped);
         }
     }
 
     pub fn clear(&mut self) {
-        self.batches.clear();
-        self.bytes_total = 0;
+        while let Some(batch) = self.batches.pop_front() {
+            self.removed(batch);
+        }
+    }
+}
+
+impl Drop for TailCache {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 

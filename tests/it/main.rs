@@ -8,6 +8,7 @@ mod groups;
 mod hostile;
 mod kafka;
 mod kafka_tools;
+mod memory;
 mod server;
 mod storage_faults;
 mod storage_log;

@@ -572,6 +572,22 @@ fn bad_flags_an_unusable_data_directory_and_a_busy_port_fail_with_one_clear_line
     assert!(!bad_cpus.status.success());
     assert!(String::from_utf8_lossy(&bad_cpus.stderr).contains("core list"));
 
+    let bad_size = spate(&["serve", "--memory-max", "lots"]);
+    assert!(!bad_size.status.success());
+    let message = String::from_utf8_lossy(&bad_size.stderr);
+    assert!(
+        message.contains("--memory-max") && message.contains("512MiB"),
+        "{message}"
+    );
+
+    let starved = spate(&["serve", "--memory-max", "8MiB", "--shards", "1"]);
+    assert_eq!(starved.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&starved.stderr);
+    assert!(
+        message.contains("--memory-max") && message.contains("16 MiB"),
+        "{message}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();

@@ -959,3 +959,59 @@ fn the_active_segment_is_allocated_ahead_and_trimmed_at_close() {
         log.close().await.unwrap();
     });
 }
+
+/// All the tail caches of a shard (an executor) stay within the shard's budget, the
+/// oldest batches dropped first whichever partition holds them; reads of dropped batches
+/// get the same bytes from disk.
+#[test]
+fn the_shard_budget_bounds_all_tail_caches_together() {
+    in_temp_dir(|root| async move {
+        const BUDGET: u64 = 1 << 20;
+        spate::storage::set_shard_budget(Some(BUDGET));
+        let mut logs = Vec::new();
+        for partition in 0..30 {
+            // Each partition's own bound (8 MiB by default) is far above its share.
+            let log = Log::open(&root.join(format!("p{partition}")), LogConfig::default())
+                .await
+                .unwrap();
+            logs.push(log);
+        }
+        let mut written = Vec::new();
+        for round in 0..10 {
+            for (partition, log) in logs.iter().enumerate() {
+                let tag = format!("c{partition}-{round}");
+                log.append(batch_mut(&tag, 4, 5_000, 1_000 + round))
+                    .await
+                    .unwrap();
+                written.push((partition, tag));
+                let usage = spate::storage::shard_usage();
+                assert!(usage.bytes <= BUDGET, "{usage:?}");
+            }
+        }
+        let usage = spate::storage::shard_usage();
+        assert!(usage.evicted_batches > 0, "{usage:?}");
+        assert!(
+            usage.bytes > BUDGET / 2,
+            "the newest batches stay cached: {usage:?}"
+        );
+        for (partition, log) in logs.iter().enumerate() {
+            let values: Vec<Vec<u8>> = read_all(log, 0).await.into_iter().map(|r| r.1).collect();
+            assert_eq!(values.len(), 40, "p{partition}");
+            for (round, chunk) in values.chunks(4).enumerate() {
+                let tag = format!("c{partition}-{round}-0");
+                assert!(
+                    chunk[0].starts_with(tag.as_bytes()),
+                    "p{partition} round {round}"
+                );
+            }
+        }
+        for log in logs {
+            log.close().await.unwrap();
+        }
+        assert_eq!(
+            spate::storage::shard_usage().bytes,
+            0,
+            "closed logs hold nothing"
+        );
+    });
+}
