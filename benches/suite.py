@@ -146,6 +146,13 @@ def workloads(args, duration):
     ]
     # The same workloads through the Kafka door (issue 12: >= 0.9x of the native path).
     listed += [kafka_twin(listed[index]) for index in (0, 1, 2, 3, 4)]
+    # Many partitions on one shard (issue 13): fsync'd produce against one partition, in
+    # the same run and with the same memory budget.
+    many = produce + ["--topic-config", "flush.ms=0", "--broker-setting", "memory-max=1GiB"]
+    for partitions, bound in ((1, None), (100, 0.8), (1000, 0.6)):
+        listed.append({"name": f"fsync'd produce, {partitions} partitions, --memory-max 1GiB",
+                       "args": many + ["--partitions", str(partitions)],
+                       "goal": "partitions", "target": bound, "partitions": partitions})
     for path in sorted((ROOT / "loadgen" / "workloads").glob("*.toml")):
         relative = path.relative_to(ROOT)
         listed.append({
@@ -198,6 +205,7 @@ def loadgen(args, env, work, workload):
         "p999_us": summary["latency_us"]["p999"],
         "max_us": summary["latency_us"]["max"],
         "errors": summary["errors"],
+        "broker_peak_mib": (summary.get("broker_peak_resident_bytes") or 0) / 2**20,
     }
 
 
@@ -326,7 +334,7 @@ def render(report):
         "|---|---|---|---|---|---|---|---|",
     ]
     for result in report["results"]:
-        if result["goal"] in (None, "kafka"):
+        if result["goal"] in (None, "kafka", "partitions"):
             continue
         median = result["median"]
         ratio = median["throughput_mb_s"] / iperf
@@ -360,7 +368,7 @@ def render(report):
         "|---|---|---|---|---|---|---|",
     ]
     by_name = {result["name"]: result for result in report["results"]
-               if result["goal"] not in (None, "kafka")}
+               if result["goal"] not in (None, "kafka", "partitions")}
     for result in report["results"]:
         if result["goal"] != "kafka":
             continue
@@ -374,6 +382,33 @@ def render(report):
             f"{kafka['throughput_mb_s']:.0f} | {'n/a' if fixed_rate else f'{ratio:.2f}x'} | "
             f"{latency(by_name[result['twin_of']], 'p99_us')} | {latency(result, 'p99_us')} | "
             f"{met} |")
+    many = [result for result in report["results"] if result["goal"] == "partitions"]
+    if many:
+        one = many[0]["median"]["throughput_mb_s"]
+        lines += [
+            "",
+            "### Many partitions on one shard",
+            "",
+            "Produce with `flush.ms=0` (fdatasync before each acknowledgement), 1 KiB records,",
+            "64 KiB batches, 64 in flight, the broker started with `--memory-max 1GiB`; ratios",
+            "to the one-partition row of the same run. Targets: 100 partitions >= 0.8x,",
+            "1000 partitions >= 0.6x; the broker's peak resident memory under 1.25 GiB.",
+            "",
+            "| partitions | MB/s | vs 1 partition | p99 us | broker peak MiB | target | met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for result in many:
+            median = result["median"]
+            ratio = median["throughput_mb_s"] / one
+            peak = max(run["broker_peak_mib"] for run in result["runs"])
+            if result["target"] is None:
+                goal, met = "peak < 1280 MiB", peak < 1280
+            else:
+                goal = f">= {result['target']}x, peak < 1280 MiB"
+                met = ratio >= result["target"] and peak < 1280
+            lines.append(
+                f"| {result['partitions']} | {median['throughput_mb_s']:.0f} | {ratio:.2f}x | "
+                f"{median['p99_us']:.0f} | {peak:.0f} | {goal} | {'yes' if met else '**no**'} |")
     lines += [
         "",
         "### Standard workloads (loadgen/workloads/, OpenMessaging Benchmark style)",

@@ -49,13 +49,16 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         None => cli.options,
     };
     let mut plan = Plan::from(options)?;
-    let _broker = if plan.spawn_broker {
+    let broker = if plan.spawn_broker {
         Some(run::spawn_broker(&mut plan)?)
     } else {
         None
     };
     let outcome = run::run(&mut plan)?;
-    let summary = report::summary(&plan, &outcome);
+    let peak = broker
+        .as_ref()
+        .and_then(run::SpawnedBroker::peak_resident_bytes);
+    let summary = report::summary(&plan, &outcome, peak);
     print!("{}", report::table(&summary));
     if let Some(path) = &plan.json {
         report::write_json(path, &summary)?;

@@ -31,11 +31,18 @@ pub struct Summary<'a> {
     /// e2e only: the producers' send-to-acknowledgement latency.
     pub produce_latency_us: Option<Percentiles>,
     pub errors: u64,
+    /// With --spawn-broker: the most memory the broker held resident (VmHWM), read at the
+    /// end of the run.
+    pub broker_peak_resident_bytes: Option<u64>,
     pub plan: &'a Plan,
     pub series: &'a [Interval],
 }
 
-pub fn summary<'a>(plan: &'a Plan, outcome: &'a Outcome) -> Summary<'a> {
+pub fn summary<'a>(
+    plan: &'a Plan,
+    outcome: &'a Outcome,
+    broker_peak_resident_bytes: Option<u64>,
+) -> Summary<'a> {
     let tally = &outcome.tally;
     let seconds = outcome.duration.as_secs_f64().max(1e-9);
     Summary {
@@ -55,6 +62,7 @@ pub fn summary<'a>(plan: &'a Plan, outcome: &'a Outcome) -> Summary<'a> {
                 .produce_tally
                 .as_ref()
                 .map_or(0, |tally| tally.errors),
+        broker_peak_resident_bytes,
         plan,
         series: &tally.series,
     }
@@ -92,6 +100,13 @@ pub fn table(summary: &Summary) -> String {
             out,
             "produce ack us  p50 {}  p99 {}  max {}",
             produce.p50, produce.p99, produce.max
+        );
+    }
+    if let Some(peak) = summary.broker_peak_resident_bytes {
+        let _ = writeln!(
+            out,
+            "broker peak resident memory  {:.1} MiB",
+            peak as f64 / (1 << 20) as f64
         );
     }
     if summary.errors > 0 {

@@ -71,6 +71,16 @@ pub struct SpawnedBroker {
     _data: tempfile::TempDir,
 }
 
+impl SpawnedBroker {
+    /// The most memory the broker has held resident since it started (VmHWM).
+    pub fn peak_resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
 impl Drop for SpawnedBroker {
     fn drop(&mut self) {
         // SAFETY: signals our own child.

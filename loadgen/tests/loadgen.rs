@@ -77,6 +77,10 @@ fn produce_and_e2e_count_every_record_and_report_the_documented_keys() {
     );
     assert_eq!(report["records"], 20001);
     assert_eq!(report["complete"], true);
+    assert!(
+        report["broker_peak_resident_bytes"].as_u64().unwrap() > 1 << 20,
+        "the spawned broker's peak memory is reported"
+    );
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("<svg") && html.contains("Latency distribution"));
 
