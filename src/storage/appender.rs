@@ -3,8 +3,9 @@
 //! Every mutation arrives as a [`Command`] on the log's queue and is carried out in order,
 //! so appends, rolls, truncations, retention and deletions of old records never
 //! interleave. Appends waiting at the same moment are coalesced: one aligned write of the
-//! dirty range, one fdatasync (with `flush.ms=0`), then every waiter is answered (group
-//! commit).
+//! dirty range, one sync (with `flush.ms=0`), then every waiter is answered (group
+//! commit). Syncs go through the shard's durability rounds (`rounds.rs`), where the
+//! partitions of a shard that need one at the same time share it.
 //!
 //! Direct-I/O tail handling: the active segment's last partial 4 KiB block is kept in
 //! memory (`Active::tail_block`). Each group write starts at that block's aligned start,

@@ -12,7 +12,8 @@
 //! 00000000000000000000.log        sealed segment: whole batches, exact size
 //! 00000000000000000000.index      sparse offset index (sealed segments only)
 //! 00000000000000000000.timeindex  time index (sealed segments only)
-//! 00000000000000001234.log        active segment: whole batches, zero padding to 4 KiB
+//! 00000000000000001234.log        active segment: whole batches, then zeros (padding to
+//!                                 4 KiB, and space allocated ahead; cut at close)
 //! ```
 
 mod appender;
