@@ -96,7 +96,7 @@ impl PendingAppend {
 /// The appender's private view of the active segment.
 /// Bounds of the step by which the active segment is allocated ahead of its end.
 const PREALLOCATE_MIN_BYTES: u64 = 64 * 1024;
-const PREALLOCATE_MAX_BYTES: u64 = 16 << 20;
+const PREALLOCATE_MAX_BYTES: u64 = 4 << 20;
 
 pub(crate) struct Active {
     segment: Rc<Segment>,
@@ -531,7 +531,7 @@ impl Appender {
     /// inside the file's size needs no block allocation and no size change, so io_uring
     /// completes it inline instead of handing it to a kernel worker thread (the io-wq
     /// detour every extending write takes). The step grows with the segment (as much
-    /// again as it holds, from 64 KiB to 16 MiB), so idle partitions reserve little. A
+    /// again as it holds, from 64 KiB to 4 MiB), so idle partitions reserve little. A
     /// failure (a full disk) is not an error here: the write then extends the file itself,
     /// and fails on its own if it must.
     async fn preallocate(&mut self, write_end: u64) {

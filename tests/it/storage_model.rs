@@ -1245,9 +1245,9 @@ fn check_files(model: &Model, path: &Path) -> Result<(), String> {
         if index == last {
             // Past the batches: zero padding to the block boundary, and the space the
             // appender allocates ahead (as much again as the segment holds, 64 KiB to
-            // 16 MiB), all zeros.
+            // 4 MiB), all zeros.
             let padded = size.next_multiple_of(IO_ALIGNMENT_BYTES as u64);
-            let ahead = padded.clamp(64 << 10, 16 << 20);
+            let ahead = padded.clamp(64 << 10, 4 << 20);
             ensure!(
                 (size..=padded + ahead).contains(&length),
                 "active segment {} holds {size} bytes of batches but its file is {length} bytes",
