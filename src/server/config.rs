@@ -57,8 +57,8 @@ pub struct ServerConfig {
     pub tail_cache_bytes_max: u64,
     /// Memory the broker may use, split evenly between its shards. Each shard's tail
     /// caches together take at most half of its share (`TAIL_CACHE_SHARE`), its oldest
-    /// cached batches dropped first; the rest is headroom for requests in flight,
-    /// read-ahead and answers.
+    /// cached batches dropped first; the requests in flight on all its connections the
+    /// rest (new requests wait).
     pub memory_max: u64,
 }
 
@@ -83,6 +83,12 @@ impl ServerConfig {
     /// One shard's share of `memory_max`.
     pub fn memory_per_shard(&self) -> u64 {
         self.memory_max / self.shards.max(1) as u64
+    }
+
+    /// The bytes of requests in flight one shard's connections may hold together: the
+    /// part of its share the tail caches do not take.
+    pub fn request_budget_per_shard(&self) -> u64 {
+        self.memory_per_shard() - self.tail_cache_budget_per_shard()
     }
 
     /// The bytes one shard's tail caches may hold together.
@@ -189,8 +195,8 @@ pub struct Settings {
     #[arg(long)]
     pub tail_cache_bytes_max: Option<u64>,
     /// Memory the broker may use, e.g. 512MiB or 4GiB, split evenly between shards; each
-    /// shard's tail caches together hold at most half of its share [default: half of the
-    /// machine's memory].
+    /// shard's tail caches hold at most half of its share, its requests in flight the
+    /// other half [default: half of the machine's memory].
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "size_from_text")]
     pub memory_max: Option<u64>,

@@ -38,7 +38,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// byte budget until it is written.
 struct Answer {
     outgoing: Outgoing,
-    held: Rc<StaticPermit>,
+    held: Rc<handlers::Held>,
 }
 
 /// Which protocol a connection speaks. Both frame requests the same way (a 4-byte
@@ -229,14 +229,29 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
             };
             // Stop reading while too many requests of this connection, or too many of
             // their bytes, are in flight.
+            // Then while the shard's requests in flight, of all its connections, hold its
+            // share of the memory budget: new requests wait (backpressure).
             let permits = async {
                 let permit = in_flight.clone().acquire_static_permit(1).await.ok()?;
-                let held = in_flight_bytes
+                let connection = in_flight_bytes
                     .clone()
                     .acquire_static_permit(weight as u64)
                     .await
                     .ok()?;
-                Some((permit, held))
+                let shard_weight = (weight as u64).min(shard.request_bytes_max);
+                let shard_share = shard
+                    .request_bytes
+                    .clone()
+                    .acquire_static_permit(shard_weight)
+                    .await
+                    .ok()?;
+                Some((
+                    permit,
+                    handlers::Held {
+                        _connection: connection,
+                        _shard: shard_share,
+                    },
+                ))
             };
             let ended = async {
                 ending().await;
@@ -436,7 +451,7 @@ const DIRECT_CHUNK_BYTES: usize = 16 * 1024;
 #[derive(Default)]
 struct Coalescer {
     buffer: Vec<u8>,
-    held: Vec<Rc<StaticPermit>>,
+    held: Vec<Rc<handlers::Held>>,
     rooms: Vec<StaticPermit>,
 }
 

@@ -148,6 +148,10 @@ pub(crate) struct Shard {
     pub stopping: Latch,
     pub connections: Connections,
     pub probe: ShardProbe,
+    /// Bytes of requests in flight on all of this shard's connections, bounded by the
+    /// part of its memory share the tail caches do not take (`request_bytes_max`).
+    pub request_bytes: Rc<Semaphore>,
+    pub request_bytes_max: u64,
 }
 
 impl Shard {
@@ -174,6 +178,7 @@ impl Shard {
         let send_turns = (0..config.shards)
             .map(|_| Rc::new(FifoSemaphore::new(1)))
             .collect();
+        let request_bytes_max = config.request_budget_per_shard();
         let shard = Rc::new(Shard {
             id,
             count: config.shards,
@@ -189,6 +194,8 @@ impl Shard {
             stopping: Latch::default(),
             connections: Connections::default(),
             probe: ShardProbe::default(),
+            request_bytes: Rc::new(Semaphore::new(request_bytes_max)),
+            request_bytes_max,
         });
         shard
             .open_partitions(&metadata.topics, Opening::Existing)

@@ -65,3 +65,77 @@ fn hundreds_of_busy_partitions_stay_within_the_memory_budget_and_read_back_from_
         }
     }
 }
+
+/// Many connections pipelining large produces at a shard faster than its disk takes them:
+/// the requests in flight, of all connections together, keep to the shard's share of
+/// `--memory-max` (new ones wait), and every acknowledged record is stored.
+#[test]
+fn requests_in_flight_of_all_connections_keep_to_the_shard_share() {
+    use spate::client::{Connection, Pipeline};
+    use spate::protocol::{ProducePartition, ProduceRequest, ProduceTopic, Request, Response};
+    const CONNECTIONS: usize = 12;
+    const REQUESTS: usize = 30;
+    // One shard: requests in flight may hold half of 64 MiB, the tail caches the other.
+    let broker = Broker::start_flagged(1, &["--memory-max", "64MiB"]);
+    let mut client = broker.connect();
+    assert!(client.create_topic("flood", 4, &[]).unwrap().status.is_ok());
+    let before = broker.peak_resident_bytes();
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|index| {
+            let address = broker.address();
+            std::thread::spawn(move || {
+                let connection = Connection::connect(&address, "flood").unwrap();
+                let (answers, received) = std::sync::mpsc::channel();
+                // 16 MiB in flight per connection, well within its own 64 MiB budget.
+                let mut pipeline = Pipeline::new(connection, 16, answers).unwrap();
+                let partition = (index % 4) as u32;
+                for request in 0..REQUESTS {
+                    let records = batch(&format!("f{index}-{request}"), 1000, 1000, 1_000);
+                    let produce = Request::Produce(ProduceRequest {
+                        acks: Acks::All,
+                        timeout_ms: 60_000,
+                        topics: vec![ProduceTopic {
+                            name: "flood".into(),
+                            partitions: vec![ProducePartition { partition, records }],
+                        }],
+                    });
+                    pipeline.send(&produce, request).unwrap();
+                }
+                pipeline.drain();
+                drop(pipeline);
+                let mut acknowledged = 0;
+                for answer in received.try_iter() {
+                    match answer.response.unwrap() {
+                        Response::Produce(response) => {
+                            let status = &response.topics[0].partitions[0].status;
+                            assert!(status.is_ok(), "{status}");
+                            acknowledged += 1;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let acknowledged: usize = senders
+        .into_iter()
+        .map(|sender| sender.join().unwrap())
+        .sum();
+    assert_eq!(acknowledged, CONNECTIONS * REQUESTS);
+    let grown = broker.peak_resident_bytes().saturating_sub(before);
+    // Up to 192 MiB of requests could be in flight (273 MiB of growth measured without
+    // the shard's bound); the shard takes 32 MiB of them at a time. Besides those and the
+    // tail caches' 32 MiB, each partition's group write holds a DMA buffer of up to
+    // 16 MiB (129 MiB measured).
+    assert!(
+        grown < 192 << 20,
+        "peak resident memory grew by {} MiB",
+        grown >> 20
+    );
+    let mut stored = 0;
+    for partition in 0..4 {
+        stored += read_partition(&mut client, "flood", partition, 0).len();
+    }
+    assert_eq!(stored, CONNECTIONS * REQUESTS * 1000);
+}

@@ -97,6 +97,14 @@ pub(crate) fn fetch_max_bytes(max_bytes: u32, weight: usize, budget: usize) -> u
 }
 
 /// What a handler knows about the request it answers besides the request itself.
+/// A request's shares of the byte budgets that bound requests in flight: its connection's
+/// (`--buffered-bytes-max-per-connection`) and its shard's (the part of `--memory-max` the
+/// tail caches do not take). Held for their `Drop`, which gives them back.
+pub(crate) struct Held {
+    pub _connection: StaticPermit,
+    pub _shard: StaticPermit,
+}
+
 pub(crate) struct Exchange {
     pub correlation_id: u32,
     /// The request's frame size, and whether it was read into a buffer of its own (which
@@ -105,9 +113,10 @@ pub(crate) struct Exchange {
     pub own_frame: bool,
     /// Set when the connection is ending: a long poll then answers with what it has.
     pub closed: Rc<Latch>,
-    /// The request's share of the connection's byte budget (its frame). Work that
-    /// outlives the answer (an append after a produce timeout) keeps a clone of it.
-    pub held: Rc<StaticPermit>,
+    /// The request's shares of its connection's and its shard's byte budgets (its
+    /// frame). Work that outlives the answer (an append after a produce timeout) keeps a
+    /// clone of them.
+    pub held: Rc<Held>,
     /// The connection's byte budget, from which a fetch takes room for its answer.
     pub budget: Rc<Semaphore>,
 }

@@ -1,8 +1,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::sync::StaticPermit;
-
 use bytes::Bytes;
 
 use super::{Exchange, Outgoing};
@@ -160,7 +158,7 @@ async fn within(
     partition: u32,
     mut task: glommio::Task<ProducePartitionResponse>,
     timeout_ms: u32,
-    held: &Rc<StaticPermit>,
+    held: &Rc<super::Held>,
 ) -> ProducePartitionResponse {
     let Some(deadline) = deadline else {
         return task.await;
