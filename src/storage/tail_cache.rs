@@ -141,9 +141,11 @@ impl TailCache {
     fn removed(&mut self, batch: CachedBatch) {
         let bytes = batch.bytes.len() as u64;
         self.bytes_total -= bytes;
-        let shard = shard();
-        shard.bytes.set(shard.bytes.get() - bytes);
-        shard.batches.set(shard.batches.get() - 1);
+        // `try_with`: a cache dropped while the thread itself ends has no account left.
+        let _ = SHARD.try_with(|shard| {
+            shard.bytes.set(shard.bytes.get().saturating_sub(bytes));
+            shard.batches.set(shard.batches.get().saturating_sub(1));
+        });
     }
 
     /// Adds the batch that was just acknowledged, evicting the oldest to stay in budget.
