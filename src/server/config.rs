@@ -69,14 +69,15 @@ pub const TAIL_CACHE_SHARE: f64 = 0.5;
 /// operating system, other programs and Spate's own fixed costs), or 2 GiB where the
 /// machine's memory cannot be read.
 pub fn default_memory_max() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        });
-    total.map_or(2 << 30, |bytes| bytes / 2)
+    machine_memory().map_or(2 << 30, |bytes| bytes / 2)
+}
+
+/// The machine's memory (MemTotal), where /proc/meminfo can be read.
+pub fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl ServerConfig {

@@ -109,8 +109,18 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             shards = config.shards,
             shard_ports = format!("{}-{}", config.shard_port(0), config.shard_port(config.shards - 1)),
             data_dir = %config.data_dir.display(),
+            memory_max = config.memory_max,
             "spate is serving"
         );
+        if let Some(machine) = config::machine_memory()
+            && config.memory_max > machine
+        {
+            tracing::warn!(
+                memory_max = config.memory_max,
+                machine_memory = machine,
+                "--memory-max is more than this machine's memory: the budget will not keep the broker from running out"
+            );
+        }
     }
     // Each started shard reports once its logs are closed and synced. Its thread may still
     // be parked in a connection's read; the process exits after this returns, so the
