@@ -43,8 +43,17 @@ pub fn run(
     let e2e = plan.workload == Workload::E2e;
     let mut latencies = Vec::new();
     let mut asked = Vec::new();
+    // A fetch names at most FETCH_PARTITIONS_MAX partitions: an owner of more gets several.
+    let fetches: Vec<(i32, &[u32])> = by_owner
+        .iter()
+        .flat_map(|(owner, partitions)| {
+            partitions
+                .chunks(spate::limits::FETCH_PARTITIONS_MAX)
+                .map(move |chunk| (*owner, chunk))
+        })
+        .collect();
     while !done() && !shared.stop.load(Ordering::Relaxed) {
-        for (owner, partitions) in &by_owner {
+        for (owner, partitions) in &fetches {
             asked.clear();
             asked.extend(
                 partitions
