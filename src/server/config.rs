@@ -114,7 +114,7 @@ impl Default for ServerConfig {
             in_flight_max_per_connection: 64,
             buffered_bytes_max_per_connection: 64 << 20,
             connections_max_idle_ms: 600_000,
-            partitions_max_per_shard: 2000,
+            partitions_max_per_shard: 10_000,
             retention_check_interval_ms: 300_000,
             group_min_session_timeout_ms: 1_000,
             group_max_session_timeout_ms: 300_000,
@@ -176,7 +176,7 @@ pub struct Settings {
     /// A connection that sends nothing for this long is closed [default: 600000].
     #[arg(long)]
     pub connections_max_idle_ms: Option<u64>,
-    /// Partitions one shard may own; creating more is refused [default: 2000].
+    /// Partitions one shard may own; creating more is refused [default: 10000].
     #[arg(long)]
     pub partitions_max_per_shard: Option<u32>,
     /// How often retention runs, in ms [default: 300000].

@@ -846,7 +846,7 @@ impl Shard {
                     Opening::Existing => Ok(()),
                 };
                 let log = match cleared {
-                    Ok(()) => Log::open(dir, self.log_config(topic))
+                    Ok(()) => Log::open_under_lock(dir, self.log_config(topic))
                         .await
                         .map_err(|error| error.to_string()),
                     Err(error) => Err(format!("cannot clear {}: {error}", dir.display())),
@@ -1056,8 +1056,9 @@ struct Budget {
     descriptors_free: Option<u64>,
 }
 
-/// Descriptors a new, empty partition opens.
-const DESCRIPTORS_PER_PARTITION: u64 = 2;
+/// Descriptors a new, empty partition opens: its active segment (the broker's lock on
+/// the data directory covers the partition directories).
+const DESCRIPTORS_PER_PARTITION: u64 = 1;
 
 impl Budget {
     fn new(config: &ServerConfig, metadata: &ClusterMetadata) -> Budget {

@@ -193,11 +193,28 @@ impl Log {
     /// crash left: sealed segments are checked against their index files (or rescanned),
     /// the active segment is validated batch by batch and cut back to its last whole batch.
     pub async fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Log, StorageError> {
-        let dir = dir.into();
+        Log::open_with(dir.into(), config, true).await
+    }
+
+    /// `open`, for a caller that holds an exclusive lock on a directory above `dir` (the
+    /// broker holds one on its data directory): the partition takes no lock of its own,
+    /// which saves it a file descriptor for as long as it is open.
+    pub async fn open_under_lock(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+    ) -> Result<Log, StorageError> {
+        Log::open_with(dir.into(), config, false).await
+    }
+
+    async fn open_with(dir: PathBuf, config: LogConfig, lock: bool) -> Result<Log, StorageError> {
         // The new directories' entries, up to the first that existed (`<data>/groups` as
         // well as `<data>/groups/offsets-3`), must be durable before anything in them is.
         io::create_dir_all_durably(&dir).await?;
-        let lock = io::DirectoryLock::acquire(&dir)?;
+        let lock = if lock {
+            Some(io::DirectoryLock::acquire(&dir)?)
+        } else {
+            None
+        };
         io::prepare_device(&dir).await?;
         let mut bases = list_segments(&dir).await?;
         if bases.is_empty() {
@@ -281,7 +298,7 @@ impl Log {
             data_arrived: Event::default(),
             pending_bytes: Rc::new(FifoSemaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
             stats: Cell::new(LogStats::default()),
-            lock: RefCell::new(Some(lock)),
+            lock: RefCell::new(lock),
             read_ahead: RefCell::new(None),
             last_read_end: Cell::new(None),
         });

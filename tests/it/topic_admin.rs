@@ -301,3 +301,74 @@ fn a_stop_during_topic_creation_keeps_every_answered_topic_whole() {
         assert!(!listed.contains(name), "{name} was refused but exists");
     }
 }
+
+/// 10 000 partitions on one shard (the default `--partitions-max-per-shard`): created,
+/// written, restarted and read back. Where the file-descriptor limit cannot hold them (one
+/// per partition), the creation is refused with the limit named, and nothing else breaks.
+#[test]
+fn ten_thousand_partitions_on_one_shard_are_created_written_restarted_and_read() {
+    const PARTITIONS: u32 = 10_000;
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start_in(&data, 1, &[]);
+    let mut client = broker.connect();
+    let created = client
+        .create_topic("wide", PARTITIONS, &[("flush.ms".into(), "100".into())])
+        .unwrap();
+    if hard.rlim_max < u64::from(PARTITIONS) + 1000 {
+        assert_eq!(
+            created.status.code,
+            ErrorCode::ResourceLimit,
+            "{}",
+            created.status
+        );
+        assert!(
+            created.status.message.contains("ulimit"),
+            "{}",
+            created.status
+        );
+        eprintln!(
+            "file descriptor hard limit {}: 10 000 partitions refused as expected",
+            hard.rlim_max
+        );
+        return;
+    }
+    assert!(created.status.is_ok(), "{}", created.status);
+    for partition in 0..PARTITIONS {
+        let answer = client
+            .produce(
+                "wide",
+                partition,
+                batch(&format!("w{partition}"), 2, 20, 1_000),
+                Acks::All,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+    }
+    broker.stop();
+    let broker = Broker::start_in(&data, 1, &[]);
+    let mut client = broker.connect();
+    let described = client.describe_broker().unwrap();
+    assert_eq!(described.shards[0].partitions, PARTITIONS);
+    for partition in 0..PARTITIONS {
+        let answer = client.fetch("wide", partition, 0, 1 << 20, 0).unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+        let values = crate::support::records(&answer.records);
+        assert_eq!(values.len(), 2, "partition {partition}");
+        assert!(
+            values[0]
+                .1
+                .starts_with(format!("w{partition}-0").as_bytes())
+        );
+    }
+}
