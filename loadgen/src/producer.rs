@@ -55,7 +55,14 @@ pub fn run<W: ProduceWire>(
             .name(format!("ack-{index}"))
             .spawn(move || collect::<W>(acknowledged, &recorder, &shared))?
     };
-    let mut pipelines: HashMap<i32, Pipeline<Sent, W>> = HashMap::new();
+    let mut outbox = Outbox::<W> {
+        pipelines: HashMap::new(),
+        plan,
+        layout,
+        answers,
+        shared,
+        recorder,
+    };
     let mut open: HashMap<u32, Open> = HashMap::new();
     let rate = plan
         .rate_records_per_s
@@ -81,16 +88,7 @@ pub fn run<W: ProduceWire>(
                         if now >= due {
                             break;
                         }
-                        send_lingering(
-                            &mut open,
-                            &mut pipelines,
-                            linger,
-                            plan,
-                            layout,
-                            &answers,
-                            shared,
-                            recorder,
-                        )?;
+                        outbox.send_lingering(&mut open, linger)?;
                         let left = due - now;
                         if left > Duration::from_micros(200) {
                             std::thread::sleep(
@@ -135,119 +133,88 @@ pub fn run<W: ProduceWire>(
                     .is_some_and(|limit| batch.builder.records_count() >= limit);
             if full {
                 let batch = open.remove(&partition).expect("just filled");
-                send(
-                    partition,
-                    batch,
-                    &mut pipelines,
-                    plan,
-                    layout,
-                    &answers,
-                    shared,
-                    recorder,
-                )?;
+                outbox.send(partition, batch)?;
                 if key.is_none() {
                     sticky = (sticky + 1) % plan.partitions;
                 }
             }
             if sent.is_multiple_of(64) {
-                send_lingering(
-                    &mut open,
-                    &mut pipelines,
-                    linger,
-                    plan,
-                    layout,
-                    &answers,
-                    shared,
-                    recorder,
-                )?;
+                outbox.send_lingering(&mut open, linger)?;
             }
         }
         for (partition, batch) in std::mem::take(&mut open) {
-            send(
-                partition,
-                batch,
-                &mut pipelines,
-                plan,
-                layout,
-                &answers,
-                shared,
-                recorder,
-            )?;
+            outbox.send(partition, batch)?;
         }
         Ok(())
     })();
-    for pipeline in pipelines.values() {
+    for pipeline in outbox.pipelines.values() {
         pipeline.drain();
     }
-    drop(pipelines);
-    drop(answers);
+    // The pipelines' readers and this sender gone, the collector's channel ends.
+    drop(outbox);
     let _ = collector.join();
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
-fn send_lingering<W: ProduceWire>(
-    open: &mut HashMap<u32, Open>,
-    pipelines: &mut HashMap<i32, Pipeline<Sent, W>>,
-    linger: Duration,
-    plan: &Plan,
-    layout: &Layout,
-    answers: &mpsc::Sender<Answer<Sent, W::Response>>,
-    shared: &Shared,
-    recorder: &Recorder,
-) -> anyhow::Result<()> {
-    let due: Vec<u32> = open
-        .iter()
-        .filter(|(_, batch)| batch.since.elapsed() >= linger)
-        .map(|(&partition, _)| partition)
-        .collect();
-    for partition in due {
-        let batch = open.remove(&partition).expect("listed");
-        send(
-            partition, batch, pipelines, plan, layout, answers, shared, recorder,
-        )?;
-    }
-    Ok(())
+/// Where a producer's batches go: a pipeline per owner, opened on first use, whose
+/// answers reach the collector.
+struct Outbox<'a, W: ProduceWire> {
+    pipelines: HashMap<i32, Pipeline<Sent, W>>,
+    plan: &'a Plan,
+    layout: &'a Layout,
+    answers: mpsc::Sender<Answer<Sent, W::Response>>,
+    shared: &'a Shared,
+    recorder: &'a Recorder,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn send<W: ProduceWire>(
-    partition: u32,
-    mut batch: Open,
-    pipelines: &mut HashMap<i32, Pipeline<Sent, W>>,
-    plan: &Plan,
-    layout: &Layout,
-    answers: &mpsc::Sender<Answer<Sent, W::Response>>,
-    shared: &Shared,
-    recorder: &Recorder,
-) -> anyhow::Result<()> {
-    let owner = layout.owners[partition as usize];
-    let pipeline = match pipelines.entry(owner) {
-        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-        std::collections::hash_map::Entry::Vacant(entry) => {
-            let address = layout.address(owner);
-            let pipeline = W::open(address, plan.max_in_flight, answers.clone())
-                .with_context(|| format!("connecting to {owner} at {address}"))?;
-            entry.insert(pipeline)
+impl<W: ProduceWire> Outbox<'_, W> {
+    /// Sends every open batch that has lingered long enough.
+    fn send_lingering(
+        &mut self,
+        open: &mut HashMap<u32, Open>,
+        linger: Duration,
+    ) -> anyhow::Result<()> {
+        let due: Vec<u32> = open
+            .iter()
+            .filter(|(_, batch)| batch.since.elapsed() >= linger)
+            .map(|(&partition, _)| partition)
+            .collect();
+        for partition in due {
+            let batch = open.remove(&partition).expect("listed");
+            self.send(partition, batch)?;
         }
-    };
-    let records = batch.builder.build(0);
-    let sent = Sent {
-        partition,
-        records: batch.due.len() as u64,
-        bytes: records.len() as u64,
-        due: std::mem::take(&mut batch.due),
-    };
-    let request = W::produce(plan, partition, records);
-    if plan.acks == Acks::None {
-        // No answer will come: the batch counts as done once written.
-        pipeline.send_unanswered(&request)?;
-        acknowledge(sent, Instant::now(), recorder, shared);
-        return Ok(());
+        Ok(())
     }
-    pipeline
-        .send(&request, sent)
-        .with_context(|| format!("sending to {owner}"))
+
+    fn send(&mut self, partition: u32, mut batch: Open) -> anyhow::Result<()> {
+        let owner = self.layout.owners[partition as usize];
+        let pipeline = match self.pipelines.entry(owner) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let address = self.layout.address(owner);
+                let pipeline = W::open(address, self.plan.max_in_flight, self.answers.clone())
+                    .with_context(|| format!("connecting to {owner} at {address}"))?;
+                entry.insert(pipeline)
+            }
+        };
+        let records = batch.builder.build(0);
+        let sent = Sent {
+            partition,
+            records: batch.due.len() as u64,
+            bytes: records.len() as u64,
+            due: std::mem::take(&mut batch.due),
+        };
+        let request = W::produce(self.plan, partition, records);
+        if self.plan.acks == Acks::None {
+            // No answer will come: the batch counts as done once written.
+            pipeline.send_unanswered(&request)?;
+            acknowledge(sent, Instant::now(), self.recorder, self.shared);
+            return Ok(());
+        }
+        pipeline
+            .send(&request, sent)
+            .with_context(|| format!("sending to {owner}"))
+    }
 }
 
 fn collect<W: ProduceWire>(

@@ -40,6 +40,25 @@ pub enum ClientError {
 /// 30 s.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(65);
 
+/// Reads what has arrived (up to 64 KiB) onto the end of `buffer`. Bounded reads: a
+/// reader that asks for a whole multi-megabyte answer at once sleeps on it, and the
+/// sender must wake it for every segment. The end of the stream is an error.
+pub(crate) fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<(), ClientError> {
+    const READ_BYTES: usize = 64 * 1024;
+    let filled = buffer.len();
+    buffer.resize(filled + READ_BYTES, 0);
+    let read = stream.read(&mut buffer[filled..]);
+    // On an error too: the zeros grown for the read must not look like data.
+    buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
+    if read? == 0 {
+        return Err(ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the broker closed the connection",
+        )));
+    }
+    Ok(())
+}
+
 impl From<std::io::Error> for ClientError {
     fn from(error: std::io::Error) -> ClientError {
         match error.kind() {
@@ -151,18 +170,7 @@ impl Connection {
                 }
                 return Ok(Response::decode(api_key, frame.slice(4..))?);
             }
-            let filled = self.buffer.len();
-            self.buffer.resize(filled + 64 * 1024, 0);
-            let read = self.stream.read(&mut self.buffer[filled..]);
-            // On an error too: the zeros grown for the read must not look like data.
-            self.buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
-            let read = read?;
-            if read == 0 {
-                return Err(ClientError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the broker closed the connection",
-                )));
-            }
+            read_more(&mut self.stream, &mut self.buffer)?;
         }
     }
 

@@ -10,6 +10,7 @@ mod pipeline;
 mod producer;
 mod router;
 
+pub(crate) use connection::read_more;
 pub use connection::{ClientError, Connection};
 pub use consumer::{PartitionConsumer, StartAt};
 pub use group::{GroupConsumer, GroupConsumerConfig, GroupRecord, OffsetReset, RebalanceListener};

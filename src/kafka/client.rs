@@ -3,11 +3,14 @@
 //! broker. `KafkaClient` sends one request at a time (or pipelines by hand, with `send`
 //! and `receive`); `KafkaWire` lets `client::Pipeline` keep many in flight.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+
+use crate::client::read_more;
+use crate::protocol::split_frame;
 
 use super::{
     CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
@@ -32,8 +35,8 @@ pub enum ClientError {
     Decode(#[from] KafkaError),
     #[error("answer {found} where {expected} was expected")]
     Correlation { expected: i32, found: i32 },
-    #[error("answer frame of {0} bytes")]
-    BadLength(i32),
+    #[error("unusable answer frame: {0}")]
+    Frame(#[from] crate::protocol::ProtocolError),
 }
 
 /// Kafka's protocol for `client::Pipeline`: a request goes with the version to encode it
@@ -66,9 +69,7 @@ impl crate::client::Wire for KafkaWire {
 }
 
 /// The largest answer the client takes.
-const ANSWER_BYTES_MAX: i32 = 256 << 20;
-/// Bytes asked of each read of the socket.
-const READ_BYTES: usize = 64 * 1024;
+const ANSWER_BYTES_MAX: usize = 256 << 20;
 
 pub struct KafkaClient {
     stream: TcpStream,
@@ -104,38 +105,25 @@ impl KafkaClient {
     /// `correlation_id`'s: Kafka answers a connection's requests in order.
     pub fn receive(&mut self, correlation_id: i32) -> Result<Bytes, ClientError> {
         loop {
-            if self.buffer.len() >= 4 {
-                let length = i32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes"));
-                if !(4..=ANSWER_BYTES_MAX).contains(&length) {
-                    return Err(ClientError::BadLength(length));
+            if let Some(frame) = split_frame(&mut self.buffer, ANSWER_BYTES_MAX)? {
+                if frame.len() < 4 {
+                    return Err(ClientError::Decode(KafkaError::Truncated(
+                        "response header",
+                    )));
                 }
-                let total = 4 + length as usize;
-                if self.buffer.len() >= total {
-                    let mut frame = self.buffer.split_to(total).freeze();
-                    let found = i32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
-                    if found != correlation_id {
-                        return Err(ClientError::Correlation {
-                            expected: correlation_id,
-                            found,
-                        });
-                    }
-                    return Ok(frame.split_off(8));
+                let found = i32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
+                if found != correlation_id {
+                    return Err(ClientError::Correlation {
+                        expected: correlation_id,
+                        found,
+                    });
                 }
-                self.buffer.reserve(total - self.buffer.len());
+                return Ok(frame.slice(4..));
             }
-            // Reads of a bounded size, as the native client does: the reader takes what
-            // has arrived and comes back, rather than sleeping on a huge read that the
-            // sender must wake for every segment.
-            let filled = self.buffer.len();
-            self.buffer.resize(filled + READ_BYTES, 0);
-            let read = self.stream.read(&mut self.buffer[filled..]);
-            self.buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
-            if read? == 0 {
-                return Err(ClientError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the broker closed the connection",
-                )));
-            }
+            read_more(&mut self.stream, &mut self.buffer).map_err(|error| match error {
+                crate::client::ClientError::Io(error) => ClientError::Io(error),
+                other => ClientError::Io(std::io::Error::other(other.to_string())),
+            })?;
         }
     }
 

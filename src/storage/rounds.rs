@@ -178,7 +178,11 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
         .collect()
 }
 
+/// The segment's device, asked of the kernel once per segment.
 fn device_of(segment: &Segment) -> Result<u64, StorageError> {
+    if let Some(device) = segment.device.get() {
+        return Ok(device);
+    }
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat fills `stat` for an open descriptor.
     let result = unsafe { libc::fstat(segment.file.as_raw_fd(), stat.as_mut_ptr()) };
@@ -190,5 +194,7 @@ fn device_of(segment: &Segment) -> Result<u64, StorageError> {
         ));
     }
     // SAFETY: fstat succeeded.
-    Ok(unsafe { stat.assume_init() }.st_dev)
+    let device = unsafe { stat.assume_init() }.st_dev;
+    segment.device.set(Some(device));
+    Ok(device)
 }

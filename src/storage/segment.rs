@@ -103,6 +103,8 @@ pub(crate) struct Segment {
     /// Bumped each time the segment is cut (or dropped) by a truncation. A reader that
     /// sees it move during its read throws the read away and starts again.
     pub truncations: Cell<u64>,
+    /// The device the file lives on, once a durability round has asked (`rounds.rs`).
+    pub device: Cell<Option<u64>>,
 }
 
 /// What `Segment::read` found.
@@ -195,6 +197,7 @@ impl Segment {
             file,
             meta: RefCell::new(meta),
             truncations: Cell::new(0),
+            device: Cell::new(None),
         }
     }
 
