@@ -236,7 +236,22 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Kill only once the run is producing (set-up on a loaded machine can take seconds):
+    // the partition holds acknowledged records.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let end = spate::client::Connection::connect(&address, "test")
+            .and_then(|mut connection| {
+                connection.list_offset("loadgen", 0, spate::protocol::OFFSET_LATEST)
+            })
+            .unwrap_or(0);
+        if end > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run produces");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     broker.kill().unwrap(); // SIGKILL
     broker.wait().unwrap();
     let output = run.wait_with_output().unwrap();
