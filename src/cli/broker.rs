@@ -11,7 +11,7 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
         described.open_files
     );
     println!(
-        "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18}",
+        "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18} {:>17}",
         "SHARD",
         "PARTITIONS",
         "CONNECTIONS",
@@ -19,11 +19,12 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
         "FORWARDED-REQUESTS",
         "MEMORY-BUDGET",
         "TAIL-CACHE/BUDGET",
-        "CACHE-EVICTIONS"
+        "CACHE-EVICTIONS",
+        "SEALED-FILES/MAX"
     );
     for shard in &described.shards {
         println!(
-            "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18}",
+            "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18} {:>17}",
             shard.shard_id,
             shard.partitions,
             shard.connections,
@@ -35,7 +36,8 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
                 mebibytes(shard.tail_cache_bytes),
                 mebibytes(shard.tail_cache_budget_bytes)
             ),
-            shard.tail_cache_evicted_batches
+            shard.tail_cache_evicted_batches,
+            format!("{}/{}", shard.sealed_files_open, shard.sealed_files_max)
         );
     }
     Ok(())

@@ -400,7 +400,8 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                     any::<u32>(),
                     any::<u32>(),
                     any::<u64>(),
-                    any::<[u64; 4]>()
+                    any::<[u64; 4]>(),
+                    any::<[u32; 2]>()
                 ),
                 0..4
             )
@@ -416,6 +417,7 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                             long_poll_waits,
                             forwarded_requests,
                             memory,
+                            files,
                         )| {
                             ShardDescription {
                                 shard_id,
@@ -427,6 +429,8 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                                 tail_cache_bytes: memory[1],
                                 tail_cache_budget_bytes: memory[2],
                                 tail_cache_evicted_batches: memory[3],
+                                sealed_files_open: files[0],
+                                sealed_files_max: files[1],
                             }
                         },
                     )

@@ -187,6 +187,14 @@ pub(crate) fn descriptors_free() -> Option<u64> {
     Some(limit.saturating_sub(open).saturating_sub(reserve))
 }
 
+/// Sealed-segment files each shard keeps open at most (`storage::set_sealed_files_max`):
+/// half the descriptor reserve of `descriptors_free`, split between the shards (the other
+/// half is for connections). Partitions' active segments are counted apart, as they open.
+pub(crate) fn sealed_files_max_per_shard(shards: usize) -> usize {
+    let reserve = descriptor_limit().map_or(1024, |limit| (limit / 4).min(4096));
+    ((reserve / 2) as usize / shards.max(1)).max(16)
+}
+
 /// File descriptors this process has open (`None` where /proc cannot be read).
 pub(crate) fn open_descriptors() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
@@ -201,8 +209,8 @@ fn descriptor_limit() -> Option<u64> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
-/// Raises the soft file-descriptor limit to the hard one, as brokers need many (two per
-/// partition and one per sealed segment, one per connection).
+/// Raises the soft file-descriptor limit to the hard one, as brokers need many (one per
+/// partition, the sealed segments each shard keeps open, one per connection).
 fn raise_descriptor_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -420,6 +428,7 @@ async fn run_shard(
     let config = Rc::new((*config).clone());
     // Before any partition opens: its tail cache draws from this shard's budget.
     crate::storage::set_shard_budget(Some(config.tail_cache_budget_per_shard()));
+    crate::storage::set_sealed_files_max(sealed_files_max_per_shard(config.shards));
     let shard = match Shard::open(id, config.clone(), metadata, producer_ids_start, senders).await {
         Ok(shard) => shard,
         Err(error) => {

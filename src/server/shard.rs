@@ -257,6 +257,7 @@ impl Shard {
     /// What this shard holds and is doing, for `DescribeBroker`.
     pub fn describe(&self) -> ShardDescription {
         let cache = crate::storage::shard_usage();
+        let files = crate::storage::sealed_files();
         ShardDescription {
             shard_id: self.id as u16,
             partitions: self.logs.borrow().len() as u32,
@@ -267,6 +268,8 @@ impl Shard {
             tail_cache_bytes: cache.bytes,
             tail_cache_budget_bytes: cache.budget.unwrap_or(u64::MAX),
             tail_cache_evicted_batches: cache.evicted_batches,
+            sealed_files_open: files.open as u32,
+            sealed_files_max: files.max as u32,
         }
     }
 
@@ -1048,8 +1051,8 @@ async fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// What new partitions may still take: each shard's partition limit, and the process's
-/// file descriptors (an open partition holds its directory lock and its active segment,
-/// plus one per sealed segment; a share of the limit is kept for connections).
+/// file descriptors (an open partition holds its active segment; sealed segments share
+/// a capped set per shard, kept with connections in the reserve of `descriptors_free`).
 struct Budget {
     per_shard: Vec<u32>,
     max_per_shard: u32,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_channel::oneshot;
+use glommio::io::DmaFile;
 
 use super::StorageError;
 use super::io::{self, align_down, align_up};
@@ -100,6 +101,8 @@ const PREALLOCATE_MAX_BYTES: u64 = 4 << 20;
 
 pub(crate) struct Active {
     segment: Rc<Segment>,
+    /// The segment's file, pinned open while it is active.
+    file: Rc<DmaFile>,
     /// Bytes of the last, partial block: `[align_down(size), size)`.
     tail_block: Vec<u8>,
     /// Bytes written but not yet covered by an fdatasync.
@@ -113,16 +116,19 @@ pub(crate) struct Active {
 impl Active {
     pub async fn open(segment: Rc<Segment>) -> Result<Active, StorageError> {
         let size = segment.meta.borrow().size_bytes;
-        let tail_block = read_tail_block(&segment, size).await?;
-        Ok(Active::with_tail(segment, tail_block))
+        let file = segment.file().await?;
+        let tail_block = read_tail_block(&segment, &file, size).await?;
+        Ok(Active::with_tail(segment, file, tail_block))
     }
 
     /// `segment`'s file must be no longer than its log end (as recovery, a roll and a
-    /// truncation leave it).
-    fn with_tail(segment: Rc<Segment>, tail_block: Vec<u8>) -> Active {
+    /// truncation leave it). Its file stays open while it is active.
+    fn with_tail(segment: Rc<Segment>, file: Rc<DmaFile>, tail_block: Vec<u8>) -> Active {
         let allocated = segment.meta.borrow().size_bytes;
+        segment.slot.pin(file.clone());
         Active {
             segment,
+            file,
             tail_block,
             unsynced_bytes: 0,
             sync_deadline: None,
@@ -132,12 +138,15 @@ impl Active {
 }
 
 /// The bytes of the partial block that ends at `size`: `[align_down(size), size)`.
-async fn read_tail_block(segment: &Segment, size: u64) -> Result<Vec<u8>, StorageError> {
+async fn read_tail_block(
+    segment: &Segment,
+    file: &DmaFile,
+    size: u64,
+) -> Result<Vec<u8>, StorageError> {
     let start = align_down(size);
     let mut tail_block = Vec::new();
     if size > start {
-        let read =
-            io::read_at(&segment.file, &segment.path, start, (size - start) as usize).await?;
+        let read = io::read_at(file, &segment.path, start, (size - start) as usize).await?;
         tail_block.extend_from_slice(&read);
     }
     assert_eq!(
@@ -277,7 +286,13 @@ impl Appender {
     }
 
     fn shut_down(&mut self) {
-        self.inner.state.borrow_mut().closed = true;
+        let mut state = self.inner.state.borrow_mut();
+        state.closed = true;
+        // A closed log holds no descriptors, whoever still holds the log.
+        for segment in state.segments.values() {
+            segment.slot.release();
+        }
+        drop(state);
         drop(self.inner.lock.borrow_mut().take());
         let rest: Vec<Command> = self.inner.queue.borrow_mut().drain(..).collect();
         for command in rest {
@@ -466,7 +481,8 @@ impl Appender {
         );
         let logical_bytes = tail.len() + group_bytes;
         let write_bytes = align_up(logical_bytes as u64) as usize;
-        let mut buffer = segment.file.alloc_dma_buffer(write_bytes);
+        let file = self.active.file.clone();
+        let mut buffer = file.alloc_dma_buffer(write_bytes);
         let bytes = buffer.as_bytes_mut();
         bytes[..tail.len()].copy_from_slice(tail);
         let mut cursor = tail.len();
@@ -483,8 +499,7 @@ impl Appender {
         bytes[logical_bytes..].fill(0);
         let new_tail = bytes[align_down(logical_bytes as u64) as usize..logical_bytes].to_vec();
         self.preallocate(write_start + write_bytes as u64).await;
-        let written = segment
-            .file
+        let written = file
             .write_at(buffer, write_start)
             .await
             .map_err(|error| io::io_error(&segment.path, "write", error.into()))?;
@@ -512,7 +527,7 @@ impl Appender {
         let padded = align_up(segment.meta.borrow().size_bytes);
         let mut trimmed = false;
         if self.active.allocated > padded {
-            match segment.file.truncate(padded).await {
+            match self.active.file.truncate(padded).await {
                 Ok(()) => {
                     self.active.allocated = padded;
                     trimmed = true;
@@ -541,14 +556,7 @@ impl Appender {
         let step = write_end.clamp(PREALLOCATE_MIN_BYTES, PREALLOCATE_MAX_BYTES);
         let target = align_up(write_end + step)
             .min(align_up(self.inner.config.segment_bytes).max(align_up(write_end)));
-        if self
-            .active
-            .segment
-            .file
-            .pre_allocate(target, false)
-            .await
-            .is_ok()
-        {
+        if self.active.file.pre_allocate(target, false).await.is_ok() {
             self.active.allocated = target;
         }
     }
@@ -562,9 +570,9 @@ impl Appender {
         if !self.active.tail_block.is_empty() {
             // Rewrites an existing block: needs no new space on a full disk.
             let tail = &self.active.tail_block;
-            io::write_all_at(&segment.file, &segment.path, tail, align_down(end)).await?;
+            io::write_all_at(&self.active.file, &segment.path, tail, align_down(end)).await?;
         }
-        segment
+        self.active
             .file
             .truncate(align_up(end))
             .await
@@ -651,7 +659,7 @@ impl Appender {
         // finds zero padding and cuts it again. A failed fdatasync, though, fails the log
         // (after the roll is complete, so that memory matches the files).
         let mut synced = Ok(());
-        match old.file.truncate(size).await {
+        match self.active.file.truncate(size).await {
             Ok(()) => synced = self.fdatasync_segment(&old).await,
             Err(error) => {
                 let error = io::io_error(&old.path, "truncate", error.into());
@@ -659,6 +667,8 @@ impl Appender {
             }
         }
         old.meta.borrow_mut().sealed = true;
+        // From now on the shard may close the sealed file when it needs the descriptor.
+        old.slot.unpin();
         if let Err(error) = old.write_indexes().await {
             tracing::warn!(%error, "could not write the sealed segment's index; recovery will rebuild it");
         }
@@ -673,7 +683,8 @@ impl Appender {
             .borrow_mut()
             .segments
             .insert(next_offset, segment.clone());
-        self.active = Active::with_tail(segment, Vec::new());
+        let file = segment.file().await?;
+        self.active = Active::with_tail(segment, file, Vec::new());
         tracing::debug!(base_offset = next_offset, "rolled to a new segment");
         synced
     }
@@ -703,8 +714,9 @@ impl Appender {
         };
         let size = target.meta.borrow().size_bytes;
         let interval = self.inner.config.index_interval_bytes;
+        let file = target.file().await?;
         let (mut meta, stop) = Segment::scan(
-            &target.file,
+            &file,
             &target.path,
             target.base_offset,
             size,
@@ -722,7 +734,7 @@ impl Appender {
         let new_end = meta.next_offset;
         let cut = meta.size_bytes;
         // Bytes below the cut do not change: the new tail block can be read now.
-        let tail_block = read_tail_block(&target, cut).await?;
+        let tail_block = read_tail_block(&target, &file, cut).await?;
         // One synchronous step moves readers and the appender to the truncated log; a read
         // already under way on a changed segment sees its truncation count move and starts
         // again.
@@ -743,7 +755,7 @@ impl Appender {
             state.producers.truncate(new_end);
             doomed
         };
-        self.active = Active::with_tail(target.clone(), tail_block);
+        self.active = Active::with_tail(target.clone(), file, tail_block);
         // From here memory is ahead of the disk: a failure stops the log until reopened.
         if let Err(error) = self.cut_files(&doomed, &target, cut).await {
             self.fail_log(error.to_string());
@@ -764,12 +776,11 @@ impl Appender {
         for segment in doomed.iter().rev() {
             remove_segment_files(segment).await?;
         }
-        target
-            .file
-            .truncate(cut)
+        let file = &self.active.file;
+        file.truncate(cut)
             .await
             .map_err(|error| io::io_error(&target.path, "truncate", error.into()))?;
-        io::fdatasync(&target.file, &target.path).await?;
+        io::fdatasync(file, &target.path).await?;
         for index in [
             offset_index_path(&target.path),
             time_index_path(&target.path),

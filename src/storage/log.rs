@@ -512,7 +512,8 @@ impl Log {
         }
         let reading = segment.clone();
         let task = glommio::spawn_local(async move {
-            io::read_at(&reading.file, &reading.path, position, length).await
+            let file = reading.file().await?;
+            io::read_at(&file, &reading.path, position, length).await
         });
         // A read ahead for another place is replaced (dropping a task cancels it).
         *self.inner.read_ahead.borrow_mut() = Some(PendingReadAhead {
@@ -815,17 +816,14 @@ async fn open_sealed(
     base_offset: i64,
     config: &LogConfig,
 ) -> Result<(Segment, Option<SealedRepair>), StorageError> {
-    let file = io::open_rw(path, false).await?;
-    let size = file
-        .file_size()
-        .await
-        .map_err(|error| io::io_error(path, "stat", error.into()))?;
+    // The index files vouch for the segment: it is not opened until a reader needs it.
+    let size = std::fs::metadata(path)
+        .map_err(|error| io::io_error(path, "stat", error))?
+        .len();
     if let Some(meta) = load_indexes(path, base_offset, size).await {
-        return Ok((
-            Segment::new(base_offset, path.to_path_buf(), file, meta),
-            None,
-        ));
+        return Ok((Segment::sealed(base_offset, path.to_path_buf(), meta), None));
     }
+    let file = io::open_rw(path, false).await?;
     tracing::warn!(path = %path.display(), "index missing or damaged: rebuilding from the segment");
     let interval = config.index_interval_bytes;
     let (mut meta, stop) = Segment::scan(&file, path, base_offset, size, None, interval).await?;
@@ -849,7 +847,7 @@ async fn open_sealed(
         ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
     };
     meta.sealed = true;
-    let segment = Segment::new(base_offset, path.to_path_buf(), file, meta);
+    let segment = Segment::sealed(base_offset, path.to_path_buf(), meta);
     Ok((segment, Some(SealedRepair { trim })))
 }
 
@@ -857,12 +855,11 @@ async fn repair_sealed(segment: &Segment, repair: SealedRepair) -> Result<(), St
     let path = &segment.path;
     if repair.trim {
         let size = segment.meta.borrow().size_bytes;
-        segment
-            .file
-            .truncate(size)
+        let file = segment.file().await?;
+        file.truncate(size)
             .await
             .map_err(|error| io::io_error(path, "truncate", error.into()))?;
-        io::fdatasync(&segment.file, path).await?;
+        io::fdatasync(&file, path).await?;
     }
     if let Err(error) = segment.write_indexes().await {
         tracing::warn!(%error, "could not rewrite the index; it will be rebuilt at next open");

@@ -18,6 +18,7 @@
 
 mod appender;
 mod config;
+mod files;
 mod index;
 mod io;
 mod log;
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
+pub use files::{SEALED_FILES_MAX_DEFAULT, SealedFiles, sealed_files, set_sealed_files_max};
 pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 pub use rounds::round_counts;

@@ -21,6 +21,7 @@ use super::StorageError;
 use super::io;
 use super::segment::Segment;
 use crate::wake::Event;
+use glommio::io::DmaFile;
 
 /// Segments waiting for one round, and its outcome once known.
 #[derive(Default)]
@@ -108,7 +109,11 @@ pub(crate) async fn sync(segment: &Rc<Segment>) -> Result<(), StorageError> {
 async fn run(rounds: Rc<Rounds>, round: Rc<Round>) {
     let segments = round.segments.borrow().clone();
     let outcome = if segments.len() == 1 {
-        vec![io::fdatasync(&segments[0].file, &segments[0].path).await]
+        let segment = &segments[0];
+        vec![match segment.file().await {
+            Ok(file) => io::fdatasync(&file, &segment.path).await,
+            Err(error) => Err(error),
+        }]
     } else {
         sync_many(&rounds, &segments).await
     };
@@ -128,25 +133,34 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
                 .map(|error| Err(io::io_error(&segment.path, "fdatasync", error)))
         })
         .collect();
-    // Segments by device, the first of each standing for its filesystem.
-    let mut devices: Vec<(u64, Vec<usize>)> = Vec::new();
+    // Segments by device, the first of each standing for its filesystem with its file.
+    let mut devices: Vec<(u64, Rc<DmaFile>, Vec<usize>)> = Vec::new();
     for (index, segment) in segments.iter().enumerate() {
         if outcome[index].is_some() {
             continue;
         }
-        match device_of(segment) {
-            Ok(device) => match devices.iter_mut().find(|(known, _)| *known == device) {
-                Some((_, members)) => members.push(index),
-                None => devices.push((device, vec![index])),
+        if let Some(device) = segment.device.get()
+            && let Some((_, _, members)) = devices.iter_mut().find(|(known, ..)| *known == device)
+        {
+            members.push(index);
+            continue;
+        }
+        let found = match segment.file().await {
+            Ok(file) => device_of(segment, &file).map(|device| (device, file)),
+            Err(error) => Err(error),
+        };
+        match found {
+            Ok((device, file)) => match devices.iter_mut().find(|(known, ..)| *known == device) {
+                Some((_, _, members)) => members.push(index),
+                None => devices.push((device, file, vec![index])),
             },
             Err(error) => outcome[index] = Some(Err(error)),
         }
     }
-    for (_, members) in devices {
-        let first = &segments[members[0]];
-        let fd = first.file.as_raw_fd();
+    for (_, file, members) in devices {
+        let fd = file.as_raw_fd();
         rounds.syncfs_calls.set(rounds.syncfs_calls.get() + 1);
-        // The segments stay open (this task holds them) until the call returns.
+        // The file stays open (`file` is held) until the call returns.
         let synced = glommio::executor()
             .spawn_blocking(move || {
                 // SAFETY: `fd` is an open file descriptor for the duration of the call.
@@ -179,13 +193,13 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
 }
 
 /// The segment's device, asked of the kernel once per segment.
-fn device_of(segment: &Segment) -> Result<u64, StorageError> {
+fn device_of(segment: &Segment, file: &DmaFile) -> Result<u64, StorageError> {
     if let Some(device) = segment.device.get() {
         return Ok(device);
     }
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat fills `stat` for an open descriptor.
-    let result = unsafe { libc::fstat(segment.file.as_raw_fd(), stat.as_mut_ptr()) };
+    let result = unsafe { libc::fstat(file.as_raw_fd(), stat.as_mut_ptr()) };
     if result != 0 {
         return Err(io::io_error(
             &segment.path,

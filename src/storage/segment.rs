@@ -3,9 +3,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use glommio::io::{DmaFile, ReadResult};
 
+use super::files::Slot;
 use super::index::{
     OffsetEntry, OffsetIndex, SegmentSummary, TimeEntry, TimeIndex, encode_offset_index,
     encode_time_index, relative,
@@ -98,7 +100,9 @@ impl SegmentMeta {
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
-    pub file: DmaFile,
+    /// The file: pinned open while the segment is active, else opened on use and closed
+    /// by the shard's cap on open sealed files (`files.rs`).
+    pub slot: Rc<Slot>,
     pub meta: RefCell<SegmentMeta>,
     /// Bumped each time the segment is cut (or dropped) by a truncation. A reader that
     /// sees it move during its read throws the read away and starts again.
@@ -190,15 +194,34 @@ impl<'a> Window<'a> {
 }
 
 impl Segment {
+    /// An active segment, its file open (pinned by the appender).
     pub fn new(base_offset: i64, path: PathBuf, file: DmaFile, meta: SegmentMeta) -> Segment {
         Segment {
             base_offset,
+            slot: Slot::open(path.clone(), file, true),
             path,
-            file,
             meta: RefCell::new(meta),
             truncations: Cell::new(0),
             device: Cell::new(None),
         }
+    }
+
+    /// A sealed segment whose file is opened when first read.
+    pub fn sealed(base_offset: i64, path: PathBuf, meta: SegmentMeta) -> Segment {
+        Segment {
+            base_offset,
+            slot: Slot::closed(path.clone()),
+            path,
+            meta: RefCell::new(meta),
+            truncations: Cell::new(0),
+            device: Cell::new(None),
+        }
+    }
+
+    /// The segment's file, opened if the shard had closed it. Keep the handle for as long
+    /// as the descriptor is used.
+    pub async fn file(&self) -> Result<Rc<DmaFile>, StorageError> {
+        self.slot.get().await
     }
 
     /// Walks the segment from the start, checking every batch (framing, CRC, contiguous
@@ -284,7 +307,8 @@ impl Segment {
             (meta.size_bytes, meta.offset_index.lookup(relative_offset))
         };
         let preferred = max_bytes.clamp(BATCH_HEADER_BYTES, SCAN_WINDOW_BYTES);
-        let mut window = Window::new(&self.file, &self.path, limit, preferred);
+        let file = self.file().await?;
+        let mut window = Window::new(&file, &self.path, limit, preferred);
         // The base offset is outside the CRC: check it against the index (or where the
         // read-ahead started) and the batch before, so a damaged one is refused instead of
         // served under the wrong offset.

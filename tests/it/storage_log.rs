@@ -1015,3 +1015,52 @@ fn the_shard_budget_bounds_all_tail_caches_together() {
         );
     });
 }
+
+#[test]
+fn sealed_segments_are_opened_when_read_and_closed_least_recently_used_first() {
+    in_temp_dir(|path| async move {
+        use spate::storage::{sealed_files, set_sealed_files_max};
+        set_sealed_files_max(3);
+        let config = small(LogConfig {
+            tail_cache_bytes: 0,
+            ..LogConfig::default()
+        });
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        for index in 0..200 {
+            log.append(batch_mut(&format!("s{index}"), 4, 1000, 1_000))
+                .await
+                .unwrap();
+        }
+        let sealed = log
+            .segments()
+            .iter()
+            .filter(|segment| segment.sealed)
+            .count();
+        assert!(sealed >= 10, "{sealed} sealed segments");
+        // Sealing leaves the shard no more than its cap of sealed files open.
+        assert!(sealed_files().open <= 3, "{:?}", sealed_files());
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 800);
+        for (index, (offset, _)) in all.iter().enumerate() {
+            assert_eq!(*offset, index as i64);
+        }
+        let files = sealed_files();
+        assert!(files.open <= 3, "{files:?}");
+        assert!(
+            files.closed as usize >= sealed - 3,
+            "reading every segment closed the least recently used: {files:?}"
+        );
+        // Reading them again reopens what was closed and finds the same bytes.
+        assert_eq!(read_all(&log, 0).await, all);
+        log.close().await.unwrap();
+
+        // A restart opens no sealed segment whose index files vouch for it.
+        let opened = sealed_files().opened;
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        assert_eq!(sealed_files().opened, opened, "{:?}", sealed_files());
+        assert_eq!(sealed_files().open, 0, "{:?}", sealed_files());
+        assert_eq!(read_all(&log, 0).await, all);
+        assert!(sealed_files().open <= 3);
+        log.close().await.unwrap();
+    });
+}

@@ -1,0 +1,194 @@
+//! Segment file descriptors. An active segment holds its descriptor for as long as it is
+//! active; a sealed segment's file is opened when it is first read and closed again when
+//! the shard has more sealed files open than its cap (`set_sealed_files_max`), least
+//! recently used first. A shard with thousands of partitions and years of retention thus
+//! holds one descriptor per partition plus the cap, not one per segment.
+//!
+//! A reader keeps the file it was handed (an `Rc<DmaFile>`) until its read completes: a
+//! file closed by the cap while a read is under way stays open until that read drops it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+
+use glommio::io::DmaFile;
+
+use super::{StorageError, io};
+
+/// The cap a shard starts with, until the server sets its own.
+pub const SEALED_FILES_MAX_DEFAULT: usize = 1024;
+
+/// This thread's (shard's) open sealed-segment files, by when they were last used.
+struct Shard {
+    max: Cell<usize>,
+    clock: Cell<u64>,
+    /// Last use → the file's slot. Only open, unpinned slots are here.
+    by_use: RefCell<BTreeMap<u64, Weak<Slot>>>,
+    opened: Cell<u64>,
+    closed: Cell<u64>,
+}
+
+thread_local! {
+    static SHARD: Rc<Shard> = Rc::new(Shard {
+        max: Cell::new(SEALED_FILES_MAX_DEFAULT),
+        clock: Cell::new(0),
+        by_use: RefCell::new(BTreeMap::new()),
+        opened: Cell::new(0),
+        closed: Cell::new(0),
+    });
+}
+
+fn shard() -> Rc<Shard> {
+    SHARD.with(Rc::clone)
+}
+
+/// Caps the sealed-segment files this shard (thread) keeps open (at least 1).
+pub fn set_sealed_files_max(max: usize) {
+    let shard = shard();
+    shard.max.set(max.max(1));
+    enforce(&shard);
+}
+
+/// This shard's sealed-segment files: open now, against the cap, and opened and closed
+/// by the cap since the thread began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedFiles {
+    pub open: usize,
+    pub max: usize,
+    pub opened: u64,
+    pub closed: u64,
+}
+
+pub fn sealed_files() -> SealedFiles {
+    let shard = shard();
+    let open = shard.by_use.borrow().len();
+    SealedFiles {
+        open,
+        max: shard.max.get(),
+        opened: shard.opened.get(),
+        closed: shard.closed.get(),
+    }
+}
+
+fn enforce(shard: &Shard) {
+    while shard.by_use.borrow().len() > shard.max.get() {
+        let Some((_, slot)) = shard.by_use.borrow_mut().pop_first() else {
+            break;
+        };
+        if let Some(slot) = slot.upgrade() {
+            slot.used.set(None);
+            // Dropping the last handle closes the descriptor (asynchronously, in glommio).
+            slot.file.borrow_mut().take();
+            shard.closed.set(shard.closed.get() + 1);
+        }
+    }
+}
+
+/// One segment's file: open or not, pinned open (the active segment) or closable.
+pub(crate) struct Slot {
+    path: PathBuf,
+    file: RefCell<Option<Rc<DmaFile>>>,
+    pinned: Cell<bool>,
+    /// The key under which the shard lists this slot, while it is open and unpinned.
+    used: Cell<Option<u64>>,
+}
+
+impl Slot {
+    /// A slot for a file already open: pinned (an active segment) or closable.
+    pub fn open(path: PathBuf, file: DmaFile, pinned: bool) -> Rc<Slot> {
+        let slot = Rc::new(Slot {
+            path,
+            file: RefCell::new(Some(Rc::new(file))),
+            pinned: Cell::new(pinned),
+            used: Cell::new(None),
+        });
+        if !pinned {
+            slot.touch();
+        }
+        slot
+    }
+
+    /// A slot for a sealed file, opened when first used.
+    pub fn closed(path: PathBuf) -> Rc<Slot> {
+        Rc::new(Slot {
+            path,
+            file: RefCell::new(None),
+            pinned: Cell::new(false),
+            used: Cell::new(None),
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.borrow().is_some()
+    }
+
+    /// The file, opened if it was closed; a closable one becomes the most recently used.
+    pub async fn get(self: &Rc<Self>) -> Result<Rc<DmaFile>, StorageError> {
+        if let Some(file) = self.file.borrow().clone() {
+            self.touch();
+            return Ok(file);
+        }
+        let opened = Rc::new(io::open_rw(&self.path, false).await?);
+        // Another reader may have opened it meanwhile: one descriptor is kept.
+        let file = self.file.borrow_mut().get_or_insert(opened).clone();
+        let shard = shard();
+        if self.used.get().is_none() {
+            shard.opened.set(shard.opened.get() + 1);
+        }
+        self.touch();
+        Ok(file)
+    }
+
+    /// Keeps the file open until `unpin` (it becomes the active segment's).
+    pub fn pin(&self, file: Rc<DmaFile>) {
+        self.pinned.set(true);
+        *self.file.borrow_mut() = Some(file);
+        if let Some(key) = self.used.take() {
+            shard().by_use.borrow_mut().remove(&key);
+        }
+    }
+
+    /// The file may be closed again when the shard needs the descriptor (it was sealed).
+    pub fn unpin(self: &Rc<Self>) {
+        self.pinned.set(false);
+        if self.is_open() {
+            self.touch();
+        }
+    }
+
+    /// Closes the file (once its readers are done) and forgets it: its log closed.
+    pub fn release(&self) {
+        self.pinned.set(false);
+        self.file.borrow_mut().take();
+        if let Some(key) = self.used.take() {
+            shard().by_use.borrow_mut().remove(&key);
+        }
+    }
+
+    fn touch(self: &Rc<Self>) {
+        if self.pinned.get() || !self.is_open() {
+            return;
+        }
+        let shard = shard();
+        let now = shard.clock.get() + 1;
+        shard.clock.set(now);
+        {
+            let mut by_use = shard.by_use.borrow_mut();
+            if let Some(key) = self.used.replace(Some(now)) {
+                by_use.remove(&key);
+            }
+            by_use.insert(now, Rc::downgrade(self));
+        }
+        enforce(&shard);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(key) = self.used.get() {
+            // The thread may be ending, its shard already gone: nothing to tidy then.
+            let _ = SHARD.try_with(|shard| shard.by_use.borrow_mut().remove(&key));
+        }
+    }
+}
