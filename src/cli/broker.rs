@@ -20,7 +20,7 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
         "MEMORY-BUDGET",
         "TAIL-CACHE/BUDGET",
         "CACHE-EVICTIONS",
-        "SEALED-FILES/MAX"
+        "SEGMENT-FILES/MAX"
     );
     for shard in &described.shards {
         println!(
@@ -37,7 +37,7 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
                 mebibytes(shard.tail_cache_budget_bytes)
             ),
             shard.tail_cache_evicted_batches,
-            format!("{}/{}", shard.sealed_files_open, shard.sealed_files_max)
+            format!("{}/{}", shard.segment_files_open, shard.segment_files_max)
         );
     }
     Ok(())

@@ -732,10 +732,10 @@ pub struct ShardDescription {
     /// Cached batches dropped to keep the tail caches within their budget (reads of them
     /// go to disk).
     pub tail_cache_evicted_batches: u64,
-    /// Sealed-segment files this shard holds open, and the most it keeps open (each
-    /// partition's active segment holds one more).
-    pub sealed_files_open: u32,
-    pub sealed_files_max: u32,
+    /// Segment files this shard holds open, and the most it keeps open (least recently
+    /// used closed first).
+    pub segment_files_open: u32,
+    pub segment_files_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -876,8 +876,8 @@ impl Response {
                     out.put_u64(shard.tail_cache_bytes);
                     out.put_u64(shard.tail_cache_budget_bytes);
                     out.put_u64(shard.tail_cache_evicted_batches);
-                    out.put_u32(shard.sealed_files_open);
-                    out.put_u32(shard.sealed_files_max);
+                    out.put_u32(shard.segment_files_open);
+                    out.put_u32(shard.segment_files_max);
                 });
             }
         }
@@ -1007,8 +1007,8 @@ impl Response {
                         tail_cache_bytes: reader.u64("tail cache bytes")?,
                         tail_cache_budget_bytes: reader.u64("tail cache budget")?,
                         tail_cache_evicted_batches: reader.u64("tail cache evictions")?,
-                        sealed_files_open: reader.u32("sealed files open")?,
-                        sealed_files_max: reader.u32("sealed files max")?,
+                        segment_files_open: reader.u32("segment files open")?,
+                        segment_files_max: reader.u32("segment files max")?,
                     })
                 })?,
             }),

@@ -429,8 +429,8 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                                 tail_cache_bytes: memory[1],
                                 tail_cache_budget_bytes: memory[2],
                                 tail_cache_evicted_batches: memory[3],
-                                sealed_files_open: files[0],
-                                sealed_files_max: files[1],
+                                segment_files_open: files[0],
+                                segment_files_max: files[1],
                             }
                         },
                     )

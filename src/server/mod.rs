@@ -65,6 +65,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         port_is_free(address)?;
     }
     quarantine_stray_partitions(data_dir, &metadata)?;
+    let segment_files_max = segment_files_max_per_shard(config.shards);
 
     let placement = placement(&config)?;
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
@@ -85,7 +86,16 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .on_all_shards({
             let config = config.clone();
-            move || run_shard(config, mesh, metadata, producer_ids_start, lifecycle)
+            move || {
+                run_shard(
+                    config,
+                    mesh,
+                    metadata,
+                    producer_ids_start,
+                    segment_files_max,
+                    lifecycle,
+                )
+            }
         })
         .map_err(|error| format!("cannot start the shards: {error}"))?;
 
@@ -179,7 +189,8 @@ fn prepare_data_dir(data_dir: &std::path::Path) -> std::io::Result<()> {
 
 /// File descriptors this process may still open before it nears its limit: the limit,
 /// less those open now, less a reserve (a quarter of the limit, at most 4096) kept for
-/// connections and segment rolls. `None` where the numbers cannot be read.
+/// connections, segment rolls and files opened while others close. `None` where the
+/// numbers cannot be read.
 pub(crate) fn descriptors_free() -> Option<u64> {
     let open = open_descriptors()?;
     let limit = descriptor_limit()?;
@@ -187,12 +198,12 @@ pub(crate) fn descriptors_free() -> Option<u64> {
     Some(limit.saturating_sub(open).saturating_sub(reserve))
 }
 
-/// Sealed-segment files each shard keeps open at most (`storage::set_sealed_files_max`):
-/// half the descriptor reserve of `descriptors_free`, split between the shards (the other
-/// half is for connections). Partitions' active segments are counted apart, as they open.
-pub(crate) fn sealed_files_max_per_shard(shards: usize) -> usize {
-    let reserve = descriptor_limit().map_or(1024, |limit| (limit / 4).min(4096));
-    ((reserve / 2) as usize / shards.max(1)).max(16)
+/// Segment files each shard keeps open at most (`storage::set_segment_files_max`): the
+/// descriptors `descriptors_free` leaves (the limit, less those open, less the reserve for
+/// connections), split between the shards; at least 16.
+pub(crate) fn segment_files_max_per_shard(shards: usize) -> usize {
+    let free = descriptors_free().unwrap_or(1024);
+    (free as usize / shards.max(1)).max(16)
 }
 
 /// File descriptors this process has open (`None` where /proc cannot be read).
@@ -209,8 +220,8 @@ fn descriptor_limit() -> Option<u64> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
-/// Raises the soft file-descriptor limit to the hard one, as brokers need many (one per
-/// partition, the sealed segments each shard keeps open, one per connection).
+/// Raises the soft file-descriptor limit to the hard one, as brokers need many (the
+/// segment files each shard keeps open, one per connection).
 fn raise_descriptor_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -408,6 +419,7 @@ async fn run_shard(
     mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
     metadata: ClusterMetadata,
     producer_ids_start: i64,
+    segment_files_max: usize,
     lifecycle: Lifecycle,
 ) {
     let Lifecycle {
@@ -428,7 +440,7 @@ async fn run_shard(
     let config = Rc::new((*config).clone());
     // Before any partition opens: its tail cache draws from this shard's budget.
     crate::storage::set_shard_budget(Some(config.tail_cache_budget_per_shard()));
-    crate::storage::set_sealed_files_max(sealed_files_max_per_shard(config.shards));
+    crate::storage::set_segment_files_max(segment_files_max);
     let shard = match Shard::open(id, config.clone(), metadata, producer_ids_start, senders).await {
         Ok(shard) => shard,
         Err(error) => {

@@ -257,7 +257,7 @@ impl Shard {
     /// What this shard holds and is doing, for `DescribeBroker`.
     pub fn describe(&self) -> ShardDescription {
         let cache = crate::storage::shard_usage();
-        let files = crate::storage::sealed_files();
+        let files = crate::storage::segment_files();
         ShardDescription {
             shard_id: self.id as u16,
             partitions: self.logs.borrow().len() as u32,
@@ -268,8 +268,8 @@ impl Shard {
             tail_cache_bytes: cache.bytes,
             tail_cache_budget_bytes: cache.budget.unwrap_or(u64::MAX),
             tail_cache_evicted_batches: cache.evicted_batches,
-            sealed_files_open: files.open as u32,
-            sealed_files_max: files.max as u32,
+            segment_files_open: files.open as u32,
+            segment_files_max: files.max as u32,
         }
     }
 
@@ -1050,25 +1050,18 @@ async fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
     .await
 }
 
-/// What new partitions may still take: each shard's partition limit, and the process's
-/// file descriptors (an open partition holds its active segment; sealed segments share
-/// a capped set per shard, kept with connections in the reserve of `descriptors_free`).
+/// What new partitions may still take: each shard's partition limit. (File descriptors
+/// do not limit them: a shard keeps at most its cap of segment files open, `files.rs`.)
 struct Budget {
     per_shard: Vec<u32>,
     max_per_shard: u32,
-    descriptors_free: Option<u64>,
 }
-
-/// Descriptors a new, empty partition opens: its active segment (the broker's lock on
-/// the data directory covers the partition directories).
-const DESCRIPTORS_PER_PARTITION: u64 = 1;
 
 impl Budget {
     fn new(config: &ServerConfig, metadata: &ClusterMetadata) -> Budget {
         Budget {
             per_shard: partitions_per_shard(&metadata.topics, config.shards),
             max_per_shard: config.partitions_max_per_shard,
-            descriptors_free: super::descriptors_free(),
         }
     }
 
@@ -1089,19 +1082,6 @@ impl Budget {
                     ),
                 ));
             }
-        }
-        let needed = u64::from(topic.partitions) * DESCRIPTORS_PER_PARTITION;
-        if let Some(free) = self.descriptors_free {
-            if needed > free {
-                return Err(Status::error(
-                    ErrorCode::ResourceLimit,
-                    format!(
-                        "topic {} needs about {needed} file descriptors and the broker has {free} to spare; raise its limit (ulimit -n)",
-                        topic.name
-                    ),
-                ));
-            }
-            self.descriptors_free = Some(free - needed);
         }
         self.per_shard = per_shard;
         Ok(())

@@ -101,8 +101,6 @@ const PREALLOCATE_MAX_BYTES: u64 = 4 << 20;
 
 pub(crate) struct Active {
     segment: Rc<Segment>,
-    /// The segment's file, pinned open while it is active.
-    file: Rc<DmaFile>,
     /// Bytes of the last, partial block: `[align_down(size), size)`.
     tail_block: Vec<u8>,
     /// Bytes written but not yet covered by an fdatasync.
@@ -118,17 +116,15 @@ impl Active {
         let size = segment.meta.borrow().size_bytes;
         let file = segment.file().await?;
         let tail_block = read_tail_block(&segment, &file, size).await?;
-        Ok(Active::with_tail(segment, file, tail_block))
+        Ok(Active::with_tail(segment, tail_block))
     }
 
     /// `segment`'s file must be no longer than its log end (as recovery, a roll and a
-    /// truncation leave it). Its file stays open while it is active.
-    fn with_tail(segment: Rc<Segment>, file: Rc<DmaFile>, tail_block: Vec<u8>) -> Active {
+    /// truncation leave it).
+    fn with_tail(segment: Rc<Segment>, tail_block: Vec<u8>) -> Active {
         let allocated = segment.meta.borrow().size_bytes;
-        segment.slot.pin(file.clone());
         Active {
             segment,
-            file,
             tail_block,
             unsynced_bytes: 0,
             sync_deadline: None,
@@ -481,7 +477,9 @@ impl Appender {
         );
         let logical_bytes = tail.len() + group_bytes;
         let write_bytes = align_up(logical_bytes as u64) as usize;
-        let file = self.active.file.clone();
+        // Held until the write is done: the shard's cap on open files may close the
+        // segment's meanwhile (`files.rs`).
+        let file = segment.file().await?;
         let mut buffer = file.alloc_dma_buffer(write_bytes);
         let bytes = buffer.as_bytes_mut();
         bytes[..tail.len()].copy_from_slice(tail);
@@ -498,7 +496,8 @@ impl Appender {
         // DMA buffers are recycled: the padding must be zeroed by hand (docs/GLOMMIO.md §3).
         bytes[logical_bytes..].fill(0);
         let new_tail = bytes[align_down(logical_bytes as u64) as usize..logical_bytes].to_vec();
-        self.preallocate(write_start + write_bytes as u64).await;
+        self.preallocate(&file, write_start + write_bytes as u64)
+            .await;
         let written = file
             .write_at(buffer, write_start)
             .await
@@ -527,7 +526,8 @@ impl Appender {
         let padded = align_up(segment.meta.borrow().size_bytes);
         let mut trimmed = false;
         if self.active.allocated > padded {
-            match self.active.file.truncate(padded).await {
+            let file = segment.file().await?;
+            match file.truncate(padded).await {
                 Ok(()) => {
                     self.active.allocated = padded;
                     trimmed = true;
@@ -549,14 +549,14 @@ impl Appender {
     /// again as it holds, from 64 KiB to 4 MiB), so idle partitions reserve little. A
     /// failure (a full disk) is not an error here: the write then extends the file itself,
     /// and fails on its own if it must.
-    async fn preallocate(&mut self, write_end: u64) {
+    async fn preallocate(&mut self, file: &DmaFile, write_end: u64) {
         if write_end <= self.active.allocated {
             return;
         }
         let step = write_end.clamp(PREALLOCATE_MIN_BYTES, PREALLOCATE_MAX_BYTES);
         let target = align_up(write_end + step)
             .min(align_up(self.inner.config.segment_bytes).max(align_up(write_end)));
-        if self.active.file.pre_allocate(target, false).await.is_ok() {
+        if file.pre_allocate(target, false).await.is_ok() {
             self.active.allocated = target;
         }
     }
@@ -567,14 +567,13 @@ impl Appender {
     async fn discard_unacknowledged(&mut self) -> Result<(), StorageError> {
         let segment = self.active.segment.clone();
         let end = segment.meta.borrow().size_bytes;
+        let file = segment.file().await?;
         if !self.active.tail_block.is_empty() {
             // Rewrites an existing block: needs no new space on a full disk.
             let tail = &self.active.tail_block;
-            io::write_all_at(&self.active.file, &segment.path, tail, align_down(end)).await?;
+            io::write_all_at(&file, &segment.path, tail, align_down(end)).await?;
         }
-        self.active
-            .file
-            .truncate(align_up(end))
+        file.truncate(align_up(end))
             .await
             .map_err(|error| io::io_error(&segment.path, "truncate", error.into()))?;
         self.active.allocated = align_up(end);
@@ -659,16 +658,19 @@ impl Appender {
         // finds zero padding and cuts it again. A failed fdatasync, though, fails the log
         // (after the roll is complete, so that memory matches the files).
         let mut synced = Ok(());
-        match self.active.file.truncate(size).await {
+        let trimmed = async {
+            let file = old.file().await?;
+            file.truncate(size)
+                .await
+                .map_err(|error| io::io_error(&old.path, "truncate", error.into()))
+        };
+        match trimmed.await {
             Ok(()) => synced = self.fdatasync_segment(&old).await,
             Err(error) => {
-                let error = io::io_error(&old.path, "truncate", error.into());
                 tracing::warn!(%error, "could not trim the sealed segment; recovery will");
             }
         }
         old.meta.borrow_mut().sealed = true;
-        // From now on the shard may close the sealed file when it needs the descriptor.
-        old.slot.unpin();
         if let Err(error) = old.write_indexes().await {
             tracing::warn!(%error, "could not write the sealed segment's index; recovery will rebuild it");
         }
@@ -683,8 +685,7 @@ impl Appender {
             .borrow_mut()
             .segments
             .insert(next_offset, segment.clone());
-        let file = segment.file().await?;
-        self.active = Active::with_tail(segment, file, Vec::new());
+        self.active = Active::with_tail(segment, Vec::new());
         tracing::debug!(base_offset = next_offset, "rolled to a new segment");
         synced
     }
@@ -755,7 +756,7 @@ impl Appender {
             state.producers.truncate(new_end);
             doomed
         };
-        self.active = Active::with_tail(target.clone(), file, tail_block);
+        self.active = Active::with_tail(target.clone(), tail_block);
         // From here memory is ahead of the disk: a failure stops the log until reopened.
         if let Err(error) = self.cut_files(&doomed, &target, cut).await {
             self.fail_log(error.to_string());
@@ -776,11 +777,11 @@ impl Appender {
         for segment in doomed.iter().rev() {
             remove_segment_files(segment).await?;
         }
-        let file = &self.active.file;
+        let file = target.file().await?;
         file.truncate(cut)
             .await
             .map_err(|error| io::io_error(&target.path, "truncate", error.into()))?;
-        io::fdatasync(file, &target.path).await?;
+        io::fdatasync(&file, &target.path).await?;
         for index in [
             offset_index_path(&target.path),
             time_index_path(&target.path),

@@ -1,11 +1,13 @@
-//! Segment file descriptors. An active segment holds its descriptor for as long as it is
-//! active; a sealed segment's file is opened when it is first read and closed again when
-//! the shard has more sealed files open than its cap (`set_sealed_files_max`), least
-//! recently used first. A shard with thousands of partitions and years of retention thus
-//! holds one descriptor per partition plus the cap, not one per segment.
+//! Segment file descriptors. No segment holds one for ever: a file is opened when it is
+//! first read or written and closed again when the shard has more segment files open than
+//! its cap (`set_segment_files_max`), least recently used first. A shard with 10 000
+//! partitions and years of retention holds at most its cap, whatever the descriptor limit
+//! of the process; the busy partitions' active segments stay open because they are used
+//! the most, and an idle partition's file is reopened (one `openat`) when it wakes.
 //!
-//! A reader keeps the file it was handed (an `Rc<DmaFile>`) until its read completes: a
-//! file closed by the cap while a read is under way stays open until that read drops it.
+//! Whoever uses a file keeps the handle it was given (an `Rc<DmaFile>`) until its I/O is
+//! done: a file closed by the cap meanwhile stays open until that handle is dropped, so
+//! the cap can be exceeded by the operations under way, never by idle files.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -17,13 +19,13 @@ use glommio::io::DmaFile;
 use super::{StorageError, io};
 
 /// The cap a shard starts with, until the server sets its own.
-pub const SEALED_FILES_MAX_DEFAULT: usize = 1024;
+pub const SEGMENT_FILES_MAX_DEFAULT: usize = 1024;
 
-/// This thread's (shard's) open sealed-segment files, by when they were last used.
+/// This thread's (shard's) open segment files, by when they were last used.
 struct Shard {
     max: Cell<usize>,
     clock: Cell<u64>,
-    /// Last use → the file's slot. Only open, unpinned slots are here.
+    /// Last use → the file's slot. Every open slot is here.
     by_use: RefCell<BTreeMap<u64, Weak<Slot>>>,
     opened: Cell<u64>,
     closed: Cell<u64>,
@@ -31,7 +33,7 @@ struct Shard {
 
 thread_local! {
     static SHARD: Rc<Shard> = Rc::new(Shard {
-        max: Cell::new(SEALED_FILES_MAX_DEFAULT),
+        max: Cell::new(SEGMENT_FILES_MAX_DEFAULT),
         clock: Cell::new(0),
         by_use: RefCell::new(BTreeMap::new()),
         opened: Cell::new(0),
@@ -43,27 +45,27 @@ fn shard() -> Rc<Shard> {
     SHARD.with(Rc::clone)
 }
 
-/// Caps the sealed-segment files this shard (thread) keeps open (at least 1).
-pub fn set_sealed_files_max(max: usize) {
+/// Caps the segment files this shard (thread) keeps open (at least 1).
+pub fn set_segment_files_max(max: usize) {
     let shard = shard();
     shard.max.set(max.max(1));
     enforce(&shard);
 }
 
-/// This shard's sealed-segment files: open now, against the cap, and opened and closed
-/// by the cap since the thread began.
+/// This shard's segment files: open now, against the cap, and how many times files were
+/// opened and closed by the cap since the thread began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SealedFiles {
+pub struct SegmentFiles {
     pub open: usize,
     pub max: usize,
     pub opened: u64,
     pub closed: u64,
 }
 
-pub fn sealed_files() -> SealedFiles {
+pub fn segment_files() -> SegmentFiles {
     let shard = shard();
     let open = shard.by_use.borrow().len();
-    SealedFiles {
+    SegmentFiles {
         open,
         max: shard.max.get(),
         opened: shard.opened.get(),
@@ -85,36 +87,33 @@ fn enforce(shard: &Shard) {
     }
 }
 
-/// One segment's file: open or not, pinned open (the active segment) or closable.
+/// One segment's file, open or not.
 pub(crate) struct Slot {
     path: PathBuf,
     file: RefCell<Option<Rc<DmaFile>>>,
-    pinned: Cell<bool>,
-    /// The key under which the shard lists this slot, while it is open and unpinned.
+    /// The key under which the shard lists this slot, while it is open.
     used: Cell<Option<u64>>,
 }
 
 impl Slot {
-    /// A slot for a file already open: pinned (an active segment) or closable.
-    pub fn open(path: PathBuf, file: DmaFile, pinned: bool) -> Rc<Slot> {
+    /// A slot for a file already open.
+    pub fn open(path: PathBuf, file: DmaFile) -> Rc<Slot> {
         let slot = Rc::new(Slot {
             path,
             file: RefCell::new(Some(Rc::new(file))),
-            pinned: Cell::new(pinned),
             used: Cell::new(None),
         });
-        if !pinned {
-            slot.touch();
-        }
+        let shard = shard();
+        shard.opened.set(shard.opened.get() + 1);
+        slot.touch();
         slot
     }
 
-    /// A slot for a sealed file, opened when first used.
+    /// A slot for a file opened when first used.
     pub fn closed(path: PathBuf) -> Rc<Slot> {
         Rc::new(Slot {
             path,
             file: RefCell::new(None),
-            pinned: Cell::new(false),
             used: Cell::new(None),
         })
     }
@@ -123,7 +122,7 @@ impl Slot {
         self.file.borrow().is_some()
     }
 
-    /// The file, opened if it was closed; a closable one becomes the most recently used.
+    /// The file, opened if it was closed; it becomes the most recently used.
     pub async fn get(self: &Rc<Self>) -> Result<Rc<DmaFile>, StorageError> {
         if let Some(file) = self.file.borrow().clone() {
             self.touch();
@@ -140,26 +139,8 @@ impl Slot {
         Ok(file)
     }
 
-    /// Keeps the file open until `unpin` (it becomes the active segment's).
-    pub fn pin(&self, file: Rc<DmaFile>) {
-        self.pinned.set(true);
-        *self.file.borrow_mut() = Some(file);
-        if let Some(key) = self.used.take() {
-            shard().by_use.borrow_mut().remove(&key);
-        }
-    }
-
-    /// The file may be closed again when the shard needs the descriptor (it was sealed).
-    pub fn unpin(self: &Rc<Self>) {
-        self.pinned.set(false);
-        if self.is_open() {
-            self.touch();
-        }
-    }
-
     /// Closes the file (once its readers are done) and forgets it: its log closed.
     pub fn release(&self) {
-        self.pinned.set(false);
         self.file.borrow_mut().take();
         if let Some(key) = self.used.take() {
             shard().by_use.borrow_mut().remove(&key);
@@ -167,7 +148,7 @@ impl Slot {
     }
 
     fn touch(self: &Rc<Self>) {
-        if self.pinned.get() || !self.is_open() {
+        if !self.is_open() {
             return;
         }
         let shard = shard();

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
-pub use files::{SEALED_FILES_MAX_DEFAULT, SealedFiles, sealed_files, set_sealed_files_max};
+pub use files::{SEGMENT_FILES_MAX_DEFAULT, SegmentFiles, segment_files, set_segment_files_max};
 pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 pub use rounds::round_counts;

@@ -100,8 +100,7 @@ impl SegmentMeta {
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
-    /// The file: pinned open while the segment is active, else opened on use and closed
-    /// by the shard's cap on open sealed files (`files.rs`).
+    /// The file: opened on use and closed by the shard's cap on open files (`files.rs`).
     pub slot: Rc<Slot>,
     pub meta: RefCell<SegmentMeta>,
     /// Bumped each time the segment is cut (or dropped) by a truncation. A reader that
@@ -194,11 +193,11 @@ impl<'a> Window<'a> {
 }
 
 impl Segment {
-    /// An active segment, its file open (pinned by the appender).
+    /// A segment whose file is open (a new segment, or one just recovered).
     pub fn new(base_offset: i64, path: PathBuf, file: DmaFile, meta: SegmentMeta) -> Segment {
         Segment {
             base_offset,
-            slot: Slot::open(path.clone(), file, true),
+            slot: Slot::open(path.clone(), file),
             path,
             meta: RefCell::new(meta),
             truncations: Cell::new(0),
@@ -206,7 +205,7 @@ impl Segment {
         }
     }
 
-    /// A sealed segment whose file is opened when first read.
+    /// A segment whose file is opened when first used.
     pub fn sealed(base_offset: i64, path: PathBuf, meta: SegmentMeta) -> Segment {
         Segment {
             base_offset,

@@ -42,7 +42,7 @@ fn hundreds_of_busy_partitions_stay_within_the_memory_budget_and_read_back_from_
     );
     assert!(shard.tail_cache_evicted_batches > 0, "{shard:?}");
     assert!(
-        shard.sealed_files_max >= 16 && shard.sealed_files_open <= shard.sealed_files_max,
+        shard.segment_files_max >= 16 && shard.segment_files_open <= shard.segment_files_max,
         "{shard:?}"
     );
     let grown = broker.peak_resident_bytes().saturating_sub(before);

@@ -1017,10 +1017,10 @@ fn the_shard_budget_bounds_all_tail_caches_together() {
 }
 
 #[test]
-fn sealed_segments_are_opened_when_read_and_closed_least_recently_used_first() {
+fn segment_files_are_opened_when_used_and_closed_least_recently_used_first() {
     in_temp_dir(|path| async move {
-        use spate::storage::{sealed_files, set_sealed_files_max};
-        set_sealed_files_max(3);
+        use spate::storage::{segment_files, set_segment_files_max};
+        set_segment_files_max(3);
         let config = small(LogConfig {
             tail_cache_bytes: 0,
             ..LogConfig::default()
@@ -1037,14 +1037,14 @@ fn sealed_segments_are_opened_when_read_and_closed_least_recently_used_first() {
             .filter(|segment| segment.sealed)
             .count();
         assert!(sealed >= 10, "{sealed} sealed segments");
-        // Sealing leaves the shard no more than its cap of sealed files open.
-        assert!(sealed_files().open <= 3, "{:?}", sealed_files());
+        // Rolling leaves the shard no more than its cap of files open.
+        assert!(segment_files().open <= 3, "{:?}", segment_files());
         let all = read_all(&log, 0).await;
         assert_eq!(all.len(), 800);
         for (index, (offset, _)) in all.iter().enumerate() {
             assert_eq!(*offset, index as i64);
         }
-        let files = sealed_files();
+        let files = segment_files();
         assert!(files.open <= 3, "{files:?}");
         assert!(
             files.closed as usize >= sealed - 3,
@@ -1053,14 +1053,42 @@ fn sealed_segments_are_opened_when_read_and_closed_least_recently_used_first() {
         // Reading them again reopens what was closed and finds the same bytes.
         assert_eq!(read_all(&log, 0).await, all);
         log.close().await.unwrap();
+        assert_eq!(segment_files().open, 0, "a closed log holds no file");
 
-        // A restart opens no sealed segment whose index files vouch for it.
-        let opened = sealed_files().opened;
+        // A restart opens the active segment only: the sealed ones' index files vouch
+        // for them until they are read.
+        let opened = segment_files().opened;
         let log = Log::open(&path, config.clone()).await.unwrap();
-        assert_eq!(sealed_files().opened, opened, "{:?}", sealed_files());
-        assert_eq!(sealed_files().open, 0, "{:?}", sealed_files());
+        assert_eq!(segment_files().opened, opened + 1, "{:?}", segment_files());
         assert_eq!(read_all(&log, 0).await, all);
-        assert!(sealed_files().open <= 3);
+        assert!(segment_files().open <= 3);
+
+        // Appends go on when other partitions' files push the active one out.
+        let others: Vec<Log> = busy_neighbours(&path, &config).await;
+        log.append(batch_mut("after", 4, 1000, 1_000))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&log, 796).await.len(), 8);
+        for other in others {
+            other.close().await.unwrap();
+        }
+        log.close().await.unwrap();
+        let log = Log::open(&path, config).await.unwrap();
+        assert_eq!(read_all(&log, 0).await.len(), 804);
         log.close().await.unwrap();
     });
+}
+
+/// Opens and writes four other logs beside `path`, each keeping its file open last.
+async fn busy_neighbours(path: &std::path::Path, config: &LogConfig) -> Vec<Log> {
+    let mut logs = Vec::new();
+    for index in 0..4 {
+        let other = Log::open(path.with_extension(format!("other{index}")), config.clone())
+            .await
+            .unwrap();
+        other.append(batch_mut("o", 1, 10, 1_000)).await.unwrap();
+        logs.push(other);
+    }
+    assert!(spate::storage::segment_files().open <= 3);
+    logs
 }
