@@ -194,8 +194,16 @@ fn prepare_data_dir(data_dir: &std::path::Path) -> std::io::Result<()> {
 pub(crate) fn descriptors_free() -> Option<u64> {
     let open = open_descriptors()?;
     let limit = descriptor_limit()?;
-    let reserve = (limit / 4).min(4096);
-    Some(limit.saturating_sub(open).saturating_sub(reserve))
+    Some(
+        limit
+            .saturating_sub(open)
+            .saturating_sub(descriptor_reserve(limit)),
+    )
+}
+
+/// The descriptors kept back from segment files: a quarter of the limit, at most 4096.
+fn descriptor_reserve(limit: u64) -> u64 {
+    (limit / 4).min(4096)
 }
 
 /// Segment files each shard keeps open at most (`storage::set_segment_files_max`): the
@@ -204,6 +212,14 @@ pub(crate) fn descriptors_free() -> Option<u64> {
 pub(crate) fn segment_files_max_per_shard(shards: usize) -> usize {
     let free = descriptors_free().unwrap_or(1024);
     (free as usize / shards.max(1)).max(16)
+}
+
+/// Partitions each shard opens at once: an open holds up to four descriptors for a
+/// moment (directories synced, the segment, a snapshot), taken from the reserve that
+/// `descriptors_free` keeps, an eighth of each shard's share of it; between 1 and 64.
+pub(crate) fn partitions_opening_max_per_shard(shards: usize) -> usize {
+    let reserve = descriptor_limit().map_or(1024, descriptor_reserve);
+    (reserve as usize / shards.max(1) / 8).clamp(1, 64)
 }
 
 /// File descriptors this process has open (`None` where /proc cannot be read).
@@ -441,7 +457,16 @@ async fn run_shard(
     // Before any partition opens: its tail cache draws from this shard's budget.
     crate::storage::set_shard_budget(Some(config.tail_cache_budget_per_shard()));
     crate::storage::set_segment_files_max(segment_files_max);
-    let shard = match Shard::open(id, config.clone(), metadata, producer_ids_start, senders).await {
+    let opening_max = partitions_opening_max_per_shard(config.shards);
+    let opened = Shard::open(
+        id,
+        config.clone(),
+        metadata,
+        producer_ids_start,
+        senders,
+        opening_max,
+    );
+    let shard = match opened.await {
         Ok(shard) => shard,
         Err(error) => {
             let _ = ready.send(Err(error));

@@ -3,7 +3,7 @@
 //! with another core except through the mesh of glommio channels.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -152,6 +152,9 @@ pub(crate) struct Shard {
     /// part of its memory share the tail caches do not take (`request_bytes_max`).
     pub request_bytes: Rc<Semaphore>,
     pub request_bytes_max: u64,
+    /// Partitions this shard opens at once (at start-up, and for a new topic): an open
+    /// mostly waits on the disk, and holds a few descriptors meanwhile.
+    partitions_opening_max: usize,
 }
 
 impl Shard {
@@ -162,6 +165,7 @@ impl Shard {
         metadata: ClusterMetadata,
         producer_ids_start: i64,
         peers: Senders<ShardMessage>,
+        partitions_opening_max: usize,
     ) -> Result<Rc<Shard>, String> {
         let shared_metadata = Rc::new(RefCell::new(ClusterMetadata::default()));
         let groups = Rc::new(Coordinator::new(
@@ -196,6 +200,7 @@ impl Shard {
             probe: ShardProbe::default(),
             request_bytes: Rc::new(Semaphore::new(request_bytes_max)),
             request_bytes_max,
+            partitions_opening_max,
         });
         shard
             .open_partitions(&metadata.topics, Opening::Existing)
@@ -815,31 +820,40 @@ impl Shard {
         (0..topic.partitions).filter(move |&partition| shard_for(&name, partition, count) == id)
     }
 
-    /// Opens the partitions this shard owns of `topics`. `Fresh` partitions (of a topic
-    /// being created) start empty: a log or directory already there is a leftover (of a
-    /// failed creation, or of a deletion this shard missed while stopping) and is removed.
-    /// A stopping shard opens no fresh partitions, since its logs are about to close. If
-    /// one fails, those opened by this call are dropped again.
+    /// Opens the partitions this shard owns of `topics`, `partitions_opening_max` at a
+    /// time. `Fresh` partitions (of a topic being
+    /// created) start empty: a log or directory already there is a leftover (of a failed
+    /// creation, or of a deletion this shard missed while stopping) and is removed. A
+    /// stopping shard opens no fresh partitions, since its logs are about to close. If one
+    /// fails, those opened by this call are dropped again (fresh ones) or left to the
+    /// caller, which fails the start (existing ones).
     async fn open_partitions(
         &self,
         topics: &[TopicRecord],
         opening: Opening,
     ) -> Result<(), Status> {
+        type Pending = glommio::Task<Result<Log, String>>;
         let mut opened: Vec<(String, u32)> = Vec::new();
-        for topic in topics {
+        let mut under_way: VecDeque<((String, u32), Pending)> = VecDeque::new();
+        let mut failure = None;
+        'topics: for topic in topics {
             for partition in self.owned(topic) {
-                let key = (topic.name.clone(), partition);
-                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
-                let refused = opening == Opening::Fresh && self.stopping.is_set();
-                if refused {
-                    for (name, partition) in opened {
-                        self.drop_partition(&name, partition).await;
+                if under_way.len() >= self.partitions_opening_max {
+                    let (key, task) = under_way.pop_front().expect("full");
+                    if let Err(status) = self.adopt(key, task.await, opening, &mut opened).await {
+                        failure = Some(status);
+                        break 'topics;
                     }
-                    return Err(Status::error(
+                }
+                if opening == Opening::Fresh && self.stopping.is_set() {
+                    failure = Some(Status::error(
                         ErrorCode::ShuttingDown,
                         format!("shard {} is stopping", self.id),
                     ));
+                    break 'topics;
                 }
+                let key = (topic.name.clone(), partition);
+                let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
                 if opening == Opening::Fresh && self.logs.borrow().contains_key(&key) {
                     tracing::warn!(dir = %dir.display(), "removing a stale log in the way of a new topic");
                     self.drop_partition(&topic.name, partition).await;
@@ -848,45 +862,76 @@ impl Shard {
                     Opening::Fresh => remove_dir(&dir).await.map_err(|error| error.to_string()),
                     Opening::Existing => Ok(()),
                 };
-                let log = match cleared {
-                    Ok(()) => Log::open_under_lock(dir, self.log_config(topic))
-                        .await
-                        .map_err(|error| error.to_string()),
-                    Err(error) => Err(format!("cannot clear {}: {error}", dir.display())),
-                };
-                // A stop that began during the open may already have closed this shard's
-                // logs: a log added now would never be closed.
-                let log = match log {
-                    Ok(log) if opening == Opening::Fresh && self.stopping.is_set() => {
-                        let _ = log.close().await;
-                        let _ = remove_dir(log.dir()).await;
-                        Err(format!("shard {} is stopping", self.id))
+                let config = self.log_config(topic);
+                let task = glommio::spawn_local(async move {
+                    match cleared {
+                        Ok(()) => Log::open_under_lock(dir, config)
+                            .await
+                            .map_err(|error| error.to_string()),
+                        Err(error) => Err(format!("cannot clear {}: {error}", dir.display())),
                     }
-                    log => log,
-                };
-                match log {
-                    Ok(log) => {
-                        self.logs.borrow_mut().insert(key.clone(), log);
-                        opened.push(key);
-                    }
-                    Err(error) => {
-                        if opening == Opening::Fresh {
-                            for (name, partition) in opened {
-                                self.drop_partition(&name, partition).await;
-                            }
-                        }
-                        return Err(Status::error(
-                            ErrorCode::StorageError,
-                            format!(
-                                "shard {} cannot open partition {}-{partition}: {error}",
-                                self.id, topic.name
-                            ),
-                        ));
-                    }
+                });
+                under_way.push_back((key, task));
+            }
+        }
+        while let Some((key, task)) = under_way.pop_front() {
+            let result = task.await;
+            if failure.is_none() {
+                if let Err(status) = self.adopt(key, result, opening, &mut opened).await {
+                    failure = Some(status);
+                }
+            } else if let Ok(log) = result {
+                let _ = log.close().await;
+                if opening == Opening::Fresh {
+                    let _ = remove_dir(log.dir()).await;
                 }
             }
         }
-        Ok(())
+        match failure {
+            None => Ok(()),
+            Some(status) => {
+                if opening == Opening::Fresh {
+                    for (name, partition) in opened {
+                        self.drop_partition(&name, partition).await;
+                    }
+                }
+                Err(status)
+            }
+        }
+    }
+
+    /// Takes a partition whose open finished into the shard's logs, or says why it failed.
+    async fn adopt(
+        &self,
+        key: (String, u32),
+        result: Result<Log, String>,
+        opening: Opening,
+        opened: &mut Vec<(String, u32)>,
+    ) -> Result<(), Status> {
+        // A stop that began during the open may already have closed this shard's logs: a
+        // log added now would never be closed.
+        let log = match result {
+            Ok(log) if opening == Opening::Fresh && self.stopping.is_set() => {
+                let _ = log.close().await;
+                let _ = remove_dir(log.dir()).await;
+                Err(format!("shard {} is stopping", self.id))
+            }
+            log => log,
+        };
+        match log {
+            Ok(log) => {
+                self.logs.borrow_mut().insert(key.clone(), log);
+                opened.push(key);
+                Ok(())
+            }
+            Err(error) => Err(Status::error(
+                ErrorCode::StorageError,
+                format!(
+                    "shard {} cannot open partition {}-{}: {error}",
+                    self.id, key.0, key.1
+                ),
+            )),
+        }
     }
 
     /// Closes and removes this shard's partitions of `topics`.

@@ -22,6 +22,7 @@ use futures_channel::oneshot;
 use glommio::io::DmaFile;
 
 use super::StorageError;
+use super::clean;
 use super::io::{self, align_down, align_up};
 use super::log::{AppendInfo, LogInner, LogStats, RetentionReport};
 use super::producers::{self, Pending, Verdict};
@@ -109,18 +110,33 @@ pub(crate) struct Active {
     sync_deadline: Option<Instant>,
     /// The file's size: space allocated ahead of the log end (`preallocate`).
     allocated: u64,
+    /// A clean close's snapshot of this segment is on disk and still true (`clean.rs`):
+    /// removed before the first change, and the next clean close need not write one.
+    snapshot: bool,
 }
 
 impl Active {
-    pub async fn open(segment: Rc<Segment>) -> Result<Active, StorageError> {
+    /// `snapshot`: the segment was opened from a clean close's snapshot, still on disk.
+    pub async fn open(segment: Rc<Segment>, snapshot: bool) -> Result<Active, StorageError> {
         let size = segment.meta.borrow().size_bytes;
         let file = segment.file().await?;
         let tail_block = read_tail_block(&segment, &file, size).await?;
-        Ok(Active::with_tail(segment, tail_block))
+        // Recovery leaves the zeros after the last batch (space allocated ahead before a
+        // crash): they count as allocated.
+        let allocated = file
+            .file_size()
+            .await
+            .map_err(|error| io::io_error(&segment.path, "stat", error.into()))?
+            .max(size);
+        Ok(Active {
+            snapshot,
+            allocated,
+            ..Active::with_tail(segment, tail_block)
+        })
     }
 
-    /// `segment`'s file must be no longer than its log end (as recovery, a roll and a
-    /// truncation leave it).
+    /// `segment`'s file must be no longer than its log end (as a roll and a truncation
+    /// leave it; `open` takes a longer file's size).
     fn with_tail(segment: Rc<Segment>, tail_block: Vec<u8>) -> Active {
         let allocated = segment.meta.borrow().size_bytes;
         Active {
@@ -129,6 +145,7 @@ impl Active {
             unsynced_bytes: 0,
             sync_deadline: None,
             allocated,
+            snapshot: false,
         }
     }
 }
@@ -462,6 +479,7 @@ impl Appender {
         group: &mut [PendingAppend],
         group_bytes: usize,
     ) -> Result<Vec<u8>, StorageError> {
+        self.retire_snapshot();
         let segment = self.active.segment.clone();
         let (end, mut next_offset) = {
             let meta = segment.meta.borrow();
@@ -520,7 +538,8 @@ impl Appender {
     }
 
     /// A clean close: the space allocated ahead is given back (the file ends at the block
-    /// after the last batch, as recovery expects to find it), and everything is synced.
+    /// after the last batch, as recovery expects to find it), everything is synced, and a
+    /// snapshot of the active segment's metadata saves the next open a scan (`clean.rs`).
     async fn close(&mut self) -> Result<(), StorageError> {
         let segment = self.active.segment.clone();
         let padded = align_up(segment.meta.borrow().size_bytes);
@@ -539,7 +558,32 @@ impl Appender {
                 ),
             }
         }
-        self.sync(trimmed).await
+        self.sync(trimmed).await?;
+        if self.active.snapshot {
+            return Ok(()); // nothing changed since the open that took it
+        }
+        let snapshot = {
+            let meta = segment.meta.borrow();
+            let state = self.inner.state.borrow();
+            clean::encode(segment.base_offset, &meta, &state.producers)
+        };
+        let path = clean::clean_path(&segment.path);
+        // A small buffered write, not synced (a lost snapshot costs a scan): done here
+        // rather than on the blocking thread, whose round trip would cost more.
+        if let Err(error) = std::fs::write(&path, snapshot) {
+            tracing::warn!(%error, path = %path.display(), "could not save the clean-close snapshot; the next start scans the active segment");
+        }
+        Ok(())
+    }
+
+    /// Removes the clean close's snapshot of the active segment, if it is still on disk,
+    /// before the segment or the producer table changes. Not made durable: a snapshot that
+    /// a crash brings back no longer matches the segment once anything was written to it
+    /// (`clean.rs`), and is refused.
+    fn retire_snapshot(&mut self) {
+        if std::mem::take(&mut self.active.snapshot) {
+            let _ = std::fs::remove_file(clean::clean_path(&self.active.segment.path));
+        }
     }
 
     /// Makes sure the file is allocated up to `write_end`, allocating ahead: a direct write
@@ -638,6 +682,7 @@ impl Appender {
         if size == 0 {
             return Ok(());
         }
+        self.retire_snapshot();
         // The old segment is durable before the new one exists, so a crash can never leave
         // a gap between them.
         self.sync(false).await?;
@@ -701,6 +746,7 @@ impl Appender {
         if offset < log_start {
             return Err(self.inner.state.borrow().out_of_range(offset));
         }
+        self.retire_snapshot();
         self.sync(false).await?;
         // Find the cut while the log is unchanged: scanning the segment that holds the
         // offset rebuilds its metadata as it will be after the cut.
@@ -886,7 +932,14 @@ impl Appender {
         let mut deleted = 0;
         let mut outcome = Ok(());
         for victim in victims {
-            if let Err(error) = remove_segment_files(victim).await {
+            // Files open on use: a reader that took this segment before it goes must still
+            // find its file after the unlink. The descriptor is held until the segment is
+            // dropped (no reader left), as Kafka's deleted-but-open segments are.
+            let removed = match victim.slot.hold_open().await {
+                Ok(()) => remove_segment_files(victim).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = removed {
                 outcome = Err(error);
                 break;
             }

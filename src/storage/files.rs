@@ -93,6 +93,8 @@ pub(crate) struct Slot {
     file: RefCell<Option<Rc<DmaFile>>>,
     /// The key under which the shard lists this slot, while it is open.
     used: Cell<Option<u64>>,
+    /// Kept open until dropped, outside the cap (`hold_open`).
+    held: Cell<bool>,
 }
 
 impl Slot {
@@ -102,6 +104,7 @@ impl Slot {
             path,
             file: RefCell::new(Some(Rc::new(file))),
             used: Cell::new(None),
+            held: Cell::new(false),
         });
         let shard = shard();
         shard.opened.set(shard.opened.get() + 1);
@@ -115,6 +118,7 @@ impl Slot {
             path,
             file: RefCell::new(None),
             used: Cell::new(None),
+            held: Cell::new(false),
         })
     }
 
@@ -139,6 +143,18 @@ impl Slot {
         Ok(file)
     }
 
+    /// Opens the file if needed and keeps it open, outside the cap, until the slot is
+    /// dropped: the segment is about to be deleted, and a reader that took it before
+    /// must still read it after the unlink.
+    pub async fn hold_open(self: &Rc<Self>) -> Result<(), StorageError> {
+        self.get().await?;
+        self.held.set(true);
+        if let Some(key) = self.used.take() {
+            shard().by_use.borrow_mut().remove(&key);
+        }
+        Ok(())
+    }
+
     /// Closes the file (once its readers are done) and forgets it: its log closed.
     pub fn release(&self) {
         self.file.borrow_mut().take();
@@ -148,7 +164,7 @@ impl Slot {
     }
 
     fn touch(self: &Rc<Self>) {
-        if !self.is_open() {
+        if !self.is_open() || self.held.get() {
             return;
         }
         let shard = shard();

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use futures_channel::oneshot;
 
 use super::appender::{self, Command, PendingAppend};
+use super::clean;
 use super::index::{SegmentSummary, decode_offset_index, decode_time_index};
 use super::producers::ProducerTable;
 use super::segment::{
@@ -75,6 +76,9 @@ pub struct LogStats {
     pub read_ahead_hits: u64,
     /// Retries of idempotent producers' stored batches, answered without a write.
     pub duplicates: u64,
+    /// Bytes of the active segment that opening the log read through to recover it: none
+    /// after a clean close, whose snapshot it takes instead (`clean.rs`).
+    pub scanned_bytes_at_open: u64,
 }
 
 /// What a retention pass deleted.
@@ -216,7 +220,10 @@ impl Log {
             None
         };
         io::prepare_device(&dir).await?;
-        let mut bases = list_segments(&dir).await?;
+        let Listing {
+            mut bases,
+            mut clean,
+        } = list_segments(&dir).await?;
         if bases.is_empty() {
             let path = dir.join(segment_file_name(0));
             drop(io::open_rw(&path, true).await?);
@@ -228,6 +235,8 @@ impl Log {
         let mut repairs = Vec::new();
         let mut segments = BTreeMap::new();
         let mut previous: Option<(PathBuf, i64)> = None;
+        let mut scanned_bytes_at_open = 0;
+        let mut from_snapshot = false;
         for (position, &base_offset) in bases.iter().enumerate() {
             let path = dir.join(segment_file_name(base_offset));
             if let Some((previous_path, previous_next)) = &previous
@@ -249,7 +258,11 @@ impl Log {
             }
             let is_active = position + 1 == bases.len();
             let segment = if is_active {
-                Rc::new(open_active(&path, base_offset, &config).await?)
+                let (segment, scanned) =
+                    open_active(&path, base_offset, &config, clean.take()).await?;
+                from_snapshot = scanned.is_none();
+                scanned_bytes_at_open = scanned.unwrap_or(0);
+                Rc::new(segment)
             } else {
                 let (segment, repair) = open_sealed(&path, base_offset, &config).await?;
                 let segment = Rc::new(segment);
@@ -297,13 +310,16 @@ impl Log {
             appender_wake: Notify::default(),
             data_arrived: Event::default(),
             pending_bytes: Rc::new(FifoSemaphore::new(PENDING_APPEND_BYTES_MAX as u64)),
-            stats: Cell::new(LogStats::default()),
+            stats: Cell::new(LogStats {
+                scanned_bytes_at_open,
+                ..LogStats::default()
+            }),
             lock: RefCell::new(lock),
             read_ahead: RefCell::new(None),
             last_read_end: Cell::new(None),
         });
         let active_segment = inner.state.borrow().active();
-        let active = appender::Active::open(active_segment).await?;
+        let active = appender::Active::open(active_segment, from_snapshot).await?;
         glommio::spawn_local(appender::run(inner.clone(), active)).detach();
         tracing::debug!(dir = %inner.dir.display(), log_start, log_end, "partition log open");
         Ok(Log { inner })
@@ -753,9 +769,22 @@ fn check_timestamps(
     Ok(())
 }
 
-/// Base offsets of the segment files in `dir`, sorted. Removes leftovers of interrupted
-/// index writes (`*.tmp`) and index files whose segment is gone.
-async fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+/// The segment files of a partition directory.
+struct Listing {
+    /// Base offsets, sorted.
+    bases: Vec<i64>,
+    /// The last segment's clean-close snapshot (`clean.rs`), read.
+    clean: Option<Vec<u8>>,
+}
+
+/// Lists the segment files in `dir`. Removes leftovers of interrupted index writes
+/// (`*.tmp`), index files whose segment is gone or is the active one (an active segment's
+/// indexes live in memory; a truncation that made a sealed segment active again may not
+/// have removed them), and snapshots of segments that are no longer active. The active
+/// segment's snapshot is read here, where the listing already runs off the reactor, and
+/// through the page cache (it was written through it, and a direct read would first wait
+/// for its writeback).
+async fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
     let owned = dir.to_path_buf();
     // Listing and unlinking are blocking calls (a large directory takes a while): they
     // run on the executor's blocking thread (docs/GLOMMIO.md §7).
@@ -765,7 +794,7 @@ async fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
         .map_err(|error| io::io_error(dir, "list directory", error))
 }
 
-fn scan_directory(dir: &Path) -> std::io::Result<Vec<i64>> {
+fn scan_directory(dir: &Path) -> std::io::Result<Listing> {
     let mut bases = Vec::new();
     let mut indexes = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -791,18 +820,27 @@ fn scan_directory(dir: &Path) -> std::io::Result<Vec<i64>> {
         };
         match extension {
             "log" => bases.push(base),
-            "index" | "timeindex" => indexes.push((base, path)),
+            "index" | "timeindex" | "clean" => indexes.push((base, path)),
             _ => tracing::warn!(path = %path.display(), "ignoring a file that is not a segment"),
         }
     }
+    bases.sort_unstable();
+    let last = bases.last().copied();
+    let mut clean = None;
     for (base, path) in indexes {
-        if !bases.contains(&base) {
+        let snapshot = path
+            .extension()
+            .is_some_and(|extension| extension == "clean");
+        if Some(base) == last && snapshot {
+            clean = std::fs::read(&path).ok();
+        } else if Some(base) == last || snapshot {
+            let _ = std::fs::remove_file(&path);
+        } else if !bases.contains(&base) {
             tracing::warn!(path = %path.display(), "removing an index whose segment is gone");
             let _ = std::fs::remove_file(&path);
         }
     }
-    bases.sort_unstable();
-    Ok(bases)
+    Ok(Listing { bases, clean })
 }
 
 /// What a sealed segment needs once the whole directory has been found consistent.
@@ -890,6 +928,7 @@ async fn load_indexes(path: &Path, base_offset: i64, size: u64) -> Option<Segmen
         offset_index,
         time_index,
         sealed: true,
+        last_batch: None,
         producers: Default::default(),
     })
 }
@@ -930,16 +969,46 @@ async fn preserve_damaged_tail(path: &Path, position: u64) -> Result<PathBuf, St
     Ok(kept)
 }
 
+/// Opens the active segment: from a clean close's snapshot where there is one that the
+/// file bears out (`clean.rs`), else by scanning it batch by batch and cutting whatever
+/// follows the last whole batch. Also says how many bytes it scanned (`None`: it took the
+/// snapshot).
 async fn open_active(
     path: &Path,
     base_offset: i64,
     config: &LogConfig,
-) -> Result<Segment, StorageError> {
+    clean: Option<Vec<u8>>,
+) -> Result<(Segment, Option<u64>), StorageError> {
     let file = io::open_rw(path, false).await?;
     let size = file
         .file_size()
         .await
         .map_err(|error| io::io_error(path, "stat", error.into()))?;
+    if let Some(bytes) = clean {
+        let meta = match clean::decode(base_offset, &bytes) {
+            Some(meta) if clean::matches(&file, path, &meta, size).await? => Some(meta),
+            _ => None,
+        };
+        match meta {
+            // Kept until the appender first changes the segment (`Active::snapshot`): a
+            // partition that stays idle until the next clean close needs no new one.
+            Some(meta) => {
+                return Ok((
+                    Segment::new(base_offset, path.to_path_buf(), file, meta),
+                    None,
+                ));
+            }
+            None => {
+                // The sealed segments were all accepted before the active one opens:
+                // the directory is no longer at risk of being refused unchanged.
+                let _ = std::fs::remove_file(clean::clean_path(path));
+                tracing::warn!(
+                    path = %path.display(),
+                    "the clean-close snapshot does not match the segment: scanning it"
+                );
+            }
+        }
+    }
     let (meta, stop) = Segment::scan(
         &file,
         path,
@@ -961,6 +1030,7 @@ async fn open_active(
         ScanStop::Damaged { position, reason } => Some((position, reason)),
         ScanStop::ReachedOffset => unreachable!("no stop offset was given"),
     };
+    let damaged = damage.is_some();
     if let Some((position, reason)) = damage {
         // Keep what is about to be cut: with flush.ms=0 it is a torn write that was never
         // acknowledged, but damage further back would otherwise be lost for good.
@@ -974,18 +1044,21 @@ async fn open_active(
             "cutting a torn or corrupt tail back to the last whole batch"
         );
     }
-    if size != end {
+    // Unused space after the last batch (padding, space allocated ahead: zeros) is left
+    // as it is: the appender writes over it (`Active::open` takes the file's size as what
+    // is allocated) and a clean close cuts it. Cutting it here cost an ftruncate on the
+    // reactor per partition, most of a start after a crash with thousands of partitions.
+    // Damage is cut, and the cut synced at once, as it was kept first.
+    if damaged {
         file.truncate(end)
             .await
             .map_err(|error| io::io_error(path, "truncate", error.into()))?;
         io::fdatasync(&file, path).await?;
     }
-    for stale in [offset_index_path(path), time_index_path(path)] {
-        // Through glommio, whose blocking thread does the unlink. Usually absent, and a
-        // stale index of the active segment is never read, so a failure is harmless.
-        let _ = glommio::io::remove(stale).await;
-    }
-    Ok(Segment::new(base_offset, path.to_path_buf(), file, meta))
+    Ok((
+        Segment::new(base_offset, path.to_path_buf(), file, meta),
+        Some(size),
+    ))
 }
 
 /// Whether the zeros a scan found at `end`, the end of the last whole batch, are unused
@@ -1003,14 +1076,58 @@ async fn zeros_are_padding(
     const WINDOW_BYTES: u64 = 1 << 20;
     let mut position = end;
     while position < size {
-        let length = (size - position).min(WINDOW_BYTES) as usize;
+        // Space allocated ahead and never written reads as zeros without being stored:
+        // the filesystem reports it as a hole, and only the regions it reports as data
+        // need reading. (Where it cannot tell, everything is data: slower, as correct.)
+        let (data, hole) = match next_data(file, position) {
+            Some(region) if region.0 < size => region,
+            _ => return Ok(true),
+        };
+        position = data;
+        // (A hole reported where the data starts would be a filesystem's bug: read on.)
+        let region_end = if hole > position {
+            hole.min(size)
+        } else {
+            size
+        };
+        let length = (region_end - position).min(WINDOW_BYTES) as usize;
         let rest = io::read_at(file, path, position, length).await?;
-        if rest.len() != length || rest.iter().any(|&byte| byte != 0) {
+        if rest.len() != length || !all_zeros(&rest) {
             return Ok(false);
         }
         position += length as u64;
     }
     Ok(true)
+}
+
+/// The first region of data at or after `position`, `[start, end)` (`lseek` with
+/// `SEEK_DATA`, then `SEEK_HOLE`), or `None` when there is none up to the end of the file.
+/// Where the filesystem cannot tell, everything is data.
+fn next_data(file: &glommio::io::DmaFile, position: u64) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let seek = |from: u64, whence| {
+        // SAFETY: lseek on a descriptor the file holds open; it moves only the file
+        // offset, which glommio's positioned I/O never uses.
+        let found = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+        if found >= 0 {
+            Ok(found as u64)
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error())
+        }
+    };
+    let start = match seek(position, libc::SEEK_DATA) {
+        Ok(start) => start,
+        Err(Some(libc::ENXIO)) => return None,
+        Err(_) => return Some((position, u64::MAX)),
+    };
+    Some((start, seek(start, libc::SEEK_HOLE).unwrap_or(u64::MAX)))
+}
+
+/// `bytes.iter().all(|&b| b == 0)`, eight bytes at a time.
+fn all_zeros(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    words.all(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")) == 0)
+        && words.remainder().iter().all(|&byte| byte == 0)
 }
 
 fn zeros_reason(end: u64, size: u64) -> String {

@@ -17,6 +17,7 @@
 //! ```
 
 mod appender;
+mod clean;
 mod config;
 mod files;
 mod index;

@@ -162,6 +162,56 @@ impl ProducerTable {
         });
     }
 
+    /// The table as bytes (little-endian): per producer its id, epoch and batches.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.producers.len() as u32).to_le_bytes());
+        for (id, producer) in &self.producers {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&producer.epoch.to_le_bytes());
+            out.push(producer.batches.len() as u8);
+            for batch in &producer.batches {
+                out.extend_from_slice(&batch.first_sequence.to_le_bytes());
+                out.extend_from_slice(&batch.last_sequence.to_le_bytes());
+                out.extend_from_slice(&batch.base_offset.to_le_bytes());
+                out.extend_from_slice(&batch.last_offset.to_le_bytes());
+            }
+        }
+    }
+
+    /// The table `encode` wrote, if `bytes` hold exactly one.
+    pub fn decode(bytes: &[u8]) -> Option<ProducerTable> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = bytes.split_at_checked(n)?;
+            *bytes = rest;
+            Some(head)
+        }
+        fn array<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+            take(bytes, N)?.try_into().ok()
+        }
+        let mut bytes = bytes;
+        let count = u32::from_le_bytes(array(&mut bytes)?);
+        let mut table = ProducerTable::default();
+        for _ in 0..count {
+            let id = i64::from_le_bytes(array(&mut bytes)?);
+            let epoch = i16::from_le_bytes(array(&mut bytes)?);
+            let kept = usize::from(take(&mut bytes, 1)?[0]);
+            if kept > PRODUCER_BATCHES_KEPT {
+                return None;
+            }
+            let mut batches = VecDeque::with_capacity(kept);
+            for _ in 0..kept {
+                batches.push_back(Stored {
+                    first_sequence: i32::from_le_bytes(array(&mut bytes)?),
+                    last_sequence: i32::from_le_bytes(array(&mut bytes)?),
+                    base_offset: i64::from_le_bytes(array(&mut bytes)?),
+                    last_offset: i64::from_le_bytes(array(&mut bytes)?),
+                });
+            }
+            table.producers.insert(id, Producer { epoch, batches });
+        }
+        bytes.is_empty().then_some(table)
+    }
+
     /// Forgets batches at or after `offset` (the log was cut back there).
     pub fn truncate(&mut self, offset: i64) {
         for producer in self.producers.values_mut() {
@@ -291,6 +341,29 @@ mod tests {
             Verdict::Write
         );
         assert!(table.check(&batch(1, 0, 0, 1, 3), &mut pending).is_err());
+    }
+
+    #[test]
+    fn the_table_survives_encoding() {
+        let mut table = ProducerTable::default();
+        for i in 0..8 {
+            write(&mut table, batch(4, 1, i * 2, 2, 10 + i64::from(i) * 2)).unwrap();
+        }
+        write(&mut table, batch(5, 0, 0, 1, 40)).unwrap();
+        let mut bytes = Vec::new();
+        table.encode(&mut bytes);
+        let decoded = ProducerTable::decode(&bytes).expect("decodes");
+        assert_eq!(decoded.next_sequence(4), Some(16));
+        assert_eq!(
+            write(&mut decoded.clone(), batch(4, 1, 14, 2, -1)).unwrap(),
+            Verdict::Duplicate {
+                base_offset: 24,
+                last_offset: 25
+            }
+        );
+        assert_eq!(decoded.next_sequence(5), Some(1));
+        assert!(ProducerTable::decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(ProducerTable::decode(&[bytes.as_slice(), &[0]].concat()).is_none());
     }
 
     #[test]

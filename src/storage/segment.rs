@@ -45,6 +45,10 @@ pub(crate) struct SegmentMeta {
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
     pub sealed: bool,
+    /// Where the last batch starts and its CRC (`None` for an empty segment, and for a
+    /// sealed one loaded from its index files): how a clean close's snapshot of the active
+    /// segment is checked against the file (`clean.rs`).
+    pub last_batch: Option<(u64, u32)>,
     /// Idempotent producers' batches seen by a recovery scan (empty otherwise): how
     /// `Log::open` rebuilds the log's producer table from the active segment.
     pub producers: super::producers::ProducerTable,
@@ -94,6 +98,7 @@ impl SegmentMeta {
         self.first_timestamp.get_or_insert(header.max_timestamp);
         self.next_offset = header.next_offset();
         self.size_bytes = position + header.total_bytes() as u64;
+        self.last_batch = Some((position, header.crc));
     }
 }
 

@@ -1218,7 +1218,8 @@ async fn check_state(log: &Log, model: &Model, path: &Path) -> Result<(), String
 
 /// The partition directory holds exactly the model's segments: sealed ones at their exact
 /// size with both index files, the active one zero-padded to at most the next 4 KiB block
-/// and with no index files.
+/// and with no index files (only, until it changes after an open that took it, the clean
+/// close's snapshot).
 fn check_files(model: &Model, path: &Path) -> Result<(), String> {
     let mut actual = Vec::new();
     let entries = std::fs::read_dir(path).map_err(|error| format!("list {path:?}: {error}"))?;
@@ -1228,6 +1229,8 @@ fn check_files(model: &Model, path: &Path) -> Result<(), String> {
     }
     actual.sort();
     let last = model.segments.len() - 1;
+    let snapshot = format!("{:020}.clean", model.segments[last].base);
+    actual.retain(|name| *name != snapshot);
     // The directory lock lives as long as the partition directory.
     let mut expected = vec![".lock".to_string()];
     for (index, segment) in model.segments.iter().enumerate() {

@@ -151,10 +151,10 @@ fn garbage_after_the_last_batch_is_cut_and_zero_padding_is_not_damage() {
                 "{padded_bytes} bytes, non-zero at {trailing:?}"
             );
             // check_prefix appended a batch, closed and opened again: the space allocated
-            // for the append was given back.
+            // for the append was given back (the file ends at the block after the batch).
             let length = std::fs::metadata(dir.join(&file_name)).unwrap().len();
             assert!(
-                length < 4096,
+                length <= 4096,
                 "{padded_bytes} bytes, non-zero at {trailing:?}"
             );
         }
@@ -162,7 +162,8 @@ fn garbage_after_the_last_batch_is_cut_and_zero_padding_is_not_damage() {
         let dir = root_path.join("garbage");
         std::fs::create_dir_all(&dir).unwrap();
         let mut garbage = bytes[..end as usize].to_vec();
-        garbage.extend((0..3000u32).map(|index| (index % 251) as u8 + 1));
+        // Past the first block: the cut file is shorter however the close pads it.
+        garbage.extend((0..5000u32).map(|index| (index % 251) as u8 + 1));
         std::fs::write(dir.join(&file_name), &garbage).unwrap();
         check_prefix(&dir, last_base + 3).await;
         let length = std::fs::metadata(dir.join(&file_name)).unwrap().len();
@@ -518,6 +519,23 @@ fn a_zeroed_block_inside_the_active_segment_is_kept_before_the_cut() {
         bytes[4096..8192].fill(0);
         std::fs::write(&segment.path, &bytes).unwrap();
 
+        // After the clean close, the open takes the close's snapshot (the file's size, last
+        // batch and last block agree with it) and does not read the segment through; a
+        // read of the lost block is an error, never data, and the batches around it serve.
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 12);
+        assert!(matches!(
+            log.read(4, 1 << 20).await,
+            Err(StorageError::CorruptSegment { .. })
+        ));
+        assert_eq!(
+            records(&log.read(8, 1 << 20).await.unwrap().to_vec()).len(),
+            4
+        );
+        log.close().await.unwrap();
+        // As after a crash: no snapshot, so the open scans the segment.
+        std::fs::remove_file(segment.path.with_extension("clean")).unwrap();
+
         let log = Log::open(&path, LogConfig::default()).await.unwrap();
         assert_eq!(
             log.log_end_offset(),
@@ -651,4 +669,122 @@ fn kill_9_loses_nothing_acknowledged_over_200_partitions() {
             }
         });
     }
+}
+
+fn idempotent(tag: &str, producer_id: i64, sequence: i32) -> bytes::BytesMut {
+    let mut batch = batch_mut(tag, 2, 100, 1_000);
+    spate::record::set_producer(&mut batch, producer_id, 0, sequence);
+    batch
+}
+
+#[test]
+fn a_clean_close_spares_the_next_open_a_scan_and_keeps_the_producers() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        for sequence in 0..6 {
+            log.append(idempotent(&format!("i{sequence}"), 7, sequence * 2))
+                .await
+                .unwrap();
+        }
+        log.append(batch_mut("plain", 3, 100, 2_000)).await.unwrap();
+        log.close().await.unwrap();
+        let all = {
+            let log = Log::open(&path, LogConfig::default()).await.unwrap();
+            assert_eq!(
+                log.stats().scanned_bytes_at_open,
+                0,
+                "the snapshot was taken"
+            );
+            assert_eq!(log.log_end_offset(), 15);
+            // The producer table came with it: a retry of the last batch is a duplicate.
+            let retry = log.append(idempotent("i5", 7, 10)).await.unwrap();
+            assert_eq!((retry.base_offset, retry.last_offset), (10, 11));
+            assert_eq!(log.stats().duplicates, 1);
+            assert!(matches!(
+                log.append(idempotent("gap", 7, 20)).await,
+                Err(StorageError::OutOfOrderSequence { .. })
+            ));
+            let next = log.append(idempotent("i6", 7, 12)).await.unwrap();
+            assert_eq!(next.base_offset, 15);
+            assert_eq!(log.offset_for_timestamp(2_000).await.unwrap(), Some(12));
+            let all = read_all(&log, 0).await;
+            log.close().await.unwrap();
+            all
+        };
+        assert_eq!(all.len(), 17);
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(log.stats().scanned_bytes_at_open, 0);
+        assert_eq!(read_all(&log, 0).await, all);
+        let snapshot = log.segments()[0].path.with_extension("clean");
+        let written = std::fs::read(&snapshot).unwrap();
+        log.close().await.unwrap();
+        // Unchanged since the open: the snapshot it took is still true and stays as it was.
+        assert_eq!(std::fs::read(&snapshot).unwrap(), written);
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(log.stats().scanned_bytes_at_open, 0);
+        // The first change removes it.
+        log.append(batch_mut("last", 1, 10, 3_000)).await.unwrap();
+        assert!(!snapshot.exists());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_snapshot_that_no_longer_matches_the_segment_is_refused_and_the_segment_scanned() {
+    in_temp_dir(|path| async move {
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        log.append(batch_mut("a", 3, 100, 1_000)).await.unwrap();
+        let segment = log.segments()[0].path.clone();
+        log.close().await.unwrap();
+        let snapshot = segment.with_extension("clean");
+        let stale = std::fs::read(&snapshot).unwrap();
+
+        // Appends after the open that took the snapshot, then a crash that resurrects it
+        // (its removal lost): one append that stays within the last block, one that grows
+        // the file.
+        for (tag, count, value_bytes) in [("b", 1, 10), ("c", 40, 200)] {
+            let log = Log::open(&path, LogConfig::default()).await.unwrap();
+            let end = log.log_end_offset();
+            log.append(batch_mut(tag, count, value_bytes, 1_000))
+                .await
+                .unwrap();
+            log.close().await.unwrap();
+            std::fs::write(&snapshot, &stale).unwrap();
+            let log = Log::open(&path, LogConfig::default()).await.unwrap();
+            assert!(log.stats().scanned_bytes_at_open > 0, "{tag}: scanned");
+            assert_eq!(log.log_end_offset(), end + count as i64, "{tag}");
+            log.close().await.unwrap();
+        }
+        // A torn snapshot (a crash while it was written back) is refused by its CRC.
+        let good = std::fs::read(&snapshot).unwrap();
+        std::fs::write(&snapshot, &good[..good.len() / 2]).unwrap();
+        let log = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert!(log.stats().scanned_bytes_at_open > 0);
+        assert_eq!(log.log_end_offset(), 44);
+        assert_eq!(read_all(&log, 0).await.len(), 44);
+        log.close().await.unwrap();
+        // A snapshot of a segment that is no longer the active one is removed at open.
+        std::fs::write(segment.with_extension("clean"), &good).unwrap();
+        let log = Log::open(&path, small_segments()).await.unwrap();
+        for index in 0..40 {
+            log.append(batch_mut(&format!("r{index}"), 4, 1000, 1_000))
+                .await
+                .unwrap();
+        }
+        assert!(log.segments().len() > 1);
+        log.close().await.unwrap();
+        std::fs::write(&snapshot, &good).unwrap();
+        let log = Log::open(&path, small_segments()).await.unwrap();
+        assert!(
+            !snapshot.exists(),
+            "the first segment's stray snapshot is gone"
+        );
+        assert_eq!(
+            log.stats().scanned_bytes_at_open,
+            0,
+            "the last one's was taken"
+        );
+        assert_eq!(read_all(&log, 0).await.len(), 44 + 160);
+        log.close().await.unwrap();
+    });
 }
