@@ -57,13 +57,17 @@ pub struct ServerConfig {
     pub tail_cache_bytes_max: u64,
     /// Memory the broker may use, split evenly between its shards. Each shard's tail
     /// caches together take at most half of its share (`TAIL_CACHE_SHARE`), its oldest
-    /// cached batches dropped first; the requests in flight on all its connections the
-    /// rest (new requests wait).
+    /// cached batches dropped first; its partitions' read-ahead an eighth
+    /// (`READ_AHEAD_SHARE`; past it, disk reads are not read ahead); the requests in
+    /// flight on all its connections the rest (new requests wait).
     pub memory_max: u64,
 }
 
 /// The part of a shard's memory share its tail caches may hold together.
 pub const TAIL_CACHE_SHARE: f64 = 0.5;
+
+/// The part of a shard's memory share its partitions may hold read ahead together.
+pub const READ_AHEAD_SHARE: f64 = 0.125;
 
 /// `--memory-max`'s default: half of the machine's memory (the other half for the
 /// operating system, other programs and Spate's own fixed costs), or 2 GiB where the
@@ -87,9 +91,16 @@ impl ServerConfig {
     }
 
     /// The bytes of requests in flight one shard's connections may hold together: the
-    /// part of its share the tail caches do not take.
+    /// part of its share that the tail caches and the read-ahead do not take.
     pub fn request_budget_per_shard(&self) -> u64 {
-        self.memory_per_shard() - self.tail_cache_budget_per_shard()
+        self.memory_per_shard()
+            - self.tail_cache_budget_per_shard()
+            - self.read_ahead_budget_per_shard()
+    }
+
+    /// The bytes one shard's partitions may hold read ahead together.
+    pub fn read_ahead_budget_per_shard(&self) -> u64 {
+        (self.memory_per_shard() as f64 * READ_AHEAD_SHARE) as u64
     }
 
     /// The bytes one shard's tail caches may hold together.

@@ -456,6 +456,7 @@ async fn run_shard(
     let config = Rc::new((*config).clone());
     // Before any partition opens: its tail cache draws from this shard's budget.
     crate::storage::set_shard_budget(Some(config.tail_cache_budget_per_shard()));
+    crate::storage::set_read_ahead_budget(Some(config.read_ahead_budget_per_shard()));
     crate::storage::set_segment_files_max(segment_files_max);
     let opening_max = partitions_opening_max_per_shard(config.shards);
     let opened = Shard::open(

@@ -19,7 +19,7 @@ use super::segment::{
     ReadAhead, ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name,
     time_index_path,
 };
-use super::tail_cache::TailCache;
+use super::tail_cache::{self, TailCache};
 use super::{Chunk, LogConfig, StorageError, io};
 use crate::limits::{
     BATCH_BYTES_MAX, IO_ALIGNMENT_BYTES, PENDING_APPEND_BYTES_MAX, READ_AHEAD_BYTES_MAX,
@@ -165,6 +165,9 @@ pub(crate) struct PendingReadAhead {
     position: u64,
     offset: i64,
     task: glommio::Task<Result<glommio::io::ReadResult, StorageError>>,
+    /// Its share of the shard's read-ahead budget, held until the bytes are taken or
+    /// thrown away.
+    _permit: tail_cache::ReadAheadPermit,
 }
 
 impl LogInner {
@@ -526,6 +529,11 @@ impl Log {
         if length == 0 {
             return;
         }
+        // The read ahead this one replaces gives its bytes back first.
+        self.inner.read_ahead.borrow_mut().take();
+        let Some(permit) = tail_cache::reserve_read_ahead(length as u64) else {
+            return;
+        };
         let reading = segment.clone();
         let task = glommio::spawn_local(async move {
             let file = reading.file().await?;
@@ -538,6 +546,7 @@ impl Log {
             position,
             offset,
             task,
+            _permit: permit,
         });
     }
 

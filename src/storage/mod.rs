@@ -36,7 +36,7 @@ pub use files::{SEGMENT_FILES_MAX_DEFAULT, SegmentFiles, segment_files, set_segm
 pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 pub use rounds::round_counts;
-pub use tail_cache::{CacheUsage, set_shard_budget, shard_usage};
+pub use tail_cache::{CacheUsage, set_read_ahead_budget, set_shard_budget, shard_usage};
 
 use crate::record::BatchError;
 

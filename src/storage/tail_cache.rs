@@ -8,6 +8,9 @@
 //! `spate serve --memory-max`). Over that budget the shard's oldest cached batches go
 //! first, whichever partition holds them: a tail consumer reads what was appended last,
 //! and the bytes dropped stay on disk, where a read finds them.
+//!
+//! The shard's account also bounds what its partitions read ahead from disk together
+//! (`set_read_ahead_budget`): a read ahead that does not fit is not started.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -29,6 +32,11 @@ struct Shard {
     batches: Cell<u64>,
     evicted: Cell<u64>,
     order: RefCell<VecDeque<(Weak<LogInner>, i64)>>,
+    /// Bytes being read ahead, or read ahead and not yet taken, by all the shard's
+    /// partitions (`Log::read`'s read-ahead), against their own budget.
+    read_ahead_budget: Cell<Option<u64>>,
+    read_ahead_bytes: Cell<u64>,
+    read_ahead_refused: Cell<u64>,
 }
 
 thread_local! {
@@ -46,12 +54,22 @@ pub fn set_shard_budget(bytes: Option<u64>) {
     shard().budget.set(bytes);
 }
 
-/// This shard's tail caches: bytes held, the budget, and batches evicted to keep to it.
+/// Bounds the bytes all of this executor's partitions read ahead at once (`None`: no
+/// bound but each partition's one read ahead).
+pub fn set_read_ahead_budget(bytes: Option<u64>) {
+    shard().read_ahead_budget.set(bytes);
+}
+
+/// This shard's tail caches: bytes held, the budget, and batches evicted to keep to it;
+/// and its read-ahead: bytes held, the budget, and read-aheads not started for want of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheUsage {
     pub bytes: u64,
     pub budget: Option<u64>,
     pub evicted_batches: u64,
+    pub read_ahead_bytes: u64,
+    pub read_ahead_budget: Option<u64>,
+    pub read_ahead_refused: u64,
 }
 
 pub fn shard_usage() -> CacheUsage {
@@ -60,6 +78,42 @@ pub fn shard_usage() -> CacheUsage {
         bytes: shard.bytes.get(),
         budget: shard.budget.get(),
         evicted_batches: shard.evicted.get(),
+        read_ahead_bytes: shard.read_ahead_bytes.get(),
+        read_ahead_budget: shard.read_ahead_budget.get(),
+        read_ahead_refused: shard.read_ahead_refused.get(),
+    }
+}
+
+/// `bytes` of the shard's read-ahead budget, given back when dropped; `None` (and the
+/// read ahead is not started) when the budget cannot hold them now.
+pub(crate) fn reserve_read_ahead(bytes: u64) -> Option<ReadAheadPermit> {
+    let shard = shard();
+    let held = shard.read_ahead_bytes.get();
+    if shard
+        .read_ahead_budget
+        .get()
+        .is_some_and(|budget| held + bytes > budget)
+    {
+        shard
+            .read_ahead_refused
+            .set(shard.read_ahead_refused.get() + 1);
+        return None;
+    }
+    shard.read_ahead_bytes.set(held + bytes);
+    Some(ReadAheadPermit { bytes })
+}
+
+pub(crate) struct ReadAheadPermit {
+    bytes: u64,
+}
+
+impl Drop for ReadAheadPermit {
+    fn drop(&mut self) {
+        // The thread may be ending, its account already gone: nothing to give back then.
+        let _ = SHARD.try_with(|shard| {
+            let held = shard.read_ahead_bytes.get();
+            shard.read_ahead_bytes.set(held - self.bytes);
+        });
     }
 }
 

@@ -1092,3 +1092,63 @@ async fn busy_neighbours(path: &std::path::Path, config: &LogConfig) -> Vec<Log>
     assert!(spate::storage::segment_files().open <= 3);
     logs
 }
+
+#[test]
+fn read_ahead_keeps_to_the_shard_budget_and_reads_go_on_without_it() {
+    in_temp_dir(|path| async move {
+        use spate::storage::{set_read_ahead_budget, shard_usage};
+        // Room for one 64 KiB read ahead at a time, across 8 partitions read in turns.
+        set_read_ahead_budget(Some(64 * 1024));
+        let config = LogConfig {
+            tail_cache_bytes: 0,
+            ..LogConfig::default()
+        };
+        let mut logs = Vec::new();
+        for index in 0..8 {
+            let log = Log::open(path.with_extension(format!("{index}")), config.clone())
+                .await
+                .unwrap();
+            for batch in 0..40 {
+                log.append(batch_mut(&format!("r{index}-{batch}"), 4, 2000, 0))
+                    .await
+                    .unwrap();
+            }
+            logs.push(log);
+        }
+        let mut offsets = [0i64; 8];
+        let mut most_held = 0;
+        while offsets.iter().any(|&offset| offset < 160) {
+            for (log, offset) in logs.iter().zip(offsets.iter_mut()) {
+                if *offset >= 160 {
+                    continue;
+                }
+                let read = log.read(*offset, 64 * 1024).await.unwrap();
+                let got = records(&read.to_vec());
+                let first = got.iter().position(|(at, _)| *at == *offset).unwrap();
+                for (at, value) in &got[first..] {
+                    let index = logs
+                        .iter()
+                        .position(|other| other.dir() == log.dir())
+                        .unwrap();
+                    let tag = format!("r{index}-{}-{}", at / 4, at % 4);
+                    assert!(value.starts_with(tag.as_bytes()), "{at}: the bytes written");
+                }
+                *offset = got.last().unwrap().0 + 1;
+                most_held = most_held.max(shard_usage().read_ahead_bytes);
+            }
+        }
+        let usage = shard_usage();
+        assert!(
+            most_held <= 64 * 1024,
+            "{most_held} bytes read ahead at once"
+        );
+        assert!(usage.read_ahead_refused > 0, "{usage:?}");
+        let hits: u64 = logs.iter().map(|log| log.stats().read_ahead_hits).sum();
+        assert!(hits > 0, "some reads still used a read ahead");
+        for log in logs {
+            assert_eq!(read_all(&log, 0).await.len(), 160);
+            log.close().await.unwrap();
+        }
+        assert_eq!(shard_usage().read_ahead_bytes, 0, "{:?}", shard_usage());
+    });
+}
