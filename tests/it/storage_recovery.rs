@@ -357,6 +357,7 @@ fn kill_9_loses_nothing_acknowledged() {
             .spawn()
             .unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
+        let watchdog = Watchdog::arm(child.id(), std::time::Duration::from_secs(60));
         let mut seen = 0;
         for line in stdout.lines() {
             let line = line.unwrap();
@@ -370,6 +371,12 @@ fn kill_9_loses_nothing_acknowledged() {
                 break;
             }
         }
+        drop(watchdog);
+        assert_eq!(
+            seen,
+            200 + round * 150,
+            "the child stopped acknowledging appends"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let path = path.clone();
@@ -625,6 +632,7 @@ fn kill_9_loses_nothing_acknowledged_over_200_partitions() {
             .spawn()
             .unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
+        let watchdog = Watchdog::arm(child.id(), std::time::Duration::from_secs(60));
         let mut seen = 0;
         for line in stdout.lines() {
             let line = line.unwrap();
@@ -643,6 +651,12 @@ fn kill_9_loses_nothing_acknowledged_over_200_partitions() {
                 break;
             }
         }
+        drop(watchdog);
+        assert_eq!(
+            seen,
+            MANY_PARTITIONS * (3 + attempt) + 77,
+            "the child stopped acknowledging appends"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let root = dir.path().to_path_buf();
@@ -787,4 +801,40 @@ fn a_snapshot_that_no_longer_matches_the_segment_is_refused_and_the_segment_scan
         assert_eq!(read_all(&log, 0).await.len(), 44 + 160);
         log.close().await.unwrap();
     });
+}
+
+/// Kills a crash child (SIGKILL) that is still running `after` it was armed, unless
+/// dropped first: a child that stops answering would otherwise block the test's read of
+/// its output for ever. The kill and the drop take one lock, so the child is never
+/// killed after the test has reaped it (its pid could be reused).
+struct Watchdog {
+    done: std::sync::Arc<std::sync::Mutex<bool>>,
+}
+
+impl Watchdog {
+    fn arm(pid: u32, after: std::time::Duration) -> Watchdog {
+        let done = std::sync::Arc::new(std::sync::Mutex::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + after;
+            while std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if *flag.lock().unwrap() {
+                    return;
+                }
+            }
+            let done = flag.lock().unwrap();
+            if !*done {
+                // SAFETY: kill on a child the test has not reaped yet (see above).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.done.lock().unwrap() = true;
+    }
 }
