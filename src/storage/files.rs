@@ -7,7 +7,8 @@
 //!
 //! Whoever uses a file keeps the handle it was given (an `Rc<DmaFile>`) until its I/O is
 //! done: a file closed by the cap meanwhile stays open until that handle is dropped, so
-//! the cap can be exceeded by the operations under way, never by idle files.
+//! the cap can be exceeded by the operations under way, never by idle files. A segment
+//! being deleted is held open outside the cap until its last reader drops it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -25,7 +26,8 @@ pub const SEGMENT_FILES_MAX_DEFAULT: usize = 1024;
 struct Shard {
     max: Cell<usize>,
     clock: Cell<u64>,
-    /// Last use → the file's slot. Every open slot is here.
+    /// Last use → the file's slot. Every open slot is here but those held open for a
+    /// deletion (`Slot::hold_open`).
     by_use: RefCell<BTreeMap<u64, Weak<Slot>>>,
     opened: Cell<u64>,
     closed: Cell<u64>,
