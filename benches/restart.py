@@ -17,6 +17,7 @@ Only the standard library is used; the release binaries are built with cargo.
 """
 
 import argparse
+import atexit
 import os
 import resource
 import shutil
@@ -134,6 +135,8 @@ def start(args, broker_args, work):
     began = time.monotonic()
     broker = subprocess.Popen(["taskset", "-c", args.broker_cpu, str(SPATE), *broker_args],
                               stdout=log, stderr=subprocess.PIPE, preexec_fn=more_descriptors)
+    # However the script ends (a failed step, Ctrl-C), no broker is left running.
+    atexit.register(lambda: broker.poll() is None and broker.kill())
     for line in broker.stderr:
         log.write(line)
         if b"spate is serving" in line:
