@@ -8,6 +8,7 @@
 //! answers sent (or the write gives up) before the socket is closed: an append that was
 //! written is acknowledged if the client is still there to hear it.
 
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -115,6 +116,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
     let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
     let _ = stream.set_read_timeout(Some(idle));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    // For `recv_into_spare`: open for as long as the reader half (which owns the stream
+    // with the writer half) lives, and the reader lives until the loop below ends.
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     // Set when the connection is ending: the reader stops, and waiting requests (long
     // polls) answer with what they have.
@@ -319,9 +323,29 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
             buffer.clear();
             let mut at = filled;
             while at < total {
-                // Grown (and zeroed) a chunk at a time: a client that announces a large
-                // frame and sends little of it commits no more memory than it sent.
-                own.resize(total.min(at + READ_CHUNK_BYTES), 0);
+                // What the socket holds goes straight into the frame's buffer, with no
+                // zeroing first (a produce's payload is written to the log from here).
+                match recv_into_spare(socket, &mut own, total - at) {
+                    Ok(0) => {
+                        client_done = true;
+                        break 'connection;
+                    }
+                    Ok(read) => {
+                        at += read;
+                        continue;
+                    }
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(_) => break 'connection,
+                }
+                // Nothing there yet: wait through the stream (its idle timeout, and the
+                // connection's end, apply), reading a little into a zeroed piece. A client
+                // that announces a large frame and sends little of it commits no more
+                // memory than it sent.
+                own.resize(total.min(at + WAIT_READ_BYTES), 0);
                 let read = read_or_end(&mut reader, &mut own[at..], ending()).await;
                 match read {
                     Read::Bytes(read) => {
@@ -408,6 +432,37 @@ fn large_incomplete(buffer: &BytesMut, frame_bytes_max: usize) -> Option<usize> 
     let length = u32::from_be_bytes(buffer.get(..4)?.try_into().ok()?) as usize;
     let large = length + 4 >= LARGE_FRAME_BYTES && length <= frame_bytes_max;
     (large && buffer.len() < length + 4).then_some(length)
+}
+
+/// How much of a large frame the reader asks the stream for when the socket had nothing:
+/// the wait's read is into zeroed memory, the reads after it into uninitialised memory.
+const WAIT_READ_BYTES: usize = 512;
+
+/// Receives at most `want` bytes that the socket holds now (never waiting) into `buffer`'s
+/// spare capacity, which must hold them, and extends it by what arrived. `Ok(0)`: the peer
+/// closed its side.
+fn recv_into_spare(socket: RawFd, buffer: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+    let spare = buffer.spare_capacity_mut();
+    let want = want.min(spare.len());
+    assert!(want > 0, "room for what is received");
+    // SAFETY: recv writes at most `want` bytes into the spare capacity, which is valid for
+    // writes of that many bytes (uninitialised memory is fine to write to); `set_len` then
+    // covers only the bytes it reported written.
+    let received = unsafe {
+        libc::recv(
+            socket,
+            spare.as_mut_ptr().cast::<libc::c_void>(),
+            want,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if received < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let received = received as usize;
+    // SAFETY: the first `received` bytes of the spare capacity were just written.
+    unsafe { buffer.set_len(buffer.len() + received) };
+    Ok(received)
 }
 
 /// What one read of the socket gave.
