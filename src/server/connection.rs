@@ -375,7 +375,22 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
             READ_CHUNK_BYTES
         };
         after_large = false;
-        buffer.resize(filled + chunk, 0);
+        // As for a large frame: what the socket holds now, straight into spare capacity.
+        buffer.reserve(chunk);
+        match recv_into_spare(socket, &mut buffer, chunk) {
+            Ok(0) => {
+                client_done = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+        buffer.resize(filled + chunk.min(WAIT_READ_BYTES), 0);
         let read = read_or_end(&mut reader, &mut buffer[filled..], ending()).await;
         match read {
             Read::Bytes(read) => buffer.truncate(filled + read),
@@ -434,8 +449,9 @@ fn large_incomplete(buffer: &BytesMut, frame_bytes_max: usize) -> Option<usize> 
     (large && buffer.len() < length + 4).then_some(length)
 }
 
-/// How much of a large frame the reader asks the stream for when the socket had nothing:
-/// the wait's read is into zeroed memory, the reads after it into uninitialised memory.
+/// How much the reader asks the stream for when the socket had nothing: the wait's read
+/// is into zeroed memory, the reads after it (`recv_into_spare`) into uninitialised
+/// memory.
 const WAIT_READ_BYTES: usize = 512;
 
 /// Receives at most `want` bytes that the socket holds now (never waiting) into `buffer`'s
