@@ -11,7 +11,7 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
         described.open_files
     );
     println!(
-        "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18} {:>17}",
+        "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18} {:>21} {:>21} {:>17}",
         "SHARD",
         "PARTITIONS",
         "CONNECTIONS",
@@ -20,11 +20,13 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
         "MEMORY-BUDGET",
         "TAIL-CACHE/BUDGET",
         "CACHE-EVICTIONS",
+        "REQUESTS/BUDGET",
+        "READ-AHEAD/BUDGET",
         "SEGMENT-FILES/MAX"
     );
     for shard in &described.shards {
         println!(
-            "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18} {:>17}",
+            "{:<6} {:>11} {:>12} {:>15} {:>18} {:>14} {:>21} {:>18} {:>21} {:>21} {:>17}",
             shard.shard_id,
             shard.partitions,
             shard.connections,
@@ -37,6 +39,16 @@ pub fn describe_broker(broker: &str) -> Result<(), String> {
                 mebibytes(shard.tail_cache_budget_bytes)
             ),
             shard.tail_cache_evicted_batches,
+            format!(
+                "{}/{}",
+                mebibytes(shard.request_bytes),
+                mebibytes(shard.request_budget_bytes)
+            ),
+            format!(
+                "{}/{}",
+                mebibytes(shard.read_ahead_bytes),
+                mebibytes(shard.read_ahead_budget_bytes)
+            ),
             format!("{}/{}", shard.segment_files_open, shard.segment_files_max)
         );
     }

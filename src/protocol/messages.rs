@@ -736,6 +736,12 @@ pub struct ShardDescription {
     /// used closed first).
     pub segment_files_open: u32,
     pub segment_files_max: u32,
+    /// Bytes the requests in flight on its connections hold, and the most they may hold.
+    pub request_bytes: u64,
+    pub request_budget_bytes: u64,
+    /// Bytes its partitions hold read ahead from disk, and the most they may hold.
+    pub read_ahead_bytes: u64,
+    pub read_ahead_budget_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -878,6 +884,10 @@ impl Response {
                     out.put_u64(shard.tail_cache_evicted_batches);
                     out.put_u32(shard.segment_files_open);
                     out.put_u32(shard.segment_files_max);
+                    out.put_u64(shard.request_bytes);
+                    out.put_u64(shard.request_budget_bytes);
+                    out.put_u64(shard.read_ahead_bytes);
+                    out.put_u64(shard.read_ahead_budget_bytes);
                 });
             }
         }
@@ -1009,6 +1019,10 @@ impl Response {
                         tail_cache_evicted_batches: reader.u64("tail cache evictions")?,
                         segment_files_open: reader.u32("segment files open")?,
                         segment_files_max: reader.u32("segment files max")?,
+                        request_bytes: reader.u64("request bytes")?,
+                        request_budget_bytes: reader.u64("request budget")?,
+                        read_ahead_bytes: reader.u64("read-ahead bytes")?,
+                        read_ahead_budget_bytes: reader.u64("read-ahead budget")?,
                     })
                 })?,
             }),

@@ -401,7 +401,8 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                     any::<u32>(),
                     any::<u64>(),
                     any::<[u64; 4]>(),
-                    any::<[u32; 2]>()
+                    any::<[u32; 2]>(),
+                    any::<[u64; 4]>()
                 ),
                 0..4
             )
@@ -418,6 +419,7 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                             forwarded_requests,
                             memory,
                             files,
+                            budgets,
                         )| {
                             ShardDescription {
                                 shard_id,
@@ -431,6 +433,10 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                                 tail_cache_evicted_batches: memory[3],
                                 segment_files_open: files[0],
                                 segment_files_max: files[1],
+                                request_bytes: budgets[0],
+                                request_budget_bytes: budgets[1],
+                                read_ahead_bytes: budgets[2],
+                                read_ahead_budget_bytes: budgets[3],
                             }
                         },
                     )

@@ -275,6 +275,10 @@ impl Shard {
             tail_cache_evicted_batches: cache.evicted_batches,
             segment_files_open: files.open as u32,
             segment_files_max: files.max as u32,
+            request_bytes: self.request_bytes_max - self.request_bytes.available(),
+            request_budget_bytes: self.request_bytes_max,
+            read_ahead_bytes: cache.read_ahead_bytes,
+            read_ahead_budget_bytes: cache.read_ahead_budget.unwrap_or(u64::MAX),
         }
     }
 

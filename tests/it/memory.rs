@@ -45,6 +45,17 @@ fn hundreds_of_busy_partitions_stay_within_the_memory_budget_and_read_back_from_
         shard.segment_files_max >= 16 && shard.segment_files_open <= shard.segment_files_max,
         "{shard:?}"
     );
+    // The rest of the share: an eighth for read-ahead, the remainder for requests.
+    assert_eq!(shard.read_ahead_budget_bytes, 8 << 20, "{shard:?}");
+    assert_eq!(shard.request_budget_bytes, 24 << 20, "{shard:?}");
+    assert!(
+        shard.request_bytes <= shard.request_budget_bytes,
+        "{shard:?}"
+    );
+    assert!(
+        shard.read_ahead_bytes <= shard.read_ahead_budget_bytes,
+        "{shard:?}"
+    );
     let grown = broker.peak_resident_bytes().saturating_sub(before);
     // Without the budget the caches alone would have grown by the 115 MiB written; with it
     // the broker stays within its --memory-max.
