@@ -935,7 +935,7 @@ impl Appender {
             // Files open on use: a reader that took this segment before it goes must still
             // find its file after the unlink. The descriptor is held until the segment is
             // dropped (no reader left), as Kafka's deleted-but-open segments are.
-            let removed = match victim.slot.hold_open().await {
+            let removed = match victim.slot.hold_open(&victim.path).await {
                 Ok(()) => remove_segment_files(victim).await,
                 Err(error) => Err(error),
             };

@@ -113,15 +113,9 @@ pub(crate) fn decode(base_offset: i64, bytes: &[u8]) -> Option<SegmentMeta> {
             Some((position, _)) => position < summary.size_bytes,
         };
     consistent.then(|| SegmentMeta {
-        size_bytes: summary.size_bytes,
-        next_offset: summary.next_offset,
-        max_timestamp: summary.max_timestamp,
-        first_timestamp: (summary.first_timestamp != i64::MIN).then_some(summary.first_timestamp),
-        offset_index,
-        time_index,
-        sealed: false,
         last_batch,
         producers,
+        ..SegmentMeta::from_summary(&summary, offset_index, time_index, false)
     })
 }
 

@@ -12,7 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::rc::{Rc, Weak};
 
 use glommio::io::DmaFile;
@@ -89,9 +89,8 @@ fn enforce(shard: &Shard) {
     }
 }
 
-/// One segment's file, open or not.
+/// One segment's file, open or not (its path is the segment's).
 pub(crate) struct Slot {
-    path: PathBuf,
     file: RefCell<Option<Rc<DmaFile>>>,
     /// The key under which the shard lists this slot, while it is open.
     used: Cell<Option<u64>>,
@@ -101,9 +100,8 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// A slot for a file already open.
-    pub fn open(path: PathBuf, file: DmaFile) -> Rc<Slot> {
+    pub fn open(file: DmaFile) -> Rc<Slot> {
         let slot = Rc::new(Slot {
-            path,
             file: RefCell::new(Some(Rc::new(file))),
             used: Cell::new(None),
             held: Cell::new(false),
@@ -115,9 +113,8 @@ impl Slot {
     }
 
     /// A slot for a file opened when first used.
-    pub fn closed(path: PathBuf) -> Rc<Slot> {
+    pub fn closed() -> Rc<Slot> {
         Rc::new(Slot {
-            path,
             file: RefCell::new(None),
             used: Cell::new(None),
             held: Cell::new(false),
@@ -128,13 +125,13 @@ impl Slot {
         self.file.borrow().is_some()
     }
 
-    /// The file, opened if it was closed; it becomes the most recently used.
-    pub async fn get(self: &Rc<Self>) -> Result<Rc<DmaFile>, StorageError> {
+    /// The file at `path`, opened if it was closed; it becomes the most recently used.
+    pub async fn get(self: &Rc<Self>, path: &Path) -> Result<Rc<DmaFile>, StorageError> {
         if let Some(file) = self.file.borrow().clone() {
             self.touch();
             return Ok(file);
         }
-        let opened = Rc::new(io::open_rw(&self.path, false).await?);
+        let opened = Rc::new(io::open_rw(path, false).await?);
         // Another reader may have opened it meanwhile: one descriptor is kept.
         let file = self.file.borrow_mut().get_or_insert(opened).clone();
         let shard = shard();
@@ -148,8 +145,8 @@ impl Slot {
     /// Opens the file if needed and keeps it open, outside the cap, until the slot is
     /// dropped: the segment is about to be deleted, and a reader that took it before
     /// must still read it after the unlink.
-    pub async fn hold_open(self: &Rc<Self>) -> Result<(), StorageError> {
-        self.get().await?;
+    pub async fn hold_open(self: &Rc<Self>, path: &Path) -> Result<(), StorageError> {
+        self.get(path).await?;
         self.held.set(true);
         if let Some(key) = self.used.take() {
             shard().by_use.borrow_mut().remove(&key);

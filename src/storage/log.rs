@@ -929,17 +929,12 @@ async fn load_indexes(path: &Path, base_offset: i64, size: u64) -> Option<Segmen
     if summary != expected || time_summary != summary || summary.next_offset <= base_offset {
         return None;
     }
-    Some(SegmentMeta {
-        size_bytes: summary.size_bytes,
-        next_offset: summary.next_offset,
-        max_timestamp: summary.max_timestamp,
-        first_timestamp: (summary.first_timestamp != i64::MIN).then_some(summary.first_timestamp),
+    Some(SegmentMeta::from_summary(
+        &summary,
         offset_index,
         time_index,
-        sealed: true,
-        last_batch: None,
-        producers: Default::default(),
-    })
+        true,
+    ))
 }
 
 async fn read_small_file(path: &Path) -> Option<Vec<u8>> {

@@ -63,6 +63,27 @@ impl SegmentMeta {
         }
     }
 
+    /// What index files (or a clean close's snapshot) say of a segment, taken whole.
+    pub fn from_summary(
+        summary: &SegmentSummary,
+        offset_index: OffsetIndex,
+        time_index: TimeIndex,
+        sealed: bool,
+    ) -> SegmentMeta {
+        SegmentMeta {
+            size_bytes: summary.size_bytes,
+            next_offset: summary.next_offset,
+            max_timestamp: summary.max_timestamp,
+            first_timestamp: (summary.first_timestamp != i64::MIN)
+                .then_some(summary.first_timestamp),
+            offset_index,
+            time_index,
+            sealed,
+            last_batch: None,
+            producers: Default::default(),
+        }
+    }
+
     /// Accounts for a batch stored at `position`, adding index entries every
     /// `index_interval_bytes`.
     pub fn note_batch(
@@ -202,7 +223,7 @@ impl Segment {
     pub fn new(base_offset: i64, path: PathBuf, file: DmaFile, meta: SegmentMeta) -> Segment {
         Segment {
             base_offset,
-            slot: Slot::open(path.clone(), file),
+            slot: Slot::open(file),
             path,
             meta: RefCell::new(meta),
             truncations: Cell::new(0),
@@ -214,7 +235,7 @@ impl Segment {
     pub fn sealed(base_offset: i64, path: PathBuf, meta: SegmentMeta) -> Segment {
         Segment {
             base_offset,
-            slot: Slot::closed(path.clone()),
+            slot: Slot::closed(),
             path,
             meta: RefCell::new(meta),
             truncations: Cell::new(0),
@@ -225,7 +246,7 @@ impl Segment {
     /// The segment's file, opened if the shard had closed it. Keep the handle for as long
     /// as the descriptor is used.
     pub async fn file(&self) -> Result<Rc<DmaFile>, StorageError> {
-        self.slot.get().await
+        self.slot.get(&self.path).await
     }
 
     /// Walks the segment from the start, checking every batch (framing, CRC, contiguous

@@ -538,3 +538,67 @@ fn frames_trickled_in_pieces_are_read_whole() {
     assert!(values[57].1.len() >= 3000);
     assert!(values[57].1[9..].bytes().all(|byte| byte == b'.'));
 }
+
+/// A client that stalls in the middle of a large frame for longer than the idle timeout,
+/// while a request of its own is still being answered (a long poll keeps the connection),
+/// then sends the rest: the frame is put together from exactly the bytes sent.
+#[test]
+fn a_large_frame_resumed_after_an_idle_stall_is_read_whole() {
+    use spate::protocol::{
+        Acks, FetchPartition, FetchRequest, FetchTopic, ProducePartition, ProduceRequest,
+        ProduceTopic, Request,
+    };
+    let broker = Broker::start_flagged(1, &["--connections-max-idle-ms", "200"]);
+    let mut admin = broker.connect();
+    for topic in ["stalled", "quiet"] {
+        assert!(admin.create_topic(topic, 1, &[]).unwrap().status.is_ok());
+    }
+    let mut client = RawClient::connect(&broker);
+    // A long poll on an empty partition: in flight for 3 s.
+    let poll = Request::Fetch(FetchRequest {
+        max_wait_ms: 3_000,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: "quiet".into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+            }],
+        }],
+    })
+    .encode(1);
+    client.send(&poll).unwrap();
+    let produce = Request::Produce(ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 30_000,
+        topics: vec![ProduceTopic {
+            name: "stalled".into(),
+            partitions: vec![ProducePartition {
+                partition: 0,
+                records: batch("stalled", 40, 2000, 0),
+            }],
+        }],
+    })
+    .encode(2);
+    let half = produce.len() / 2;
+    client.send(&produce[..half]).unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // past the idle timeout, more than once
+    client.send(&produce[half..]).unwrap();
+    let mut answers = [client.answer().unwrap(), client.answer().unwrap()];
+    answers.sort_by_key(|answer| answer.correlation_id);
+    assert_eq!(answers[1].correlation_id, 2);
+    assert_eq!(
+        answers[1].code(),
+        0,
+        "{:?}",
+        answers[1].decode(ApiKey::Produce)
+    );
+    // A new connection: the first has been idle past the timeout meanwhile.
+    let values = crate::server::read_partition(&mut broker.connect(), "stalled", 0, 0);
+    assert_eq!(values.len(), 40);
+    for (index, (_, value)) in values.iter().enumerate() {
+        assert!(value.starts_with(&format!("stalled-{index}")), "{index}");
+    }
+}

@@ -340,45 +340,16 @@ fn crash_child_appends_until_killed() {
 
 #[test]
 fn kill_9_loses_nothing_acknowledged() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
     let mut acknowledged: Vec<(i64, i64)> = Vec::new();
     for round in 0..3 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "storage_recovery::crash_child_appends_until_killed",
-                "--nocapture",
-            ])
-            .env(CRASH_DIR_ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let watchdog = Watchdog::arm(child.id(), std::time::Duration::from_secs(60));
-        let mut seen = 0;
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            let Some(rest) = line.strip_prefix("acked ") else {
-                continue;
-            };
-            let (base, last) = rest.split_once(' ').unwrap();
-            acknowledged.push((base.parse().unwrap(), last.parse().unwrap()));
-            seen += 1;
-            if seen == 200 + round * 150 {
-                break;
-            }
-        }
-        drop(watchdog);
-        assert_eq!(
-            seen,
-            200 + round * 150,
-            "the child stopped acknowledging appends"
+        let lines = acknowledged_then_killed(
+            "storage_recovery::crash_child_appends_until_killed",
+            (CRASH_DIR_ENV, &path),
+            200 + round as usize * 150,
         );
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        acknowledged.extend(lines.iter().map(|fields| (fields[0], fields[1])));
         let path = path.clone();
         let acknowledged = acknowledged.clone();
         run(move || async move {
@@ -616,49 +587,20 @@ fn crash_child_appends_to_many_logs_until_killed() {
 
 #[test]
 fn kill_9_loses_nothing_acknowledged_over_200_partitions() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let mut acknowledged: Vec<(usize, i64, i64)> = Vec::new();
     for attempt in 0..2 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "storage_recovery::crash_child_appends_to_many_logs_until_killed",
-                "--nocapture",
-            ])
-            .env(MANY_CRASH_DIR_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let watchdog = Watchdog::arm(child.id(), std::time::Duration::from_secs(60));
-        let mut seen = 0;
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            let Some(rest) = line.strip_prefix("acked ") else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split(' ').collect();
-            acknowledged.push((
-                fields[0].parse().unwrap(),
-                fields[1].parse().unwrap(),
-                fields[2].parse().unwrap(),
-            ));
-            seen += 1;
-            // Killed mid-round: some of the 200 appends of a round answered, some not.
-            if seen == MANY_PARTITIONS * (3 + attempt) + 77 {
-                break;
-            }
-        }
-        drop(watchdog);
-        assert_eq!(
-            seen,
+        // Killed mid-round: some of the 200 appends of a round answered, some not.
+        let lines = acknowledged_then_killed(
+            "storage_recovery::crash_child_appends_to_many_logs_until_killed",
+            (MANY_CRASH_DIR_ENV, dir.path()),
             MANY_PARTITIONS * (3 + attempt) + 77,
-            "the child stopped acknowledging appends"
         );
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        acknowledged.extend(
+            lines
+                .iter()
+                .map(|fields| (fields[0] as usize, fields[1], fields[2])),
+        );
         let root = dir.path().to_path_buf();
         let acknowledged = acknowledged.clone();
         run(move || async move {
@@ -801,6 +743,44 @@ fn a_snapshot_that_no_longer_matches_the_segment_is_refused_and_the_segment_scan
         assert_eq!(read_all(&log, 0).await.len(), 44 + 160);
         log.close().await.unwrap();
     });
+}
+
+/// Runs the crash child `test` of this binary (with `env` set), reads its first `count`
+/// "acked ..." lines, then kills it (SIGKILL) and returns each line's numbers. A child
+/// that stops acknowledging before `count` fails the test after a minute.
+fn acknowledged_then_killed(test: &str, env: (&str, &Path), count: usize) -> Vec<Vec<i64>> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(env.0, env.1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let watchdog = Watchdog::arm(child.id(), std::time::Duration::from_secs(60));
+    let lines: Vec<Vec<i64>> = stdout
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let rest = line.strip_prefix("acked ")?.to_string();
+            Some(
+                rest.split(' ')
+                    .map(|field| field.parse().unwrap())
+                    .collect(),
+            )
+        })
+        .take(count)
+        .collect();
+    drop(watchdog);
+    assert_eq!(
+        lines.len(),
+        count,
+        "the child stopped acknowledging appends"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lines
 }
 
 /// Kills a crash child (SIGKILL) that is still running `after` it was armed, unless
