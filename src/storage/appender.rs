@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_channel::oneshot;
-use glommio::io::DmaFile;
+use glommio::io::{DmaBuffer, DmaFile};
 
 use super::StorageError;
 use super::clean;
@@ -30,7 +30,7 @@ use super::segment::{
     ScanStop, Segment, SegmentMeta, offset_index_path, segment_file_name, time_index_path,
 };
 use super::tail_cache;
-use crate::limits::GROUP_WRITE_BYTES_MAX;
+use crate::limits::{GROUP_WRITE_BYTES_MAX, WRITE_CHUNK_BYTES};
 use crate::record::{BatchHeader, set_base_offset};
 use crate::semaphore::FifoPermit;
 
@@ -498,31 +498,23 @@ impl Appender {
         // Held until the write is done: the shard's cap on open files may close the
         // segment's meanwhile (`files.rs`).
         let file = segment.file().await?;
-        let mut buffer = file.alloc_dma_buffer(write_bytes);
-        let bytes = buffer.as_bytes_mut();
-        bytes[..tail.len()].copy_from_slice(tail);
-        let mut cursor = tail.len();
+        let mut chunks = Chunks::new(&file, write_bytes);
+        chunks.put(tail);
         for append in group.iter_mut() {
             for (header, range) in append.batches.iter_mut() {
                 set_base_offset(&mut append.records[range.clone()], next_offset);
                 header.base_offset = next_offset;
                 next_offset = header.next_offset();
             }
-            bytes[cursor..cursor + append.records.len()].copy_from_slice(&append.records);
-            cursor += append.records.len();
+            chunks.put(&append.records);
         }
         // DMA buffers are recycled: the padding must be zeroed by hand (docs/GLOMMIO.md §3).
-        bytes[logical_bytes..].fill(0);
-        let new_tail = bytes[align_down(logical_bytes as u64) as usize..logical_bytes].to_vec();
+        let new_tail = chunks.finish();
         self.preallocate(&file, write_start + write_bytes as u64)
             .await;
-        let written = file
-            .write_at(buffer, write_start)
-            .await
-            .map_err(|error| io::io_error(&segment.path, "write", error.into()))?;
-        if written != write_bytes {
-            return Err(io::short_write(&segment.path, written, write_bytes));
-        }
+        let chunks_sent = chunks.buffers.len() as u64;
+        chunks.write_at(&segment, &file, write_start).await?;
+        self.count(|stats| stats.chunk_writes += chunks_sent);
         self.count(|stats| stats.group_writes += 1);
         self.active.unsynced_bytes += group_bytes as u64;
         let config = &self.inner.config;
@@ -996,5 +988,95 @@ async fn remove_if_present(path: &std::path::Path) -> Result<(), StorageError> {
                 Err(io::io_error(path, "remove", error))
             }
         }
+    }
+}
+
+/// A group write's bytes in aligned DMA buffers of at most `WRITE_CHUNK_BYTES` each,
+/// filled in order and written together. The chunks cover disjoint block ranges of the
+/// file, so their order on the device does not matter, and the group is answered once all
+/// are done. A crash between them leaves a torn group, which recovery cuts like any torn
+/// write (nothing in it was acknowledged).
+struct Chunks {
+    buffers: Vec<DmaBuffer>,
+    /// The buffer being filled, and how much of it is.
+    index: usize,
+    at: usize,
+}
+
+impl Chunks {
+    fn new(file: &DmaFile, bytes: usize) -> Chunks {
+        let buffers = (0..bytes.div_ceil(WRITE_CHUNK_BYTES))
+            .map(|index| {
+                let start = index * WRITE_CHUNK_BYTES;
+                file.alloc_dma_buffer((bytes - start).min(WRITE_CHUNK_BYTES))
+            })
+            .collect();
+        Chunks {
+            buffers,
+            index: 0,
+            at: 0,
+        }
+    }
+
+    /// Appends `bytes`, across chunk boundaries where it must.
+    fn put(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let chunk = self.buffers[self.index].as_bytes_mut();
+            let take = bytes.len().min(chunk.len() - self.at);
+            chunk[self.at..self.at + take].copy_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.at += take;
+            if self.at == chunk.len() {
+                self.index += 1;
+                self.at = 0;
+            }
+        }
+    }
+
+    /// Zeroes everything after what was put, and returns the last partial block's bytes
+    /// (the appender's next tail block; chunks hold whole blocks, so a block never
+    /// straddles two).
+    fn finish(&mut self) -> Vec<u8> {
+        let Some(chunk) = self.buffers.get_mut(self.index) else {
+            return Vec::new();
+        };
+        let bytes = chunk.as_bytes_mut();
+        bytes[self.at..].fill(0);
+        bytes[align_down(self.at as u64) as usize..self.at].to_vec()
+    }
+
+    /// Writes every chunk at its place from `position`, all sent at once, and waits for
+    /// all of them (even after a failure, so that none is still in flight on return).
+    async fn write_at(
+        self,
+        segment: &Segment,
+        file: &Rc<DmaFile>,
+        position: u64,
+    ) -> Result<(), StorageError> {
+        let mut writes = Vec::with_capacity(self.buffers.len());
+        let mut at = position;
+        for buffer in self.buffers {
+            let (length, file) = (buffer.len(), file.clone());
+            let write = glommio::spawn_local(async move { file.write_at(buffer, at).await });
+            writes.push((write.detach(), length));
+            at += length as u64;
+        }
+        let mut outcome = Ok(());
+        for (write, expected) in writes {
+            let result = match write.await {
+                Some(Ok(written)) if written == expected => Ok(()),
+                Some(Ok(written)) => Err(io::short_write(&segment.path, written, expected)),
+                Some(Err(error)) => Err(io::io_error(&segment.path, "write", error.into())),
+                None => Err(io::io_error(
+                    &segment.path,
+                    "write",
+                    std::io::Error::other("the write was cancelled"),
+                )),
+            };
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
     }
 }

@@ -70,6 +70,9 @@ pub struct LogStats {
     pub appends: u64,
     /// Aligned writes issued for appends (one per group).
     pub group_writes: u64,
+    /// The writes those went to the disk as: a group larger than `WRITE_CHUNK_BYTES` is
+    /// sent as several, together.
+    pub chunk_writes: u64,
     /// fdatasync calls on segment files.
     pub fdatasyncs: u64,
     /// Disk reads served (at least in part) by bytes read ahead.

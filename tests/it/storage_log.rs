@@ -1,6 +1,8 @@
 use spate::storage::{Log, LogConfig, StorageError, faults};
 
-use crate::support::{batch_mut, budget_overrunning_appends, in_temp_dir, read_all, records, run};
+use crate::support::{
+    batch, batch_mut, budget_overrunning_appends, in_temp_dir, read_all, records, run,
+};
 
 #[test]
 fn append_then_read_back_from_cache_and_disk() {
@@ -92,6 +94,66 @@ fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
         assert_eq!(stats.fdatasyncs, stats.group_writes);
         assert!(stats.group_writes < 256 / 4, "{stats:?}");
         assert_eq!(read_all(&log, 0).await.len(), 512);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_group_larger_than_a_write_chunk_goes_out_in_chunks_and_reads_back_whole() {
+    in_temp_dir(|path| async move {
+        let config = LogConfig {
+            tail_cache_bytes: 0,
+            flush_ms: 100,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        // A partial last block first: every group rewrites it ahead of its own bytes.
+        log.append(batch_mut("head", 1, 100, 0)).await.unwrap();
+        let tasks: Vec<_> = (0..48)
+            .map(|lane| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    log.append(batch_mut(&format!("lane{lane}-"), 3, 33_333, 0))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let stats = log.stats();
+        assert_eq!(stats.appends, 49);
+        assert!(
+            stats.chunk_writes > stats.group_writes,
+            "some group went out in several chunks: {stats:?}"
+        );
+        // Every value as written, each once, at offsets 0, 1, 2...
+        let mut expected: std::collections::HashSet<Vec<u8>> = (0..48)
+            .flat_map(|lane| records(&batch(&format!("lane{lane}-"), 3, 33_333, 0)).into_iter())
+            .map(|(_, value)| value)
+            .collect();
+        expected.extend(
+            records(&batch("head", 1, 100, 0))
+                .into_iter()
+                .map(|(_, value)| value),
+        );
+        let check = |got: Vec<(i64, Vec<u8>)>| {
+            assert_eq!(got.len(), expected.len());
+            let mut seen = std::collections::HashSet::new();
+            for (index, (offset, value)) in got.into_iter().enumerate() {
+                assert_eq!(offset, index as i64);
+                assert!(
+                    expected.contains(&value),
+                    "offset {offset} holds bytes never written"
+                );
+                assert!(seen.insert(value), "offset {offset} repeats a value");
+            }
+        };
+        check(read_all(&log, 0).await);
+        log.close().await.unwrap();
+        let log = Log::open(&path, config).await.unwrap();
+        check(read_all(&log, 0).await);
         log.close().await.unwrap();
     });
 }
