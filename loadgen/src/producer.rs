@@ -89,15 +89,12 @@ pub fn run<W: ProduceWire>(
                             break;
                         }
                         outbox.send_lingering(&mut open, linger)?;
+                        // Sleep, never spin: a spinning producer holds the core that
+                        // the same run's consumer and answer threads need, and their
+                        // wake-ups then wait for the scheduler (about a millisecond),
+                        // which the e2e figures would count as the broker's latency.
                         let left = due - now;
-                        if left > Duration::from_micros(200) {
-                            std::thread::sleep(
-                                left.min(linger.max(Duration::from_micros(100)))
-                                    - Duration::from_micros(50),
-                            );
-                        } else {
-                            std::hint::spin_loop();
-                        }
+                        std::thread::sleep(left.min(linger.max(Duration::from_micros(100))));
                     }
                     due
                 }
