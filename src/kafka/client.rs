@@ -13,10 +13,11 @@ use crate::client::read_more;
 use crate::protocol::split_frame;
 
 use super::{
-    CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    InitProducerIdRequest, InitProducerIdResponse, KafkaError, KafkaRequest, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsResponse, ListOffsetsTopic, MetadataRequest, MetadataResponse,
-    ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, encode_request,
+    CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, KafkaError, KafkaRequest, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsResponse, ListOffsetsTopic, MetadataRequest, MetadataResponse, ProducePartition,
+    ProduceRequest, ProduceResponse, ProduceTopic, encode_request,
 };
 
 /// Versions the client speaks (all within what Spate serves, and what Kafka 2.1+ serves).
@@ -162,6 +163,14 @@ impl KafkaClient {
     pub fn fetch(&mut self, request: FetchRequest) -> Result<FetchResponse<Bytes>, ClientError> {
         let body = self.call(&KafkaRequest::Fetch(request), FETCH_VERSION)?;
         Ok(FetchResponse::decode(body, FETCH_VERSION)?)
+    }
+
+    pub fn describe_cluster(&mut self) -> Result<DescribeClusterResponse, ClientError> {
+        let request = KafkaRequest::DescribeCluster(DescribeClusterRequest {
+            include_cluster_authorized_operations: false,
+        });
+        let body = self.call(&request, 0)?;
+        Ok(DescribeClusterResponse::decode(body)?)
     }
 
     pub fn init_producer_id(&mut self) -> Result<InitProducerIdResponse, ClientError> {

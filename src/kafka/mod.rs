@@ -64,6 +64,7 @@ pub mod api {
     pub const INIT_PRODUCER_ID: i16 = 22;
     pub const DESCRIBE_CONFIGS: i16 = 32;
     pub const DELETE_GROUPS: i16 = 42;
+    pub const DESCRIBE_CLUSTER: i16 = 60;
 }
 
 /// An API and the versions of it Spate serves, and the first of them that is flexible
@@ -108,6 +109,8 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     range(api::INIT_PRODUCER_ID, 0, 1, Some(2)),
     range(api::DESCRIBE_CONFIGS, 1, 3, Some(4)),
     range(api::DELETE_GROUPS, 0, 1, Some(2)),
+    // Flexible from its first version; v0 is what librdkafka's DescribeCluster sends.
+    range(api::DESCRIBE_CLUSTER, 0, 0, Some(0)),
 ];
 
 pub fn api_range(api_key: i16) -> Option<&'static ApiRange> {

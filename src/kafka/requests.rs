@@ -196,6 +196,11 @@ pub struct InitProducerIdRequest {
     pub transaction_timeout_ms: i32,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeClusterRequest {
+    pub include_cluster_authorized_operations: bool,
+}
+
 /// A decoded request of an API and version Spate serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KafkaRequest {
@@ -218,6 +223,7 @@ pub enum KafkaRequest {
     DeleteTopics(DeleteTopicsRequest),
     DescribeConfigs(DescribeConfigsRequest),
     InitProducerId(InitProducerIdRequest),
+    DescribeCluster(DescribeClusterRequest),
 }
 
 /// Decodes the body of a request whose header `decode_header` read; also how many array
@@ -626,6 +632,10 @@ pub fn decode_request(
             transactional_id: r.nullable_string(f, "transactional id")?,
             transaction_timeout_ms: r.i32("transaction timeout")?,
         }),
+        api::DESCRIBE_CLUSTER => KafkaRequest::DescribeCluster(DescribeClusterRequest {
+            include_cluster_authorized_operations: r
+                .bool("include cluster authorized operations")?,
+        }),
         other => return Err(KafkaError::UnknownApiKey(other)),
     };
     if flexible {
@@ -786,6 +796,9 @@ pub fn encode_request(
             }
         }
         KafkaRequest::ListGroups => {}
+        KafkaRequest::DescribeCluster(request) => {
+            put_bool(o, request.include_cluster_authorized_operations);
+        }
         other => unimplemented!("Spate's Kafka client does not send {:?}", other.api_key()),
     }
     if f {
@@ -816,6 +829,7 @@ impl KafkaRequest {
             KafkaRequest::DeleteTopics(_) => api::DELETE_TOPICS,
             KafkaRequest::DescribeConfigs(_) => api::DESCRIBE_CONFIGS,
             KafkaRequest::InitProducerId(_) => api::INIT_PRODUCER_ID,
+            KafkaRequest::DescribeCluster(_) => api::DESCRIBE_CLUSTER,
         }
     }
 }

@@ -950,3 +950,74 @@ impl InitProducerIdResponse {
         })
     }
 }
+
+/// The brokers (every shard), the cluster id and the controller, as Metadata gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeClusterResponse {
+    pub cluster_id: String,
+    pub controller_id: i32,
+    pub brokers: Vec<MetadataBroker>,
+}
+
+/// `cluster_authorized_operations` when they were not asked for (Spate has no ACLs).
+const AUTHORIZED_OPERATIONS_UNKNOWN: i32 = i32::MIN;
+
+impl KafkaResponse for DescribeClusterResponse {
+    const API_KEY: i16 = api::DESCRIBE_CLUSTER;
+    fn encode_body(&self, _version: i16, out: &mut BytesMut) {
+        let f = true;
+        out.put_i32(0);
+        out.put_i16(error::NONE);
+        put_nullable_string(out, None, f);
+        put_string(out, &self.cluster_id, f);
+        out.put_i32(self.controller_id);
+        put_count(out, self.brokers.len(), f);
+        for broker in &self.brokers {
+            out.put_i32(broker.node_id);
+            put_string(out, &broker.host, f);
+            out.put_i32(broker.port);
+            put_nullable_string(out, None, f);
+            put_no_tags(out);
+        }
+        out.put_i32(AUTHORIZED_OPERATIONS_UNKNOWN);
+    }
+}
+
+impl DescribeClusterResponse {
+    /// Reads a DescribeCluster v0 answer (from its response header's tagged fields on);
+    /// an answer with an error code is an error.
+    pub fn decode(body: Bytes) -> Result<DescribeClusterResponse, KafkaError> {
+        let f = true;
+        let mut r = Reader::new(body, usize::MAX);
+        r.tagged_fields()?;
+        r.i32("throttle")?;
+        if r.i16("error code")? != error::NONE {
+            return Err(KafkaError::Malformed("describe cluster", "an error answer"));
+        }
+        r.nullable_string(f, "error message")?;
+        let cluster_id = r.string(f, "cluster id")?;
+        let controller_id = r.i32("controller id")?;
+        let brokers = (0..r.count(f, 10, "brokers")?)
+            .map(|_| {
+                let node_id = r.i32("broker id")?;
+                let host = r.string(f, "host")?;
+                let port = r.i32("port")?;
+                r.nullable_string(f, "rack")?;
+                r.tagged_fields()?;
+                Ok(MetadataBroker {
+                    node_id,
+                    host,
+                    port,
+                })
+            })
+            .collect::<Result<_, KafkaError>>()?;
+        r.i32("cluster authorized operations")?;
+        r.tagged_fields()?;
+        r.finish()?;
+        Ok(DescribeClusterResponse {
+            cluster_id,
+            controller_id,
+            brokers,
+        })
+    }
+}

@@ -65,11 +65,15 @@ fn client_requests_round_trip_at_every_supported_version() {
             }],
         }],
     });
+    let cluster = KafkaRequest::DescribeCluster(DescribeClusterRequest {
+        include_cluster_authorized_operations: true,
+    });
     for (request, api_key) in [
         (produce, api::PRODUCE),
         (fetch, api::FETCH),
         (metadata, api::METADATA),
         (list, api::LIST_OFFSETS),
+        (cluster, api::DESCRIBE_CLUSTER),
     ] {
         let range = api_range(api_key).unwrap();
         for version in range.min..=range.max {
@@ -87,6 +91,40 @@ fn client_requests_round_trip_at_every_supported_version() {
             }
             assert_eq!(round_trip(request.clone(), version), expected, "v{version}");
         }
+    }
+}
+
+#[test]
+fn a_describe_cluster_answer_is_flexible_throughout_and_reads_back() {
+    let answer = DescribeClusterResponse {
+        cluster_id: "spate".into(),
+        controller_id: 0,
+        brokers: vec![
+            MetadataBroker {
+                node_id: 0,
+                host: "127.0.0.1".into(),
+                port: 9093,
+            },
+            MetadataBroker {
+                node_id: 1,
+                host: "127.0.0.1".into(),
+                port: 9094,
+            },
+        ],
+    };
+    let frame = answer.frame(0, 5).freeze();
+    assert_eq!(&frame[4..8], &5i32.to_be_bytes());
+    let body = frame.slice(8..);
+    assert_eq!(
+        DescribeClusterResponse::decode(body.clone()).unwrap(),
+        answer
+    );
+    // Nothing may be cut off: every shorter body is an error.
+    for cut in 0..body.len() {
+        assert!(
+            DescribeClusterResponse::decode(body.slice(..cut)).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 

@@ -359,7 +359,7 @@ fn a_confluent_group_shares_rebalances_commits_and_another_group_fans_out() {
 }
 
 /// Kafka's admin calls through librdkafka: create (and again: already exists), describe
-/// configs, metadata, delete.
+/// configs, metadata, describe the cluster, delete.
 #[test]
 fn kafka_admin_calls_create_describe_and_delete_topics() {
     let broker = Broker::start(2);
@@ -372,6 +372,19 @@ fn kafka_admin_calls_create_describe_and_delete_topics() {
     assert_eq!(result["retention.ms"], "3600000", "{result}");
     assert_eq!(result["partitions"], 3, "{result}");
     assert_eq!(result["brokers"], serde_json::json!([0, 1]), "{result}");
+    // DescribeCluster: every shard as its own broker, on its own Kafka port.
+    let (first, second) = (broker.kafka_port + 1, broker.kafka_port + 2);
+    assert_eq!(
+        result["cluster"],
+        serde_json::json!({"id": "spate", "controller": 0, "nodes": [[0, first], [1, second]]}),
+        "{result}"
+    );
+    let address = format!("127.0.0.1:{}", broker.kafka_port);
+    let mut client = KafkaClient::connect(&address, "describer").unwrap();
+    let cluster = client.describe_cluster().unwrap();
+    let metadata = client.metadata(None).unwrap();
+    assert_eq!(cluster.brokers, metadata.brokers);
+    assert_eq!(cluster.brokers[1].port, i32::from(second));
     assert_eq!(result["deleted"], true, "{result}");
 }
 

@@ -164,8 +164,8 @@ def confluent_group(args):
 
 
 def admin(args):
-    """Kafka's admin calls through confluent-kafka: create, describe configs, list and
-    describe groups, delete a topic."""
+    """Kafka's admin calls through confluent-kafka: create, describe configs, metadata,
+    describe the cluster, delete a topic."""
     from confluent_kafka.admin import AdminClient, NewTopic, ConfigResource
 
     client = AdminClient({"bootstrap.servers": args.bootstrap})
@@ -187,6 +187,9 @@ def admin(args):
         result["retention.ms"] = entries["retention.ms"].value
     metadata = client.list_topics(timeout=20)
     result["partitions"] = len(metadata.topics[args.topic].partitions)
+    cluster = client.describe_cluster(request_timeout=20).result(20)
+    result["cluster"] = {"id": cluster.cluster_id, "controller": cluster.controller.id,
+                         "nodes": sorted([node.id, node.port] for node in cluster.nodes)}
     result["brokers"] = sorted(broker.id for broker in metadata.brokers.values())
     deleted = client.delete_topics([args.topic])
     for _, future in deleted.items():

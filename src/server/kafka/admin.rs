@@ -1,5 +1,5 @@
-//! ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs and InitProducerId over
-//! Kafka's protocol.
+//! ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs, InitProducerId and
+//! DescribeCluster over Kafka's protocol.
 
 use std::rc::Rc;
 
@@ -179,6 +179,15 @@ pub(super) fn describe_configs(
         })
         .collect();
     kafka::DescribeConfigsResponse { results }
+}
+
+/// The cluster as Metadata describes it (librdkafka's `DescribeCluster` admin call).
+pub(super) fn describe_cluster(shard: &Shard) -> kafka::DescribeClusterResponse {
+    kafka::DescribeClusterResponse {
+        cluster_id: super::data::CLUSTER_ID.to_string(),
+        controller_id: super::data::CONTROLLER_ID,
+        brokers: super::data::brokers(shard),
+    }
 }
 
 /// A producer id for an idempotent producer (epoch 0). Transactions are not supported.

@@ -24,14 +24,7 @@ pub(super) async fn metadata(
     {
         native_produce::auto_create(shard, names.iter().map(String::as_str)).await;
     }
-    let host = shard.config.kafka_host();
-    let brokers = (0..shard.count)
-        .map(|id| kafka::MetadataBroker {
-            node_id: id as i32,
-            host: host.clone(),
-            port: i32::from(shard.config.kafka_shard_port(id).unwrap_or(0)),
-        })
-        .collect();
+    let brokers = brokers(shard);
     let metadata = shard.metadata.borrow();
     let names = metadata.names_or_all(request.topics.unwrap_or_default());
     let topics = names
@@ -57,10 +50,27 @@ pub(super) async fn metadata(
         .collect();
     kafka::MetadataResponse {
         brokers,
-        cluster_id: "spate".to_string(),
-        controller_id: 0,
+        cluster_id: CLUSTER_ID.to_string(),
+        controller_id: CONTROLLER_ID,
         topics,
     }
+}
+
+/// What Metadata and DescribeCluster call the cluster, and the broker they name as its
+/// controller (shard 0, which coordinates topic changes).
+pub(super) const CLUSTER_ID: &str = "spate";
+pub(super) const CONTROLLER_ID: i32 = 0;
+
+/// Every shard as a Kafka broker: node id = shard id, on its own Kafka port.
+pub(super) fn brokers(shard: &Shard) -> Vec<kafka::MetadataBroker> {
+    let host = shard.config.kafka_host();
+    (0..shard.count)
+        .map(|id| kafka::MetadataBroker {
+            node_id: id as i32,
+            host: host.clone(),
+            port: i32::from(shard.config.kafka_shard_port(id).unwrap_or(0)),
+        })
+        .collect()
 }
 
 /// Appends through the same path as a native produce (`handlers::produce::append_all`).

@@ -8,7 +8,8 @@
 //!
 //! - `data`: Metadata, Produce, Fetch, ListOffsets.
 //! - `groups`: FindCoordinator and the consumer-group APIs, through the group coordinator.
-//! - `admin`: ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs, InitProducerId.
+//! - `admin`: ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs, InitProducerId,
+//!   DescribeCluster.
 
 mod admin;
 mod data;
@@ -178,6 +179,9 @@ pub(crate) async fn handle(
             version,
             correlation_id,
         ),
+        KafkaRequest::DescribeCluster(_) => {
+            frame(admin::describe_cluster(shard), version, correlation_id)
+        }
     })
 }
 
