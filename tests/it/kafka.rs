@@ -600,8 +600,8 @@ fn hostile_kafka_frames_close_their_connection_and_nothing_else() {
 #[test]
 fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bounded() {
     use spate::kafka::{
-        CreatableTopic, CreateTopicsRequest, FindCoordinatorRequest, KafkaRequest,
-        ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
+        CreatableTopic, CreateTopicsRequest, DescribeClusterRequest, FindCoordinatorRequest,
+        KafkaRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
         ProducePartition, ProduceRequest, ProduceTopic, api_range, encode_request,
     };
     let mut broker = Broker::start(2);
@@ -638,7 +638,7 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
                 })
                 .collect()
         };
-        let (request, noisy) = match rng.below(7) {
+        let (request, noisy) = match rng.below(8) {
             0 => (
                 KafkaRequest::Metadata(MetadataRequest {
                     topics: Some(names(entries)),
@@ -719,6 +719,13 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
                         .collect(),
                     timeout_ms: 5_000,
                     validate_only: false,
+                }),
+                true,
+            ),
+            6 => (
+                // Flexible (compact lengths, tagged fields): noise lands on varints.
+                KafkaRequest::DescribeCluster(DescribeClusterRequest {
+                    include_cluster_authorized_operations: entries % 2 == 0,
                 }),
                 true,
             ),
