@@ -17,7 +17,7 @@ use futures_channel::oneshot;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
-use glommio::sync::{Semaphore, StaticPermit};
+use glommio::sync::Semaphore;
 
 use super::handlers::{self, Outgoing};
 use super::shard::{FetchPayload, Shard};
@@ -520,7 +520,7 @@ const DIRECT_CHUNK_BYTES: usize = 16 * 1024;
 struct Coalescer {
     buffer: Vec<u8>,
     held: Vec<Rc<handlers::Held>>,
-    rooms: Vec<StaticPermit>,
+    rooms: Vec<handlers::fetch::Room>,
 }
 
 impl Coalescer {

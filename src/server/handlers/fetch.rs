@@ -53,7 +53,7 @@ pub(crate) async fn fetch_records(
     shard: &Rc<Shard>,
     mut request: FetchRequest,
     exchange: &Exchange,
-) -> (FetchResponse<FetchPayload>, Option<StaticPermit>) {
+) -> (FetchResponse<FetchPayload>, Option<Room>) {
     let closed = &exchange.closed;
     let max_bytes = request.max_bytes.min(FETCH_RESPONSE_BYTES_MAX);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
@@ -66,7 +66,8 @@ pub(crate) async fn fetch_records(
         )
     };
     loop {
-        let (room, room_bytes) = take_room(&exchange.budget, max_bytes, ending()).await;
+        let budgets = [&exchange.budget, &shard.request_bytes];
+        let (room, room_bytes) = take_room(budgets, max_bytes, ending()).await;
         request.max_bytes = room_bytes;
         let response = read_all(shard, &request).await;
         let now = Instant::now();
@@ -124,25 +125,47 @@ pub(crate) async fn fetch_records(
     }
 }
 
-/// Room for an answer of up to `max_bytes`: all of it if the budget has it now, else what
-/// it has, waiting for at least `ROOM_MIN_BYTES` (or `max_bytes` if smaller) until
-/// `give_up` resolves; then `None` and 0 bytes (an offsets-only answer). Giving up is what
-/// keeps fetches from waiting on each other forever: each holds its frame's share while
-/// it waits, and those shares could add up to the whole budget.
+/// The room a fetch answer holds until it is written: in its connection's byte budget and
+/// in its shard's share of `--memory-max` (answers read from disk are new buffers).
+pub(crate) struct Room {
+    _connection: StaticPermit,
+    _shard: StaticPermit,
+}
+
+/// Room for an answer of up to `max_bytes` in both `budgets` (the connection's, then the
+/// shard's): all of it if they have it now, else what they have, waiting for at least
+/// `ROOM_MIN_BYTES` (or `max_bytes` if smaller) until `give_up` resolves; then `None` and
+/// 0 bytes (an offsets-only answer). Giving up is what keeps fetches from waiting on each
+/// other forever: each holds its frame's share while it waits, and those shares could add
+/// up to the whole budget.
 async fn take_room(
-    budget: &Rc<Semaphore>,
+    budgets: [&Rc<Semaphore>; 2],
     max_bytes: u32,
     give_up: impl std::future::Future<Output = ()>,
-) -> (Option<StaticPermit>, u32) {
+) -> (Option<Room>, u32) {
+    let [connection, shard] = budgets;
     let max_bytes = u64::from(max_bytes.max(1));
     let floor = max_bytes.min(u64::from(ROOM_MIN_BYTES));
-    let want = max_bytes.min(budget.available().max(floor));
-    if let Ok(room) = budget.try_acquire_static_permit(want) {
+    let want = budgets.iter().fold(max_bytes, |want, budget| {
+        want.min(budget.available().max(floor))
+    });
+    if let Ok(first) = connection.try_acquire_static_permit(want)
+        && let Ok(second) = shard.try_acquire_static_permit(want)
+    {
+        let room = Room {
+            _connection: first,
+            _shard: second,
+        };
         return (Some(room), want as u32);
     }
     let acquired = async {
-        let room = budget.clone().acquire_static_permit(want).await.ok();
-        room.map(|room| (Some(room), want as u32))
+        let first = connection.clone().acquire_static_permit(want).await.ok()?;
+        let second = shard.clone().acquire_static_permit(want).await.ok()?;
+        let room = Room {
+            _connection: first,
+            _shard: second,
+        };
+        Some((Some(room), want as u32))
     };
     let gave_up = async {
         give_up.await;

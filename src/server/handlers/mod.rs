@@ -24,7 +24,7 @@ use crate::wake::Latch;
 /// byte budget, given back once written).
 pub(crate) enum Outgoing {
     Frame(BytesMut),
-    Pieces(Vec<Piece<FetchPayload>>, Option<StaticPermit>),
+    Pieces(Vec<Piece<FetchPayload>>, Option<fetch::Room>),
     /// Close the connection after the answers before this one (how a failed acks=0
     /// produce is reported, as in Kafka: the client sees the connection drop).
     Close,
@@ -75,7 +75,10 @@ pub(crate) fn weigh(
     entries: usize,
     budget: usize,
 ) -> usize {
-    let weight = request_weight(frame_bytes, entries);
+    let weight = match request {
+        Request::Produce(_) => produce_weight(frame_bytes, entries),
+        _ => request_weight(frame_bytes, entries),
+    };
     if let Request::Fetch(fetch) = request {
         fetch.max_bytes = fetch_max_bytes(fetch.max_bytes, weight, budget);
     }
@@ -85,6 +88,12 @@ pub(crate) fn weigh(
 /// A request's weight before the budget caps it: its frame and its entries (both doors).
 pub(crate) fn request_weight(frame_bytes: usize, entries: usize) -> usize {
     frame_bytes.saturating_add(entries.saturating_mul(REQUEST_ENTRY_WEIGHT_BYTES))
+}
+
+/// A produce's weight: its frame counts twice, for the aligned copy of its batches that the
+/// log writes with direct I/O (`storage::appender`), made while the request is in flight.
+pub(crate) fn produce_weight(frame_bytes: usize, entries: usize) -> usize {
+    request_weight(frame_bytes.saturating_mul(2), entries)
 }
 
 /// A fetch's `max_bytes` lowered to what the budget can ever give it next to its own

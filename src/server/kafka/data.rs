@@ -3,7 +3,6 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use glommio::sync::StaticPermit;
 
 use super::{code, kafka_index, partition_index};
 use crate::broker::metadata::shard_for;
@@ -180,7 +179,7 @@ pub(super) async fn fetch(
     shard: &Rc<Shard>,
     request: kafka::FetchRequest,
     exchange: &Exchange,
-) -> (kafka::FetchResponse<FetchPayload>, Option<StaticPermit>) {
+) -> (kafka::FetchResponse<FetchPayload>, Option<fetch::Room>) {
     let native = protocol::FetchRequest {
         max_wait_ms: u32::try_from(request.max_wait_ms).unwrap_or(0),
         min_bytes: u32::try_from(request.min_bytes).unwrap_or(0),

@@ -61,7 +61,10 @@ pub(crate) fn decode(frame: Bytes, bytes_max: usize) -> Result<Decoded, String> 
     let (mut request, entries) = decode_request(&header, body).map_err(|error| {
         format!("Kafka request (API key {api_key} version {api_version}): {error}")
     })?;
-    let weight = handlers::request_weight(frame_bytes, entries);
+    let weight = match request {
+        KafkaRequest::Produce(_) => handlers::produce_weight(frame_bytes, entries),
+        _ => handlers::request_weight(frame_bytes, entries),
+    };
     if let KafkaRequest::Fetch(fetch) = &mut request {
         // As for native fetches (`handlers::weigh`): never more than the budget can give.
         let max_bytes = u32::try_from(fetch.max_bytes.max(1)).unwrap_or(1);
