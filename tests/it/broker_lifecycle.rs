@@ -498,7 +498,8 @@ fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
     };
 
     let guard = Frozen::freeze(&mount.mount_point);
-    // Each request is 800 KB: two fit in the 2 MiB budget, a third does not.
+    // Each request is 400 KB and weighs twice that (its frame, and the aligned copy its
+    // append makes): two fit in the 2 MiB budget, a third does not.
     let big = |index: u32| {
         Request::Produce(ProduceRequest {
             acks: Acks::All,
@@ -507,7 +508,7 @@ fn timed_out_appends_keep_their_bytes_counted_against_the_connection() {
                 name: "s".to_string(),
                 partitions: vec![ProducePartition {
                     partition: 0,
-                    records: batch(&format!("retry{index}"), 1, 800_000, 0),
+                    records: batch(&format!("retry{index}"), 1, 400_000, 0),
                 }],
             }],
         })
