@@ -117,6 +117,14 @@ enum TopicCommand {
     List,
     /// Show a topic's partitions, owners, offsets and configs.
     Describe { name: String },
+    /// Add partitions to a topic (as in Kafka, they can only be added; keys then map to
+    /// partitions differently).
+    Alter {
+        name: String,
+        /// The topic's partition count in all, more than it has.
+        #[arg(long)]
+        partitions: u32,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
 }
@@ -200,6 +208,9 @@ fn main() {
             } => cli::topic::create(&broker, &name, partitions, &configs),
             TopicCommand::List => cli::topic::list(&broker),
             TopicCommand::Describe { name } => cli::topic::describe_topic(&broker, &name),
+            TopicCommand::Alter { name, partitions } => {
+                cli::topic::alter(&broker, &name, partitions)
+            }
             TopicCommand::Delete { name } => cli::topic::delete(&broker, &name),
         },
         Command::Broker { command, broker } => match command {

@@ -142,6 +142,46 @@ impl ClusterMetadata {
         })
     }
 
+    /// The record of `name` grown to `count` partitions in all, if it could be: the topic
+    /// exists, and `count` is more than it has and in range. (As in Kafka, partitions are
+    /// only ever added; keys then map to partitions differently.)
+    pub fn check_new_partitions(&self, name: &str, count: u32) -> Result<TopicRecord, Status> {
+        let Some(topic) = self.topic(name) else {
+            return Err(Status::error(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {} does not exist", crate::protocol::quoted(name)),
+            ));
+        };
+        if count <= topic.partitions {
+            return Err(Status::error(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "topic {} has {} partitions: partitions can only be added, so ask for more than that, not {count}",
+                    topic.name, topic.partitions
+                ),
+            ));
+        }
+        if count > TOPIC_PARTITIONS_MAX {
+            return Err(Status::error(
+                ErrorCode::InvalidPartitions,
+                format!("a topic may have at most {TOPIC_PARTITIONS_MAX} partitions, not {count}"),
+            ));
+        }
+        Ok(TopicRecord {
+            partitions: count,
+            ..topic.clone()
+        })
+    }
+
+    /// Replaces the records of existing topics with grown ones (`check_new_partitions`).
+    pub fn grow_topics(&mut self, grown: &[TopicRecord]) {
+        for record in grown {
+            let position = self.position(&record.name).expect("a grown topic exists");
+            self.topics[position] = record.clone();
+        }
+        self.generation += 1;
+    }
+
     /// Adds checked topics (`check_new_topic`) whose names are distinct, in one step:
     /// sorted in once, not inserted one at a time.
     pub fn add_topics(&mut self, records: Vec<TopicRecord>) {

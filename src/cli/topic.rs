@@ -72,6 +72,19 @@ pub fn describe_topic(broker: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub fn alter(broker: &str, name: &str, partitions: u32) -> Result<(), String> {
+    let mut connection = connect(broker)?;
+    let grown = connection
+        .create_partitions(name, partitions)
+        .map_err(describe)?;
+    check(
+        grown.status,
+        &format!("cannot add partitions to topic {name}"),
+    )?;
+    println!("Topic {name} now has {partitions} partitions.");
+    Ok(())
+}
+
 pub fn delete(broker: &str, name: &str) -> Result<(), String> {
     let mut connection = connect(broker)?;
     let deleted = connection.delete_topic(name).map_err(describe)?;

@@ -5,15 +5,16 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{
-    Acks, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerDescription, CreateTopicsRequest,
-    DeleteTopicsRequest, DescribeTopicsRequest, FRAME_BYTES_MAX_DEFAULT, FetchPartition,
-    FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopic, GroupDescription,
-    GroupIdRequest, GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, MetadataRequest,
-    MetadataResponse, NewTopic, OffsetCommitRequest, OffsetCommitTopic, OffsetCommitTopicResponse,
-    OffsetFetchRequest, OffsetFetchTopic, ProducePartition, ProducePartitionResponse,
-    ProduceRequest, ProduceTopic, ProtocolError, Request, Response, Status, SyncGroupRequest,
-    TopicDescription, TopicPartitions, TopicStatus, split_frame,
+    Acks, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerDescription,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest,
+    FRAME_BYTES_MAX_DEFAULT, FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse,
+    FetchTopic, GroupDescription, GroupIdRequest, GroupListing, HeartbeatRequest, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsTopic, MetadataRequest, MetadataResponse, NewPartitions, NewTopic,
+    OffsetCommitRequest, OffsetCommitTopic, OffsetCommitTopicResponse, OffsetFetchRequest,
+    OffsetFetchTopic, ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic,
+    ProtocolError, Request, Response, Status, SyncGroupRequest, TopicDescription, TopicPartitions,
+    TopicStatus, split_frame,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +198,24 @@ impl Connection {
             topics: vec![topic],
         }))? {
             Response::CreateTopics(mut topics) if topics.len() == 1 => Ok(topics.remove(0)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Grows `name` to `count` partitions in all.
+    pub fn create_partitions(
+        &mut self,
+        name: &str,
+        count: u32,
+    ) -> Result<TopicStatus, ClientError> {
+        let request = Request::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![NewPartitions {
+                name: name.to_string(),
+                count,
+            }],
+        });
+        match self.call(&request)? {
+            Response::CreatePartitions(mut topics) if topics.len() == 1 => Ok(topics.remove(0)),
             _ => Err(ClientError::Unexpected),
         }
     }

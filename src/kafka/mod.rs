@@ -63,6 +63,7 @@ pub mod api {
     pub const DELETE_TOPICS: i16 = 20;
     pub const INIT_PRODUCER_ID: i16 = 22;
     pub const DESCRIBE_CONFIGS: i16 = 32;
+    pub const CREATE_PARTITIONS: i16 = 37;
     pub const DELETE_GROUPS: i16 = 42;
     pub const DESCRIBE_CLUSTER: i16 = 60;
 }
@@ -108,6 +109,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     range(api::DELETE_TOPICS, 1, 3, Some(4)),
     range(api::INIT_PRODUCER_ID, 0, 1, Some(2)),
     range(api::DESCRIBE_CONFIGS, 1, 3, Some(4)),
+    range(api::CREATE_PARTITIONS, 0, 1, Some(2)),
     range(api::DELETE_GROUPS, 0, 1, Some(2)),
     // Flexible from its first version; v0 is what librdkafka's DescribeCluster sends.
     range(api::DESCRIBE_CLUSTER, 0, 0, Some(0)),

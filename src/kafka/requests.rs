@@ -170,6 +170,22 @@ pub struct CreateTopicsRequest {
     pub validate_only: bool,
 }
 
+/// A topic to grow to `count` partitions; `assignments` counts the explicit replica
+/// assignments sent (Spate refuses them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatePartitionsTopic {
+    pub name: String,
+    pub count: i32,
+    pub assignments: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatePartitionsRequest {
+    pub topics: Vec<CreatePartitionsTopic>,
+    pub timeout_ms: i32,
+    pub validate_only: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteTopicsRequest {
     pub names: Vec<String>,
@@ -224,6 +240,7 @@ pub enum KafkaRequest {
     DescribeConfigs(DescribeConfigsRequest),
     InitProducerId(InitProducerIdRequest),
     DescribeCluster(DescribeClusterRequest),
+    CreatePartitions(CreatePartitionsRequest),
 }
 
 /// Decodes the body of a request whose header `decode_header` read; also how many array
@@ -590,6 +607,30 @@ pub fn decode_request(
                 validate_only,
             })
         }
+        api::CREATE_PARTITIONS => {
+            let topics = (0..r.count(f, 10, "topics")?)
+                .map(|_| {
+                    let name = r.string(f, "topic name")?;
+                    let count = r.i32("partition count")?;
+                    let assignments = r.nullable_count(f, 4, "assignments")?.unwrap_or(0);
+                    for _ in 0..assignments {
+                        for _ in 0..r.count(f, 4, "broker ids")? {
+                            r.i32("broker id")?;
+                        }
+                    }
+                    Ok(CreatePartitionsTopic {
+                        name,
+                        count,
+                        assignments,
+                    })
+                })
+                .collect::<Result<_, KafkaError>>()?;
+            KafkaRequest::CreatePartitions(CreatePartitionsRequest {
+                topics,
+                timeout_ms: r.i32("timeout")?,
+                validate_only: r.bool("validate only")?,
+            })
+        }
         api::DELETE_TOPICS => {
             let names = (0..r.count(f, 2, "topics")?)
                 .map(|_| r.string(f, "topic name"))
@@ -799,6 +840,17 @@ pub fn encode_request(
         KafkaRequest::DescribeCluster(request) => {
             put_bool(o, request.include_cluster_authorized_operations);
         }
+        KafkaRequest::CreatePartitions(request) => {
+            put_count(o, request.topics.len(), f);
+            for topic in &request.topics {
+                put_string(o, &topic.name, f);
+                o.put_i32(topic.count);
+                // Spate's client never sends assignments: a null array (v0-1 only).
+                o.put_i32(-1);
+            }
+            o.put_i32(request.timeout_ms);
+            put_bool(o, request.validate_only);
+        }
         other => unimplemented!("Spate's Kafka client does not send {:?}", other.api_key()),
     }
     if f {
@@ -830,6 +882,7 @@ impl KafkaRequest {
             KafkaRequest::DescribeConfigs(_) => api::DESCRIBE_CONFIGS,
             KafkaRequest::InitProducerId(_) => api::INIT_PRODUCER_ID,
             KafkaRequest::DescribeCluster(_) => api::DESCRIBE_CLUSTER,
+            KafkaRequest::CreatePartitions(_) => api::CREATE_PARTITIONS,
         }
     }
 }

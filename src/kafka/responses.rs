@@ -823,6 +823,34 @@ impl KafkaResponse for CreateTopicsResponse {
     }
 }
 
+/// One result per topic, as CreateTopics answers (v0-1 of CreatePartitions have the same
+/// layout as CreateTopics v2-4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatePartitionsResponse {
+    pub topics: Vec<TopicResult>,
+}
+
+impl KafkaResponse for CreatePartitionsResponse {
+    const API_KEY: i16 = api::CREATE_PARTITIONS;
+    fn encode_body(&self, _version: i16, out: &mut BytesMut) {
+        let f = false;
+        out.put_i32(0);
+        put_count(out, self.topics.len(), f);
+        for topic in &self.topics {
+            put_string(out, &topic.name, f);
+            out.put_i16(topic.error_code);
+            put_nullable_string(out, topic.error_message.as_deref(), f);
+        }
+    }
+}
+
+impl CreatePartitionsResponse {
+    pub fn decode(body: Bytes) -> Result<CreatePartitionsResponse, KafkaError> {
+        let CreateTopicsResponse { topics } = CreateTopicsResponse::decode(body, 2)?;
+        Ok(CreatePartitionsResponse { topics })
+    }
+}
+
 impl CreateTopicsResponse {
     pub fn decode(body: Bytes, version: i16) -> Result<CreateTopicsResponse, KafkaError> {
         let f = false;

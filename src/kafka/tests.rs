@@ -68,7 +68,17 @@ fn client_requests_round_trip_at_every_supported_version() {
     let cluster = KafkaRequest::DescribeCluster(DescribeClusterRequest {
         include_cluster_authorized_operations: true,
     });
+    let grow = KafkaRequest::CreatePartitions(CreatePartitionsRequest {
+        topics: vec![CreatePartitionsTopic {
+            name: "orders".into(),
+            count: 12,
+            assignments: 0,
+        }],
+        timeout_ms: 30_000,
+        validate_only: false,
+    });
     for (request, api_key) in [
+        (grow, api::CREATE_PARTITIONS),
         (produce, api::PRODUCE),
         (fetch, api::FETCH),
         (metadata, api::METADATA),

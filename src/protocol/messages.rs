@@ -163,6 +163,18 @@ pub struct CreateTopicsRequest {
     pub topics: Vec<NewTopic>,
 }
 
+/// A topic to grow to `count` partitions (the count of all its partitions, new and old).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPartitions {
+    pub name: String,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatePartitionsRequest {
+    pub topics: Vec<NewPartitions>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteTopicsRequest {
     pub names: Vec<String>,
@@ -263,6 +275,7 @@ pub enum Request {
     DeleteGroup(GroupIdRequest),
     /// What each shard holds and is doing (no fields).
     DescribeBroker,
+    CreatePartitions(CreatePartitionsRequest),
 }
 
 impl Request {
@@ -286,6 +299,7 @@ impl Request {
             Request::DescribeGroup(_) => ApiKey::DescribeGroup,
             Request::DeleteGroup(_) => ApiKey::DeleteGroup,
             Request::DescribeBroker => ApiKey::DescribeBroker,
+            Request::CreatePartitions(_) => ApiKey::CreatePartitions,
         }
     }
 
@@ -346,6 +360,10 @@ impl Request {
             Request::DeleteTopics(request) => {
                 put_array(out, &request.names, |out, name| put_string(out, name))
             }
+            Request::CreatePartitions(request) => put_array(out, &request.topics, |out, topic| {
+                put_string(out, &topic.name);
+                out.put_u32(topic.count);
+            }),
             Request::DescribeTopics(request) => {
                 put_array(out, &request.names, |out, name| put_string(out, name))
             }
@@ -429,6 +447,14 @@ impl Request {
             }),
             ApiKey::DeleteTopics => Request::DeleteTopics(DeleteTopicsRequest {
                 names: read_strings(&mut reader, "topics")?,
+            }),
+            ApiKey::CreatePartitions => Request::CreatePartitions(CreatePartitionsRequest {
+                topics: read_array(&mut reader, "topics", 6, |reader| {
+                    Ok(NewPartitions {
+                        name: reader.string("topic name")?,
+                        count: reader.u32("partition count")?,
+                    })
+                })?,
             }),
             ApiKey::DescribeTopics => Request::DescribeTopics(DescribeTopicsRequest {
                 names: read_strings(&mut reader, "topics")?,
@@ -762,6 +788,7 @@ pub enum Response {
     Metadata(MetadataResponse),
     CreateTopics(Vec<TopicStatus>),
     DeleteTopics(Vec<TopicStatus>),
+    CreatePartitions(Vec<TopicStatus>),
     DescribeTopics(Vec<TopicDescription>),
     Produce(ProduceResponse),
     Fetch(FetchResponse),
@@ -836,9 +863,9 @@ impl Response {
                     });
                 });
             }
-            Response::CreateTopics(topics) | Response::DeleteTopics(topics) => {
-                put_topic_statuses(out, topics)
-            }
+            Response::CreateTopics(topics)
+            | Response::DeleteTopics(topics)
+            | Response::CreatePartitions(topics) => put_topic_statuses(out, topics),
             Response::DescribeTopics(topics) => put_array(out, topics, |out, topic| {
                 put_string(out, &topic.name);
                 put_status(out, &topic.status);
@@ -937,6 +964,9 @@ impl Response {
             }),
             ApiKey::CreateTopics => Response::CreateTopics(read_topic_statuses(&mut reader)?),
             ApiKey::DeleteTopics => Response::DeleteTopics(read_topic_statuses(&mut reader)?),
+            ApiKey::CreatePartitions => {
+                Response::CreatePartitions(read_topic_statuses(&mut reader)?)
+            }
             ApiKey::DescribeTopics => {
                 Response::DescribeTopics(read_array(&mut reader, "topics", 14, |reader| {
                     Ok(TopicDescription {

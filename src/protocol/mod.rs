@@ -73,10 +73,11 @@ pub enum ApiKey {
     DescribeGroup = 15,
     DeleteGroup = 16,
     DescribeBroker = 17,
+    CreatePartitions = 18,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 19] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -95,6 +96,7 @@ impl ApiKey {
         ApiKey::DescribeGroup,
         ApiKey::DeleteGroup,
         ApiKey::DescribeBroker,
+        ApiKey::CreatePartitions,
     ];
 
     pub fn from_u16(value: u16) -> Result<ApiKey, ProtocolError> {

@@ -45,6 +45,14 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         prop::collection::vec(name(), 0..4)
             .prop_map(|names| Request::DeleteTopics(DeleteTopicsRequest { names })),
+        prop::collection::vec((name(), any::<u32>()), 0..4).prop_map(|topics| {
+            Request::CreatePartitions(CreatePartitionsRequest {
+                topics: topics
+                    .into_iter()
+                    .map(|(name, count)| NewPartitions { name, count })
+                    .collect(),
+            })
+        }),
         prop::collection::vec(name(), 0..4)
             .prop_map(|names| Request::DescribeTopics(DescribeTopicsRequest { names })),
         (
@@ -195,6 +203,13 @@ fn response() -> impl Strategy<Value = (ApiKey, Response)> {
                 .map(|(name, status)| TopicStatus { name, status })
                 .collect();
             (ApiKey::CreateTopics, Response::CreateTopics(topics))
+        }),
+        prop::collection::vec((name(), status()), 0..4).prop_map(|topics| {
+            let topics = topics
+                .into_iter()
+                .map(|(name, status)| TopicStatus { name, status })
+                .collect();
+            (ApiKey::CreatePartitions, Response::CreatePartitions(topics))
         }),
         prop::collection::vec((name(), status(), any::<u32>(), configs()), 0..4).prop_map(
             |topics| {

@@ -19,9 +19,9 @@ use crate::broker::metadata::{
 use crate::broker::producer_ids::{self, ProducerIds};
 use crate::group::coordinator::{Coordinator, GroupAnswer, GroupCall, GroupConfig};
 use crate::protocol::{
-    ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewTopic,
-    OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, ShardDescription, Status,
-    TopicStatus, quoted,
+    ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewPartitions,
+    NewTopic, OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, ShardDescription,
+    Status, TopicStatus, quoted,
 };
 use crate::semaphore::FifoSemaphore;
 use crate::storage::{Chunk, Log, StorageError};
@@ -66,15 +66,20 @@ pub(crate) enum ShardMessage {
         names: Vec<String>,
         reply: oneshot::Sender<Vec<TopicStatus>>,
     },
-    /// From shard 0 to every shard, before new topics are saved: open (creating) the
-    /// partitions of `topics` that this shard owns; on failure, none stay open.
+    CreatePartitions {
+        topics: Vec<NewPartitions>,
+        reply: oneshot::Sender<Vec<TopicStatus>>,
+    },
+    /// From shard 0 to every shard, before new topics or partitions are saved: open
+    /// (creating) the partitions of `spans` that this shard owns; on failure, none stay
+    /// open.
     OpenPartitions {
-        topics: Vec<TopicRecord>,
+        spans: Vec<Span>,
         reply: oneshot::Sender<Result<(), Status>>,
     },
-    /// From shard 0: close and remove the partitions of `topics` (a creation rolled back).
+    /// From shard 0: close and remove the partitions of `spans` (a creation rolled back).
     DropPartitions {
-        topics: Vec<TopicRecord>,
+        spans: Vec<Span>,
         reply: oneshot::Sender<()>,
     },
     /// A group request of either door, to the shard that coordinates the group.
@@ -203,7 +208,7 @@ impl Shard {
             partitions_opening_max,
         });
         shard
-            .open_partitions(&metadata.topics, Opening::Existing)
+            .open_partitions(&Span::whole(&metadata.topics), Opening::Existing)
             .await
             .map_err(|status| status.message)?;
         *shard.metadata.borrow_mut() = metadata;
@@ -663,7 +668,10 @@ impl Shard {
                 } else {
                     metadata.check_new_topic(topic).and_then(|record| {
                         self.check_limits(&record)?;
-                        budget.take(&record)?;
+                        budget.take(&Span {
+                            topic: record.clone(),
+                            from: 0,
+                        })?;
                         Ok(record)
                     })
                 };
@@ -688,6 +696,7 @@ impl Shard {
         // its partitions open, so a saved topic always opens again on restart. Anything
         // that fails before the save is rolled back; a crash leaves stray directories,
         // which the next start removes.
+        let created = Span::whole(&created);
         let outcome = match self.open_everywhere(&created).await {
             Ok(()) => self
                 .save_metadata(&metadata)
@@ -697,7 +706,99 @@ impl Shard {
         };
         if let Err(status) = outcome {
             self.drop_everywhere(&created).await;
-            let names: HashSet<&str> = created.iter().map(|record| record.name.as_str()).collect();
+            let names: HashSet<&str> = created
+                .iter()
+                .map(|span| span.topic.name.as_str())
+                .collect();
+            for topic in &mut statuses {
+                if names.contains(topic.name.as_str()) {
+                    topic.status = status.clone();
+                }
+            }
+            return statuses;
+        }
+        self.apply_everywhere(metadata, Vec::new()).await;
+        statuses
+    }
+
+    /// Adds partitions to topics (shard 0 does it; other shards forward). As for a
+    /// creation, the new partitions are opened on their owners before the grown topics
+    /// are saved, and dropped again if that fails. Groups subscribed to a grown topic
+    /// rebalance at their next topic check (within about a second).
+    pub async fn create_partitions(
+        self: &Rc<Self>,
+        requests: Vec<NewPartitions>,
+    ) -> Vec<TopicStatus> {
+        let names: Vec<String> = requests.iter().map(|topic| topic.name.clone()).collect();
+        if self.id != 0 {
+            return self
+                .ask_coordinator(names, |reply| ShardMessage::CreatePartitions {
+                    topics: requests,
+                    reply,
+                })
+                .await;
+        }
+        let _turn = self.admin.acquire_permit(1).await;
+        let mut metadata = self.metadata.borrow().clone();
+        let mut budget = Budget::new(&self.config, &metadata);
+        let mut times_named: HashMap<&str, usize> = HashMap::new();
+        for topic in &requests {
+            *times_named.entry(topic.name.as_str()).or_default() += 1;
+        }
+        let mut grown = Vec::new();
+        let mut spans = Vec::new();
+        let mut statuses: Vec<TopicStatus> = requests
+            .iter()
+            .map(|request| {
+                let checked = if times_named[request.name.as_str()] > 1 {
+                    Err(Status::error(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "topic {} is named more than once in this request",
+                            quoted(&request.name)
+                        ),
+                    ))
+                } else {
+                    metadata
+                        .check_new_partitions(&request.name, request.count)
+                        .and_then(|record| {
+                            let from = metadata.topic(&record.name).map_or(0, |old| old.partitions);
+                            let span = Span {
+                                topic: record.clone(),
+                                from,
+                            };
+                            budget.take(&span)?;
+                            Ok((record, span))
+                        })
+                };
+                let status = match checked {
+                    Err(status) => status,
+                    Ok((record, span)) => {
+                        grown.push(record);
+                        spans.push(span);
+                        Status::ok()
+                    }
+                };
+                TopicStatus {
+                    name: request.name.clone(),
+                    status,
+                }
+            })
+            .collect();
+        if spans.is_empty() {
+            return statuses;
+        }
+        metadata.grow_topics(&grown);
+        let outcome = match self.open_everywhere(&spans).await {
+            Ok(()) => self
+                .save_metadata(&metadata)
+                .await
+                .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string())),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = outcome {
+            self.drop_everywhere(&spans).await;
+            let names: HashSet<&str> = spans.iter().map(|span| span.topic.name.as_str()).collect();
             for topic in &mut statuses {
                 if names.contains(topic.name.as_str()) {
                     topic.status = status.clone();
@@ -775,26 +876,26 @@ impl Shard {
         off_reactor(move || metadata.save(&data_dir)).await
     }
 
-    /// Has every shard open the partitions it owns of `topics`; the first failure is
+    /// Has every shard open the partitions it owns of `spans`; the first failure is
     /// returned (the caller rolls back with `drop_everywhere`).
-    async fn open_everywhere(&self, topics: &[TopicRecord]) -> Result<(), Status> {
+    async fn open_everywhere(&self, spans: &[Span]) -> Result<(), Status> {
         for peer in (0..self.count).filter(|&peer| peer != self.id) {
-            let topics = topics.to_vec();
-            self.ask(peer, |reply| ShardMessage::OpenPartitions { topics, reply })
+            let spans = spans.to_vec();
+            self.ask(peer, |reply| ShardMessage::OpenPartitions { spans, reply })
                 .await??;
         }
-        self.open_partitions(topics, Opening::Fresh).await
+        self.open_partitions(spans, Opening::Fresh).await
     }
 
-    /// Has every shard close and remove its partitions of `topics`.
-    async fn drop_everywhere(&self, topics: &[TopicRecord]) {
+    /// Has every shard close and remove its partitions of `spans`.
+    async fn drop_everywhere(&self, spans: &[Span]) {
         for peer in (0..self.count).filter(|&peer| peer != self.id) {
-            let topics = topics.to_vec();
+            let spans = spans.to_vec();
             let _ = self
-                .ask(peer, |reply| ShardMessage::DropPartitions { topics, reply })
+                .ask(peer, |reply| ShardMessage::DropPartitions { spans, reply })
                 .await;
         }
-        self.drop_partitions(topics).await;
+        self.drop_partitions(spans).await;
     }
 
     /// Has every shard take the saved metadata before answering. The save is the commit
@@ -818,10 +919,11 @@ impl Shard {
         }
     }
 
-    /// The partitions of `topic` this shard owns.
-    fn owned(&self, topic: &TopicRecord) -> impl Iterator<Item = u32> {
-        let (name, id, count) = (topic.name.clone(), self.id, self.count);
-        (0..topic.partitions).filter(move |&partition| shard_for(&name, partition, count) == id)
+    /// The partitions of `span` this shard owns.
+    fn owned(&self, span: &Span) -> impl Iterator<Item = u32> {
+        let (name, id, count) = (span.topic.name.clone(), self.id, self.count);
+        (span.from..span.topic.partitions)
+            .filter(move |&partition| shard_for(&name, partition, count) == id)
     }
 
     /// Opens the partitions this shard owns of `topics`, `partitions_opening_max` at a
@@ -831,17 +933,14 @@ impl Shard {
     /// stopping shard opens no fresh partitions, since its logs are about to close. If one
     /// fails, those opened by this call are dropped again (fresh ones) or left to the
     /// caller, which fails the start (existing ones).
-    async fn open_partitions(
-        &self,
-        topics: &[TopicRecord],
-        opening: Opening,
-    ) -> Result<(), Status> {
+    async fn open_partitions(&self, spans: &[Span], opening: Opening) -> Result<(), Status> {
         type Pending = glommio::Task<Result<Log, String>>;
         let mut opened: Vec<(String, u32)> = Vec::new();
         let mut under_way: VecDeque<((String, u32), Pending)> = VecDeque::new();
         let mut failure = None;
-        'topics: for topic in topics {
-            for partition in self.owned(topic) {
+        'topics: for span in spans {
+            let topic = &span.topic;
+            for partition in self.owned(span) {
                 if under_way.len() >= self.partitions_opening_max {
                     let (key, task) = under_way.pop_front().expect("full");
                     if let Err(status) = self.adopt(key, task.await, opening, &mut opened).await {
@@ -938,11 +1037,11 @@ impl Shard {
         }
     }
 
-    /// Closes and removes this shard's partitions of `topics`.
-    async fn drop_partitions(&self, topics: &[TopicRecord]) {
-        for topic in topics {
-            for partition in self.owned(topic) {
-                self.drop_partition(&topic.name, partition).await;
+    /// Closes and removes this shard's partitions of `spans`.
+    async fn drop_partitions(&self, spans: &[Span]) {
+        for span in spans {
+            for partition in self.owned(span) {
+                self.drop_partition(&span.topic.name, partition).await;
             }
         }
     }
@@ -969,7 +1068,7 @@ impl Shard {
             let names: Vec<String> = deleted.iter().map(|topic| topic.name.clone()).collect();
             self.groups.topics_deleted(&names).await;
         }
-        self.drop_partitions(&deleted).await;
+        self.drop_partitions(&Span::whole(&deleted)).await;
     }
 
     /// Serves a message from another shard.
@@ -1043,6 +1142,9 @@ impl Shard {
             ShardMessage::DeleteTopics { names, reply } => {
                 let _ = reply.send(self.delete_topics(names).await);
             }
+            ShardMessage::CreatePartitions { topics, reply } => {
+                let _ = reply.send(self.create_partitions(topics).await);
+            }
             ShardMessage::Group { call, reply } => {
                 let _ = reply.send(self.groups.call(call, &self.stopping).await);
             }
@@ -1055,11 +1157,11 @@ impl Shard {
             ShardMessage::Describe { reply } => {
                 let _ = reply.send(self.describe());
             }
-            ShardMessage::OpenPartitions { topics, reply } => {
-                let _ = reply.send(self.open_partitions(&topics, Opening::Fresh).await);
+            ShardMessage::OpenPartitions { spans, reply } => {
+                let _ = reply.send(self.open_partitions(&spans, Opening::Fresh).await);
             }
-            ShardMessage::DropPartitions { topics, reply } => {
-                self.drop_partitions(&topics).await;
+            ShardMessage::DropPartitions { spans, reply } => {
+                self.drop_partitions(&spans).await;
                 let _ = reply.send(());
             }
             ShardMessage::ApplyMetadata {
@@ -1099,6 +1201,26 @@ async fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
     .await
 }
 
+/// Partitions `from..topic.partitions` of a topic: all of a new or deleted topic's, or
+/// those a topic grows by.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub topic: TopicRecord,
+    pub from: u32,
+}
+
+impl Span {
+    fn whole(topics: &[TopicRecord]) -> Vec<Span> {
+        topics
+            .iter()
+            .map(|topic| Span {
+                topic: topic.clone(),
+                from: 0,
+            })
+            .collect()
+    }
+}
+
 /// What new partitions may still take: each shard's partition limit. (File descriptors
 /// do not limit them: a shard keeps at most its cap of segment files open, `files.rs`.)
 struct Budget {
@@ -1114,13 +1236,22 @@ impl Budget {
         }
     }
 
-    /// Counts `topic`'s partitions against the budget, or says why they do not fit.
-    fn take(&mut self, topic: &TopicRecord) -> Result<(), Status> {
+    /// Counts `span`'s partitions against the budget, or says why they do not fit.
+    fn take(&mut self, span: &Span) -> Result<(), Status> {
+        let topic = &span.topic;
+        let mut added = partitions_per_shard(std::slice::from_ref(topic), self.per_shard.len());
+        if span.from > 0 {
+            let before = TopicRecord {
+                partitions: span.from,
+                ..topic.clone()
+            };
+            let had = partitions_per_shard(std::slice::from_ref(&before), added.len());
+            for (count, had) in added.iter_mut().zip(had) {
+                *count -= had;
+            }
+        }
         let mut per_shard = self.per_shard.clone();
-        for (shard, count) in partitions_per_shard(std::slice::from_ref(topic), per_shard.len())
-            .into_iter()
-            .enumerate()
-        {
+        for (shard, count) in added.into_iter().enumerate() {
             per_shard[shard] += count;
             if per_shard[shard] > self.max_per_shard {
                 return Err(Status::error(

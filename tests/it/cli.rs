@@ -107,6 +107,24 @@ fn topic_commands_work_and_fail_clearly() {
         &spate(&broker, &["topic", "describe", "nope"], ""),
         "does not exist",
     );
+    assert_eq!(
+        ok(&spate(
+            &broker,
+            &["topic", "alter", "orders", "--partitions", "5"],
+            ""
+        )),
+        "Topic orders now has 5 partitions.\n"
+    );
+    let described = ok(&spate(&broker, &["topic", "describe", "orders"], ""));
+    assert_eq!(described.matches("Partition: ").count(), 5, "{described}");
+    failed(
+        &spate(
+            &broker,
+            &["topic", "alter", "orders", "--partitions", "4"],
+            "",
+        ),
+        "can only be added",
+    );
     ok(&spate(&broker, &["topic", "delete", "clicks"], ""));
     failed(
         &spate(&broker, &["topic", "delete", "clicks"], ""),
@@ -408,6 +426,7 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
     );
     assert_eq!(run(&["topic", "list"], ""), "orders\n");
     assert!(run(&["topic", "describe", "orders"], "").contains("PartitionCount: 6"));
+    assert!(run(&["topic", "alter", "orders", "--partitions", "8"], "").contains("now has 8"));
     let offsets = run(
         &[
             "produce",

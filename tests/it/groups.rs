@@ -167,6 +167,42 @@ fn all_records(partitions: u32, count: usize) -> BTreeSet<(u32, i64)> {
         .collect()
 }
 
+/// Partitions added to a subscribed topic are shared out at the group's next topic check:
+/// two members of a 2-partition topic grown to 4 hold two each, and read the new ones.
+#[test]
+fn partitions_added_to_a_subscribed_topic_are_shared_out() {
+    let broker = Broker::start(2);
+    let mut connection = broker.connect();
+    connection.create_topic("widening", 2, &[]).unwrap();
+    let members: Vec<Member> = (0..2)
+        .map(|_| Member::start(&broker.address(), config("w", &["widening"])))
+        .collect();
+    let refs: Vec<&Member> = members.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || covers(&refs, 2)),
+        "{:?}",
+        refs.iter().map(|m| m.assignment()).collect::<Vec<_>>()
+    );
+    let status = connection.create_partitions("widening", 4).unwrap().status;
+    assert!(status.is_ok(), "{status}");
+    assert!(
+        wait_until(Duration::from_secs(20), || covers(&refs, 4)),
+        "the two members cover all four partitions: {:?}",
+        refs.iter().map(|m| m.assignment()).collect::<Vec<_>>()
+    );
+    produce(&mut connection, "widening", 4, 5);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let mut read: Vec<(u32, i64)> =
+                refs.iter().flat_map(|member| member.records()).collect();
+            read.sort_unstable();
+            read.dedup();
+            read.len() == 20
+        }),
+        "every record of the four partitions is read"
+    );
+}
+
 #[test]
 fn three_members_share_six_partitions_and_the_others_take_over_when_one_leaves() {
     let broker = Broker::start(2);

@@ -160,6 +160,18 @@ fn wide_request(kind: ApiKey, entries: usize, name: &str) -> Request {
                 })
                 .collect(),
         }),
+        // Past every limit, so that no request (noise on one byte included) adds any.
+        ApiKey::CreatePartitions => {
+            Request::CreatePartitions(spate::protocol::CreatePartitionsRequest {
+                topics: names()
+                    .into_iter()
+                    .map(|name| spate::protocol::NewPartitions {
+                        name,
+                        count: u32::MAX,
+                    })
+                    .collect(),
+            })
+        }
         ApiKey::Produce => Request::Produce(ProduceRequest {
             acks: Acks::All,
             timeout_ms: 30_000,
@@ -234,11 +246,12 @@ fn wide_request(kind: ApiKey, entries: usize, name: &str) -> Request {
     }
 }
 
-const WIDE_KINDS: [ApiKey; 10] = [
+const WIDE_KINDS: [ApiKey; 11] = [
     ApiKey::Metadata,
     ApiKey::DescribeTopics,
     ApiKey::DeleteTopics,
     ApiKey::CreateTopics,
+    ApiKey::CreatePartitions,
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -269,6 +282,7 @@ fn requests_of_every_kind_at_the_entry_limit_are_answered_within_bounded_memory(
                 | ApiKey::DescribeTopics
                 | ApiKey::DeleteTopics
                 | ApiKey::CreateTopics
+                | ApiKey::CreatePartitions
                 | ApiKey::JoinGroup
         );
         let other = if names_per_entry {

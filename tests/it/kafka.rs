@@ -359,7 +359,7 @@ fn a_confluent_group_shares_rebalances_commits_and_another_group_fans_out() {
 }
 
 /// Kafka's admin calls through librdkafka: create (and again: already exists), describe
-/// configs, metadata, describe the cluster, delete.
+/// configs, metadata, add partitions (and fewer: refused), describe the cluster, delete.
 #[test]
 fn kafka_admin_calls_create_describe_and_delete_topics() {
     let broker = Broker::start(2);
@@ -371,6 +371,12 @@ fn kafka_admin_calls_create_describe_and_delete_topics() {
     assert_eq!(result["again"], "TOPIC_ALREADY_EXISTS", "{result}");
     assert_eq!(result["retention.ms"], "3600000", "{result}");
     assert_eq!(result["partitions"], 3, "{result}");
+    assert_eq!(
+        result["validated"], 3,
+        "validate_only adds nothing: {result}"
+    );
+    assert_eq!(result["grown"], 5, "{result}");
+    assert_eq!(result["shrunk"], "INVALID_PARTITIONS", "{result}");
     assert_eq!(result["brokers"], serde_json::json!([0, 1]), "{result}");
     // DescribeCluster: every shard as its own broker, on its own Kafka port.
     let (first, second) = (broker.kafka_port + 1, broker.kafka_port + 2);

@@ -344,3 +344,84 @@ fn ten_thousand_partitions_on_one_shard_are_created_written_restarted_and_read()
         assert!(values[0].1.starts_with(&format!("w{partition}-0")));
     }
 }
+
+/// Partitions added to a topic: opened on their owner shards, served at once, kept across
+/// a restart, with the old partitions' records where they were; a count that does not
+/// grow, an unknown topic and a count past the shard limit are refused and change nothing;
+/// an addition that fails on one shard is rolled back everywhere.
+#[test]
+fn partitions_are_added_to_a_topic_and_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let flags = ["--partitions-max-per-shard", "5"];
+    let mut broker = Broker::start_in(&data_dir, 2, &flags);
+    let mut client = broker.connect();
+    assert!(client.create_topic("grow", 2, &[]).unwrap().status.is_ok());
+    let produce = |client: &mut spate::client::Connection, partition: u32, tag: &str| {
+        let answer = client
+            .produce("grow", partition, batch(tag, 2, 10, 0), Acks::All)
+            .unwrap()
+            .unwrap();
+        assert!(answer.status.is_ok(), "{}", answer.status);
+    };
+    produce(&mut client, 0, "old0");
+    produce(&mut client, 1, "old1");
+
+    let status = client.create_partitions("grow", 6).unwrap().status;
+    assert!(status.is_ok(), "{status}");
+    let metadata = client.metadata(&["grow"]).unwrap();
+    let owners: Vec<u16> = metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|partition| partition.shard_id)
+        .collect();
+    assert_eq!(owners.len(), 6);
+    assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
+    for partition in 2..6 {
+        produce(&mut client, partition, &format!("new{partition}"));
+    }
+
+    for (count, code) in [
+        (6, ErrorCode::InvalidPartitions),
+        (3, ErrorCode::InvalidPartitions),
+        // 11 partitions would give a shard 6: over the limit of 5.
+        (11, ErrorCode::ResourceLimit),
+    ] {
+        let status = client.create_partitions("grow", count).unwrap().status;
+        assert_eq!(status.code, code, "{count}: {status}");
+    }
+    let status = client.create_partitions("absent", 3).unwrap().status;
+    assert_eq!(status.code, ErrorCode::UnknownTopicOrPartition, "{status}");
+
+    // A partition directory that cannot be made fails the addition on its shard; the
+    // partitions made on the other shard are removed again.
+    std::fs::write(data_dir.join("topics/grow-7"), b"in the way").unwrap();
+    let status = client.create_partitions("grow", 8).unwrap().status;
+    assert_eq!(status.code, ErrorCode::StorageError, "{status}");
+    assert!(!data_dir.join("topics/grow-6").exists());
+    std::fs::remove_file(data_dir.join("topics/grow-7")).unwrap();
+    let described = client.describe_topics(&["grow"]).unwrap().remove(0);
+    assert_eq!(described.partitions, 6);
+
+    drop(client);
+    broker.stop();
+    let broker = Broker::start_in(&data_dir, 2, &flags);
+    let mut client = broker.connect();
+    assert_eq!(
+        client.metadata(&["grow"]).unwrap().topics[0]
+            .partitions
+            .len(),
+        6
+    );
+    for partition in 0..6 {
+        let values = crate::server::read_partition(&mut client, "grow", partition, 0);
+        let tag = if partition < 2 { "old" } else { "new" };
+        assert_eq!(values.len(), 2, "partition {partition}");
+        assert!(
+            values[0].1.starts_with(&format!("{tag}{partition}")),
+            "{values:?}"
+        );
+    }
+    // Still room for one more on each shard.
+    assert!(client.create_partitions("grow", 8).unwrap().status.is_ok());
+}

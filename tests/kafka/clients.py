@@ -164,8 +164,8 @@ def confluent_group(args):
 
 
 def admin(args):
-    """Kafka's admin calls through confluent-kafka: create, describe configs, metadata,
-    describe the cluster, delete a topic."""
+    """Kafka's admin calls through confluent-kafka: create, describe configs, metadata, add
+    partitions, describe the cluster, delete a topic."""
     from confluent_kafka.admin import AdminClient, NewTopic, ConfigResource
 
     client = AdminClient({"bootstrap.servers": args.bootstrap})
@@ -187,6 +187,19 @@ def admin(args):
         result["retention.ms"] = entries["retention.ms"].value
     metadata = client.list_topics(timeout=20)
     result["partitions"] = len(metadata.topics[args.topic].partitions)
+    from confluent_kafka.admin import NewPartitions
+    checked = client.create_partitions([NewPartitions(args.topic, 4)], validate_only=True)
+    checked[args.topic].result(20)
+    result["validated"] = len(client.list_topics(timeout=20).topics[args.topic].partitions)
+    for _, future in client.create_partitions([NewPartitions(args.topic, 5)]).items():
+        future.result(20)
+    result["grown"] = len(client.list_topics(timeout=20).topics[args.topic].partitions)
+    try:
+        shrink = client.create_partitions([NewPartitions(args.topic, 2)])
+        shrink[args.topic].result(20)
+        result["shrunk"] = "added"
+    except Exception as error:  # INVALID_PARTITIONS, as Kafka
+        result["shrunk"] = error.args[0].name()
     cluster = client.describe_cluster(request_timeout=20).result(20)
     result["cluster"] = {"id": cluster.cluster_id, "controller": cluster.controller.id,
                          "nodes": sorted([node.id, node.port] for node in cluster.nodes)}

@@ -158,6 +158,7 @@ pub(crate) async fn handle(
         Request::Metadata(request) => metadata::handle(&shard, request),
         Request::CreateTopics(request) => topics::create(&shard, request).await,
         Request::DeleteTopics(request) => topics::delete(&shard, request).await,
+        Request::CreatePartitions(request) => topics::create_partitions(&shard, request).await,
         Request::DescribeTopics(request) => topics::describe(&shard, request),
         Request::Produce(request) => {
             return produce::handle(&shard, request, exchange).await;

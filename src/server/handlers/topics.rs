@@ -1,14 +1,21 @@
 use std::rc::Rc;
 
 use crate::protocol::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest, ErrorCode, Response, Status,
-    TopicDescription, quoted,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest,
+    ErrorCode, Response, Status, TopicDescription, quoted,
 };
 use crate::server::shard::Shard;
 use crate::storage::LogConfig;
 
 pub(super) async fn create(shard: &Rc<Shard>, request: CreateTopicsRequest) -> Response {
     Response::CreateTopics(shard.create_topics(request.topics).await)
+}
+
+pub(super) async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+) -> Response {
+    Response::CreatePartitions(shard.create_partitions(request.topics).await)
 }
 
 pub(super) async fn delete(shard: &Rc<Shard>, request: DeleteTopicsRequest) -> Response {

@@ -1,11 +1,11 @@
-//! ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs, InitProducerId and
-//! DescribeCluster over Kafka's protocol.
+//! ApiVersions, CreateTopics, CreatePartitions, DeleteTopics, DescribeConfigs,
+//! InitProducerId and DescribeCluster over Kafka's protocol.
 
 use std::rc::Rc;
 
 use super::code;
 use crate::kafka::{self, error};
-use crate::protocol::NewTopic;
+use crate::protocol::{ErrorCode, NewPartitions, NewTopic, Status};
 use crate::server::handlers::topics::effective_configs;
 use crate::server::shard::Shard;
 
@@ -105,6 +105,78 @@ pub(super) async fn create_topics(
         })
         .collect();
     kafka::CreateTopicsResponse { topics }
+}
+
+/// Adds partitions through the same path as the native door. Explicit replica
+/// assignments are refused, as at creation; `validate_only` checks without adding.
+pub(super) async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: kafka::CreatePartitionsRequest,
+) -> kafka::CreatePartitionsResponse {
+    let mut results: Vec<Option<kafka::TopicResult>> = Vec::with_capacity(request.topics.len());
+    let mut to_grow = Vec::new();
+    for topic in request.topics {
+        let refuse = |status: Status| {
+            Some(kafka::TopicResult {
+                name: topic.name.clone(),
+                error_code: code(&status),
+                error_message: Some(status.message),
+            })
+        };
+        let result = if topic.assignments > 0 {
+            Some(kafka::TopicResult {
+                name: topic.name.clone(),
+                error_code: error::INVALID_REPLICA_ASSIGNMENT,
+                error_message: Some(
+                    "Spate places partitions on shards itself; send no replica assignment"
+                        .to_string(),
+                ),
+            })
+        } else if topic.count < 1 {
+            refuse(Status::error(
+                ErrorCode::InvalidPartitions,
+                format!("a topic needs at least one partition, not {}", topic.count),
+            ))
+        } else if request.validate_only {
+            let checked = shard
+                .metadata
+                .borrow()
+                .check_new_partitions(&topic.name, topic.count as u32);
+            match checked {
+                Ok(_) => Some(kafka::TopicResult {
+                    name: topic.name.clone(),
+                    error_code: error::NONE,
+                    error_message: None,
+                }),
+                Err(status) => refuse(status),
+            }
+        } else {
+            None
+        };
+        if result.is_none() {
+            to_grow.push(NewPartitions {
+                name: topic.name,
+                count: topic.count as u32,
+            });
+        }
+        results.push(result);
+    }
+    let mut grown = shard.create_partitions(to_grow).await.into_iter();
+    let topics = results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                let status = grown.next().expect("one answer per topic grown");
+                let ok = status.status.is_ok();
+                kafka::TopicResult {
+                    name: status.name,
+                    error_code: code(&status.status),
+                    error_message: (!ok).then_some(status.status.message),
+                }
+            })
+        })
+        .collect();
+    kafka::CreatePartitionsResponse { topics }
 }
 
 pub(super) async fn delete_topics(

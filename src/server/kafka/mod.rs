@@ -8,8 +8,8 @@
 //!
 //! - `data`: Metadata, Produce, Fetch, ListOffsets.
 //! - `groups`: FindCoordinator and the consumer-group APIs, through the group coordinator.
-//! - `admin`: ApiVersions, CreateTopics, DeleteTopics, DescribeConfigs, InitProducerId,
-//!   DescribeCluster.
+//! - `admin`: ApiVersions, CreateTopics, CreatePartitions, DeleteTopics, DescribeConfigs,
+//!   InitProducerId, DescribeCluster.
 
 mod admin;
 mod data;
@@ -179,6 +179,11 @@ pub(crate) async fn handle(
         ),
         KafkaRequest::InitProducerId(request) => frame(
             admin::init_producer_id(shard, request).await,
+            version,
+            correlation_id,
+        ),
+        KafkaRequest::CreatePartitions(request) => frame(
+            admin::create_partitions(shard, request).await,
             version,
             correlation_id,
         ),
