@@ -426,7 +426,6 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
     );
     assert_eq!(run(&["topic", "list"], ""), "orders\n");
     assert!(run(&["topic", "describe", "orders"], "").contains("PartitionCount: 6"));
-    assert!(run(&["topic", "alter", "orders", "--partitions", "8"], "").contains("now has 8"));
     let offsets = run(
         &[
             "produce",
@@ -453,6 +452,22 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
     let mut records: Vec<&str> = consumed.lines().collect();
     records.sort_unstable();
     assert_eq!(records, ["alice=login", "alice=logout", "bob=login"]);
+    // The README's fixed-partition read: alice's records are on partition 3 of 6.
+    let second = run(
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            "3",
+            "--offset",
+            "1",
+            "--timeout-ms",
+            "1000",
+        ],
+        "",
+    );
+    assert_eq!(second, "logout\n");
+    assert!(run(&["topic", "alter", "orders", "--partitions", "8"], "").contains("now has 8"));
     run(
         &[
             "consume",
