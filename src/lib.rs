@@ -7,6 +7,7 @@
 //! - [`protocol`]: the native binary protocol, pure code shared by server and client.
 //! - [`broker`]: topics, their durable metadata and the partition-to-shard table.
 //! - [`group`]: consumer groups: assignors, committed offsets, the coordinator.
+//! - [`cluster`]: the cluster metadata on Raft (issue 14, in progress: its store).
 //! - [`server`]: the thread-per-core network server (shards, connections, handlers).
 //! - [`client`]: the Rust client (blocking sockets), on `protocol` and `record` only.
 //!
@@ -15,6 +16,7 @@
 pub mod broker;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod group;
 pub mod kafka;
 pub mod limits;
