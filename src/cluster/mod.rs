@@ -1,11 +1,12 @@
 //! The cluster (issue 14, in progress): cluster metadata as a replicated state machine on
 //! Raft (openraft 0.9, pinned), run on a thread of its own outside the data shards.
 //!
-//! So far: `store`, the durable Raft log and the metadata state machine, checked against
-//! openraft's storage conformance suite. The Raft node, its network, the brokers'
-//! heartbeats and partition replication are still to come; the broker does not use this
-//! module yet.
+//! So far: `store`, the durable Raft log and the metadata state machine (checked against
+//! openraft's storage conformance suite), and `node`, one voter with its thread and its
+//! TCP transport. The brokers' heartbeats and fencing, partition replication and the
+//! wiring into `spate serve` are still to come: the broker does not use this module yet.
 
+pub mod node;
 pub mod store;
 
 use crate::broker::metadata::{ClusterMetadata, TopicRecord};

@@ -4,6 +4,7 @@
 mod assignors;
 mod broker_lifecycle;
 mod cli;
+mod cluster;
 mod fault_proxy;
 mod groups;
 mod hostile;

@@ -1,0 +1,108 @@
+//! The metadata Raft group (issue 14, in progress): three nodes on loopback elect a
+//! leader, replicate metadata commands, elect another when the leader stops, and a node
+//! that comes back catches up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use spate::broker::metadata::TopicRecord;
+use spate::cluster::node::{ClusterNode, NodeConfig};
+use spate::cluster::{Command, CommandReply};
+
+use crate::server::free_ports;
+
+fn topic(name: &str) -> TopicRecord {
+    TopicRecord {
+        name: name.into(),
+        partitions: 3,
+        configs: Vec::new(),
+    }
+}
+
+/// Waits until `ready` gives a value (at most `limit`).
+fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The leader every running node agrees on.
+fn agreed_leader(nodes: &BTreeMap<u64, ClusterNode>) -> Option<u64> {
+    let leaders: Vec<Option<u64>> = nodes.values().map(ClusterNode::leader).collect();
+    let first = leaders[0]?;
+    (leaders.iter().all(|leader| *leader == Some(first)) && nodes.contains_key(&first))
+        .then_some(first)
+}
+
+#[test]
+fn three_nodes_elect_replicate_fail_over_and_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<u64, SocketAddr> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", free_ports(0)).parse().unwrap()))
+        .collect();
+    let config = |id: u64| NodeConfig {
+        id,
+        dir: dir.path().join(format!("node{id}")),
+        voters: voters.clone(),
+    };
+    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
+        .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
+        .collect();
+    let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
+        .expect("the three nodes agree on a leader");
+
+    assert_eq!(
+        nodes[&leader].write(Command::CreateTopics(vec![topic("orders")])),
+        Ok(CommandReply::Done)
+    );
+    // A follower does not take writes: its error names the leader.
+    let follower = *nodes.keys().find(|id| **id != leader).unwrap();
+    let refused = nodes[&follower]
+        .write(Command::CreateTopics(vec![topic("elsewhere")]))
+        .unwrap_err();
+    assert!(refused.contains("forward"), "{refused}");
+    assert!(
+        wait_for(Duration::from_secs(10), || nodes
+            .values()
+            .all(|node| node.metadata().topic("orders").is_some())
+            .then_some(()))
+        .is_some(),
+        "every node applies the committed topic"
+    );
+
+    // The leader stops: the other two elect one of themselves and go on.
+    let term = nodes[&leader].term();
+    let stopped_at = Instant::now();
+    drop(nodes.remove(&leader));
+    let successor = wait_for(Duration::from_secs(20), || {
+        agreed_leader(&nodes).filter(|_| nodes.values().all(|node| node.term() > term))
+    })
+    .expect("the two survivors elect a new leader");
+    eprintln!(
+        "failover: node {successor} leads {} ms after node {leader} stopped",
+        stopped_at.elapsed().as_millis()
+    );
+    assert_eq!(
+        nodes[&successor].write(Command::CreateTopics(vec![topic("clicks")])),
+        Ok(CommandReply::Done)
+    );
+
+    // The old leader comes back from its files and catches up.
+    nodes.insert(leader, ClusterNode::start(config(leader)).unwrap());
+    assert!(
+        wait_for(Duration::from_secs(20), || nodes
+            .values()
+            .all(|node| node.metadata().topics == [topic("clicks"), topic("orders")])
+            .then_some(()))
+        .is_some(),
+        "all three hold both topics"
+    );
+}
