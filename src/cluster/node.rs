@@ -224,8 +224,14 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T
 /// Answers the Raft RPCs of the other nodes.
 async fn serve(listener: TcpListener, raft: Raft<TypeConfig>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, say: try again shortly rather than spin.
+                tracing::warn!(%error, "accepting a Raft connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
