@@ -41,8 +41,11 @@ const RPC_FRAME_BYTES_MAX: usize = 64 << 20;
 pub struct NodeConfig {
     pub id: NodeId,
     pub dir: PathBuf,
-    /// Every voter (this node included) and its cluster address.
+    /// Every voter and the address this node reaches it at (its own entry is what the
+    /// others are told, in the first membership it proposes).
     pub voters: BTreeMap<NodeId, SocketAddr>,
+    /// Where this node listens for the others' Raft RPCs.
+    pub listen: SocketAddr,
 }
 
 /// openraft's settings for node `id`: see the module's notes on timing.
@@ -79,10 +82,13 @@ impl ClusterNode {
     /// when the cluster has never formed, proposes the voters as its first membership
     /// (every node does; they all propose the same one).
     pub fn start(config: NodeConfig) -> io::Result<ClusterNode> {
-        let address = *config
-            .voters
-            .get(&config.id)
-            .ok_or_else(|| io::Error::other(format!("node {} is not a voter", config.id)))?;
+        if !config.voters.contains_key(&config.id) {
+            return Err(io::Error::other(format!(
+                "node {} is not a voter",
+                config.id
+            )));
+        }
+        let address = config.listen;
         let log = LogStore::open(&config.dir)?;
         let machine = MetadataMachine::open(&config.dir)?;
         let raft_config = Arc::new(raft_config(config.id)?);

@@ -52,6 +52,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
         id,
         dir: dir.path().join(format!("node{id}")),
         voters: voters.clone(),
+        listen: voters[&id],
     };
     let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
         .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
@@ -105,4 +106,97 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
         .is_some(),
         "all three hold both topics"
     );
+}
+
+/// Each node reaches each other through a fault proxy of its own (six links): the
+/// leader's links are blackholed both ways. The other two elect a leader and commit; the
+/// cut-off leader commits nothing (a write to it never completes while it is alone);
+/// once healed it follows the new leader and holds what the majority committed, and
+/// nothing of its own.
+#[test]
+fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
+    use crate::fault_proxy::{Fault, FaultProxy};
+    let dir = tempfile::tempdir().unwrap();
+    let listen: BTreeMap<u64, SocketAddr> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", free_ports(0)).parse().unwrap()))
+        .collect();
+    // links[(from, to)]: what `from` connects to in order to reach `to`.
+    let mut links: BTreeMap<(u64, u64), FaultProxy> = BTreeMap::new();
+    for from in 1..=3 {
+        for to in (1..=3).filter(|to| *to != from) {
+            links.insert((from, to), FaultProxy::start(listen[&to]));
+        }
+    }
+    let config = |id: u64| NodeConfig {
+        id,
+        dir: dir.path().join(format!("node{id}")),
+        voters: (1..=3)
+            .map(|to| {
+                let address = if to == id {
+                    listen[&id]
+                } else {
+                    links[&(id, to)].address
+                };
+                (to, address)
+            })
+            .collect(),
+        listen: listen[&id],
+    };
+    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
+        .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
+        .collect();
+    let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
+        .expect("the three nodes agree on a leader");
+    assert_eq!(
+        nodes[&leader].write(Command::CreateTopics(vec![topic("before")])),
+        Ok(CommandReply::Done)
+    );
+
+    for ((from, to), link) in &links {
+        if *from == leader || *to == leader {
+            link.set(Fault::Blackhole);
+        }
+    }
+    let cut_off = nodes.remove(&leader).unwrap();
+    let term = cut_off.term();
+    let successor = wait_for(Duration::from_secs(20), || {
+        agreed_leader(&nodes).filter(|_| nodes.values().all(|node| node.term() > term))
+    })
+    .expect("the majority elects a new leader");
+    assert_eq!(
+        nodes[&successor].write(Command::CreateTopics(vec![topic("majority")])),
+        Ok(CommandReply::Done)
+    );
+    // The cut-off leader cannot commit: its write waits for a quorum that never comes.
+    let cut_off = std::sync::Arc::new(cut_off);
+    let stranded = {
+        let cut_off = cut_off.clone();
+        std::thread::spawn(move || cut_off.write(Command::CreateTopics(vec![topic("alone")])))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !stranded.is_finished(),
+        "a write without a quorum does not complete"
+    );
+    assert!(cut_off.metadata().topic("alone").is_none());
+
+    for link in links.values() {
+        link.set(Fault::None);
+    }
+    let everyone_follows = wait_for(Duration::from_secs(20), || {
+        (cut_off.leader() == Some(successor)
+            && cut_off.metadata().topics == [topic("before"), topic("majority")])
+        .then_some(())
+    });
+    assert!(
+        everyone_follows.is_some(),
+        "the old leader follows node {successor} and holds what the majority committed: {:?}",
+        cut_off.metadata().topics
+    );
+    // Its own proposal was never committed: it fails (or was overwritten) and is nowhere.
+    let outcome = stranded.join().unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+    for node in nodes.values() {
+        assert!(node.metadata().topic("alone").is_none());
+    }
 }
