@@ -7,6 +7,7 @@
 //! wiring into `spate serve` are still to come: the broker does not use this module yet.
 
 pub mod node;
+pub mod state;
 pub mod store;
 
 use crate::broker::metadata::{ClusterMetadata, TopicRecord};
