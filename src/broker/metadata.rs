@@ -24,16 +24,7 @@ pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    Default,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
+    Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct ClusterMetadata {
     /// Bumped by every change, so shards can tell which copy is newer.
@@ -43,17 +34,7 @@ pub struct ClusterMetadata {
     pub topics: Vec<TopicRecord>,
 }
 
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TopicRecord {
     pub name: String,
     pub partitions: u32,

@@ -1,36 +1,29 @@
 //! The cluster (issue 14, in progress): cluster metadata as a replicated state machine on
 //! Raft (openraft 0.9, pinned), run on a thread of its own outside the data shards.
 //!
-//! So far: `store`, the durable Raft log and the metadata state machine (checked against
-//! openraft's storage conformance suite), and `node`, one voter with its thread and its
-//! TCP transport. The brokers' heartbeats and fencing, partition replication and the
-//! wiring into `spate serve` are still to come: the broker does not use this module yet.
+//! So far: `state`, the cluster's state (brokers, and each partition's replicas, leader,
+//! leader epoch and ISR) and the commands that change it; `store`, the durable Raft log
+//! and the state machine that applies those commands (checked against openraft's storage
+//! conformance suite); and `node`, one voter with its thread and its TCP transport. The
+//! brokers' heartbeats and session fencing on the controller, partition replication and
+//! the wiring into `spate serve` are still to come: the broker does not use this module
+//! yet.
 
 pub mod node;
 pub mod state;
 pub mod store;
 
-use crate::broker::metadata::{ClusterMetadata, TopicRecord};
+pub use state::{ClusterCommand as Command, ClusterState};
 
 /// A broker's node id in the cluster.
 pub type NodeId = u64;
-
-/// A change to the cluster metadata, as the Raft log carries it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Command {
-    /// Topics checked by the controller (names distinct and free).
-    CreateTopics(Vec<TopicRecord>),
-    DeleteTopics(Vec<String>),
-    /// Existing topics with more partitions.
-    GrowTopics(Vec<TopicRecord>),
-}
 
 /// What applying a command did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CommandReply {
     Done,
-    /// The command no longer fits the metadata it met (it was checked against an older
-    /// copy): nothing changed.
+    /// The command does not fit the state it met (the controller checked it against an
+    /// older copy, or a leader's epoch is stale): nothing changed.
     Refused(String),
 }
 
@@ -43,39 +36,3 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
-
-impl ClusterMetadata {
-    /// Applies a command of the Raft log: every node's copy goes through the same steps.
-    pub fn apply(&mut self, command: Command) -> CommandReply {
-        match command {
-            Command::CreateTopics(records) => {
-                if let Some(taken) = records
-                    .iter()
-                    .find(|record| self.topic(&record.name).is_some())
-                {
-                    return CommandReply::Refused(format!("topic {} exists", taken.name));
-                }
-                self.add_topics(records);
-            }
-            Command::DeleteTopics(names) => {
-                let names: std::collections::HashSet<&str> =
-                    names.iter().map(String::as_str).collect();
-                self.remove_topics(&names);
-            }
-            Command::GrowTopics(records) => {
-                let shrinks = records.iter().find(|record| {
-                    self.topic(&record.name)
-                        .is_none_or(|topic| topic.partitions >= record.partitions)
-                });
-                if let Some(record) = shrinks {
-                    return CommandReply::Refused(format!(
-                        "topic {} is gone or has {} partitions already",
-                        record.name, record.partitions
-                    ));
-                }
-                self.grow_topics(&records);
-            }
-        }
-        CommandReply::Done
-    }
-}

@@ -30,8 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::store::{LogStore, MetadataMachine};
-use super::{Command, CommandReply, NodeId, TypeConfig};
-use crate::broker::metadata::ClusterMetadata;
+use super::{ClusterState, Command, CommandReply, NodeId, TypeConfig};
 
 /// Largest Raft RPC frame accepted (a snapshot of the metadata travels in one).
 const RPC_FRAME_BYTES_MAX: usize = 64 << 20;
@@ -182,9 +181,9 @@ impl ClusterNode {
             .map_err(|_| "the node stopped before answering".to_string())?
     }
 
-    /// The metadata as this node has applied it.
-    pub fn metadata(&self) -> ClusterMetadata {
-        self.machine.metadata()
+    /// The cluster as this node has applied it.
+    pub fn state(&self) -> ClusterState {
+        self.machine.state()
     }
 }
 

@@ -64,6 +64,12 @@ pub enum ClusterCommand {
     DeleteTopic {
         name: String,
     },
+    /// More partitions for a topic (`count` in all), placed as a new topic's would be,
+    /// continuing its round-robin.
+    AddPartitions {
+        name: String,
+        count: u32,
+    },
     /// From a partition's leader: a follower fell behind.
     ShrinkIsr {
         topic: String,
@@ -151,17 +157,7 @@ impl ClusterState {
                     ));
                 }
                 let partitions = (0..partitions as usize)
-                    .map(|partition| {
-                        let replicas: Vec<NodeId> = (0..factor)
-                            .map(|step| live[(partition + step) % live.len()])
-                            .collect();
-                        PartitionState {
-                            leader: Some(replicas[0]),
-                            leader_epoch: 0,
-                            isr: replicas.clone(),
-                            replicas,
-                        }
-                    })
+                    .map(|partition| placed(&live, factor, partition))
                     .collect();
                 self.topics.insert(
                     name,
@@ -169,6 +165,28 @@ impl ClusterState {
                         configs,
                         partitions,
                     },
+                );
+                Ok(())
+            }
+            ClusterCommand::AddPartitions { name, count } => {
+                let live = self.live();
+                let topic = self
+                    .topics
+                    .get_mut(&name)
+                    .ok_or_else(|| format!("topic {name} does not exist"))?;
+                let have = topic.partitions.len();
+                if count as usize <= have {
+                    return Err(format!("topic {name} has {have} partitions already"));
+                }
+                let factor = topic.partitions[0].replicas.len();
+                if factor > live.len() {
+                    return Err(format!(
+                        "replication factor {factor} needs as many live brokers; {} are live",
+                        live.len()
+                    ));
+                }
+                topic.partitions.extend(
+                    (have..count as usize).map(|partition| placed(&live, factor, partition)),
                 );
                 Ok(())
             }
@@ -245,6 +263,30 @@ impl ClusterState {
             ));
         }
         Ok(state)
+    }
+}
+
+/// Partition `partition`'s replicas: `factor` live brokers round-robin from its own
+/// offset, the first leading.
+fn placed(live: &[NodeId], factor: usize, partition: usize) -> PartitionState {
+    let replicas: Vec<NodeId> = (0..factor)
+        .map(|step| live[(partition + step) % live.len()])
+        .collect();
+    PartitionState {
+        leader: Some(replicas[0]),
+        leader_epoch: 0,
+        isr: replicas.clone(),
+        replicas,
+    }
+}
+
+impl ClusterState {
+    /// Applies `command` and says what it did.
+    pub fn apply_command(&mut self, command: ClusterCommand) -> super::CommandReply {
+        match self.apply(command) {
+            Ok(()) => super::CommandReply::Done,
+            Err(reason) => super::CommandReply::Refused(reason),
+        }
     }
 }
 
@@ -383,6 +425,10 @@ mod tests {
             }),
             (0u8..2).prop_map(|name| ClusterCommand::DeleteTopic {
                 name: format!("t{name}")
+            }),
+            (0u8..2, 1u32..4).prop_map(|(name, count)| ClusterCommand::AddPartitions {
+                name: format!("t{name}"),
+                count,
             }),
             (0u8..2, 0u32..2, 0u32..3, id.clone()).prop_map(|(name, partition, epoch, replica)| {
                 ClusterCommand::ShrinkIsr {

@@ -32,8 +32,8 @@ use openraft::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::ClusterState;
 use super::{CommandReply, NodeId, TypeConfig};
-use crate::broker::metadata::ClusterMetadata;
 
 type Error = StorageError<NodeId>;
 
@@ -287,7 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct MachineState {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
-    pub metadata: ClusterMetadata,
+    pub cluster: ClusterState,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -335,13 +335,13 @@ impl MetadataMachine {
         })
     }
 
-    /// The metadata as of the last applied entry.
-    pub fn metadata(&self) -> ClusterMetadata {
+    /// The cluster as of the last applied entry.
+    pub fn state(&self) -> ClusterState {
         self.inner
             .lock()
             .expect("not poisoned")
             .state
-            .metadata
+            .cluster
             .clone()
     }
 }
@@ -403,7 +403,7 @@ impl RaftStateMachine<TypeConfig> for MetadataMachine {
             inner.state.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => CommandReply::Done,
-                EntryPayload::Normal(command) => inner.state.metadata.apply(command),
+                EntryPayload::Normal(command) => inner.state.cluster.apply_command(command),
                 EntryPayload::Membership(membership) => {
                     inner.state.membership = StoredMembership::new(Some(entry.log_id), membership);
                     CommandReply::Done
@@ -480,18 +480,22 @@ mod tests {
         Suite::test_all(Builder).unwrap();
     }
 
-    use crate::broker::metadata::TopicRecord;
     use crate::cluster::Command;
     use futures_lite::future::block_on;
     use openraft::storage::RaftLogStorageExt;
     use openraft::testing::log_id;
 
-    fn topic(name: &str, partitions: u32) -> TopicRecord {
-        TopicRecord {
+    fn create(name: &str, partitions: u32) -> Command {
+        Command::CreateTopic {
             name: name.into(),
             partitions,
+            replication_factor: 1,
             configs: vec![("flush.ms".into(), "100".into())],
         }
+    }
+
+    fn delete(name: &str) -> Command {
+        Command::DeleteTopic { name: name.into() }
     }
 
     fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
@@ -514,8 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
         let mut log = LogStore::open(&path).unwrap();
-        let entries =
-            (1..=6).map(|index| entry(index, Command::DeleteTopics(vec![format!("t{index}")])));
+        let entries = (1..=6).map(|index| entry(index, delete(&format!("t{index}"))));
         block_on(log.blocking_append(entries)).unwrap();
         block_on(log.save_vote(&Vote::new(3, 2))).unwrap();
         block_on(log.truncate(log_id(1, 1, 5))).unwrap();
@@ -537,67 +540,81 @@ mod tests {
             .open(path.join("log"))
             .unwrap();
         let mut torn = Vec::new();
-        encode_record(
-            &entry(5, Command::DeleteTopics(vec!["t5".into()])),
-            &mut torn,
-        )
-        .unwrap();
+        encode_record(&entry(5, delete("t5")), &mut torn).unwrap();
         file.write_all(&torn[..torn.len() - 3]).unwrap();
         drop(file);
         let mut log = LogStore::open(&path).unwrap();
         assert_eq!(indexes(&mut log), [3, 4]);
-        block_on(log.blocking_append([entry(5, Command::DeleteTopics(Vec::new()))])).unwrap();
+        block_on(log.blocking_append([entry(5, delete("t6"))])).unwrap();
         drop(log);
         assert_eq!(indexes(&mut LogStore::open(&path).unwrap()), [3, 4, 5]);
     }
 
     #[test]
-    fn commands_change_the_metadata_and_a_snapshot_brings_it_back() {
+    fn commands_change_the_state_and_a_snapshot_brings_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
         let mut machine = MetadataMachine::open(&path).unwrap();
+        let register = Command::RegisterBroker {
+            id: 1,
+            address: "127.0.0.1:7070".into(),
+        };
         let replies = block_on(machine.apply([
+            entry(1, register),
+            entry(2, create("orders", 3)),
+            entry(3, create("clicks", 1)),
             entry(
-                1,
-                Command::CreateTopics(vec![topic("orders", 3), topic("clicks", 1)]),
+                4,
+                Command::AddPartitions {
+                    name: "orders".into(),
+                    count: 6,
+                },
             ),
-            entry(2, Command::GrowTopics(vec![topic("orders", 6)])),
-            entry(3, Command::GrowTopics(vec![topic("orders", 4)])),
-            entry(4, Command::CreateTopics(vec![topic("clicks", 2)])),
-            entry(5, Command::DeleteTopics(vec!["clicks".into()])),
+            entry(
+                5,
+                Command::AddPartitions {
+                    name: "orders".into(),
+                    count: 4,
+                },
+            ),
+            entry(6, create("clicks", 2)),
+            entry(7, delete("clicks")),
         ]))
         .unwrap();
+        let done = CommandReply::Done;
         assert_eq!(
-            replies[..3],
-            [CommandReply::Done, CommandReply::Done, replies[2].clone()]
+            replies[..4],
+            [done.clone(), done.clone(), done.clone(), done.clone()]
         );
         assert!(
-            matches!(replies[2], CommandReply::Refused(_)),
-            "a shrink is refused"
+            matches!(replies[4], CommandReply::Refused(_)),
+            "fewer partitions are refused"
         );
         assert!(
-            matches!(replies[3], CommandReply::Refused(_)),
+            matches!(replies[5], CommandReply::Refused(_)),
             "a taken name is refused"
         );
-        let metadata = machine.metadata();
-        assert_eq!(metadata.topics, [topic("orders", 6)]);
+        assert_eq!(replies[6], done);
+        let state = machine.state();
+        assert_eq!(state.topics.keys().collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(state.topics["orders"].partitions.len(), 6);
 
         let mut builder = block_on(machine.get_snapshot_builder());
         let snapshot = block_on(builder.build_snapshot()).unwrap();
-        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 5)));
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 7)));
         drop(machine);
 
         let mut reopened = MetadataMachine::open(&path).unwrap();
-        assert_eq!(reopened.metadata(), metadata);
+        assert_eq!(reopened.state(), state);
         let (applied, _) = block_on(reopened.applied_state()).unwrap();
-        assert_eq!(applied, Some(log_id(1, 1, 5)));
+        assert_eq!(applied, Some(log_id(1, 1, 7)));
         let current = block_on(reopened.get_current_snapshot()).unwrap().unwrap();
         assert_eq!(current.meta, snapshot.meta);
 
-        // A follower installs it and holds the same metadata.
+        // A follower installs it and holds the same state.
         let follower_dir = tempfile::tempdir().unwrap();
         let mut follower = MetadataMachine::open(follower_dir.path()).unwrap();
         block_on(follower.install_snapshot(&current.meta, current.snapshot)).unwrap();
-        assert_eq!(follower.metadata(), metadata);
+        assert_eq!(follower.state(), state);
     }
 }

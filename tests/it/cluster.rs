@@ -6,18 +6,31 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use spate::broker::metadata::TopicRecord;
 use spate::cluster::node::{ClusterNode, NodeConfig};
 use spate::cluster::{Command, CommandReply};
 
 use crate::server::free_ports;
 
-fn topic(name: &str) -> TopicRecord {
-    TopicRecord {
+/// A topic of 3 partitions, each on one broker (the nodes register as brokers first).
+fn create(name: &str) -> Command {
+    Command::CreateTopic {
         name: name.into(),
         partitions: 3,
+        replication_factor: 1,
         configs: Vec::new(),
     }
+}
+
+fn register(id: u64) -> Command {
+    Command::RegisterBroker {
+        id,
+        address: format!("127.0.0.1:{id}"),
+    }
+}
+
+/// The topics `node` has applied, by name.
+fn topics(node: &ClusterNode) -> Vec<String> {
+    node.state().topics.into_keys().collect()
 }
 
 /// Waits until `ready` gives a value (at most `limit`).
@@ -60,20 +73,21 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
         .expect("the three nodes agree on a leader");
 
+    for id in 1..=3 {
+        assert_eq!(nodes[&leader].write(register(id)), Ok(CommandReply::Done));
+    }
     assert_eq!(
-        nodes[&leader].write(Command::CreateTopics(vec![topic("orders")])),
+        nodes[&leader].write(create("orders")),
         Ok(CommandReply::Done)
     );
     // A follower does not take writes: its error names the leader.
     let follower = *nodes.keys().find(|id| **id != leader).unwrap();
-    let refused = nodes[&follower]
-        .write(Command::CreateTopics(vec![topic("elsewhere")]))
-        .unwrap_err();
+    let refused = nodes[&follower].write(create("elsewhere")).unwrap_err();
     assert!(refused.contains("forward"), "{refused}");
     assert!(
         wait_for(Duration::from_secs(10), || nodes
             .values()
-            .all(|node| node.metadata().topic("orders").is_some())
+            .all(|node| topics(node) == ["orders"])
             .then_some(()))
         .is_some(),
         "every node applies the committed topic"
@@ -92,7 +106,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
         stopped_at.elapsed().as_millis()
     );
     assert_eq!(
-        nodes[&successor].write(Command::CreateTopics(vec![topic("clicks")])),
+        nodes[&successor].write(create("clicks")),
         Ok(CommandReply::Done)
     );
 
@@ -101,7 +115,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     assert!(
         wait_for(Duration::from_secs(20), || nodes
             .values()
-            .all(|node| node.metadata().topics == [topic("clicks"), topic("orders")])
+            .all(|node| topics(node) == ["clicks", "orders"])
             .then_some(()))
         .is_some(),
         "all three hold both topics"
@@ -147,8 +161,11 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
         .collect();
     let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
         .expect("the three nodes agree on a leader");
+    for id in 1..=3 {
+        assert_eq!(nodes[&leader].write(register(id)), Ok(CommandReply::Done));
+    }
     assert_eq!(
-        nodes[&leader].write(Command::CreateTopics(vec![topic("before")])),
+        nodes[&leader].write(create("before")),
         Ok(CommandReply::Done)
     );
 
@@ -164,39 +181,38 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
     })
     .expect("the majority elects a new leader");
     assert_eq!(
-        nodes[&successor].write(Command::CreateTopics(vec![topic("majority")])),
+        nodes[&successor].write(create("majority")),
         Ok(CommandReply::Done)
     );
     // The cut-off leader cannot commit: its write waits for a quorum that never comes.
     let cut_off = std::sync::Arc::new(cut_off);
     let stranded = {
         let cut_off = cut_off.clone();
-        std::thread::spawn(move || cut_off.write(Command::CreateTopics(vec![topic("alone")])))
+        std::thread::spawn(move || cut_off.write(create("alone")))
     };
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         !stranded.is_finished(),
         "a write without a quorum does not complete"
     );
-    assert!(cut_off.metadata().topic("alone").is_none());
+    assert!(!topics(&cut_off).contains(&"alone".to_string()));
 
     for link in links.values() {
         link.set(Fault::None);
     }
     let everyone_follows = wait_for(Duration::from_secs(20), || {
-        (cut_off.leader() == Some(successor)
-            && cut_off.metadata().topics == [topic("before"), topic("majority")])
-        .then_some(())
+        (cut_off.leader() == Some(successor) && topics(&cut_off) == ["before", "majority"])
+            .then_some(())
     });
     assert!(
         everyone_follows.is_some(),
         "the old leader follows node {successor} and holds what the majority committed: {:?}",
-        cut_off.metadata().topics
+        topics(&cut_off)
     );
     // Its own proposal was never committed: it fails (or was overwritten) and is nowhere.
     let outcome = stranded.join().unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
     for node in nodes.values() {
-        assert!(node.metadata().topic("alone").is_none());
+        assert!(!topics(node).contains(&"alone".to_string()));
     }
 }
