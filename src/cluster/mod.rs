@@ -4,10 +4,10 @@
 //! So far: `state`, the cluster's state (brokers, and each partition's replicas, leader,
 //! leader epoch and ISR) and the commands that change it; `store`, the durable Raft log
 //! and the state machine that applies those commands (checked against openraft's storage
-//! conformance suite); and `node`, one voter with its thread and its TCP transport. The
-//! brokers' heartbeats and session fencing on the controller, partition replication and
-//! the wiring into `spate serve` are still to come: the broker does not use this module
-//! yet.
+//! conformance suite); and `node`, one voter with its thread, its TCP transport, and the
+//! controller's broker sessions (heartbeats; fencing on expiry). Partition replication
+//! and the wiring into `spate serve` are still to come: the broker does not use this
+//! module yet.
 
 pub mod node;
 pub mod state;

@@ -32,6 +32,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::store::{LogStore, MetadataMachine};
 use super::{ClusterState, Command, CommandReply, NodeId, TypeConfig};
 
+/// How often a broker tells every node it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// A broker not heard from for this long is fenced by the controller (its partitions get
+/// new leaders from their ISRs); one heard from again is registered again.
+pub const BROKER_SESSION: Duration = Duration::from_millis(1000);
+/// How often the controller looks at the brokers' sessions.
+const CONTROL_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Largest Raft RPC frame accepted (a snapshot of the metadata travels in one).
 const RPC_FRAME_BYTES_MAX: usize = 64 << 20;
 
@@ -116,11 +124,16 @@ impl ClusterNode {
             .map(|(id, address)| (*id, BasicNode::new(address.to_string())))
             .collect();
         let id = config.id;
+        let voters = config.voters.clone();
+        let controlled = machine.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::spawn(serve(listener, raft.clone()));
+                    let sessions = Sessions::default();
+                    tokio::spawn(serve(listener, raft.clone(), sessions.clone()));
+                    tokio::spawn(send_heartbeats(id, voters.clone(), sessions.clone()));
+                    tokio::spawn(control(id, raft.clone(), controlled, voters, sessions));
                     if !raft.is_initialized().await.unwrap_or(true) {
                         // Refused when another node's proposal got here first: fine.
                         let _ = raft.initialize(members).await;
@@ -204,6 +217,8 @@ enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A broker's heartbeat (to every node: whichever is the controller acts on it).
+    Heartbeat(NodeId),
 }
 
 async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> io::Result<()> {
@@ -227,7 +242,7 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T
 }
 
 /// Answers the Raft RPCs of the other nodes.
-async fn serve(listener: TcpListener, raft: Raft<TypeConfig>) {
+async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, sessions: Sessions) {
     loop {
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -240,6 +255,7 @@ async fn serve(listener: TcpListener, raft: Raft<TypeConfig>) {
         };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
+        let sessions = sessions.clone();
         tokio::spawn(async move {
             while let Ok(rpc) = read_frame::<Rpc>(&mut stream).await {
                 let written = match rpc {
@@ -249,6 +265,10 @@ async fn serve(listener: TcpListener, raft: Raft<TypeConfig>) {
                     Rpc::Vote(rpc) => write_frame(&mut stream, &raft.vote(rpc).await).await,
                     Rpc::Snapshot(rpc) => {
                         write_frame(&mut stream, &raft.install_snapshot(rpc).await).await
+                    }
+                    Rpc::Heartbeat(broker) => {
+                        sessions.seen(broker);
+                        write_frame(&mut stream, &true).await
                     }
                 };
                 if written.is_err() {
@@ -350,5 +370,117 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote(rpc), option.hard_ttl()).await
+    }
+}
+
+/// When each broker was last heard from, as this node saw it (not replicated: only the
+/// controller acts on it, and a new controller starts every session afresh).
+#[derive(Clone, Default)]
+struct Sessions(Arc<std::sync::Mutex<BTreeMap<NodeId, tokio::time::Instant>>>);
+
+impl Sessions {
+    fn seen(&self, broker: NodeId) {
+        let now = tokio::time::Instant::now();
+        self.0.lock().expect("not poisoned").insert(broker, now);
+    }
+
+    fn last_seen(&self, broker: NodeId) -> Option<tokio::time::Instant> {
+        self.0.lock().expect("not poisoned").get(&broker).copied()
+    }
+
+    /// Every broker counts as just seen (a new controller gives each a full session).
+    fn restart(&self, brokers: impl Iterator<Item = NodeId>) {
+        let now = tokio::time::Instant::now();
+        let mut sessions = self.0.lock().expect("not poisoned");
+        for broker in brokers {
+            sessions.insert(broker, now);
+        }
+    }
+}
+
+/// Tells every node, every `HEARTBEAT_INTERVAL`, that this broker is alive.
+async fn send_heartbeats(id: NodeId, voters: BTreeMap<NodeId, SocketAddr>, sessions: Sessions) {
+    let mut streams: BTreeMap<NodeId, TcpStream> = BTreeMap::new();
+    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        ticks.tick().await;
+        sessions.seen(id);
+        for (&peer, &address) in voters.iter().filter(|(peer, _)| **peer != id) {
+            let beat = async {
+                let stream = match streams.entry(peer) {
+                    std::collections::btree_map::Entry::Occupied(stream) => stream.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        let stream = TcpStream::connect(address).await?;
+                        stream.set_nodelay(true)?;
+                        slot.insert(stream)
+                    }
+                };
+                write_frame(stream, &Rpc::Heartbeat(id)).await?;
+                read_frame::<bool>(stream).await
+            };
+            if !matches!(
+                tokio::time::timeout(HEARTBEAT_INTERVAL, beat).await,
+                Ok(Ok(_))
+            ) {
+                streams.remove(&peer);
+            }
+        }
+    }
+}
+
+/// While this node is the Raft leader (the controller): fences the brokers whose session
+/// expired and registers those heard from that are unknown or fenced, each one command.
+async fn control(
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    machine: MetadataMachine,
+    voters: BTreeMap<NodeId, SocketAddr>,
+    sessions: Sessions,
+) {
+    let mut metrics = raft.metrics();
+    let mut led_term = None;
+    let mut ticks = tokio::time::interval(CONTROL_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let (leader, term) = {
+            let current = metrics.borrow_and_update();
+            (current.current_leader, current.current_term)
+        };
+        if leader != Some(id) {
+            led_term = None;
+            continue;
+        }
+        if led_term != Some(term) {
+            led_term = Some(term);
+            sessions.restart(voters.keys().copied());
+        }
+        // The leader's applied state: current enough, as a command that no longer fits is
+        // refused when applied.
+        let state = machine.state();
+        let now = tokio::time::Instant::now();
+        for (&broker, address) in &voters {
+            let alive = sessions
+                .last_seen(broker)
+                .is_some_and(|seen| now.duration_since(seen) < BROKER_SESSION);
+            let known = state.brokers.get(&broker);
+            let command = match (alive, known) {
+                (true, None) => Some(Command::RegisterBroker {
+                    id: broker,
+                    address: address.to_string(),
+                }),
+                (true, Some(known)) if known.fenced => Some(Command::RegisterBroker {
+                    id: broker,
+                    address: address.to_string(),
+                }),
+                (false, Some(known)) if !known.fenced => {
+                    tracing::warn!(broker, "broker session expired: fencing it");
+                    Some(Command::FenceBroker { id: broker })
+                }
+                _ => None,
+            };
+            if let Some(command) = command {
+                let _ = raft.client_write(command).await;
+            }
+        }
     }
 }

@@ -21,11 +21,11 @@ fn create(name: &str) -> Command {
     }
 }
 
-fn register(id: u64) -> Command {
-    Command::RegisterBroker {
-        id,
-        address: format!("127.0.0.1:{id}"),
-    }
+/// Waits until `node` has every broker of `ids` registered and unfenced.
+fn registered(node: &ClusterNode, ids: &[u64]) -> bool {
+    let state = node.state();
+    ids.iter()
+        .all(|id| state.brokers.get(id).is_some_and(|broker| !broker.fenced))
 }
 
 /// The topics `node` has applied, by name.
@@ -73,9 +73,15 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
         .expect("the three nodes agree on a leader");
 
-    for id in 1..=3 {
-        assert_eq!(nodes[&leader].write(register(id)), Ok(CommandReply::Done));
-    }
+    // The controller registers every broker it hears from.
+    assert!(
+        wait_for(Duration::from_secs(10), || registered(
+            &nodes[&leader],
+            &[1, 2, 3]
+        )
+        .then_some(()))
+        .is_some()
+    );
     assert_eq!(
         nodes[&leader].write(create("orders")),
         Ok(CommandReply::Done)
@@ -161,9 +167,15 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
         .collect();
     let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
         .expect("the three nodes agree on a leader");
-    for id in 1..=3 {
-        assert_eq!(nodes[&leader].write(register(id)), Ok(CommandReply::Done));
-    }
+    // The controller registers every broker it hears from.
+    assert!(
+        wait_for(Duration::from_secs(10), || registered(
+            &nodes[&leader],
+            &[1, 2, 3]
+        )
+        .then_some(()))
+        .is_some()
+    );
     assert_eq!(
         nodes[&leader].write(create("before")),
         Ok(CommandReply::Done)
@@ -214,5 +226,99 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
     assert!(outcome.is_err(), "{outcome:?}");
     for node in nodes.values() {
         assert!(!topics(node).contains(&"alone".to_string()));
+    }
+}
+
+/// A broker that stops is fenced once its session expires: each partition it led gets
+/// another in-sync replica as leader, with a new epoch, and it leaves their ISRs; when it
+/// comes back it is registered again, as a follower.
+#[test]
+fn a_stopped_broker_is_fenced_and_its_partitions_get_new_leaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<u64, SocketAddr> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", free_ports(0)).parse().unwrap()))
+        .collect();
+    let config = |id: u64| NodeConfig {
+        id,
+        dir: dir.path().join(format!("node{id}")),
+        voters: voters.clone(),
+        listen: voters[&id],
+    };
+    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
+        .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
+        .collect();
+    let controller = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
+        .expect("the three nodes agree on a controller");
+    assert!(
+        wait_for(Duration::from_secs(10), || registered(
+            &nodes[&controller],
+            &[1, 2, 3]
+        )
+        .then_some(()))
+        .is_some()
+    );
+    let replicated = Command::CreateTopic {
+        name: "orders".into(),
+        partitions: 3,
+        replication_factor: 3,
+        configs: Vec::new(),
+    };
+    assert_eq!(nodes[&controller].write(replicated), Ok(CommandReply::Done));
+    let victim = *nodes.keys().find(|id| **id != controller).unwrap();
+    let led: Vec<usize> = nodes[&controller].state().topics["orders"]
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, partition)| partition.leader == Some(victim))
+        .map(|(index, _)| index)
+        .collect();
+    assert!(!led.is_empty(), "each broker leads a partition");
+
+    let stopped_at = Instant::now();
+    drop(nodes.remove(&victim));
+    let moved = wait_for(Duration::from_secs(10), || {
+        let state = nodes[&controller].state();
+        let partitions = &state.topics["orders"].partitions;
+        (state.brokers[&victim].fenced
+            && led.iter().all(|&index| {
+                let partition = &partitions[index];
+                partition.leader.is_some_and(|leader| leader != victim)
+                    && partition.leader_epoch == 1
+                    && !partition.isr.contains(&victim)
+            }))
+        .then_some(())
+    });
+    assert!(moved.is_some(), "{:?}", nodes[&controller].state());
+    eprintln!(
+        "broker {victim} fenced and its partitions led again {} ms after it stopped",
+        stopped_at.elapsed().as_millis()
+    );
+    // The other nodes applied the same change.
+    let survivor = *nodes.keys().find(|id| **id != controller).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || (nodes[&survivor].state()
+            == nodes[&controller].state())
+        .then_some(()))
+        .is_some()
+    );
+
+    nodes.insert(victim, ClusterNode::start(config(victim)).unwrap());
+    assert!(
+        wait_for(Duration::from_secs(10), || registered(
+            &nodes[&controller],
+            &[victim]
+        )
+        .then_some(()))
+        .is_some(),
+        "a broker heard from again is registered again"
+    );
+    let state = nodes[&controller].state();
+    for &index in &led {
+        let partition = &state.topics["orders"].partitions[index];
+        assert_ne!(
+            partition.leader,
+            Some(victim),
+            "it comes back as a follower"
+        );
     }
 }
