@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use spate::cluster::node::{ClusterNode, NodeConfig};
 use spate::cluster::{Command, CommandReply};
 
-use crate::server::free_ports;
-
 /// A topic of 3 partitions, each on one broker (the nodes register as brokers first).
 fn create(name: &str) -> Command {
     Command::CreateTopic {
@@ -31,6 +29,20 @@ fn registered(node: &ClusterNode, ids: &[u64]) -> bool {
 /// The topics `node` has applied, by name.
 fn topics(node: &ClusterNode) -> Vec<String> {
     node.state().topics.into_keys().collect()
+}
+
+/// `count` distinct loopback addresses, held (by listeners the caller drops just before
+/// the nodes bind them) so that nothing else set up meanwhile, a fault proxy say, takes
+/// one.
+fn reserve(count: usize) -> (Vec<SocketAddr>, Vec<std::net::TcpListener>) {
+    let held: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addresses = held
+        .iter()
+        .map(|listener| listener.local_addr().unwrap())
+        .collect();
+    (addresses, held)
 }
 
 /// Waits until `ready` gives a value (at most `limit`).
@@ -58,15 +70,15 @@ fn agreed_leader(nodes: &BTreeMap<u64, ClusterNode>) -> Option<u64> {
 #[test]
 fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let voters: BTreeMap<u64, SocketAddr> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_ports(0)).parse().unwrap()))
-        .collect();
+    let (reserved, held) = reserve(3);
+    let voters: BTreeMap<u64, SocketAddr> = (1..=3).zip(reserved).collect();
     let config = |id: u64| NodeConfig {
         id,
         dir: dir.path().join(format!("node{id}")),
         voters: voters.clone(),
         listen: voters[&id],
     };
+    drop(held);
     let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
         .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
         .collect();
@@ -137,9 +149,8 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
 fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
     use crate::fault_proxy::{Fault, FaultProxy};
     let dir = tempfile::tempdir().unwrap();
-    let listen: BTreeMap<u64, SocketAddr> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_ports(0)).parse().unwrap()))
-        .collect();
+    let (reserved, held) = reserve(3);
+    let listen: BTreeMap<u64, SocketAddr> = (1..=3).zip(reserved).collect();
     // links[(from, to)]: what `from` connects to in order to reach `to`.
     let mut links: BTreeMap<(u64, u64), FaultProxy> = BTreeMap::new();
     for from in 1..=3 {
@@ -162,6 +173,7 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
             .collect(),
         listen: listen[&id],
     };
+    drop(held);
     let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
         .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
         .collect();
@@ -235,15 +247,15 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
 #[test]
 fn a_stopped_broker_is_fenced_and_its_partitions_get_new_leaders() {
     let dir = tempfile::tempdir().unwrap();
-    let voters: BTreeMap<u64, SocketAddr> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_ports(0)).parse().unwrap()))
-        .collect();
+    let (reserved, held) = reserve(3);
+    let voters: BTreeMap<u64, SocketAddr> = (1..=3).zip(reserved).collect();
     let config = |id: u64| NodeConfig {
         id,
         dir: dir.path().join(format!("node{id}")),
         voters: voters.clone(),
         listen: voters[&id],
     };
+    drop(held);
     let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
         .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
         .collect();
