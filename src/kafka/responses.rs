@@ -844,13 +844,6 @@ impl KafkaResponse for CreatePartitionsResponse {
     }
 }
 
-impl CreatePartitionsResponse {
-    pub fn decode(body: Bytes) -> Result<CreatePartitionsResponse, KafkaError> {
-        let CreateTopicsResponse { topics } = CreateTopicsResponse::decode(body, 2)?;
-        Ok(CreatePartitionsResponse { topics })
-    }
-}
-
 impl CreateTopicsResponse {
     pub fn decode(body: Bytes, version: i16) -> Result<CreateTopicsResponse, KafkaError> {
         let f = false;

@@ -647,78 +647,22 @@ impl Shard {
         let _turn = self.admin.acquire_permit(1).await;
         let mut metadata = self.metadata.borrow().clone();
         let mut budget = Budget::new(&self.config, &metadata);
-        let mut created = Vec::new();
-        // As Kafka does, a name given twice in one request is refused everywhere it
-        // appears: which of the two was meant cannot be known.
-        let mut times_named: HashMap<&str, usize> = HashMap::new();
-        for topic in &topics {
-            *times_named.entry(topic.name.as_str()).or_default() += 1;
-        }
-        let mut statuses: Vec<TopicStatus> = topics
-            .iter()
-            .map(|topic| {
-                let checked = if times_named[topic.name.as_str()] > 1 {
-                    Err(Status::error(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "topic {} is named more than once in this request",
-                            quoted(&topic.name)
-                        ),
-                    ))
-                } else {
-                    metadata.check_new_topic(topic).and_then(|record| {
-                        self.check_limits(&record)?;
-                        budget.take(&Span {
-                            topic: record.clone(),
-                            from: 0,
-                        })?;
-                        Ok(record)
-                    })
+        let (statuses, spans) = check_each(
+            &topics,
+            |topic| &topic.name,
+            |topic| {
+                let record = metadata.check_new_topic(topic)?;
+                self.check_limits(&record)?;
+                let span = Span {
+                    topic: record,
+                    from: 0,
                 };
-                let status = match checked {
-                    Err(status) => status,
-                    Ok(record) => {
-                        created.push(record);
-                        Status::ok()
-                    }
-                };
-                TopicStatus {
-                    name: topic.name.clone(),
-                    status,
-                }
-            })
-            .collect();
-        if created.is_empty() {
-            return statuses;
-        }
-        metadata.add_topics(created.clone());
-        // Directories first, metadata last: a topic is saved only once every shard holds
-        // its partitions open, so a saved topic always opens again on restart. Anything
-        // that fails before the save is rolled back; a crash leaves stray directories,
-        // which the next start removes.
-        let created = Span::whole(&created);
-        let outcome = match self.open_everywhere(&created).await {
-            Ok(()) => self
-                .save_metadata(&metadata)
-                .await
-                .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string())),
-            Err(status) => Err(status),
-        };
-        if let Err(status) = outcome {
-            self.drop_everywhere(&created).await;
-            let names: HashSet<&str> = created
-                .iter()
-                .map(|span| span.topic.name.as_str())
-                .collect();
-            for topic in &mut statuses {
-                if names.contains(topic.name.as_str()) {
-                    topic.status = status.clone();
-                }
-            }
-            return statuses;
-        }
-        self.apply_everywhere(metadata, Vec::new()).await;
-        statuses
+                budget.take(&span)?;
+                Ok(span)
+            },
+        );
+        metadata.add_topics(spans.iter().map(|span| span.topic.clone()).collect());
+        self.commit_new_partitions(metadata, spans, statuses).await
     }
 
     /// Adds partitions to topics (shard 0 does it; other shards forward). As for a
@@ -741,54 +685,41 @@ impl Shard {
         let _turn = self.admin.acquire_permit(1).await;
         let mut metadata = self.metadata.borrow().clone();
         let mut budget = Budget::new(&self.config, &metadata);
-        let mut times_named: HashMap<&str, usize> = HashMap::new();
-        for topic in &requests {
-            *times_named.entry(topic.name.as_str()).or_default() += 1;
-        }
-        let mut grown = Vec::new();
-        let mut spans = Vec::new();
-        let mut statuses: Vec<TopicStatus> = requests
-            .iter()
-            .map(|request| {
-                let checked = if times_named[request.name.as_str()] > 1 {
-                    Err(Status::error(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "topic {} is named more than once in this request",
-                            quoted(&request.name)
-                        ),
-                    ))
-                } else {
-                    metadata
-                        .check_new_partitions(&request.name, request.count)
-                        .and_then(|record| {
-                            let from = metadata.topic(&record.name).map_or(0, |old| old.partitions);
-                            let span = Span {
-                                topic: record.clone(),
-                                from,
-                            };
-                            budget.take(&span)?;
-                            Ok((record, span))
-                        })
+        let (statuses, spans) = check_each(
+            &requests,
+            |request| &request.name,
+            |request| {
+                let record = metadata.check_new_partitions(&request.name, request.count)?;
+                let from = metadata.topic(&record.name).map_or(0, |old| old.partitions);
+                let span = Span {
+                    topic: record,
+                    from,
                 };
-                let status = match checked {
-                    Err(status) => status,
-                    Ok((record, span)) => {
-                        grown.push(record);
-                        spans.push(span);
-                        Status::ok()
-                    }
-                };
-                TopicStatus {
-                    name: request.name.clone(),
-                    status,
-                }
-            })
-            .collect();
+                budget.take(&span)?;
+                Ok(span)
+            },
+        );
+        let grown: Vec<TopicRecord> = spans.iter().map(|span| span.topic.clone()).collect();
+        metadata.grow_topics(&grown);
+        self.commit_new_partitions(metadata, spans, statuses).await
+    }
+
+    /// Makes new partitions (of new or grown topics, already in `metadata`) real.
+    /// Directories first, metadata last: every shard opens its partitions of `spans`, then
+    /// `metadata` is saved, then every shard applies it. A topic is saved only once every
+    /// shard holds its partitions open, so a saved topic always opens again on restart.
+    /// Anything that fails before the save is rolled back, and the statuses of the spans'
+    /// topics carry its error; a crash leaves stray directories, which the next start
+    /// removes.
+    async fn commit_new_partitions(
+        &self,
+        metadata: ClusterMetadata,
+        spans: Vec<Span>,
+        mut statuses: Vec<TopicStatus>,
+    ) -> Vec<TopicStatus> {
         if spans.is_empty() {
             return statuses;
         }
-        metadata.grow_topics(&grown);
         let outcome = match self.open_everywhere(&spans).await {
             Ok(()) => self
                 .save_metadata(&metadata)
@@ -1199,6 +1130,50 @@ async fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
         _ => Ok(()),
     })
     .await
+}
+
+/// One status per request, in request order, and the spans of those accepted. As Kafka
+/// does, a topic named twice in one request is refused everywhere it appears (which of
+/// the two was meant cannot be known); the others are as `check` says.
+fn check_each<R>(
+    requests: &[R],
+    name: impl Fn(&R) -> &String,
+    mut check: impl FnMut(&R) -> Result<Span, Status>,
+) -> (Vec<TopicStatus>, Vec<Span>) {
+    let mut times_named: HashMap<&str, usize> = HashMap::new();
+    for request in requests {
+        *times_named.entry(name(request).as_str()).or_default() += 1;
+    }
+    let mut spans = Vec::new();
+    let statuses = requests
+        .iter()
+        .map(|request| {
+            let topic = name(request);
+            let checked = if times_named[topic.as_str()] > 1 {
+                Err(Status::error(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "topic {} is named more than once in this request",
+                        quoted(topic)
+                    ),
+                ))
+            } else {
+                check(request)
+            };
+            let status = match checked {
+                Err(status) => status,
+                Ok(span) => {
+                    spans.push(span);
+                    Status::ok()
+                }
+            };
+            TopicStatus {
+                name: topic.clone(),
+                status,
+            }
+        })
+        .collect();
+    (statuses, spans)
 }
 
 /// Partitions `from..topic.partitions` of a topic: all of a new or deleted topic's, or

@@ -31,18 +31,63 @@ fn topics(node: &ClusterNode) -> Vec<String> {
     node.state().topics.into_keys().collect()
 }
 
-/// `count` distinct loopback addresses, held (by listeners the caller drops just before
-/// the nodes bind them) so that nothing else set up meanwhile, a fault proxy say, takes
-/// one.
-fn reserve(count: usize) -> (Vec<SocketAddr>, Vec<std::net::TcpListener>) {
-    let held: Vec<std::net::TcpListener> = (0..count)
+/// Three nodes' configs on loopback, each with its own directory under `dir`: node `from`
+/// reaches node `to` at `route(from, to, where to listens)`. The listen ports are held
+/// while `route` runs (so that nothing it sets up, a fault proxy say, takes one) and freed
+/// on return, for the nodes to bind.
+fn three_configs(
+    dir: &std::path::Path,
+    mut route: impl FnMut(u64, u64, SocketAddr) -> SocketAddr,
+) -> BTreeMap<u64, NodeConfig> {
+    let held: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let addresses = held
-        .iter()
-        .map(|listener| listener.local_addr().unwrap())
+    let listen: BTreeMap<u64, SocketAddr> = (1..=3)
+        .zip(held.iter().map(|listener| listener.local_addr().unwrap()))
         .collect();
-    (addresses, held)
+    (1..=3)
+        .map(|id| {
+            let voters = (1..=3)
+                .map(|to| {
+                    let address = if to == id {
+                        listen[&id]
+                    } else {
+                        route(id, to, listen[&to])
+                    };
+                    (to, address)
+                })
+                .collect();
+            let config = NodeConfig {
+                id,
+                dir: dir.join(format!("node{id}")),
+                voters,
+                listen: listen[&id],
+            };
+            (id, config)
+        })
+        .collect()
+}
+
+/// Starts the nodes and waits until they agree on a leader, the controller, that has
+/// registered every broker; returns them and the leader.
+fn form(configs: &BTreeMap<u64, NodeConfig>) -> (BTreeMap<u64, ClusterNode>, u64) {
+    let nodes: BTreeMap<u64, ClusterNode> = configs
+        .iter()
+        .map(|(id, config)| (*id, ClusterNode::start(config.clone()).unwrap()))
+        .collect();
+    let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
+        .expect("the three nodes agree on a leader");
+    // The controller registers every broker it hears from.
+    assert!(
+        wait_for(Duration::from_secs(10), || registered(
+            &nodes[&leader],
+            &[1, 2, 3]
+        )
+        .then_some(()))
+        .is_some(),
+        "the controller registers the three brokers"
+    );
+    (nodes, leader)
 }
 
 /// Waits until `ready` gives a value (at most `limit`).
@@ -70,30 +115,8 @@ fn agreed_leader(nodes: &BTreeMap<u64, ClusterNode>) -> Option<u64> {
 #[test]
 fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let (reserved, held) = reserve(3);
-    let voters: BTreeMap<u64, SocketAddr> = (1..=3).zip(reserved).collect();
-    let config = |id: u64| NodeConfig {
-        id,
-        dir: dir.path().join(format!("node{id}")),
-        voters: voters.clone(),
-        listen: voters[&id],
-    };
-    drop(held);
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
-        .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
-        .collect();
-    let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
-        .expect("the three nodes agree on a leader");
-
-    // The controller registers every broker it hears from.
-    assert!(
-        wait_for(Duration::from_secs(10), || registered(
-            &nodes[&leader],
-            &[1, 2, 3]
-        )
-        .then_some(()))
-        .is_some()
-    );
+    let configs = three_configs(dir.path(), |_, _, address| address);
+    let (mut nodes, leader) = form(&configs);
     assert_eq!(
         nodes[&leader].write(create("orders")),
         Ok(CommandReply::Done)
@@ -129,7 +152,10 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     );
 
     // The old leader comes back from its files and catches up.
-    nodes.insert(leader, ClusterNode::start(config(leader)).unwrap());
+    nodes.insert(
+        leader,
+        ClusterNode::start(configs[&leader].clone()).unwrap(),
+    );
     assert!(
         wait_for(Duration::from_secs(20), || nodes
             .values()
@@ -149,45 +175,15 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
 fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
     use crate::fault_proxy::{Fault, FaultProxy};
     let dir = tempfile::tempdir().unwrap();
-    let (reserved, held) = reserve(3);
-    let listen: BTreeMap<u64, SocketAddr> = (1..=3).zip(reserved).collect();
     // links[(from, to)]: what `from` connects to in order to reach `to`.
     let mut links: BTreeMap<(u64, u64), FaultProxy> = BTreeMap::new();
-    for from in 1..=3 {
-        for to in (1..=3).filter(|to| *to != from) {
-            links.insert((from, to), FaultProxy::start(listen[&to]));
-        }
-    }
-    let config = |id: u64| NodeConfig {
-        id,
-        dir: dir.path().join(format!("node{id}")),
-        voters: (1..=3)
-            .map(|to| {
-                let address = if to == id {
-                    listen[&id]
-                } else {
-                    links[&(id, to)].address
-                };
-                (to, address)
-            })
-            .collect(),
-        listen: listen[&id],
-    };
-    drop(held);
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
-        .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
-        .collect();
-    let leader = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
-        .expect("the three nodes agree on a leader");
-    // The controller registers every broker it hears from.
-    assert!(
-        wait_for(Duration::from_secs(10), || registered(
-            &nodes[&leader],
-            &[1, 2, 3]
-        )
-        .then_some(()))
-        .is_some()
-    );
+    let configs = three_configs(dir.path(), |from, to, address| {
+        let link = FaultProxy::start(address);
+        let proxied = link.address;
+        links.insert((from, to), link);
+        proxied
+    });
+    let (mut nodes, leader) = form(&configs);
     assert_eq!(
         nodes[&leader].write(create("before")),
         Ok(CommandReply::Done)
@@ -247,28 +243,8 @@ fn a_partitioned_leader_commits_nothing_and_rejoins_as_a_follower() {
 #[test]
 fn a_stopped_broker_is_fenced_and_its_partitions_get_new_leaders() {
     let dir = tempfile::tempdir().unwrap();
-    let (reserved, held) = reserve(3);
-    let voters: BTreeMap<u64, SocketAddr> = (1..=3).zip(reserved).collect();
-    let config = |id: u64| NodeConfig {
-        id,
-        dir: dir.path().join(format!("node{id}")),
-        voters: voters.clone(),
-        listen: voters[&id],
-    };
-    drop(held);
-    let mut nodes: BTreeMap<u64, ClusterNode> = (1..=3)
-        .map(|id| (id, ClusterNode::start(config(id)).unwrap()))
-        .collect();
-    let controller = wait_for(Duration::from_secs(20), || agreed_leader(&nodes))
-        .expect("the three nodes agree on a controller");
-    assert!(
-        wait_for(Duration::from_secs(10), || registered(
-            &nodes[&controller],
-            &[1, 2, 3]
-        )
-        .then_some(()))
-        .is_some()
-    );
+    let configs = three_configs(dir.path(), |_, _, address| address);
+    let (mut nodes, controller) = form(&configs);
     let replicated = Command::CreateTopic {
         name: "orders".into(),
         partitions: 3,
@@ -314,7 +290,10 @@ fn a_stopped_broker_is_fenced_and_its_partitions_get_new_leaders() {
         .is_some()
     );
 
-    nodes.insert(victim, ClusterNode::start(config(victim)).unwrap());
+    nodes.insert(
+        victim,
+        ClusterNode::start(configs[&victim].clone()).unwrap(),
+    );
     assert!(
         wait_for(Duration::from_secs(10), || registered(
             &nodes[&controller],

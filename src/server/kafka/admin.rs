@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use super::code;
 use crate::kafka::{self, error};
-use crate::protocol::{ErrorCode, NewPartitions, NewTopic, Status};
+use crate::protocol::{ErrorCode, NewPartitions, NewTopic, Status, TopicStatus};
 use crate::server::handlers::topics::effective_configs;
 use crate::server::shard::Shard;
 
@@ -89,22 +89,10 @@ pub(super) async fn create_topics(
         }
         results.push(result);
     }
-    let mut created = shard.create_topics(to_create).await.into_iter();
-    let topics = results
-        .into_iter()
-        .map(|result| {
-            result.unwrap_or_else(|| {
-                let status = created.next().expect("one answer per topic created");
-                let ok = status.status.is_ok();
-                kafka::TopicResult {
-                    name: status.name,
-                    error_code: code(&status.status),
-                    error_message: (!ok).then_some(status.status.message),
-                }
-            })
-        })
-        .collect();
-    kafka::CreateTopicsResponse { topics }
+    let created = shard.create_topics(to_create).await;
+    kafka::CreateTopicsResponse {
+        topics: merge(results, created),
+    }
 }
 
 /// Adds partitions through the same path as the native door. Explicit replica
@@ -161,12 +149,24 @@ pub(super) async fn create_partitions(
         }
         results.push(result);
     }
-    let mut grown = shard.create_partitions(to_grow).await.into_iter();
-    let topics = results
+    let grown = shard.create_partitions(to_grow).await;
+    kafka::CreatePartitionsResponse {
+        topics: merge(results, grown),
+    }
+}
+
+/// The answers in request order: those given in the Kafka door (`Some`), and in their
+/// places (`None`) the native path's answers to the rest, in its order.
+fn merge(
+    results: Vec<Option<kafka::TopicResult>>,
+    native: Vec<TopicStatus>,
+) -> Vec<kafka::TopicResult> {
+    let mut native = native.into_iter();
+    results
         .into_iter()
         .map(|result| {
             result.unwrap_or_else(|| {
-                let status = grown.next().expect("one answer per topic grown");
+                let status = native.next().expect("one native answer per topic sent on");
                 let ok = status.status.is_ok();
                 kafka::TopicResult {
                     name: status.name,
@@ -175,8 +175,7 @@ pub(super) async fn create_partitions(
                 }
             })
         })
-        .collect();
-    kafka::CreatePartitionsResponse { topics }
+        .collect()
 }
 
 pub(super) async fn delete_topics(
