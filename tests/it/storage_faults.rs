@@ -79,6 +79,74 @@ fn a_full_disk_fails_appends_cleanly_and_the_log_recovers_when_space_returns() {
 }
 
 /// Marks `path` immutable (or not): unlinking it then fails with EPERM.
+/// The same with groups of several chunks (concurrent appends of 100 KB: groups over
+/// `WRITE_CHUNK_BYTES`, sent as several writes): once the disk fills, a group whose later
+/// chunks find no space fails whole, and what its earlier chunks wrote is never adopted.
+#[test]
+fn a_full_disk_fails_multi_chunk_groups_whole_and_nothing_unacknowledged_is_adopted() {
+    on_loop_mount(|root| async move {
+        let path = root.join("p");
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&path, config.clone()).await.unwrap();
+        let round = |log: &Log, tag: String| {
+            let tasks: Vec<_> = (0..16)
+                .map(|lane| {
+                    let log = log.clone();
+                    let tag = format!("{tag}-{lane}");
+                    glommio::spawn_local(
+                        async move { log.append(batch_mut(&tag, 1, 100_000, 0)).await },
+                    )
+                })
+                .collect();
+            async move {
+                let mut outcomes = Vec::new();
+                for task in tasks {
+                    outcomes.push(task.await);
+                }
+                outcomes
+            }
+        };
+        for outcome in round(&log, "before".into()).await {
+            outcome.unwrap();
+        }
+        assert!(log.stats().chunk_writes > log.stats().group_writes);
+
+        let filler = root.join("filler");
+        fill(&filler);
+        let mut failures = 0;
+        for index in 0..20 {
+            for outcome in round(&log, format!("full{index}")).await {
+                if let Err(error) = outcome {
+                    assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+                    failures += 1;
+                }
+            }
+            if failures > 0 {
+                break;
+            }
+        }
+        assert!(failures > 0, "appends on a full disk must fail");
+        let acknowledged = read_all(&log, 0).await;
+        assert_eq!(acknowledged.len() as i64, log.log_end_offset());
+
+        std::fs::remove_file(&filler).unwrap();
+        let after = log.append(batch_mut("after", 1, 10, 0)).await.unwrap();
+        assert_eq!(after.base_offset, acknowledged.len() as i64, "no gap");
+        let everything = read_all(&log, 0).await;
+        log.close().await.unwrap();
+        let log = Log::open(&path, config).await.unwrap();
+        assert_eq!(
+            read_all(&log, 0).await,
+            everything,
+            "nothing more, nothing less"
+        );
+        log.close().await.unwrap();
+    });
+}
+
 fn immutable(path: &Path, on: bool) {
     let flag = if on { "+i" } else { "-i" };
     let status = Command::new("chattr")
