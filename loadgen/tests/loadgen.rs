@@ -222,7 +222,7 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let path = dir.path().join("died.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+    let mut run = Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
         .args([
             "produce",
             "--broker",
@@ -240,15 +240,28 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
     // the partition holds acknowledged records.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let end = spate::client::Connection::connect(&address, "test")
-            .and_then(|mut connection| {
+        let end =
+            spate::client::Connection::connect(&address, "test").and_then(|mut connection| {
                 connection.list_offset("loadgen", 0, spate::protocol::OFFSET_LATEST)
-            })
-            .unwrap_or(0);
-        if end > 0 {
+            });
+        if matches!(end, Ok(end) if end > 0) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the run produces");
+        // Anything that ends the wait early says why, with both programs' output.
+        let broker_exit = broker.try_wait().unwrap();
+        let run_exit = run.try_wait().unwrap();
+        if broker_exit.is_some() || run_exit.is_some() || std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            let _ = broker.kill();
+            let output = run.wait_with_output().unwrap();
+            let log = std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default();
+            panic!(
+                "the run produces nothing (broker {broker_exit:?}, run {run_exit:?}, last \
+                 answer {end:?})\nload generator: {}{}\nbroker: {log}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            );
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
