@@ -395,6 +395,7 @@ mod tests {
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
+            replication_factor: 1,
         }
     }
 

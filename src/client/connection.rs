@@ -189,10 +189,23 @@ impl Connection {
         partitions: u32,
         configs: &[(String, String)],
     ) -> Result<TopicStatus, ClientError> {
+        self.create_replicated_topic(name, partitions, 1, configs)
+    }
+
+    /// Creates a topic whose partitions each have `replication_factor` copies, on as
+    /// many brokers of the cluster.
+    pub fn create_replicated_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        configs: &[(String, String)],
+    ) -> Result<TopicStatus, ClientError> {
         let topic = NewTopic {
             name: name.to_string(),
             partitions,
             configs: configs.to_vec(),
+            replication_factor,
         };
         match self.call(&Request::CreateTopics(CreateTopicsRequest {
             topics: vec![topic],

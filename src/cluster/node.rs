@@ -15,8 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -24,13 +26,15 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Config, Raft, RaftMetrics};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::state::BrokerInfo;
 use super::store::{LogStore, MetadataMachine};
 use super::{ClusterState, Command, CommandReply, NodeId, TypeConfig};
+use crate::protocol;
 
 /// How often a broker tells every node it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
@@ -51,8 +55,11 @@ pub struct NodeConfig {
     /// Every voter and the address this node reaches it at (its own entry is what the
     /// others are told, in the first membership it proposes).
     pub voters: BTreeMap<NodeId, SocketAddr>,
-    /// Where this node listens for the others' Raft RPCs.
-    pub listen: SocketAddr,
+    /// Where this node listens for the others' messages itself; `None` when the broker's
+    /// native listener hands them in (`ClusterHandle::rpc`).
+    pub listen: Option<SocketAddr>,
+    /// What this node's heartbeats tell the controller.
+    pub broker: BrokerInfo,
 }
 
 /// openraft's settings for node `id`: see the module's notes on timing.
@@ -72,22 +79,86 @@ pub fn raft_config(id: NodeId) -> io::Result<Config> {
 
 enum Call {
     Write(Command, oneshot::Sender<Result<CommandReply, String>>),
+    /// A message from another node, as it came (`Rpc` in JSON), and where its answer goes.
+    Rpc(Bytes, oneshot::Sender<Bytes>),
 }
 
-/// A running node; dropping it stops the node.
-pub struct ClusterNode {
+/// What the rest of the broker holds of its node: cheap to clone, usable from any thread
+/// and any executor (the shards await its answers on their own reactors).
+#[derive(Clone)]
+pub struct ClusterHandle {
     pub id: NodeId,
     calls: mpsc::UnboundedSender<Call>,
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     machine: MetadataMachine,
+}
+
+impl ClusterHandle {
+    /// The controller (the Raft leader) this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.metrics.borrow().current_leader
+    }
+
+    /// The term this node is in.
+    pub fn term(&self) -> u64 {
+        self.metrics.borrow().current_term
+    }
+
+    /// The cluster as this node has applied it.
+    pub fn state(&self) -> ClusterState {
+        self.machine.state()
+    }
+
+    /// Proposes `command` through the controller, wherever it is (this node forwards it
+    /// there), waiting out an election; answered once it is committed and applied on the
+    /// controller.
+    pub async fn write(&self, command: Command) -> Result<CommandReply, String> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(Call::Write(command, reply))
+            .map_err(|_| "the cluster node has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the cluster node stopped before answering".to_string())?
+    }
+
+    /// Answers a message from another node (a Raft RPC, a heartbeat, a forwarded write).
+    pub async fn rpc(&self, message: Bytes) -> Result<Bytes, String> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(Call::Rpc(message, reply))
+            .map_err(|_| "the cluster node has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the cluster node stopped before answering".to_string())
+    }
+
+    /// Resolves when this node's Raft state next changes (an entry applied, a new term or
+    /// leader); `false` once the node has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.metrics.changed().await.is_ok()
+    }
+}
+
+/// A running node; dropping it stops the node.
+pub struct ClusterNode {
+    handle: ClusterHandle,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl std::ops::Deref for ClusterNode {
+    type Target = ClusterHandle;
+
+    fn deref(&self) -> &ClusterHandle {
+        &self.handle
+    }
+}
+
 impl ClusterNode {
-    /// Opens the node's store, starts its thread, listens on its cluster address and,
-    /// when the cluster has never formed, proposes the voters as its first membership
-    /// (every node does; they all propose the same one).
+    /// Opens the node's store, starts its thread, listens on its cluster address (when
+    /// given one) and, when the cluster has never formed, proposes the voters as its first
+    /// membership (every node does; they all propose the same one).
     pub fn start(config: NodeConfig) -> io::Result<ClusterNode> {
         if !config.voters.contains_key(&config.id) {
             return Err(io::Error::other(format!(
@@ -95,14 +166,16 @@ impl ClusterNode {
                 config.id
             )));
         }
-        let address = config.listen;
         let log = LogStore::open(&config.dir)?;
         let machine = MetadataMachine::open(&config.dir)?;
         let raft_config = Arc::new(raft_config(config.id)?);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(TcpListener::bind(address))?;
+        let listener = match config.listen {
+            Some(address) => Some(runtime.block_on(TcpListener::bind(address))?),
+            None => None,
+        };
         let network = Network {
             voters: config.voters.clone(),
         };
@@ -126,14 +199,32 @@ impl ClusterNode {
         let id = config.id;
         let voters = config.voters.clone();
         let controlled = machine.clone();
+        let broker = config.broker.clone();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     let sessions = Sessions::default();
-                    tokio::spawn(serve(listener, raft.clone(), sessions.clone()));
-                    tokio::spawn(send_heartbeats(id, voters.clone(), sessions.clone()));
-                    tokio::spawn(control(id, raft.clone(), controlled, voters, sessions));
+                    let node = Answerer {
+                        raft: raft.clone(),
+                        sessions: sessions.clone(),
+                    };
+                    if let Some(listener) = listener {
+                        tokio::spawn(serve(listener, node.clone()));
+                    }
+                    tokio::spawn(send_heartbeats(
+                        id,
+                        broker,
+                        voters.clone(),
+                        sessions.clone(),
+                    ));
+                    tokio::spawn(control(
+                        id,
+                        raft.clone(),
+                        controlled,
+                        voters.clone(),
+                        sessions,
+                    ));
                     if !raft.is_initialized().await.unwrap_or(true) {
                         // Refused when another node's proposal got here first: fine.
                         let _ = raft.initialize(members).await;
@@ -142,14 +233,15 @@ impl ClusterNode {
                         while let Some(call) = incoming.recv().await {
                             match call {
                                 Call::Write(command, reply) => {
-                                    let raft = raft.clone();
+                                    let (raft, voters) = (raft.clone(), voters.clone());
                                     tokio::spawn(async move {
-                                        let written = raft
-                                            .client_write(command)
-                                            .await
-                                            .map(|response| response.data)
-                                            .map_err(|error| error.to_string());
-                                        let _ = reply.send(written);
+                                        let _ = reply.send(write(&raft, &voters, command).await);
+                                    });
+                                }
+                                Call::Rpc(message, reply) => {
+                                    let node = node.clone();
+                                    tokio::spawn(async move {
+                                        let _ = reply.send(node.answer(&message).await);
                                     });
                                 }
                             }
@@ -163,43 +255,72 @@ impl ClusterNode {
                 });
             })?;
         Ok(ClusterNode {
-            id,
-            calls,
-            metrics,
-            machine,
+            handle: ClusterHandle {
+                id,
+                calls,
+                metrics,
+                machine,
+            },
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The leader this node knows of.
-    pub fn leader(&self) -> Option<NodeId> {
-        self.metrics.borrow().current_leader
+    /// What the rest of the broker keeps of this node.
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
     }
 
-    /// The term this node is in.
-    pub fn term(&self) -> u64 {
-        self.metrics.borrow().current_term
-    }
-
-    /// Proposes `command`; answered once it is committed and applied here (this node must
-    /// be the leader: otherwise the error names the leader).
-    pub fn write(&self, command: Command) -> Result<CommandReply, String> {
-        let (reply, answer) = oneshot::channel();
-        self.calls
-            .send(Call::Write(command, reply))
-            .map_err(|_| "the node has stopped".to_string())?;
-        answer
-            .blocking_recv()
-            .map_err(|_| "the node stopped before answering".to_string())?
-    }
-
-    /// The cluster as this node has applied it.
-    pub fn state(&self) -> ClusterState {
-        self.machine.state()
+    /// `ClusterHandle::write` for a thread outside any executor (tests, tools).
+    pub fn write_blocking(&self, command: Command) -> Result<CommandReply, String> {
+        futures_lite::future::block_on(self.handle.write(command))
     }
 }
 
+/// How long a write waits for a controller (an election) before it gives up.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// Proposes `command` here if this node leads, else forwards it to the leader; while
+/// there is none, or the one known stops leading, tries again until `WRITE_WAIT`.
+async fn write(
+    raft: &Raft<TypeConfig>,
+    voters: &BTreeMap<NodeId, SocketAddr>,
+    command: Command,
+) -> Result<CommandReply, String> {
+    let deadline = tokio::time::Instant::now() + WRITE_WAIT;
+    let mut last_error;
+    loop {
+        match raft.client_write(command.clone()).await {
+            Ok(response) => return Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                last_error = "no controller elected".to_string();
+                if let Some(address) = forward.leader_id.and_then(|leader| voters.get(&leader)) {
+                    let mut peer = Peer {
+                        target: forward.leader_id.expect("known"),
+                        address: Some(*address),
+                        stream: None,
+                    };
+                    match peer
+                        .exchange(&Rpc::Write(command.clone()), WRITE_WAIT)
+                        .await
+                    {
+                        Ok(Ok(reply)) => return Ok(reply),
+                        // It stopped leading on the way: ask again.
+                        Ok(Err(error)) => last_error = error,
+                        Err(error) => last_error = error.to_string(),
+                    }
+                }
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "the cluster controller did not take the change: {last_error}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -211,67 +332,116 @@ impl Drop for ClusterNode {
     }
 }
 
-/// The kinds of Raft RPC, as they travel.
+/// The messages nodes send each other, as JSON inside a native `ClusterRpc` request.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A broker's heartbeat (to every node: whichever is the controller acts on it).
-    Heartbeat(NodeId),
+    Heartbeat(NodeId, BrokerInfo),
+    /// A change proposed on a node that does not lead, for the leader (the controller).
+    Write(Command),
 }
 
-async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> io::Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    stream.write_u32(bytes.len() as u32).await?;
-    stream.write_all(&bytes).await
+/// Answers the messages of other nodes, whichever way they came in.
+#[derive(Clone)]
+struct Answerer {
+    raft: Raft<TypeConfig>,
+    sessions: Sessions,
 }
 
-async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+impl Answerer {
+    /// The JSON answer to one message (an undecodable one gets a JSON error string).
+    async fn answer(&self, message: &[u8]) -> Bytes {
+        let json = |value: &dyn erased::Json| Bytes::from(value.to_json());
+        let rpc: Rpc = match serde_json::from_slice(message) {
+            Ok(rpc) => rpc,
+            Err(error) => return json(&format!("malformed cluster message: {error}")),
+        };
+        match rpc {
+            Rpc::Append(rpc) => json(&self.raft.append_entries(rpc).await),
+            Rpc::Vote(rpc) => json(&self.raft.vote(rpc).await),
+            Rpc::Snapshot(rpc) => json(&self.raft.install_snapshot(rpc).await),
+            Rpc::Heartbeat(broker, info) => {
+                self.sessions.seen(broker, Some(info));
+                json(&true)
+            }
+            Rpc::Write(command) => {
+                let written: Result<CommandReply, String> = self
+                    .raft
+                    .client_write(command)
+                    .await
+                    .map(|response| response.data)
+                    .map_err(|error| error.to_string());
+                json(&written)
+            }
+        }
+    }
+}
+
+/// Serialising answers of different types through one function.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("answers serialise")
+        }
+    }
+}
+
+/// Reads one native frame (its length, then the frame without it).
+async fn read_native_frame(stream: &mut TcpStream) -> io::Result<Bytes> {
     let length = stream.read_u32().await? as usize;
     if length > RPC_FRAME_BYTES_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a Raft frame of {length} bytes"),
+            format!("a cluster frame of {length} bytes"),
         ));
     }
     let mut bytes = vec![0; length];
     stream.read_exact(&mut bytes).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+    Ok(Bytes::from(bytes))
 }
 
-/// Answers the Raft RPCs of the other nodes.
-async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, sessions: Sessions) {
+/// Answers other nodes on a listener of this node's own (a node started without a
+/// broker around it, as in tests); the frames are the native protocol's `ClusterRpc`
+/// requests and answers, as the broker's listener serves them.
+async fn serve(listener: TcpListener, node: Answerer) {
     loop {
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
                 // Out of descriptors, say: try again shortly rather than spin.
-                tracing::warn!(%error, "accepting a Raft connection");
+                tracing::warn!(%error, "accepting a cluster connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let raft = raft.clone();
-        let sessions = sessions.clone();
+        let node = node.clone();
         tokio::spawn(async move {
-            while let Ok(rpc) = read_frame::<Rpc>(&mut stream).await {
-                let written = match rpc {
-                    Rpc::Append(rpc) => {
-                        write_frame(&mut stream, &raft.append_entries(rpc).await).await
-                    }
-                    Rpc::Vote(rpc) => write_frame(&mut stream, &raft.vote(rpc).await).await,
-                    Rpc::Snapshot(rpc) => {
-                        write_frame(&mut stream, &raft.install_snapshot(rpc).await).await
-                    }
-                    Rpc::Heartbeat(broker) => {
-                        sessions.seen(broker);
-                        write_frame(&mut stream, &true).await
-                    }
+            while let Ok(frame) = read_native_frame(&mut stream).await {
+                let Ok((header, body)) = protocol::decode_request_header(frame) else {
+                    break;
                 };
-                if written.is_err() {
+                let response = match protocol::Request::decode(&header, body) {
+                    Ok(protocol::Request::ClusterRpc(message)) => {
+                        protocol::Response::ClusterRpc(node.answer(&message).await)
+                    }
+                    _ => protocol::Response::Failed(protocol::Status::error(
+                        protocol::ErrorCode::InvalidRequest,
+                        "this listener serves cluster messages only",
+                    )),
+                };
+                if stream
+                    .write_all(&response.encode(header.correlation_id))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -308,12 +478,9 @@ struct Peer {
 }
 
 impl Peer {
-    /// One RPC and its answer within `ttl`; a failure drops the connection.
-    async fn call<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
-        &mut self,
-        rpc: Rpc,
-        ttl: Duration,
-    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    /// Sends `rpc` as a native `ClusterRpc` request and reads the answer, within `ttl`; a
+    /// failure drops the connection.
+    async fn exchange<T: DeserializeOwned>(&mut self, rpc: &Rpc, ttl: Duration) -> io::Result<T> {
         let exchange = async {
             if self.stream.is_none() {
                 let address = self.address.ok_or_else(|| {
@@ -324,22 +491,57 @@ impl Peer {
                 self.stream = Some(stream);
             }
             let stream = self.stream.as_mut().expect("connected");
-            write_frame(stream, &rpc).await?;
-            read_frame::<Result<T, RaftError<NodeId, E>>>(stream).await
+            let message = serde_json::to_vec(rpc).map_err(io::Error::other)?;
+            let request = protocol::Request::ClusterRpc(Bytes::from(message));
+            stream.write_all(&request.encode(0)).await?;
+            let frame = read_native_frame(stream).await?;
+            if frame.len() < protocol::RESPONSE_HEADER_BYTES {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "a short answer"));
+            }
+            let body = frame.slice(protocol::RESPONSE_HEADER_BYTES..);
+            match protocol::Response::decode(protocol::ApiKey::ClusterRpc, body) {
+                Ok(protocol::Response::ClusterRpc(answer)) => serde_json::from_slice(&answer)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error)),
+                Ok(protocol::Response::Failed(status)) => Err(io::Error::other(format!(
+                    "node {} refused a cluster message: {status}",
+                    self.target
+                ))),
+                Ok(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "a wrong answer")),
+                Err(error) => Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+            }
         };
         match tokio::time::timeout(ttl, exchange).await {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(remote))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, remote)))
-            }
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => {
                 self.stream = None;
-                Err(RPCError::Unreachable(Unreachable::new(&error)))
+                Err(error)
             }
-            Err(elapsed) => {
+            Err(_) => {
                 self.stream = None;
-                Err(RPCError::Network(NetworkError::new(&elapsed)))
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("node {} did not answer in {ttl:?}", self.target),
+                ))
             }
+        }
+    }
+
+    /// One Raft RPC and its answer within `ttl`.
+    async fn call<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &mut self,
+        rpc: Rpc,
+        ttl: Duration,
+    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        match self
+            .exchange::<Result<T, RaftError<NodeId, E>>>(&rpc, ttl)
+            .await
+        {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                Err(RPCError::Network(NetworkError::new(&error)))
+            }
+            Err(error) => Err(RPCError::Unreachable(Unreachable::new(&error))),
         }
     }
 }
@@ -373,57 +575,65 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// When each broker was last heard from, as this node saw it (not replicated: only the
-/// controller acts on it, and a new controller starts every session afresh).
+/// When each broker was last heard from, and what it said of itself, as this node saw it
+/// (not replicated: only the controller acts on it, and a new controller starts every
+/// session afresh).
 #[derive(Clone, Default)]
-struct Sessions(Arc<std::sync::Mutex<BTreeMap<NodeId, tokio::time::Instant>>>);
+struct Sessions(Arc<std::sync::Mutex<BTreeMap<NodeId, Session>>>);
+
+/// When a broker was last heard from, and what it last said of itself.
+type Session = (tokio::time::Instant, Option<BrokerInfo>);
 
 impl Sessions {
-    fn seen(&self, broker: NodeId) {
+    fn seen(&self, broker: NodeId, info: Option<BrokerInfo>) {
         let now = tokio::time::Instant::now();
-        self.0.lock().expect("not poisoned").insert(broker, now);
+        let mut sessions = self.0.lock().expect("not poisoned");
+        let entry = sessions.entry(broker).or_insert((now, None));
+        entry.0 = now;
+        if info.is_some() {
+            entry.1 = info;
+        }
     }
 
-    fn last_seen(&self, broker: NodeId) -> Option<tokio::time::Instant> {
-        self.0.lock().expect("not poisoned").get(&broker).copied()
+    fn last_seen(&self, broker: NodeId) -> Option<Session> {
+        self.0.lock().expect("not poisoned").get(&broker).cloned()
     }
 
     /// Every broker counts as just seen (a new controller gives each a full session).
     fn restart(&self, brokers: impl Iterator<Item = NodeId>) {
-        let now = tokio::time::Instant::now();
-        let mut sessions = self.0.lock().expect("not poisoned");
         for broker in brokers {
-            sessions.insert(broker, now);
+            self.seen(broker, None);
         }
     }
 }
 
-/// Tells every node, every `HEARTBEAT_INTERVAL`, that this broker is alive.
-async fn send_heartbeats(id: NodeId, voters: BTreeMap<NodeId, SocketAddr>, sessions: Sessions) {
-    let mut streams: BTreeMap<NodeId, TcpStream> = BTreeMap::new();
+/// Tells every node, every `HEARTBEAT_INTERVAL`, that this broker is alive and what it is.
+async fn send_heartbeats(
+    id: NodeId,
+    info: BrokerInfo,
+    voters: BTreeMap<NodeId, SocketAddr>,
+    sessions: Sessions,
+) {
+    let mut peers: BTreeMap<NodeId, Peer> = voters
+        .iter()
+        .filter(|(peer, _)| **peer != id)
+        .map(|(&target, &address)| {
+            let peer = Peer {
+                target,
+                address: Some(address),
+                stream: None,
+            };
+            (target, peer)
+        })
+        .collect();
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         ticks.tick().await;
-        sessions.seen(id);
-        for (&peer, &address) in voters.iter().filter(|(peer, _)| **peer != id) {
-            let beat = async {
-                let stream = match streams.entry(peer) {
-                    std::collections::btree_map::Entry::Occupied(stream) => stream.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        let stream = TcpStream::connect(address).await?;
-                        stream.set_nodelay(true)?;
-                        slot.insert(stream)
-                    }
-                };
-                write_frame(stream, &Rpc::Heartbeat(id)).await?;
-                read_frame::<bool>(stream).await
-            };
-            if !matches!(
-                tokio::time::timeout(HEARTBEAT_INTERVAL, beat).await,
-                Ok(Ok(_))
-            ) {
-                streams.remove(&peer);
-            }
+        sessions.seen(id, Some(info.clone()));
+        for peer in peers.values_mut() {
+            let _ = peer
+                .exchange::<bool>(&Rpc::Heartbeat(id, info.clone()), HEARTBEAT_INTERVAL)
+                .await;
         }
     }
 }
@@ -458,21 +668,21 @@ async fn control(
         // refused when applied.
         let state = machine.state();
         let now = tokio::time::Instant::now();
-        for (&broker, address) in &voters {
-            let alive = sessions
-                .last_seen(broker)
-                .is_some_and(|seen| now.duration_since(seen) < BROKER_SESSION);
+        for &broker in voters.keys() {
+            let (alive, info) = match sessions.last_seen(broker) {
+                Some((seen, info)) => (now.duration_since(seen) < BROKER_SESSION, info),
+                None => (false, None),
+            };
             let known = state.brokers.get(&broker);
-            let command = match (alive, known) {
-                (true, None) => Some(Command::RegisterBroker {
-                    id: broker,
-                    address: address.to_string(),
-                }),
-                (true, Some(known)) if known.fenced => Some(Command::RegisterBroker {
-                    id: broker,
-                    address: address.to_string(),
-                }),
-                (false, Some(known)) if !known.fenced => {
+            let command = match (alive, known, info) {
+                // Registered once it has said what it is; again when it comes back or
+                // has changed (restarted with other ports or shards).
+                (true, known, Some(info))
+                    if known.is_none_or(|known| known.fenced || known.info != info) =>
+                {
+                    Some(Command::RegisterBroker { id: broker, info })
+                }
+                (false, Some(known), _) if !known.fenced => {
                     tracing::warn!(broker, "broker session expired: fencing it");
                     Some(Command::FenceBroker { id: broker })
                 }

@@ -18,9 +18,20 @@ use std::collections::BTreeMap;
 
 use super::NodeId;
 
+/// What a broker tells the controller about itself in its heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrokerInfo {
+    /// Its native bootstrap address; shard `i` listens on the port `1 + i` after it.
+    pub address: String,
+    /// Its Kafka bootstrap address (shard `i` on the port `1 + i` after it); empty when
+    /// it has no Kafka door.
+    pub kafka_address: String,
+    pub shards: u16,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BrokerState {
-    pub address: String,
+    pub info: BrokerInfo,
     pub fenced: bool,
 }
 
@@ -49,7 +60,7 @@ pub enum ClusterCommand {
     /// A broker (re)joins: unfenced, and it leads the partitions waiting for it.
     RegisterBroker {
         id: NodeId,
-        address: String,
+        info: BrokerInfo,
     },
     /// A broker missed its session.
     FenceBroker {
@@ -102,11 +113,11 @@ impl ClusterState {
     /// Applies `command`; `Err` says why it was refused (nothing changed).
     pub fn apply(&mut self, command: ClusterCommand) -> Result<(), String> {
         match command {
-            ClusterCommand::RegisterBroker { id, address } => {
+            ClusterCommand::RegisterBroker { id, info } => {
                 self.brokers.insert(
                     id,
                     BrokerState {
-                        address,
+                        info,
                         fenced: false,
                     },
                 );
@@ -299,7 +310,10 @@ mod tests {
         state
             .apply(ClusterCommand::RegisterBroker {
                 id,
-                address: format!("127.0.0.{id}:7070"),
+                info: BrokerInfo {
+                    address: format!("127.0.0.{id}:7070"),
+                    ..BrokerInfo::default()
+                },
             })
             .unwrap();
     }
@@ -412,7 +426,7 @@ mod tests {
         prop_oneof![
             id.clone().prop_map(|id| ClusterCommand::RegisterBroker {
                 id,
-                address: String::new()
+                info: BrokerInfo::default(),
             }),
             id.clone().prop_map(|id| ClusterCommand::FenceBroker { id }),
             (0u8..2, 1u32..3, 1u16..4).prop_map(|(name, partitions, replication_factor)| {

@@ -312,18 +312,21 @@ pub struct MetadataMachine {
 }
 
 impl MetadataMachine {
-    /// Opens the state machine in `dir`, from its last snapshot if there is one.
+    /// Opens the state machine in `dir`: its state as of the last entry applied (file
+    /// `state`, replaced after every apply), else its last snapshot's.
     pub fn open(dir: &Path) -> std::io::Result<MetadataMachine> {
         std::fs::create_dir_all(dir)?;
         let snapshot: Option<StoredSnapshot> = read_json(&dir.join("snapshot"))?;
-        let state = match &snapshot {
-            Some(snapshot) => serde_json::from_slice(&snapshot.data).map_err(|error| {
+        let applied: Option<MachineState> = read_json(&dir.join("state"))?;
+        let state = match (applied, &snapshot) {
+            (Some(state), _) => state,
+            (None, Some(snapshot)) => serde_json::from_slice(&snapshot.data).map_err(|error| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("snapshot state: {error}"),
                 )
             })?,
-            None => MachineState::default(),
+            (None, None) => MachineState::default(),
         };
         Ok(MetadataMachine {
             inner: Arc::new(Mutex::new(MachineInner {
@@ -411,6 +414,11 @@ impl RaftStateMachine<TypeConfig> for MetadataMachine {
             };
             replies.push(reply);
         }
+        // Durable before openraft counts the entries applied: a restarted node starts
+        // from this state (its shards open the partitions it places here) and is not
+        // given these entries again.
+        replace_json(&inner.dir, "state", &inner.state)
+            .map_err(|error| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, error))?;
         Ok(replies)
     }
 
@@ -443,6 +451,8 @@ impl RaftStateMachine<TypeConfig> for MetadataMachine {
             membership: meta.last_membership.clone(),
             ..state
         };
+        replace_json(&inner.dir, "state", &inner.state)
+            .map_err(|error| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, error))?;
         inner.snapshot = Some(stored);
         Ok(())
     }
@@ -557,7 +567,10 @@ mod tests {
         let mut machine = MetadataMachine::open(&path).unwrap();
         let register = Command::RegisterBroker {
             id: 1,
-            address: "127.0.0.1:7070".into(),
+            info: crate::cluster::state::BrokerInfo {
+                address: "127.0.0.1:7070".into(),
+                ..Default::default()
+            },
         };
         let replies = block_on(machine.apply([
             entry(1, register),

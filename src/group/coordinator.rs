@@ -1689,6 +1689,7 @@ mod tests {
                     name: "t".into(),
                     partitions: 1,
                     configs: Vec::new(),
+                    replication_factor: 1,
                 };
                 let mut with_topic = ClusterMetadata::default();
                 with_topic.create_topic(&topic).unwrap();

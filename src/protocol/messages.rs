@@ -156,6 +156,9 @@ pub struct NewTopic {
     pub name: String,
     pub partitions: u32,
     pub configs: Vec<(String, String)>,
+    /// Copies of each partition, on as many brokers (v2; 1 before). A single broker
+    /// accepts only 1.
+    pub replication_factor: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +279,10 @@ pub enum Request {
     /// What each shard holds and is doing (no fields).
     DescribeBroker,
     CreatePartitions(CreatePartitionsRequest),
+    /// Between the nodes of a cluster: one message of the metadata Raft group (opaque
+    /// here: `cluster::node` encodes it).
+    ClusterRpc(Bytes),
+    DescribeCluster(DescribeClusterRequest),
 }
 
 impl Request {
@@ -300,6 +307,8 @@ impl Request {
             Request::DeleteGroup(_) => ApiKey::DeleteGroup,
             Request::DescribeBroker => ApiKey::DescribeBroker,
             Request::CreatePartitions(_) => ApiKey::CreatePartitions,
+            Request::ClusterRpc(_) => ApiKey::ClusterRpc,
+            Request::DescribeCluster(_) => ApiKey::DescribeCluster,
         }
     }
 
@@ -356,6 +365,11 @@ impl Request {
                 put_string(out, &topic.name);
                 out.put_u32(topic.partitions);
                 put_configs(out, &topic.configs);
+                out.put_u16(topic.replication_factor);
+            }),
+            Request::ClusterRpc(message) => put_blob(out, message),
+            Request::DescribeCluster(request) => put_array(out, &request.topics, |out, name| {
+                put_string(out, name);
             }),
             Request::DeleteTopics(request) => {
                 put_array(out, &request.names, |out, name| put_string(out, name))
@@ -442,6 +456,11 @@ impl Request {
                         name: reader.string("topic name")?,
                         partitions: reader.u32("partition count")?,
                         configs: read_configs(reader)?,
+                        replication_factor: if header.api_version >= 2 {
+                            reader.u16("replication factor")?
+                        } else {
+                            1
+                        },
                     })
                 })?,
             }),
@@ -523,6 +542,10 @@ impl Request {
                 group_id: reader.string("group id")?,
             }),
             ApiKey::DescribeBroker => Request::DescribeBroker,
+            ApiKey::ClusterRpc => Request::ClusterRpc(reader.blob("cluster message")?),
+            ApiKey::DescribeCluster => Request::DescribeCluster(DescribeClusterRequest {
+                topics: read_strings(&mut reader, "topics")?,
+            }),
         };
         let entries = reader.entries();
         reader.finish("request")?;
@@ -593,6 +616,117 @@ pub struct TopicMetadata {
 pub struct MetadataResponse {
     pub shards: Vec<ShardAddress>,
     pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeClusterRequest {
+    /// The topics whose partitions to describe; none: every topic.
+    pub topics: Vec<String>,
+}
+
+/// The cluster as the answering node knows it: its nodes, the controller, and each
+/// partition's replicas. A single broker (no `--cluster`) answers as a cluster of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDescription {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Whether the broker runs as part of a cluster (`--cluster`).
+    pub clustered: bool,
+    /// The controller (the metadata Raft group's leader), -1 when there is none now.
+    pub controller: i64,
+    pub nodes: Vec<NodeDescription>,
+    pub topics: Vec<TopicReplicas>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDescription {
+    pub id: u64,
+    /// Its native bootstrap address.
+    pub address: String,
+    /// Its first Kafka port's address; empty when it has no Kafka door.
+    pub kafka_address: String,
+    pub shards: u16,
+    /// Missed its session with the controller: leads nothing, in no ISR it shares.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReplicas {
+    pub name: String,
+    pub status: Status,
+    pub partitions: Vec<PartitionReplicas>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReplicas {
+    pub partition: u32,
+    /// -1: no leader now (its only in-sync replica is down).
+    pub leader: i64,
+    pub leader_epoch: u32,
+    pub replicas: Vec<u64>,
+    pub isr: Vec<u64>,
+}
+
+impl ClusterDescription {
+    fn encode(&self, out: &mut BytesMut) {
+        out.put_u64(self.node_id);
+        out.put_u8(u8::from(self.clustered));
+        out.put_i64(self.controller);
+        put_array(out, &self.nodes, |out, node| {
+            out.put_u64(node.id);
+            put_string(out, &node.address);
+            put_string(out, &node.kafka_address);
+            out.put_u16(node.shards);
+            out.put_u8(u8::from(node.fenced));
+        });
+        put_array(out, &self.topics, |out, topic| {
+            put_string(out, &topic.name);
+            put_status(out, &topic.status);
+            put_array(out, &topic.partitions, |out, partition| {
+                out.put_u32(partition.partition);
+                out.put_i64(partition.leader);
+                out.put_u32(partition.leader_epoch);
+                put_array(out, &partition.replicas, |out, id| out.put_u64(*id));
+                put_array(out, &partition.isr, |out, id| out.put_u64(*id));
+            });
+        });
+    }
+
+    fn decode(reader: &mut Reader) -> Result<ClusterDescription, ProtocolError> {
+        Ok(ClusterDescription {
+            node_id: reader.u64("node id")?,
+            clustered: reader.u8("clustered")? != 0,
+            controller: reader.i64("controller")?,
+            nodes: read_array(reader, "nodes", 15, |reader| {
+                Ok(NodeDescription {
+                    id: reader.u64("node id")?,
+                    address: reader.string("node address")?,
+                    kafka_address: reader.string("node Kafka address")?,
+                    shards: reader.u16("node shards")?,
+                    fenced: reader.u8("node fenced")? != 0,
+                })
+            })?,
+            topics: read_array(reader, "topics", 10, |reader| {
+                Ok(TopicReplicas {
+                    name: reader.string("topic name")?,
+                    status: read_status(reader, "topic status")?,
+                    partitions: read_array(reader, "partitions", 24, |reader| {
+                        Ok(PartitionReplicas {
+                            partition: reader.u32("partition")?,
+                            leader: reader.i64("leader")?,
+                            leader_epoch: reader.u32("leader epoch")?,
+                            replicas: read_array(reader, "replicas", 8, |reader| {
+                                reader.u64("replica")
+                            })?,
+                            isr: read_array(reader, "in-sync replicas", 8, |reader| {
+                                reader.u64("in-sync replica")
+                            })?,
+                        })
+                    })?,
+                })
+            })?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -804,6 +938,8 @@ pub enum Response {
     DescribeGroup(GroupDescription),
     DeleteGroup,
     DescribeBroker(BrokerDescription),
+    ClusterRpc(Bytes),
+    DescribeCluster(ClusterDescription),
 }
 
 impl Response {
@@ -917,6 +1053,8 @@ impl Response {
                     out.put_u64(shard.read_ahead_budget_bytes);
                 });
             }
+            Response::ClusterRpc(message) => put_blob(out, message),
+            Response::DescribeCluster(cluster) => cluster.encode(out),
         }
     }
 
@@ -1056,6 +1194,10 @@ impl Response {
                     })
                 })?,
             }),
+            ApiKey::ClusterRpc => Response::ClusterRpc(reader.blob("cluster message")?),
+            ApiKey::DescribeCluster => {
+                Response::DescribeCluster(ClusterDescription::decode(&mut reader)?)
+            }
         };
         reader.finish("response")?;
         Ok(response)

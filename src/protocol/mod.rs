@@ -74,10 +74,12 @@ pub enum ApiKey {
     DeleteGroup = 16,
     DescribeBroker = 17,
     CreatePartitions = 18,
+    ClusterRpc = 19,
+    DescribeCluster = 20,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 19] = [
+    pub const ALL: [ApiKey; 21] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -97,6 +99,8 @@ impl ApiKey {
         ApiKey::DeleteGroup,
         ApiKey::DescribeBroker,
         ApiKey::CreatePartitions,
+        ApiKey::ClusterRpc,
+        ApiKey::DescribeCluster,
     ];
 
     pub fn from_u16(value: u16) -> Result<ApiKey, ProtocolError> {
@@ -108,7 +112,11 @@ impl ApiKey {
 
     /// Versions of this request this implementation speaks, lowest and highest.
     pub fn versions(self) -> (u16, u16) {
-        (1, 1)
+        match self {
+            // v2 adds each topic's replication factor.
+            ApiKey::CreateTopics => (1, 2),
+            _ => (1, 1),
+        }
     }
 }
 
@@ -144,10 +152,11 @@ pub enum ErrorCode {
     InvalidTimestamp = 25,
     OutOfOrderSequence = 26,
     InvalidProducerEpoch = 27,
+    InvalidReplicationFactor = 28,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 28] = [
+    const ALL: [ErrorCode; 29] = [
         ErrorCode::None,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::OffsetOutOfRange,
@@ -176,6 +185,7 @@ impl ErrorCode {
         ErrorCode::InvalidTimestamp,
         ErrorCode::OutOfOrderSequence,
         ErrorCode::InvalidProducerEpoch,
+        ErrorCode::InvalidReplicationFactor,
     ];
 
     pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
@@ -228,6 +238,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::InvalidTimestamp => "record timestamp out of the topic's range",
             ErrorCode::OutOfOrderSequence => "producer sequence number out of order",
             ErrorCode::InvalidProducerEpoch => "producer epoch fenced by a newer one",
+            ErrorCode::InvalidReplicationFactor => "replication factor not available",
         };
         f.write_str(name)
     }

@@ -31,18 +31,19 @@ fn request() -> impl Strategy<Value = Request> {
         name().prop_map(|client_id| Request::ApiVersions(ApiVersionsRequest { client_id })),
         prop::collection::vec(name(), 0..4)
             .prop_map(|topics| Request::Metadata(MetadataRequest { topics })),
-        prop::collection::vec((name(), any::<u32>(), configs()), 0..3).prop_map(|topics| {
-            Request::CreateTopics(CreateTopicsRequest {
+        prop::collection::vec((name(), any::<u32>(), configs(), any::<u16>()), 0..3).prop_map(
+            |topics| Request::CreateTopics(CreateTopicsRequest {
                 topics: topics
                     .into_iter()
-                    .map(|(name, partitions, configs)| NewTopic {
+                    .map(|(name, partitions, configs, replication_factor)| NewTopic {
                         name,
                         partitions,
                         configs,
+                        replication_factor,
                     })
                     .collect(),
             })
-        }),
+        ),
         prop::collection::vec(name(), 0..4)
             .prop_map(|names| Request::DeleteTopics(DeleteTopicsRequest { names })),
         prop::collection::vec((name(), any::<u32>()), 0..4).prop_map(|topics| {

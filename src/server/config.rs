@@ -61,6 +61,52 @@ pub struct ServerConfig {
     /// (`READ_AHEAD_SHARE`; past it, disk reads are not read ahead); the requests in
     /// flight on all its connections the rest (new requests wait).
     pub memory_max: u64,
+    /// Copies of each partition of an auto-created topic, or of one created without a
+    /// replication factor by a Kafka client (Kafka's `default.replication.factor`).
+    pub default_replication_factor: u16,
+    /// This broker's place in a cluster (`--node-id`, `--cluster`); `None`: a broker on
+    /// its own.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A node of a cluster: its id, and every voter of the metadata Raft group with its
+/// native bootstrap address (this node's own included; it is where the node listens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub voters: std::collections::BTreeMap<u64, SocketAddr>,
+}
+
+/// Parses `--cluster`: `ID@HOST:PORT` entries separated by commas, e.g.
+/// `1@127.0.0.1:7070,2@127.0.0.2:7070,3@127.0.0.3:7070`.
+pub fn parse_voters(text: &str) -> Result<std::collections::BTreeMap<u64, SocketAddr>, String> {
+    let mut voters = std::collections::BTreeMap::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let (id, address) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("--cluster entry {entry:?} is not ID@HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .ok()
+            .filter(|id| (1..=255).contains(id))
+            .ok_or_else(|| format!("--cluster entry {entry:?}: a node id is 1 to 255"))?;
+        let address =
+            parse_listen(address).map_err(|error| format!("--cluster entry {entry:?}: {error}"))?;
+        if address.port() == 0 {
+            return Err(format!("--cluster entry {entry:?} needs a port"));
+        }
+        if voters.insert(id, address).is_some() {
+            return Err(format!("--cluster names node {id} twice"));
+        }
+    }
+    if voters.is_empty() {
+        return Err("--cluster names no node".to_string());
+    }
+    Ok(voters)
 }
 
 /// The part of a shard's memory share its tail caches may hold together.
@@ -132,6 +178,8 @@ impl Default for ServerConfig {
             offsets_compact_bytes: 16 << 20,
             tail_cache_bytes_max: 64 << 20,
             memory_max: default_memory_max(),
+            default_replication_factor: 1,
+            cluster: None,
         }
     }
 }
@@ -212,6 +260,18 @@ pub struct Settings {
     #[arg(long, value_parser = parse_size)]
     #[serde(default, deserialize_with = "size_from_text")]
     pub memory_max: Option<u64>,
+    /// Copies of each partition of an auto-created topic [default: 1].
+    #[arg(long)]
+    pub default_replication_factor: Option<u16>,
+    /// This node's id in --cluster (1 to 255).
+    #[arg(long, requires = "cluster")]
+    pub node_id: Option<u64>,
+    /// The cluster's voters, each node's id and native address, e.g.
+    /// 1@127.0.0.1:7070,2@127.0.0.2:7070,3@127.0.0.3:7070. This node listens at its own
+    /// (--listen defaults to it); without --cluster the broker runs on its own.
+    #[arg(long, requires = "node_id", value_parser = parse_voter_list)]
+    #[serde(default, deserialize_with = "voters_from_text")]
+    pub cluster: Option<VoterList>,
 }
 
 /// A size in bytes: a plain number, or with a unit: KiB, MiB, GiB, TiB (powers of 1024),
@@ -258,6 +318,23 @@ fn size_from_text<'de, D: serde::Deserializer<'de>>(
             .map(Some)
             .map_err(serde::de::Error::custom),
     }
+}
+
+/// A parsed `--cluster` list (a newtype, so clap takes it as one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoterList(pub std::collections::BTreeMap<u64, SocketAddr>);
+
+fn parse_voter_list(value: &str) -> Result<VoterList, String> {
+    parse_voters(value).map(VoterList)
+}
+
+fn voters_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<VoterList>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_voter_list(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A parsed `--cpus` list (a newtype, so clap takes it as one value, not many).
@@ -355,12 +432,48 @@ impl Settings {
         );
         set(&mut config.tail_cache_bytes_max, self.tail_cache_bytes_max);
         set(&mut config.memory_max, self.memory_max);
+        set(
+            &mut config.default_replication_factor,
+            self.default_replication_factor,
+        );
+        if let (Some(node_id), Some(VoterList(voters))) = (self.node_id, self.cluster) {
+            if let Some(own) = voters.get(&node_id) {
+                // A node listens at its own address unless told otherwise, and Kafka
+                // clients reach it on the same host.
+                if self.listen.is_none() {
+                    config.listen = *own;
+                }
+                if self.kafka_listen.is_none()
+                    && let Some(kafka) = &mut config.kafka_listen
+                {
+                    kafka.set_ip(own.ip());
+                }
+            }
+            config.cluster = Some(ClusterConfig { node_id, voters });
+        }
     }
 }
 
 impl ServerConfig {
     /// Checks the settings against each other and the machine.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(cluster) = &self.cluster {
+            let Some(own) = cluster.voters.get(&cluster.node_id) else {
+                return Err(format!(
+                    "--node-id {} is not in --cluster (give every voter as ID@HOST:PORT, this node among them)",
+                    cluster.node_id
+                ));
+            };
+            if *own != self.listen {
+                return Err(format!(
+                    "--listen {} differs from node {}'s address {own} in --cluster: the other nodes reach it there",
+                    self.listen, cluster.node_id
+                ));
+            }
+        }
+        if self.default_replication_factor == 0 {
+            return Err("default-replication-factor must be at least 1".to_string());
+        }
         if self.shards == 0 || self.shards > 1024 {
             return Err(format!(
                 "--shards must be between 1 and 1024, not {}",

@@ -157,6 +157,7 @@ fn wide_request(kind: ApiKey, entries: usize, name: &str) -> Request {
                     name,
                     partitions: 10_000,
                     configs: Vec::new(),
+                    replication_factor: 1,
                 })
                 .collect(),
         }),

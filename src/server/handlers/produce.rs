@@ -48,6 +48,7 @@ pub(crate) async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item
                 name: name.to_string(),
                 partitions: shard.config.default_partitions,
                 configs: Vec::new(),
+                replication_factor: shard.config.default_replication_factor,
             });
         }
     }

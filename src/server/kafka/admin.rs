@@ -40,11 +40,11 @@ pub(super) async fn create_topics(
                 error_message: Some(message),
             })
         };
-        let result = if topic.replication_factor != -1 && topic.replication_factor != 1 {
+        let result = if topic.replication_factor == 0 || topic.replication_factor < -1 {
             refuse(
                 error::INVALID_REPLICATION_FACTOR,
                 format!(
-                    "replication factor {} is not available: this Spate broker keeps one copy of each partition",
+                    "a replication factor of {} is not one; send -1 for the broker's default",
                     topic.replication_factor
                 ),
             )
@@ -85,6 +85,8 @@ pub(super) async fn create_topics(
                     .filter_map(|(key, value)| value.map(|value| (key, value)))
                     .collect(),
                 name: topic.name,
+                replication_factor: u16::try_from(topic.replication_factor)
+                    .unwrap_or(shard.config.default_replication_factor),
             });
         }
         results.push(result);

@@ -223,6 +223,7 @@ fn code(status: &Status) -> i16 {
         ErrorCode::InvalidTimestamp => error::INVALID_TIMESTAMP,
         ErrorCode::OutOfOrderSequence => error::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::InvalidProducerEpoch => error::INVALID_PRODUCER_EPOCH,
+        ErrorCode::InvalidReplicationFactor => error::INVALID_REPLICATION_FACTOR,
     }
 }
 
