@@ -42,6 +42,13 @@ enum Command {
         #[arg(long, global = true, default_value = cli::DEFAULT_BROKER)]
         broker: String,
     },
+    /// Show the cluster's nodes, their state and the controller.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[arg(long, global = true, default_value = cli::DEFAULT_BROKER)]
+        broker: String,
+    },
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]
@@ -109,13 +116,16 @@ enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Copies of each partition, on as many brokers of the cluster.
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u16,
         /// A topic config as key=value (repeatable), e.g. flush.ms=100.
         #[arg(long = "config")]
         configs: Vec<String>,
     },
     /// List topic names.
     List,
-    /// Show a topic's partitions, owners, offsets and configs.
+    /// Show a topic's partitions (leader, replicas, in-sync replicas, offsets) and configs.
     Describe { name: String },
     /// Add partitions to a topic (as in Kafka, they can only be added; keys then map to
     /// partitions differently).
@@ -127,6 +137,12 @@ enum TopicCommand {
     },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The nodes (address, shards, fenced or not) and the controller.
+    Describe,
 }
 
 #[derive(Subcommand)]
@@ -187,7 +203,9 @@ struct ServeArgs {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // openraft narrates every election at info and warn: its errors are enough.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -204,14 +222,18 @@ fn main() {
             TopicCommand::Create {
                 name,
                 partitions,
+                replication_factor,
                 configs,
-            } => cli::topic::create(&broker, &name, partitions, &configs),
+            } => cli::topic::create(&broker, &name, partitions, replication_factor, &configs),
             TopicCommand::List => cli::topic::list(&broker),
             TopicCommand::Describe { name } => cli::topic::describe_topic(&broker, &name),
             TopicCommand::Alter { name, partitions } => {
                 cli::topic::alter(&broker, &name, partitions)
             }
             TopicCommand::Delete { name } => cli::topic::delete(&broker, &name),
+        },
+        Command::Cluster { command, broker } => match command {
+            ClusterCommand::Describe => cli::cluster::describe_cluster(&broker),
         },
         Command::Broker { command, broker } => match command {
             BrokerCommand::Describe => cli::broker::describe_broker(&broker),

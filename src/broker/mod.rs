@@ -3,6 +3,7 @@
 
 pub mod metadata;
 pub mod producer_ids;
+pub mod view;
 
 use crate::protocol::{ErrorCode, Status};
 use crate::storage::StorageError;

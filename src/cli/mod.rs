@@ -4,6 +4,7 @@
 //! success and 1 with one clear line on stderr otherwise.
 
 pub mod broker;
+pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;

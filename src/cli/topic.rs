@@ -10,7 +10,13 @@ fn check(status: Status, what: &str) -> Result<(), String> {
     }
 }
 
-pub fn create(broker: &str, name: &str, partitions: u32, configs: &[String]) -> Result<(), String> {
+pub fn create(
+    broker: &str,
+    name: &str,
+    partitions: u32,
+    replication_factor: u16,
+    configs: &[String],
+) -> Result<(), String> {
     let mut pairs = Vec::new();
     for config in configs {
         let (key, value) = config
@@ -20,10 +26,16 @@ pub fn create(broker: &str, name: &str, partitions: u32, configs: &[String]) -> 
     }
     let mut connection = connect(broker)?;
     let created = connection
-        .create_topic(name, partitions, &pairs)
+        .create_replicated_topic(name, partitions, replication_factor, &pairs)
         .map_err(describe)?;
     check(created.status, &format!("cannot create topic {name}"))?;
-    println!("Created topic {name} with {partitions} partitions.");
+    if replication_factor > 1 {
+        println!(
+            "Created topic {name} with {partitions} partitions, {replication_factor} replicas each."
+        );
+    } else {
+        println!("Created topic {name} with {partitions} partitions.");
+    }
     Ok(())
 }
 
@@ -46,27 +58,68 @@ pub fn describe_topic(broker: &str, name: &str) -> Result<(), String> {
         .ok_or("empty answer")?;
     check(topic.status, &format!("cannot describe topic {name}"))?;
     let metadata = connection.metadata(&[name]).map_err(describe)?;
+    let cluster = connection.describe_cluster(&[name]).map_err(describe)?;
+    let replicas = cluster.topics.into_iter().next().ok_or("empty answer")?;
+    check(replicas.status, &format!("cannot describe topic {name}"))?;
     let configs: Vec<String> = topic
         .configs
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
     println!(
-        "Topic: {}\tPartitionCount: {}\tConfigs: {}",
+        "Topic: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}",
         topic.name,
         topic.partitions,
+        replicas
+            .partitions
+            .first()
+            .map_or(1, |partition| partition.replicas.len()),
         configs.join(",")
     );
-    for partition in &metadata.topics[0].partitions {
-        let start = connection
-            .list_offset(name, partition.partition, spate::protocol::OFFSET_EARLIEST)
-            .map_err(describe)?;
-        let end = connection
-            .list_offset(name, partition.partition, spate::protocol::OFFSET_LATEST)
-            .map_err(describe)?;
+    // Offsets come from each partition's leader shard, wherever it is.
+    let addresses: std::collections::HashMap<u16, String> = metadata
+        .shards
+        .iter()
+        .map(|shard| (shard.shard_id, format!("{}:{}", shard.host, shard.port)))
+        .collect();
+    let mut leaders: std::collections::HashMap<u16, spate::client::Connection> =
+        std::collections::HashMap::new();
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    for (partition, placed) in metadata.topics[0]
+        .partitions
+        .iter()
+        .zip(&replicas.partitions)
+    {
+        let offsets = match addresses.get(&partition.shard_id) {
+            Some(address) => {
+                let leader = match leaders.entry(partition.shard_id) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        entry.insert(connect(address)?)
+                    }
+                };
+                let start = leader
+                    .list_offset(name, partition.partition, spate::protocol::OFFSET_EARLIEST)
+                    .map_err(describe)?;
+                let end = leader
+                    .list_offset(name, partition.partition, spate::protocol::OFFSET_LATEST)
+                    .map_err(describe)?;
+                format!("LogStartOffset: {start}\tLogEndOffset: {end}")
+            }
+            None => "LogStartOffset: -\tLogEndOffset: -".to_string(),
+        };
+        let leader = if placed.leader < 0 {
+            "none".to_string()
+        } else {
+            placed.leader.to_string()
+        };
         println!(
-            "\tTopic: {name}\tPartition: {}\tShard: {}\tLogStartOffset: {start}\tLogEndOffset: {end}",
-            partition.partition, partition.shard_id
+            "\tTopic: {name}\tPartition: {}\tLeader: {leader}\tReplicas: {}\tIsr: {}\tLeaderEpoch: {}\tShard: {}\t{offsets}",
+            partition.partition,
+            ids(&placed.replicas),
+            ids(&placed.isr),
+            placed.leader_epoch,
+            partition.shard_id % spate::broker::view::SHARDS_PER_NODE_MAX as u16,
         );
     }
     Ok(())

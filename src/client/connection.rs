@@ -494,6 +494,21 @@ impl Connection {
         }
     }
 
+    /// The cluster's nodes, its controller, and the replicas, leader and in-sync replicas
+    /// of each partition of `topics` (every topic when empty).
+    pub fn describe_cluster(
+        &mut self,
+        topics: &[&str],
+    ) -> Result<crate::protocol::ClusterDescription, ClientError> {
+        let request = Request::DescribeCluster(crate::protocol::DescribeClusterRequest {
+            topics: topics.iter().map(|name| name.to_string()).collect(),
+        });
+        match self.call(&request)? {
+            Response::DescribeCluster(cluster) => Ok(cluster),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
     /// Deletes a group with no members, and its committed offsets.
     pub fn delete_group(&mut self, group_id: &str) -> Result<(), ClientError> {
         let request = Request::DeleteGroup(GroupIdRequest {

@@ -283,6 +283,8 @@ pub enum Request {
     /// here: `cluster::node` encodes it).
     ClusterRpc(Bytes),
     DescribeCluster(DescribeClusterRequest),
+    /// From a follower node to a partition's leader: records from the follower's log end.
+    ReplicaFetch(ReplicaFetchRequest),
 }
 
 impl Request {
@@ -309,6 +311,7 @@ impl Request {
             Request::CreatePartitions(_) => ApiKey::CreatePartitions,
             Request::ClusterRpc(_) => ApiKey::ClusterRpc,
             Request::DescribeCluster(_) => ApiKey::DescribeCluster,
+            Request::ReplicaFetch(_) => ApiKey::ReplicaFetch,
         }
     }
 
@@ -371,6 +374,7 @@ impl Request {
             Request::DescribeCluster(request) => put_array(out, &request.topics, |out, name| {
                 put_string(out, name);
             }),
+            Request::ReplicaFetch(request) => request.encode(out),
             Request::DeleteTopics(request) => {
                 put_array(out, &request.names, |out, name| put_string(out, name))
             }
@@ -546,6 +550,9 @@ impl Request {
             ApiKey::DescribeCluster => Request::DescribeCluster(DescribeClusterRequest {
                 topics: read_strings(&mut reader, "topics")?,
             }),
+            ApiKey::ReplicaFetch => {
+                Request::ReplicaFetch(ReplicaFetchRequest::decode(&mut reader)?)
+            }
         };
         let entries = reader.entries();
         reader.finish("request")?;
@@ -616,6 +623,104 @@ pub struct TopicMetadata {
 pub struct MetadataResponse {
     pub shards: Vec<ShardAddress>,
     pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFetchRequest {
+    /// The follower's node id.
+    pub replica: u64,
+    /// How long the leader may hold the request while none of its partitions has data.
+    pub max_wait_ms: u32,
+    /// Most record bytes per partition.
+    pub max_bytes: u32,
+    pub partitions: Vec<ReplicaFetchPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFetchPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// The leader epoch the follower believes current: another is refused
+    /// (`FencedLeaderEpoch`), so neither side acts on a stale leadership.
+    pub leader_epoch: u32,
+    /// The follower's log end: it holds everything below.
+    pub fetch_offset: i64,
+    /// The epoch of the follower's last batch (-1: empty log), against which the leader
+    /// checks that their logs agree up to `fetch_offset` (Kafka's KIP-320).
+    pub last_fetched_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFetchPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub status: Status,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// When the follower's log diverged from the leader's: the largest epoch the leader
+    /// has at or below `last_fetched_epoch`, and where that epoch ends in the leader's log;
+    /// the follower truncates there and fetches again. -1 and -1 when the logs agree.
+    pub diverging_epoch: i32,
+    pub diverging_end_offset: i64,
+    pub records: Bytes,
+}
+
+impl ReplicaFetchRequest {
+    fn encode(&self, out: &mut BytesMut) {
+        out.put_u64(self.replica);
+        out.put_u32(self.max_wait_ms);
+        out.put_u32(self.max_bytes);
+        put_array(out, &self.partitions, |out, partition| {
+            put_string(out, &partition.topic);
+            out.put_u32(partition.partition);
+            out.put_u32(partition.leader_epoch);
+            out.put_i64(partition.fetch_offset);
+            out.put_i32(partition.last_fetched_epoch);
+        });
+    }
+
+    fn decode(reader: &mut Reader) -> Result<ReplicaFetchRequest, ProtocolError> {
+        Ok(ReplicaFetchRequest {
+            replica: reader.u64("replica")?,
+            max_wait_ms: reader.u32("max wait")?,
+            max_bytes: reader.u32("max bytes")?,
+            partitions: read_array(reader, "partitions", 22, |reader| {
+                Ok(ReplicaFetchPartition {
+                    topic: reader.string("topic name")?,
+                    partition: reader.u32("partition")?,
+                    leader_epoch: reader.u32("leader epoch")?,
+                    fetch_offset: reader.i64("fetch offset")?,
+                    last_fetched_epoch: reader.i32("last fetched epoch")?,
+                })
+            })?,
+        })
+    }
+}
+
+impl ReplicaFetchPartitionResponse {
+    fn encode(&self, out: &mut BytesMut) {
+        put_string(out, &self.topic);
+        out.put_u32(self.partition);
+        put_status(out, &self.status);
+        out.put_i64(self.high_watermark);
+        out.put_i64(self.log_start_offset);
+        out.put_i32(self.diverging_epoch);
+        out.put_i64(self.diverging_end_offset);
+        put_blob(out, &self.records);
+    }
+
+    fn decode(reader: &mut Reader) -> Result<ReplicaFetchPartitionResponse, ProtocolError> {
+        Ok(ReplicaFetchPartitionResponse {
+            topic: reader.string("topic name")?,
+            partition: reader.u32("partition")?,
+            status: read_status(reader, "partition status")?,
+            high_watermark: reader.i64("high watermark")?,
+            log_start_offset: reader.i64("log start offset")?,
+            diverging_epoch: reader.i32("diverging epoch")?,
+            diverging_end_offset: reader.i64("diverging end offset")?,
+            records: reader.blob("records")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -940,6 +1045,7 @@ pub enum Response {
     DescribeBroker(BrokerDescription),
     ClusterRpc(Bytes),
     DescribeCluster(ClusterDescription),
+    ReplicaFetch(Vec<ReplicaFetchPartitionResponse>),
 }
 
 impl Response {
@@ -1055,6 +1161,9 @@ impl Response {
             }
             Response::ClusterRpc(message) => put_blob(out, message),
             Response::DescribeCluster(cluster) => cluster.encode(out),
+            Response::ReplicaFetch(partitions) => put_array(out, partitions, |out, partition| {
+                partition.encode(out);
+            }),
         }
     }
 
@@ -1198,6 +1307,12 @@ impl Response {
             ApiKey::DescribeCluster => {
                 Response::DescribeCluster(ClusterDescription::decode(&mut reader)?)
             }
+            ApiKey::ReplicaFetch => Response::ReplicaFetch(read_array(
+                &mut reader,
+                "partitions",
+                36,
+                ReplicaFetchPartitionResponse::decode,
+            )?),
         };
         reader.finish("response")?;
         Ok(response)

@@ -76,10 +76,11 @@ pub enum ApiKey {
     CreatePartitions = 18,
     ClusterRpc = 19,
     DescribeCluster = 20,
+    ReplicaFetch = 21,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 21] = [
+    pub const ALL: [ApiKey; 22] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -101,6 +102,7 @@ impl ApiKey {
         ApiKey::CreatePartitions,
         ApiKey::ClusterRpc,
         ApiKey::DescribeCluster,
+        ApiKey::ReplicaFetch,
     ];
 
     pub fn from_u16(value: u16) -> Result<ApiKey, ProtocolError> {
@@ -153,10 +155,13 @@ pub enum ErrorCode {
     OutOfOrderSequence = 26,
     InvalidProducerEpoch = 27,
     InvalidReplicationFactor = 28,
+    FencedLeaderEpoch = 29,
+    NotEnoughReplicas = 30,
+    NotEnoughReplicasAfterAppend = 31,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 29] = [
+    const ALL: [ErrorCode; 32] = [
         ErrorCode::None,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::OffsetOutOfRange,
@@ -186,6 +191,9 @@ impl ErrorCode {
         ErrorCode::OutOfOrderSequence,
         ErrorCode::InvalidProducerEpoch,
         ErrorCode::InvalidReplicationFactor,
+        ErrorCode::FencedLeaderEpoch,
+        ErrorCode::NotEnoughReplicas,
+        ErrorCode::NotEnoughReplicasAfterAppend,
     ];
 
     pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
@@ -200,6 +208,9 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::NotOwner
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::NotEnoughReplicas
+                | ErrorCode::NotEnoughReplicasAfterAppend
                 | ErrorCode::Timeout
                 | ErrorCode::DiskFull
                 | ErrorCode::ShuttingDown
@@ -239,6 +250,11 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::OutOfOrderSequence => "producer sequence number out of order",
             ErrorCode::InvalidProducerEpoch => "producer epoch fenced by a newer one",
             ErrorCode::InvalidReplicationFactor => "replication factor not available",
+            ErrorCode::FencedLeaderEpoch => "leader epoch is not the partition's current one",
+            ErrorCode::NotEnoughReplicas => "fewer in-sync replicas than min.insync.replicas",
+            ErrorCode::NotEnoughReplicasAfterAppend => {
+                "appended, but too few in-sync replicas hold it yet"
+            }
         };
         f.write_str(name)
     }

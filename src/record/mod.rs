@@ -379,6 +379,13 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Stamps a batch with the leader epoch of the partition leader that appended it (not
+/// covered by the CRC, like the base offset).
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    assert!(batch.len() >= BATCH_HEADER_BYTES, "not a batch");
+    batch[12..16].copy_from_slice(&epoch.to_be_bytes());
+}
+
 /// Splits a buffer of concatenated batches into (header, byte range) pairs, validating
 /// each batch fully (`validate`). Stops at the first error.
 pub fn split_batches(

@@ -64,6 +64,9 @@ pub struct ServerConfig {
     /// Copies of each partition of an auto-created topic, or of one created without a
     /// replication factor by a Kafka client (Kafka's `default.replication.factor`).
     pub default_replication_factor: u16,
+    /// A follower that has not caught up with its leader for this long leaves the
+    /// partition's in-sync replicas (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
     /// This broker's place in a cluster (`--node-id`, `--cluster`); `None`: a broker on
     /// its own.
     pub cluster: Option<ClusterConfig>,
@@ -179,6 +182,7 @@ impl Default for ServerConfig {
             tail_cache_bytes_max: 64 << 20,
             memory_max: default_memory_max(),
             default_replication_factor: 1,
+            replica_lag_time_max_ms: 10_000,
             cluster: None,
         }
     }
@@ -263,6 +267,10 @@ pub struct Settings {
     /// Copies of each partition of an auto-created topic [default: 1].
     #[arg(long)]
     pub default_replication_factor: Option<u16>,
+    /// A follower not caught up for this long leaves the in-sync replicas, in ms
+    /// [default: 10000].
+    #[arg(long)]
+    pub replica_lag_time_max_ms: Option<u64>,
     /// This node's id in --cluster (1 to 255).
     #[arg(long, requires = "cluster")]
     pub node_id: Option<u64>,
@@ -435,6 +443,10 @@ impl Settings {
         set(
             &mut config.default_replication_factor,
             self.default_replication_factor,
+        );
+        set(
+            &mut config.replica_lag_time_max_ms,
+            self.replica_lag_time_max_ms,
         );
         if let (Some(node_id), Some(VoterList(voters))) = (self.node_id, self.cluster) {
             if let Some(own) = voters.get(&node_id) {

@@ -2,11 +2,13 @@
 //! partitions, accepts connections on the shared port (SO_REUSEPORT) and on its own port,
 //! and reaches other shards only through a mesh of glommio channels.
 
+mod cluster;
 mod config;
 mod connection;
 mod handlers;
 mod kafka;
 mod probe;
+mod replication;
 mod shard;
 
 use std::rc::Rc;
@@ -23,6 +25,8 @@ use connection::Door;
 use shard::{Shard, ShardMessage};
 
 use crate::broker::metadata::ClusterMetadata;
+use crate::cluster::node::{ClusterHandle, ClusterNode, NodeConfig};
+use crate::cluster::state::BrokerInfo;
 
 /// Messages a shard may queue for another before the sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -66,6 +70,13 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     }
     quarantine_stray_partitions(data_dir, &metadata)?;
     let segment_files_max = segment_files_max_per_shard(config.shards);
+    // A cluster node's metadata Raft group runs on a thread of its own; it reaches the
+    // other nodes at their native addresses, and they reach it through this broker's.
+    let node = match &config.cluster {
+        Some(cluster) => Some(start_cluster_node(&config, cluster)?),
+        None => None,
+    };
+    let handle = node.as_ref().map(ClusterNode::handle);
 
     let placement = placement(&config)?;
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
@@ -94,6 +105,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
                     producer_ids_start,
                     segment_files_max,
                     lifecycle,
+                    handle,
                 )
             }
         })
@@ -142,6 +154,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         }
     }
     drop(handles);
+    drop(node);
     match failure {
         Some(error) => Err(error),
         None => {
@@ -149,6 +162,33 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
             Ok(())
         }
     }
+}
+
+/// Starts this broker's node of the cluster's metadata Raft group (files in
+/// `<data dir>/cluster`).
+fn start_cluster_node(
+    config: &ServerConfig,
+    cluster: &config::ClusterConfig,
+) -> Result<ClusterNode, String> {
+    let broker = BrokerInfo {
+        address: config.listen.to_string(),
+        kafka_address: config
+            .kafka_listen
+            .map(|kafka| {
+                let host = config.kafka_host();
+                format!("{host}:{}", kafka.port())
+            })
+            .unwrap_or_default(),
+        shards: config.shards as u16,
+    };
+    ClusterNode::start(NodeConfig {
+        id: cluster.node_id,
+        dir: config.data_dir.join("cluster"),
+        voters: cluster.voters.clone(),
+        listen: None,
+        broker,
+    })
+    .map_err(|error| format!("cannot start cluster node {}: {error}", cluster.node_id))
 }
 
 /// Every address the broker listens on: the native shared port and each shard's own,
@@ -437,6 +477,7 @@ async fn run_shard(
     producer_ids_start: i64,
     segment_files_max: usize,
     lifecycle: Lifecycle,
+    cluster: Option<ClusterHandle>,
 ) {
     let Lifecycle {
         shutdown,
@@ -466,6 +507,7 @@ async fn run_shard(
         producer_ids_start,
         senders,
         opening_max,
+        cluster,
     );
     let shard = match opened.await {
         Ok(shard) => shard,
@@ -511,6 +553,13 @@ async fn run_shard(
         .into_iter()
         .map(|(listener, door)| glommio::spawn_local(accept_loop(listener, door, shard.clone())))
         .collect();
+    if shard.cluster.is_some() {
+        shard.follow_view().await;
+        glommio::spawn_local(shard.clone().check_isr()).detach();
+        if shard.id == 0 {
+            glommio::spawn_local(shard.clone().follow_cluster()).detach();
+        }
+    }
     {
         let shard = shard.clone();
         glommio::spawn_local(async move {

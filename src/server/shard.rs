@@ -13,15 +13,18 @@ use glommio::sync::Semaphore;
 
 use super::ServerConfig;
 use super::probe::{Connections, ShardProbe};
+use super::replication::Replica;
 use crate::broker::metadata::{
     ClusterMetadata, TopicRecord, partition_dir, partitions_per_shard, shard_for,
 };
 use crate::broker::producer_ids::{self, ProducerIds};
+use crate::broker::view::ClusterView;
+use crate::cluster::node::ClusterHandle;
 use crate::group::coordinator::{Coordinator, GroupAnswer, GroupCall, GroupConfig};
 use crate::protocol::{
-    ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse, NewPartitions,
-    NewTopic, OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse, ShardDescription,
-    Status, TopicStatus, quoted,
+    Acks, ErrorCode, FetchPartitionResponse, GroupListing, ListOffsetsPartitionResponse,
+    NewPartitions, NewTopic, OFFSET_EARLIEST, OFFSET_LATEST, Payload, ProducePartitionResponse,
+    ShardDescription, Status, TopicStatus, quoted,
 };
 use crate::semaphore::FifoSemaphore;
 use crate::storage::{Chunk, Log, StorageError};
@@ -34,6 +37,7 @@ pub(crate) enum ShardMessage {
         topic: String,
         partition: u32,
         records: Bytes,
+        acks: Acks,
         reply: oneshot::Sender<ProducePartitionResponse>,
     },
     Fetch {
@@ -106,6 +110,21 @@ pub(crate) enum ShardMessage {
         deleted: Vec<TopicRecord>,
         reply: oneshot::Sender<()>,
     },
+    /// From shard 0 of a cluster node, for every change the node applies: the cluster as
+    /// it now is. The shard takes it (leadership moves with it) and opens the partitions
+    /// of `spans` it now holds.
+    TakeView {
+        state: crate::cluster::ClusterState,
+        spans: Vec<Span>,
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    /// One partition of a follower's fetch, for its owner shard.
+    ReplicaFetch {
+        replica: u64,
+        partition: crate::protocol::ReplicaFetchPartition,
+        max_bytes: u32,
+        reply: oneshot::Sender<crate::protocol::ReplicaFetchPartitionResponse>,
+    },
 }
 
 /// Records a fetch returns: views of this shard's log (no copy), or bytes another shard
@@ -138,14 +157,14 @@ pub(crate) struct Shard {
     pub metadata: Rc<RefCell<ClusterMetadata>>,
     /// The consumer groups this shard coordinates.
     pub groups: Rc<Coordinator>,
-    logs: RefCell<HashMap<(String, u32), Log>>,
+    pub(super) logs: RefCell<HashMap<(String, u32), Log>>,
     peers: Senders<ShardMessage>,
     /// One turn per peer for sending to it: when its channel is full, glommio wakes the
     /// waiting senders newest first, which would let a later produce to a partition on
     /// that peer overtake an earlier one. Senders take their turn first come, first served.
     send_turns: Vec<Rc<FifoSemaphore>>,
     /// Shard 0 applies one metadata change at a time.
-    admin: Semaphore,
+    pub(super) admin: Semaphore,
     /// Shard 0's block of Kafka producer ids, and its turn for reserving the next block.
     producer_ids: RefCell<ProducerIds>,
     producer_ids_turn: Semaphore,
@@ -160,6 +179,14 @@ pub(crate) struct Shard {
     /// Partitions this shard opens at once (at start-up, and for a new topic): an open
     /// mostly waits on the disk, and holds a few descriptors meanwhile.
     partitions_opening_max: usize,
+    /// This node's part in its cluster; `None` for a broker on its own.
+    pub cluster: Option<ClusterHandle>,
+    /// Which partitions this node holds and leads (all, on a broker on its own).
+    pub view: RefCell<Rc<ClusterView>>,
+    /// In a cluster: the replication state of the partitions this shard holds.
+    pub(super) replicas: RefCell<HashMap<(String, u32), Rc<Replica>>>,
+    /// The leader nodes this shard has a fetcher running for.
+    pub(super) fetchers: RefCell<HashSet<u64>>,
 }
 
 impl Shard {
@@ -171,7 +198,15 @@ impl Shard {
         producer_ids_start: i64,
         peers: Senders<ShardMessage>,
         partitions_opening_max: usize,
+        cluster: Option<ClusterHandle>,
     ) -> Result<Rc<Shard>, String> {
+        let view = match &cluster {
+            Some(handle) => ClusterView {
+                node_id: Some(handle.id),
+                state: handle.state(),
+            },
+            None => ClusterView::single(),
+        };
         let shared_metadata = Rc::new(RefCell::new(ClusterMetadata::default()));
         let groups = Rc::new(Coordinator::new(
             GroupConfig {
@@ -206,6 +241,10 @@ impl Shard {
             request_bytes: Rc::new(Semaphore::new(request_bytes_max)),
             request_bytes_max,
             partitions_opening_max,
+            cluster,
+            view: RefCell::new(Rc::new(view)),
+            replicas: RefCell::new(HashMap::new()),
+            fetchers: RefCell::new(HashSet::new()),
         });
         shard
             .open_partitions(&Span::whole(&metadata.topics), Opening::Existing)
@@ -304,11 +343,18 @@ impl Shard {
     }
 
     /// The open log of a partition this shard owns, or why there is none.
-    fn log(&self, topic: &str, partition: u32) -> Result<Log, Status> {
+    pub(super) fn log(&self, topic: &str, partition: u32) -> Result<Log, Status> {
         if let Some(log) = self.logs.borrow().get(&(topic.to_string(), partition)) {
             return Ok(log.clone());
         }
         Err(self.no_log(topic, partition))
+    }
+
+    /// The open log of a partition this shard owns and this node leads (clients read and
+    /// write leaders only), or why there is none.
+    pub(super) fn led_log(&self, topic: &str, partition: u32) -> Result<Log, Status> {
+        self.view.borrow().check_leader(topic, partition)?;
+        self.log(topic, partition)
     }
 
     /// Why a partition has no open log here: the broker is stopping, the topic is gone
@@ -376,10 +422,11 @@ impl Shard {
         topic: &str,
         partition: u32,
         records: Bytes,
+        acks: Acks,
     ) -> ProducePartitionResponse {
         let answer = match self.owner(topic, partition) {
             Ok(owner) if owner == self.id => {
-                return self.produce_local(topic, partition, records).await;
+                return self.produce_local(topic, partition, records, acks).await;
             }
             Ok(owner) => {
                 self.probe.forwarded();
@@ -388,6 +435,7 @@ impl Shard {
                     topic,
                     partition,
                     records,
+                    acks,
                     reply,
                 })
                 .await
@@ -397,29 +445,65 @@ impl Shard {
         answer.unwrap_or_else(|status| produce_failed(partition, status))
     }
 
+    /// Appends to a partition this shard owns. In a cluster, only the leader appends (its
+    /// epoch stamped into the batches), and acks=all waits for the in-sync replicas.
     async fn produce_local(
         &self,
         topic: &str,
         partition: u32,
         records: Bytes,
+        acks: Acks,
     ) -> ProducePartitionResponse {
-        let log = match self.log(topic, partition) {
+        let log = match self.led_log(topic, partition) {
             Ok(log) => log,
             Err(status) => return produce_failed(partition, status),
+        };
+        let leader_epoch = if self.view.borrow().clustered() {
+            let replica = self.replica(topic, partition);
+            let Some(epoch) = replica.led_epoch() else {
+                return produce_failed(
+                    partition,
+                    Status::error(
+                        ErrorCode::NotOwner,
+                        "this node is taking up the leadership: try again",
+                    ),
+                );
+            };
+            if acks == Acks::All
+                && let Err(status) = self.check_in_sync(topic, partition, &log)
+            {
+                return produce_failed(partition, status);
+            }
+            Some(epoch)
+        } else {
+            None
         };
         // The log patches base offsets in place. The produce handler made sure the batches
         // own their buffer (see `own_or_copy`), so this takes it without a copy.
         let records = records
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        match log.append(records).await {
-            Ok(info) => ProducePartitionResponse {
-                partition,
-                status: Status::ok(),
-                base_offset: info.base_offset,
-                log_end_offset: log.log_end_offset(),
-            },
-            Err(error) => produce_failed(partition, self.storage_status(topic, partition, &error)),
+        let origin = crate::storage::AppendOrigin::Client {
+            leader_epoch: leader_epoch.map(|epoch| epoch as i32),
+        };
+        let info = match log.append_as(records, origin).await {
+            Ok(info) => info,
+            Err(error) => {
+                return produce_failed(partition, self.storage_status(topic, partition, &error));
+            }
+        };
+        if let (Some(epoch), Acks::All) = (leader_epoch, acks)
+            && let Err(status) = self
+                .wait_replicated(topic, partition, epoch, info.last_offset)
+                .await
+        {
+            return produce_failed(partition, status);
+        }
+        ProducePartitionResponse {
+            partition,
+            status: Status::ok(),
+            base_offset: info.base_offset,
+            log_end_offset: self.readable_end(topic, partition, &log),
         }
     }
 
@@ -475,7 +559,7 @@ impl Shard {
         max_bytes: u32,
         at_least_one_batch: bool,
     ) -> FetchPartitionResponse<FetchPayload> {
-        let log = match self.log(topic, partition) {
+        let log = match self.led_log(topic, partition) {
             Ok(log) => log,
             Err(status) => return fetch_failed(partition, status),
         };
@@ -484,19 +568,25 @@ impl Shard {
         let status = if max_bytes == 0 {
             Status::ok()
         } else {
-            let read = if at_least_one_batch {
-                log.read(offset, max_bytes as usize).await
+            // Consumers read what the in-sync replicas hold: below the high watermark.
+            let readable_end = self.readable_end(topic, partition, &log);
+            let read = if offset >= readable_end && offset <= log.log_end_offset() {
+                Ok(None)
+            } else if at_least_one_batch {
+                log.read(offset, max_bytes as usize).await.map(Some)
             } else {
-                log.read_within(offset, max_bytes as usize).await
+                log.read_within(offset, max_bytes as usize).await.map(Some)
             };
             match read {
                 Ok(outcome) => {
+                    let chunks = outcome
+                        .map_or_else(Vec::new, |outcome| below(outcome.chunks, readable_end));
                     return FetchPartitionResponse {
                         partition,
                         status: Status::ok(),
-                        high_watermark: outcome.log_end_offset,
-                        log_start_offset: outcome.log_start_offset,
-                        records: FetchPayload::Local(outcome.chunks),
+                        high_watermark: readable_end,
+                        log_start_offset: log.log_start_offset(),
+                        records: FetchPayload::Local(chunks),
                     };
                 }
                 Err(error) => self.storage_status(topic, partition, &error),
@@ -505,7 +595,7 @@ impl Shard {
         FetchPartitionResponse {
             partition,
             status,
-            high_watermark: log.log_end_offset(),
+            high_watermark: self.readable_end(topic, partition, &log),
             log_start_offset: log.log_start_offset(),
             records: FetchPayload::Local(Vec::new()),
         }
@@ -528,7 +618,26 @@ impl Shard {
                     let wait = std::time::Duration::from_millis(u64::from(max_wait_ms));
                     let give_up =
                         futures_lite::future::or(glommio::timer::sleep(wait), self.stopping.wait());
-                    futures_lite::future::or(log.wait_for_data(offset), give_up).await;
+                    if self.view.borrow().clustered() {
+                        // Consumers wait for the high watermark, followers (whose offset
+                        // is their log end) for new data or a new high watermark.
+                        let replica = self.replica(topic, partition);
+                        let moved = replica.moved.wait_until(|| {
+                            replica.high_watermark.get() > offset || replica.led_epoch().is_none()
+                        });
+                        let data = log.wait_for_data(offset);
+                        let arrived = async {
+                            if offset >= log.log_end_offset() {
+                                data.await
+                            } else {
+                                std::future::pending::<()>().await
+                            }
+                        };
+                        futures_lite::future::or(futures_lite::future::or(moved, arrived), give_up)
+                            .await;
+                    } else {
+                        futures_lite::future::or(log.wait_for_data(offset), give_up).await;
+                    }
                 }
             }
             Ok(owner) => {
@@ -555,7 +664,7 @@ impl Shard {
         timestamp: i64,
     ) -> ListOffsetsPartitionResponse {
         let log = match self.owner(topic, partition) {
-            Ok(owner) if owner == self.id => match self.log(topic, partition) {
+            Ok(owner) if owner == self.id => match self.led_log(topic, partition) {
                 Ok(log) => log,
                 Err(status) => return offsets_failed(partition, status),
             },
@@ -576,7 +685,7 @@ impl Shard {
         };
         let offset = match timestamp {
             OFFSET_EARLIEST => Ok(Some(log.log_start_offset())),
-            OFFSET_LATEST => Ok(Some(log.log_end_offset())),
+            OFFSET_LATEST => Ok(Some(self.readable_end(topic, partition, &log))),
             timestamp => log.offset_for_timestamp(timestamp).await,
         };
         match offset {
@@ -638,6 +747,9 @@ impl Shard {
 
     /// Creates topics (shard 0 does it; other shards forward).
     pub async fn create_topics(self: &Rc<Self>, topics: Vec<NewTopic>) -> Vec<TopicStatus> {
+        if self.cluster.is_some() {
+            return self.cluster_create_topics(topics).await;
+        }
         let names: Vec<String> = topics.iter().map(|topic| topic.name.clone()).collect();
         if self.id != 0 {
             return self
@@ -651,6 +763,15 @@ impl Shard {
             &topics,
             |topic| &topic.name,
             |topic| {
+                if topic.replication_factor != 1 {
+                    return Err(Status::error(
+                        ErrorCode::InvalidReplicationFactor,
+                        format!(
+                            "replication factor {} is not available: this broker runs on its own (no --cluster) and keeps one copy of each partition",
+                            topic.replication_factor
+                        ),
+                    ));
+                }
                 let record = metadata.check_new_topic(topic)?;
                 self.check_limits(&record)?;
                 let span = Span {
@@ -673,6 +794,9 @@ impl Shard {
         self: &Rc<Self>,
         requests: Vec<NewPartitions>,
     ) -> Vec<TopicStatus> {
+        if self.cluster.is_some() {
+            return self.cluster_create_partitions(requests).await;
+        }
         let names: Vec<String> = requests.iter().map(|topic| topic.name.clone()).collect();
         if self.id != 0 {
             return self
@@ -743,6 +867,9 @@ impl Shard {
 
     /// Deletes topics and their data (shard 0 does it; other shards forward).
     pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicStatus> {
+        if self.cluster.is_some() {
+            return self.cluster_delete_topics(names).await;
+        }
         if self.id != 0 {
             let forwarded = names.clone();
             return self
@@ -784,7 +911,7 @@ impl Shard {
 
     /// The broker's own limits on a new topic's configs (checked in themselves by
     /// `ClusterMetadata::check_new_topic`).
-    fn check_limits(&self, topic: &TopicRecord) -> Result<(), Status> {
+    pub(super) fn check_limits(&self, topic: &TopicRecord) -> Result<(), Status> {
         let limit = self.config.tail_cache_bytes_max;
         match topic.log_config().tail_cache_bytes {
             bytes if bytes > limit => Err(Status::error(
@@ -799,7 +926,7 @@ impl Shard {
 
     /// Saves `metadata` (write, fsync, rename, directory fsync) on the blocking-thread
     /// pool: a slow or stalled disk must not stop this shard serving its partitions.
-    async fn save_metadata(
+    pub(super) async fn save_metadata(
         &self,
         metadata: &ClusterMetadata,
     ) -> Result<(), crate::broker::metadata::MetadataError> {
@@ -833,7 +960,11 @@ impl Shard {
     /// point, so this cannot fail: this shard applies first, and a peer that cannot take
     /// it is stopping (stops are broker-wide) and reads the saved file when it starts
     /// again; partitions it did not drop are then strays, which start-up sets aside.
-    async fn apply_everywhere(&self, metadata: ClusterMetadata, deleted: Vec<TopicRecord>) {
+    pub(super) async fn apply_everywhere(
+        &self,
+        metadata: ClusterMetadata,
+        deleted: Vec<TopicRecord>,
+    ) {
         self.apply_metadata(metadata.clone(), deleted.clone()).await;
         for peer in (0..self.count).filter(|&peer| peer != self.id) {
             let (metadata, deleted) = (metadata.clone(), deleted.clone());
@@ -857,21 +988,29 @@ impl Shard {
             .filter(move |&partition| shard_for(&name, partition, count) == id)
     }
 
-    /// Opens the partitions this shard owns of `topics`, `partitions_opening_max` at a
-    /// time. `Fresh` partitions (of a topic being
+    /// Opens the partitions this shard owns of `topics` (those this node holds, in a
+    /// cluster), `partitions_opening_max` at a time. `Fresh` partitions (of a topic being
     /// created) start empty: a log or directory already there is a leftover (of a failed
     /// creation, or of a deletion this shard missed while stopping) and is removed. A
     /// stopping shard opens no fresh partitions, since its logs are about to close. If one
     /// fails, those opened by this call are dropped again (fresh ones) or left to the
     /// caller, which fails the start (existing ones).
-    async fn open_partitions(&self, spans: &[Span], opening: Opening) -> Result<(), Status> {
+    pub(super) async fn open_partitions(
+        &self,
+        spans: &[Span],
+        opening: Opening,
+    ) -> Result<(), Status> {
         type Pending = glommio::Task<Result<Log, String>>;
         let mut opened: Vec<(String, u32)> = Vec::new();
         let mut under_way: VecDeque<((String, u32), Pending)> = VecDeque::new();
         let mut failure = None;
+        let view = self.view.borrow().clone();
         'topics: for span in spans {
             let topic = &span.topic;
-            for partition in self.owned(span) {
+            for partition in self
+                .owned(span)
+                .filter(|&partition| view.hosts(&topic.name, partition))
+            {
                 if under_way.len() >= self.partitions_opening_max {
                     let (key, task) = under_way.pop_front().expect("full");
                     if let Err(status) = self.adopt(key, task.await, opening, &mut opened).await {
@@ -887,6 +1026,9 @@ impl Shard {
                     break 'topics;
                 }
                 let key = (topic.name.clone(), partition);
+                if opening == Opening::Existing && self.logs.borrow().contains_key(&key) {
+                    continue;
+                }
                 let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
                 if opening == Opening::Fresh && self.logs.borrow().contains_key(&key) {
                     tracing::warn!(dir = %dir.display(), "removing a stale log in the way of a new topic");
@@ -978,6 +1120,7 @@ impl Shard {
     }
 
     async fn drop_partition(&self, topic: &str, partition: u32) {
+        self.forget_replica(topic, partition);
         let log = self
             .logs
             .borrow_mut()
@@ -1009,9 +1152,10 @@ impl Shard {
                 topic,
                 partition,
                 records,
+                acks,
                 reply,
             } => {
-                let _ = reply.send(self.produce_local(&topic, partition, records).await);
+                let _ = reply.send(self.produce_local(&topic, partition, records, acks).await);
             }
             ShardMessage::Fetch {
                 topic,
@@ -1103,16 +1247,70 @@ impl Shard {
                 self.apply_metadata(metadata, deleted).await;
                 let _ = reply.send(());
             }
+            ShardMessage::TakeView {
+                state,
+                spans,
+                reply,
+            } => {
+                let _ = reply.send(self.take_view(state, &spans).await);
+            }
+            ShardMessage::ReplicaFetch {
+                replica,
+                partition,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.replica_fetch_local(replica, partition, max_bytes)
+                        .await,
+                );
+            }
         }
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Opening {
+pub(super) enum Opening {
     /// Partitions of a topic being created.
     Fresh,
-    /// Partitions of a saved topic, at start-up.
+    /// Partitions of a saved topic (at start-up), or that the cluster placed on this node:
+    /// their logs are opened as they are, created if missing; those open already stay.
     Existing,
+}
+
+/// The chunks' batches that start below `end` (a read cut at the high watermark). Reads
+/// return whole batches, so the cut falls between two; the last chunk kept is sliced
+/// there.
+fn below(chunks: Vec<Chunk>, end: i64) -> Vec<Chunk> {
+    let mut kept = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let mut position = 0;
+        while position + crate::limits::BATCH_HEADER_BYTES <= chunk.len() {
+            let Ok(header) = crate::record::BatchHeader::parse(&chunk[position..]) else {
+                break;
+            };
+            if header.base_offset >= end {
+                break;
+            }
+            position += header.total_bytes();
+        }
+        let position = position.min(chunk.len());
+        if position == chunk.len() {
+            kept.push(chunk);
+            continue;
+        }
+        if position > 0 {
+            kept.push(match chunk {
+                Chunk::Cached(bytes) => Chunk::Cached(bytes.slice(..position)),
+                Chunk::Disk(read) => match glommio::io::ReadResult::slice(&read, 0, position) {
+                    Some(slice) => Chunk::Disk(slice),
+                    None => break,
+                },
+            });
+        }
+        break;
+    }
+    kept
 }
 
 /// Runs blocking work (std file I/O) on the shard's blocking-thread pool, not on its
@@ -1185,7 +1383,7 @@ pub struct Span {
 }
 
 impl Span {
-    fn whole(topics: &[TopicRecord]) -> Vec<Span> {
+    pub(super) fn whole(topics: &[TopicRecord]) -> Vec<Span> {
         topics
             .iter()
             .map(|topic| Span {
@@ -1243,7 +1441,7 @@ impl Budget {
     }
 }
 
-fn unknown_topic(topic: &str) -> Status {
+pub(super) fn unknown_topic(topic: &str) -> Status {
     Status::error(
         ErrorCode::UnknownTopicOrPartition,
         format!("topic {} does not exist", quoted(topic)),

@@ -31,7 +31,7 @@ use super::segment::{
 };
 use super::tail_cache;
 use crate::limits::{GROUP_WRITE_BYTES_MAX, WRITE_CHUNK_BYTES};
-use crate::record::{BatchHeader, set_base_offset};
+use crate::record::{BatchHeader, set_base_offset, set_partition_leader_epoch};
 use crate::semaphore::FifoPermit;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
@@ -80,9 +80,21 @@ impl Command {
 pub(crate) struct PendingAppend {
     pub records: BytesMut,
     pub batches: Vec<(BatchHeader, Range<usize>)>,
+    pub origin: AppendOrigin,
     pub reply: Reply<AppendInfo>,
     /// Holds `records.len()` units of the log's pending-bytes budget until answered.
     pub _permit: FifoPermit,
+}
+
+/// Where an append's batches come from, which decides their offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOrigin {
+    /// A producer's: offsets are assigned at the log end; `leader_epoch`, when given, is
+    /// stamped into every batch (a cluster's partition leader does).
+    Client { leader_epoch: Option<i32> },
+    /// A follower copying its leader: the batches keep the offsets and epochs they have,
+    /// and must start at the log end.
+    Replica,
 }
 
 impl PendingAppend {
@@ -410,10 +422,12 @@ impl Appender {
     /// the group being built (`pending`): returns it to be written, or answers it here (a
     /// retry of stored batches gets their offsets; a gap or a fenced epoch its error).
     fn screen(&self, append: PendingAppend, pending: &mut Pending) -> Option<PendingAppend> {
-        if !append
-            .batches
-            .iter()
-            .any(|(header, _)| producers::is_idempotent(header))
+        // A replica copies what its leader already screened.
+        if append.origin == AppendOrigin::Replica
+            || !append
+                .batches
+                .iter()
+                .any(|(header, _)| producers::is_idempotent(header))
         {
             return Some(append);
         }
@@ -498,14 +512,33 @@ impl Appender {
         // Held until the write is done: the shard's cap on open files may close the
         // segment's meanwhile (`files.rs`).
         let file = segment.file().await?;
-        let mut chunks = Chunks::new(&file, write_bytes);
-        chunks.put(tail);
+        // Offsets first, so that a replica append out of step fails before any write.
         for append in group.iter_mut() {
             for (header, range) in append.batches.iter_mut() {
-                set_base_offset(&mut append.records[range.clone()], next_offset);
-                header.base_offset = next_offset;
+                match append.origin {
+                    AppendOrigin::Replica if header.base_offset != next_offset => {
+                        return Err(StorageError::ReplicaOffsetMismatch {
+                            expected: next_offset,
+                            found: header.base_offset,
+                        });
+                    }
+                    AppendOrigin::Replica => {}
+                    AppendOrigin::Client { leader_epoch } => {
+                        let batch = &mut append.records[range.clone()];
+                        set_base_offset(batch, next_offset);
+                        header.base_offset = next_offset;
+                        if let Some(epoch) = leader_epoch {
+                            set_partition_leader_epoch(batch, epoch);
+                            header.partition_leader_epoch = epoch;
+                        }
+                    }
+                }
                 next_offset = header.next_offset();
             }
+        }
+        let mut chunks = Chunks::new(&file, write_bytes);
+        chunks.put(tail);
+        for append in group.iter() {
             chunks.put(&append.records);
         }
         // DMA buffers are recycled: the padding must be zeroed by hand (docs/GLOMMIO.md §3).

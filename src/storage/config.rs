@@ -37,6 +37,9 @@ pub struct LogConfig {
     /// `message.timestamp.before.max.ms`: how far behind the broker's clock a record's
     /// timestamp may be. The default, `i64::MAX`, is Kafka's: no limit.
     pub message_timestamp_before_max_ms: u64,
+    /// `min.insync.replicas`: in a cluster, an acks=all produce needs at least this many
+    /// in-sync replicas (the leader counted) holding it; with fewer in sync it is refused.
+    pub min_insync_replicas: u16,
 }
 
 impl Default for LogConfig {
@@ -52,12 +55,13 @@ impl Default for LogConfig {
             tail_cache_bytes: 8 << 20,
             message_timestamp_after_max_ms: 60 * 60 * 1000,
             message_timestamp_before_max_ms: i64::MAX as u64,
+            min_insync_replicas: 1,
         }
     }
 }
 
 /// The config keys `LogConfig::set` understands.
-pub const LOG_CONFIG_KEYS: [&str; 10] = [
+pub const LOG_CONFIG_KEYS: [&str; 11] = [
     "segment.bytes",
     "segment.ms",
     "retention.ms",
@@ -68,6 +72,7 @@ pub const LOG_CONFIG_KEYS: [&str; 10] = [
     "tail.cache.bytes",
     "message.timestamp.after.max.ms",
     "message.timestamp.before.max.ms",
+    "min.insync.replicas",
 ];
 
 impl LogConfig {
@@ -141,6 +146,12 @@ impl LogConfig {
             }
             "message.timestamp.before.max.ms" => {
                 self.message_timestamp_before_max_ms = non_negative()?
+            }
+            "min.insync.replicas" => {
+                self.min_insync_replicas = u16::try_from(number)
+                    .ok()
+                    .filter(|count| *count >= 1)
+                    .ok_or_else(|| invalid("must be between 1 and 65535".to_string()))?
             }
             _ => {
                 return Err(StorageError::InvalidConfig {

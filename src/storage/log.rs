@@ -11,7 +11,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use futures_channel::oneshot;
 
-use super::appender::{self, Command, PendingAppend};
+use super::appender::{self, AppendOrigin, Command, PendingAppend};
 use super::clean;
 use super::index::{SegmentSummary, decode_offset_index, decode_time_index};
 use super::producers::ProducerTable;
@@ -335,6 +335,19 @@ impl Log {
     /// first (framing, CRC, records); nothing is written if any is bad. Offsets are assigned
     /// here, and the answer comes once the batches are durable under the flush policy.
     pub async fn append(&self, records: BytesMut) -> Result<AppendInfo, StorageError> {
+        self.append_as(records, AppendOrigin::Client { leader_epoch: None })
+            .await
+    }
+
+    /// As `append`, for a producer's batches (offsets assigned here, stamped with
+    /// `leader_epoch` if given) or a replica's (`AppendOrigin::Replica`: they keep their
+    /// offsets, must start at the log end, and their timestamps were checked by the
+    /// leader).
+    pub async fn append_as(
+        &self,
+        records: BytesMut,
+        origin: AppendOrigin,
+    ) -> Result<AppendInfo, StorageError> {
         let max = BATCH_BYTES_MAX.min(self.inner.config.segment_bytes as usize);
         if records.len() > max {
             return Err(StorageError::RecordTooLarge {
@@ -346,12 +359,14 @@ impl Log {
         if batches.is_empty() {
             return Err(BatchError::Empty.into());
         }
-        check_timestamps(
-            &self.inner.config,
-            &records,
-            &batches,
-            crate::clock::now_ms(),
-        )?;
+        if origin != AppendOrigin::Replica {
+            check_timestamps(
+                &self.inner.config,
+                &records,
+                &batches,
+                crate::clock::now_ms(),
+            )?;
+        }
         let permit = self
             .inner
             .pending_bytes
@@ -362,6 +377,7 @@ impl Log {
             Command::Append(PendingAppend {
                 records,
                 batches,
+                origin,
                 reply,
                 _permit: permit,
             })

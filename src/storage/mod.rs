@@ -31,6 +31,7 @@ mod tail_cache;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+pub use appender::AppendOrigin;
 pub use config::{LOG_CONFIG_KEYS, LogConfig};
 pub use files::{SEGMENT_FILES_MAX_DEFAULT, SegmentFiles, segment_files, set_segment_files_max};
 pub use io::{DirectoryLock, faults};
@@ -110,6 +111,10 @@ pub enum StorageError {
         epoch: i16,
         current: i16,
     },
+    #[error(
+        "a replica append starts at offset {found}, but the log ends at {expected}: fetch from the log end"
+    )]
+    ReplicaOffsetMismatch { expected: i64, found: i64 },
     #[error("the partition log is closed")]
     Closed,
     #[error(

@@ -148,6 +148,23 @@ fn wide_request(kind: ApiKey, entries: usize, name: &str) -> Request {
     let partitions = || 0..entries as u32;
     match kind {
         ApiKey::Metadata => Request::Metadata(MetadataRequest { topics: names() }),
+        ApiKey::DescribeCluster => {
+            Request::DescribeCluster(spate::protocol::DescribeClusterRequest { topics: names() })
+        }
+        ApiKey::ReplicaFetch => Request::ReplicaFetch(spate::protocol::ReplicaFetchRequest {
+            replica: 2,
+            max_wait_ms: 0,
+            max_bytes: 1 << 20,
+            partitions: partitions()
+                .map(|partition| spate::protocol::ReplicaFetchPartition {
+                    topic: name.to_string(),
+                    partition,
+                    leader_epoch: 0,
+                    fetch_offset: 0,
+                    last_fetched_epoch: -1,
+                })
+                .collect(),
+        }),
         ApiKey::DescribeTopics => Request::DescribeTopics(DescribeTopicsRequest { names: names() }),
         ApiKey::DeleteTopics => Request::DeleteTopics(DeleteTopicsRequest { names: names() }),
         ApiKey::CreateTopics => Request::CreateTopics(CreateTopicsRequest {
@@ -247,8 +264,10 @@ fn wide_request(kind: ApiKey, entries: usize, name: &str) -> Request {
     }
 }
 
-const WIDE_KINDS: [ApiKey; 11] = [
+const WIDE_KINDS: [ApiKey; 13] = [
     ApiKey::Metadata,
+    ApiKey::DescribeCluster,
+    ApiKey::ReplicaFetch,
     ApiKey::DescribeTopics,
     ApiKey::DeleteTopics,
     ApiKey::CreateTopics,
@@ -280,6 +299,8 @@ fn requests_of_every_kind_at_the_entry_limit_are_answered_within_bounded_memory(
         let names_per_entry = matches!(
             kind,
             ApiKey::Metadata
+                | ApiKey::DescribeCluster
+                | ApiKey::ReplicaFetch
                 | ApiKey::DescribeTopics
                 | ApiKey::DeleteTopics
                 | ApiKey::CreateTopics
@@ -373,6 +394,8 @@ fn frame_for(shape: &Shape, correlation_id: u32) -> Vec<u8> {
         }),
         ApiKey::ListGroups => Request::ListGroups,
         ApiKey::DescribeBroker => Request::DescribeBroker,
+        // A broker on its own refuses cluster messages.
+        ApiKey::ClusterRpc => Request::ClusterRpc(Bytes::from(name.to_string())),
         ApiKey::DescribeGroup => Request::DescribeGroup(GroupIdRequest {
             group_id: name.to_string(),
         }),

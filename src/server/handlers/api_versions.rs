@@ -1,3 +1,4 @@
+use crate::broker::view::ClusterView;
 use crate::protocol::{ApiKey, ApiVersionRange, ApiVersionsResponse, Response};
 use crate::server::shard::Shard;
 
@@ -17,6 +18,11 @@ pub(super) fn handle(shard: &Shard) -> Response {
         broker_version: env!("CARGO_PKG_VERSION").to_string(),
         apis,
         shard_count: shard.count as u16,
-        shard_id: shard.id as u16,
+        // In a cluster, the shard's id in metadata (its node's shards come after the
+        // shards of the nodes numbered below it).
+        shard_id: match &shard.cluster {
+            Some(handle) => ClusterView::global_shard_id(handle.id, shard.id) as u16,
+            None => shard.id as u16,
+        },
     })
 }

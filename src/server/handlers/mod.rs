@@ -2,6 +2,7 @@
 
 mod api_versions;
 mod broker;
+mod cluster;
 pub(crate) mod fetch;
 pub(crate) mod groups;
 mod list_offsets;
@@ -171,6 +172,11 @@ pub(crate) async fn handle(
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
         Request::DescribeBroker => broker::describe(&shard).await,
+        Request::ClusterRpc(message) => cluster::rpc(&shard, message).await,
+        Request::DescribeCluster(request) => cluster::describe(&shard, request),
+        Request::ReplicaFetch(request) => {
+            crate::server::replication::replica_fetch(&shard, request).await
+        }
         request => groups::handle(&shard, request).await,
     };
     Some(Outgoing::Frame(response.encode(correlation_id)))

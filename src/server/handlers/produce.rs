@@ -81,6 +81,7 @@ pub(crate) async fn append_all(
     let deadline = (request.acks != Acks::None)
         .then(|| Instant::now() + Duration::from_millis(u64::from(request.timeout_ms)));
     // Every partition of every topic starts at once; the answers are gathered in order.
+    let acks = request.acks;
     let started: Vec<_> = request
         .topics
         .into_iter()
@@ -95,10 +96,9 @@ pub(crate) async fn append_all(
                     let name = shared_name.clone();
                     let id = partition.partition;
                     let records = own_or_copy(partition.records, exchange);
-                    let task =
-                        glommio::spawn_local(
-                            async move { shard.produce(&name, id, records).await },
-                        );
+                    let task = glommio::spawn_local(async move {
+                        shard.produce(&name, id, records, acks).await
+                    });
                     (id, task)
                 })
                 .collect();

@@ -74,5 +74,9 @@ pub(crate) fn effective_configs(config: &LogConfig) -> Vec<(String, String)> {
             "message.timestamp.before.max.ms".into(),
             config.message_timestamp_before_max_ms.to_string(),
         ),
+        (
+            "min.insync.replicas".into(),
+            config.min_insync_replicas.to_string(),
+        ),
     ]
 }

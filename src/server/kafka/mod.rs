@@ -224,6 +224,10 @@ fn code(status: &Status) -> i16 {
         ErrorCode::OutOfOrderSequence => error::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::InvalidProducerEpoch => error::INVALID_PRODUCER_EPOCH,
         ErrorCode::InvalidReplicationFactor => error::INVALID_REPLICATION_FACTOR,
+        // Retriable, as NOT_LEADER_OR_FOLLOWER: a client refreshes its metadata.
+        ErrorCode::FencedLeaderEpoch => error::NOT_LEADER_OR_FOLLOWER,
+        ErrorCode::NotEnoughReplicas => error::NOT_ENOUGH_REPLICAS,
+        ErrorCode::NotEnoughReplicasAfterAppend => error::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     }
 }
 

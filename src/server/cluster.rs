@@ -1,0 +1,269 @@
+//! A shard's part in a cluster: topic changes go through the controller (the metadata
+//! Raft group's leader, `cluster::node`), and the cluster metadata the node applies is
+//! made real here. Shard 0 follows every change: it hands each shard the new view (which
+//! partitions the node holds and leads), each opens the partitions it now holds, then the
+//! topics are saved in `metadata.bin` and applied as on a broker on its own (deleted
+//! topics' partitions are closed and removed).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::shard::{Opening, Shard, ShardMessage, Span, unknown_topic};
+use crate::broker::metadata::{ClusterMetadata, TopicRecord};
+use crate::broker::view::ClusterView;
+use crate::cluster::{ClusterState, Command, CommandReply};
+use crate::protocol::{ErrorCode, NewPartitions, NewTopic, Status, TopicStatus};
+
+/// How long a topic change waits, once the controller has committed it, for this node to
+/// have applied it (so that a produce right after a creation finds the topic here).
+const APPLIED_WAIT: Duration = Duration::from_secs(10);
+
+/// How often shard 0 tries again to open what the cluster placed here, after a failure.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Shard {
+    /// Shard 0 of a cluster node, for as long as the broker runs: makes every change the
+    /// node applies real on this node.
+    pub async fn follow_cluster(self: Rc<Self>) {
+        let Some(mut handle) = self.cluster.clone() else {
+            return;
+        };
+        let mut retry = false;
+        while !self.stopping.is_set() {
+            retry = match self.reconcile(retry).await {
+                Ok(()) => false,
+                Err(status) => {
+                    tracing::warn!(%status, "cannot open the partitions the cluster placed here; trying again");
+                    true
+                }
+            };
+            let wait = async {
+                if retry {
+                    glommio::timer::sleep(RETRY_INTERVAL).await;
+                } else if !handle.changed().await {
+                    // The node stopped: nothing more will change.
+                    std::future::pending::<()>().await;
+                }
+            };
+            futures_lite::future::or(wait, self.stopping.wait()).await;
+        }
+    }
+
+    /// Brings this node in line with the cluster metadata it has applied (unless nothing
+    /// changed since the last time, and `force` is not set).
+    async fn reconcile(self: &Rc<Self>, force: bool) -> Result<(), Status> {
+        let handle = self.cluster.as_ref().expect("a cluster node");
+        let _turn = self.admin.acquire_permit(1).await;
+        let state = handle.state();
+        if !force && self.view.borrow().state == state {
+            return Ok(());
+        }
+        let old = self.metadata.borrow().clone();
+        let topics: Vec<TopicRecord> = state
+            .topics
+            .iter()
+            .map(|(name, topic)| TopicRecord {
+                name: name.clone(),
+                partitions: topic.partitions.len() as u32,
+                configs: topic.configs.clone(),
+            })
+            .collect();
+        let deleted: Vec<TopicRecord> = old
+            .topics
+            .iter()
+            .filter(|topic| !state.topics.contains_key(&topic.name))
+            .cloned()
+            .collect();
+        let spans = Span::whole(&topics);
+        for peer in (0..self.count).filter(|&peer| peer != self.id) {
+            let (state, spans) = (state.clone(), spans.clone());
+            self.ask(peer, |reply| ShardMessage::TakeView {
+                state,
+                spans,
+                reply,
+            })
+            .await??;
+        }
+        self.take_view(state, &spans).await?;
+        if topics != old.topics {
+            let metadata = ClusterMetadata {
+                generation: old.generation + 1,
+                topics,
+            };
+            self.save_metadata(&metadata)
+                .await
+                .map_err(|error| Status::error(ErrorCode::StorageError, error.to_string()))?;
+            self.apply_everywhere(metadata, deleted).await;
+        }
+        Ok(())
+    }
+
+    /// Takes the cluster as the node now has it and opens the partitions of `spans` that
+    /// this shard owns and the node now holds.
+    pub(super) async fn take_view(
+        self: &Rc<Self>,
+        state: ClusterState,
+        spans: &[Span],
+    ) -> Result<(), Status> {
+        let node_id = self.view.borrow().node_id;
+        *self.view.borrow_mut() = Rc::new(ClusterView { node_id, state });
+        let opened = self.open_partitions(spans, Opening::Existing).await;
+        self.follow_view().await;
+        opened
+    }
+
+    /// Proposes one topic change to the controller; `Ok` once committed.
+    async fn propose(&self, command: Command) -> Result<(), Status> {
+        let handle = self.cluster.as_ref().expect("a cluster node");
+        match handle.write(command).await {
+            Ok(CommandReply::Done) => Ok(()),
+            Ok(CommandReply::Refused(reason)) => {
+                Err(Status::error(ErrorCode::InvalidRequest, reason))
+            }
+            Err(reason) => Err(Status::error(ErrorCode::Timeout, reason)),
+        }
+    }
+
+    /// Waits until this node has made real what `done` looks for (at most
+    /// `APPLIED_WAIT`); `false` if it has not by then.
+    async fn applied(&self, done: impl Fn(&ClusterMetadata) -> bool) -> bool {
+        let deadline = Instant::now() + APPLIED_WAIT;
+        while !done(&self.metadata.borrow()) {
+            if Instant::now() > deadline || self.stopping.is_set() {
+                return false;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Creates topics through the controller, each checked here first against the
+    /// cluster as this node knows it.
+    pub(super) async fn cluster_create_topics(&self, topics: Vec<NewTopic>) -> Vec<TopicStatus> {
+        let mut statuses = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let status = match self.check_replicated_topic(&topic) {
+                Err(status) => status,
+                Ok(record) => match self
+                    .propose(Command::CreateTopic {
+                        name: record.name.clone(),
+                        partitions: record.partitions,
+                        replication_factor: topic.replication_factor,
+                        configs: record.configs,
+                    })
+                    .await
+                {
+                    Err(status) => status,
+                    Ok(()) => self.settled(
+                        self.applied(|metadata| metadata.topic(&topic.name).is_some())
+                            .await,
+                        &topic.name,
+                    ),
+                },
+            };
+            statuses.push(TopicStatus {
+                name: topic.name,
+                status,
+            });
+        }
+        statuses
+    }
+
+    /// A new topic's checks: those of a broker on its own, and enough live brokers for
+    /// its replicas.
+    fn check_replicated_topic(&self, topic: &NewTopic) -> Result<TopicRecord, Status> {
+        let record = self.metadata.borrow().check_new_topic(topic)?;
+        self.check_limits(&record)?;
+        let live = self.view.borrow().live_brokers().count();
+        if topic.replication_factor == 0 || usize::from(topic.replication_factor) > live {
+            return Err(Status::error(
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {} needs as many live brokers; the cluster has {live}",
+                    topic.replication_factor
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    pub(super) async fn cluster_create_partitions(
+        &self,
+        requests: Vec<NewPartitions>,
+    ) -> Vec<TopicStatus> {
+        let mut statuses = Vec::with_capacity(requests.len());
+        for request in requests {
+            let checked = self
+                .metadata
+                .borrow()
+                .check_new_partitions(&request.name, request.count);
+            let status = match checked {
+                Err(status) => status,
+                Ok(_) => match self
+                    .propose(Command::AddPartitions {
+                        name: request.name.clone(),
+                        count: request.count,
+                    })
+                    .await
+                {
+                    Err(status) => status,
+                    Ok(()) => {
+                        let count = request.count;
+                        let grown = self
+                            .applied(|metadata| {
+                                metadata
+                                    .topic(&request.name)
+                                    .is_some_and(|topic| topic.partitions >= count)
+                            })
+                            .await;
+                        self.settled(grown, &request.name)
+                    }
+                },
+            };
+            statuses.push(TopicStatus {
+                name: request.name,
+                status,
+            });
+        }
+        statuses
+    }
+
+    pub(super) async fn cluster_delete_topics(&self, names: Vec<String>) -> Vec<TopicStatus> {
+        let mut statuses = Vec::with_capacity(names.len());
+        for name in names {
+            let exists = self.metadata.borrow().topic(&name).is_some();
+            let status = if !exists {
+                unknown_topic(&name)
+            } else {
+                match self
+                    .propose(Command::DeleteTopic { name: name.clone() })
+                    .await
+                {
+                    Err(status) => status,
+                    Ok(()) => self.settled(
+                        self.applied(|metadata| metadata.topic(&name).is_none())
+                            .await,
+                        &name,
+                    ),
+                }
+            };
+            statuses.push(TopicStatus { name, status });
+        }
+        statuses
+    }
+
+    /// The status of a committed change: ok once applied here; else a retriable timeout
+    /// that says the change itself was made.
+    fn settled(&self, applied: bool, name: &str) -> Status {
+        if applied {
+            Status::ok()
+        } else {
+            Status::error(
+                ErrorCode::Timeout,
+                format!(
+                    "the cluster committed the change to topic {name}, but this node has not applied it yet"
+                ),
+            )
+        }
+    }
+}
