@@ -136,6 +136,13 @@ impl Connection {
         Ok(connection)
     }
 
+    /// The address this connection reached, as `host:port`.
+    pub fn peer_address(&self) -> String {
+        self.stream
+            .peer_addr()
+            .map_or_else(|_| String::new(), |address| address.to_string())
+    }
+
     /// The socket, bytes read past the last answer, and the next correlation id: what a
     /// `Pipeline` takes over.
     pub(super) fn into_parts(self) -> (TcpStream, BytesMut, u32) {

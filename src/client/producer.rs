@@ -17,6 +17,9 @@ pub struct ProducerConfig {
     /// ...or once its first record has waited this long (checked on every send and flush).
     pub linger: Duration,
     pub acks: Acks,
+    /// How long a batch may be retried (a leader moved, a node went down) before its
+    /// error is returned (Kafka's `delivery.timeout.ms`).
+    pub delivery_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -25,9 +28,13 @@ impl Default for ProducerConfig {
             batch_bytes: 16 * 1024,
             linger: Duration::from_millis(5),
             acks: Acks::All,
+            delivery_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// The pause before a batch is sent again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where a record landed. `sequence` numbers records in the order they were sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,16 +168,43 @@ impl Producer {
         }
         let records = batch.builder.build(0);
         let acks = self.config.acks;
-        let answer = self.router.connection_for(partition)?.produce(
-            &self.topic,
-            partition,
-            records,
-            acks,
-        )?;
-        let base_offset = match answer {
-            None => -1,
-            Some(answer) if answer.status.is_ok() => answer.base_offset,
-            Some(answer) => return Err(ClientError::Broker(answer.status)),
+        // Until the delivery timeout, a batch whose partition's leader moved (or whose
+        // connection failed) is sent again to the leader the refreshed metadata names. The
+        // next batch of the partition waits for this one, so order holds; a retry may
+        // store the batch twice if the first attempt landed (at least once, as Kafka's
+        // producer without idempotence).
+        let deadline = Instant::now() + self.config.delivery_timeout;
+        let base_offset = loop {
+            let sent = self
+                .router
+                .connection_for(partition)
+                .and_then(|connection| {
+                    connection.produce(&self.topic, partition, records.clone(), acks)
+                });
+            let retriable = match &sent {
+                Ok(None) => break -1,
+                Ok(Some(answer)) if answer.status.is_ok() => break answer.base_offset,
+                Ok(Some(answer)) => answer.status.code.is_retriable(),
+                Err(
+                    ClientError::Io(_) | ClientError::Unreachable { .. } | ClientError::TimedOut,
+                ) => {
+                    if let Some(shard) = self.router.owner(partition) {
+                        self.router.forget(shard);
+                    }
+                    true
+                }
+                Err(_) => false,
+            };
+            if !retriable || Instant::now() >= deadline {
+                return match sent {
+                    Ok(Some(answer)) => Err(ClientError::Broker(answer.status)),
+                    Ok(None) => unreachable!("answered above"),
+                    Err(error) => Err(error),
+                };
+            }
+            std::thread::sleep(RETRY_BACKOFF);
+            // A node that is down fails this too: the next attempt tries again.
+            let _ = self.router.refresh();
         };
         Ok(batch
             .sequences

@@ -7,6 +7,9 @@ use super::{ClientError, Connection};
 
 pub struct ShardRouter {
     client_id: String,
+    /// Where the first metadata came from: asked again, with every shard metadata named,
+    /// when the partitions' leaders move.
+    bootstrap: String,
     /// `host:port` of each shard, from metadata.
     addresses: HashMap<u16, String>,
     /// Owner of each partition of `topic`.
@@ -22,7 +25,56 @@ impl ShardRouter {
         topic: &str,
         client_id: &str,
     ) -> Result<ShardRouter, ClientError> {
-        let metadata = bootstrap.metadata(&[topic])?;
+        let (owners, addresses) = Self::learn(&mut bootstrap, topic)?;
+        let mut connections = HashMap::new();
+        let bootstrap_address = bootstrap.peer_address();
+        connections.insert(bootstrap.versions.shard_id, bootstrap);
+        Ok(ShardRouter {
+            client_id: client_id.to_string(),
+            bootstrap: bootstrap_address,
+            addresses,
+            owners,
+            connections,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Asks for the topic's metadata again (a leader moved, or a node went away): through
+    /// the bootstrap address, else through any shard the last metadata named. The
+    /// connections to shards are kept, but those to shards no longer named are closed.
+    pub fn refresh(&mut self) -> Result<(), ClientError> {
+        let mut candidates = vec![self.bootstrap.clone()];
+        candidates.extend(self.addresses.values().cloned());
+        let mut last_error = ClientError::Unexpected;
+        for address in candidates {
+            let learnt = Connection::connect(&address, &self.client_id)
+                .and_then(|mut connection| Self::learn(&mut connection, &self.topic));
+            match learnt {
+                Ok((owners, addresses)) => {
+                    self.connections
+                        .retain(|shard, _| addresses.contains_key(shard));
+                    self.owners = owners;
+                    self.addresses = addresses;
+                    return Ok(());
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Closes the connection to `shard` (it failed); the next use opens a new one.
+    pub fn forget(&mut self, shard: u16) {
+        self.connections.remove(&shard);
+    }
+
+    /// The topic's partition owners and every shard's address, from `connection`.
+    #[allow(clippy::type_complexity)]
+    fn learn(
+        connection: &mut Connection,
+        topic: &str,
+    ) -> Result<(Vec<u16>, HashMap<u16, String>), ClientError> {
+        let metadata = connection.metadata(&[topic])?;
         let topic_metadata = metadata
             .topics
             .into_iter()
@@ -42,15 +94,7 @@ impl ShardRouter {
             .into_iter()
             .map(|shard| (shard.shard_id, format!("{}:{}", shard.host, shard.port)))
             .collect();
-        let mut connections = HashMap::new();
-        connections.insert(bootstrap.versions.shard_id, bootstrap);
-        Ok(ShardRouter {
-            client_id: client_id.to_string(),
-            addresses,
-            owners,
-            connections,
-            topic: topic.to_string(),
-        })
+        Ok((owners, addresses))
     }
 
     pub fn topic(&self) -> &str {
@@ -76,11 +120,16 @@ impl ShardRouter {
     pub fn connection_for(&mut self, partition: u32) -> Result<&mut Connection, ClientError> {
         let shard = match self.owner(partition) {
             Some(shard) if self.addresses.contains_key(&shard) => shard,
-            _ => *self
-                .connections
-                .keys()
-                .next()
-                .expect("the bootstrap connection"),
+            _ => match self.connections.keys().next() {
+                Some(shard) => *shard,
+                // Every connection failed since: the bootstrap address answers.
+                None => {
+                    let connection = Connection::connect(&self.bootstrap, &self.client_id)?;
+                    let shard = connection.versions.shard_id;
+                    self.connections.insert(shard, connection);
+                    shard
+                }
+            },
         };
         if !self.connections.contains_key(&shard) {
             let connection = Connection::connect(&self.addresses[&shard], &self.client_id)?;

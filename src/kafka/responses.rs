@@ -88,6 +88,9 @@ pub struct MetadataPartition {
     pub error_code: i16,
     pub partition_index: i32,
     pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,11 +143,10 @@ impl KafkaResponse for MetadataResponse {
                 out.put_i32(partition.partition_index);
                 out.put_i32(partition.leader_id);
                 if version >= 7 {
-                    out.put_i32(0);
+                    out.put_i32(partition.leader_epoch);
                 }
-                // One replica, the leader, always in sync.
-                put_i32s(out, &[partition.leader_id], f);
-                put_i32s(out, &[partition.leader_id], f);
+                put_i32s(out, &partition.replicas, f);
+                put_i32s(out, &partition.isr, f);
                 if version >= 5 {
                     put_i32s(out, &[], f);
                 }
@@ -204,14 +206,18 @@ impl MetadataResponse {
                         let error_code = r.i16("error code")?;
                         let partition_index = r.i32("partition")?;
                         let leader_id = r.i32("leader")?;
-                        if version >= 7 {
-                            r.i32("leader epoch")?;
-                        }
-                        for what in ["replicas", "isr"] {
+                        let leader_epoch = if version >= 7 {
+                            r.i32("leader epoch")?
+                        } else {
+                            -1
+                        };
+                        let mut lists = [Vec::new(), Vec::new()];
+                        for (list, what) in lists.iter_mut().zip(["replicas", "isr"]) {
                             for _ in 0..r.count(f, 4, what)? {
-                                r.i32(what)?;
+                                list.push(r.i32(what)?);
                             }
                         }
+                        let [replicas, isr] = lists;
                         if version >= 5 {
                             for _ in 0..r.count(f, 4, "offline")? {
                                 r.i32("offline")?;
@@ -221,6 +227,9 @@ impl MetadataResponse {
                             error_code,
                             partition_index,
                             leader_id,
+                            leader_epoch,
+                            replicas,
+                            isr,
                         })
                     })
                     .collect::<Result<_, KafkaError>>()?;

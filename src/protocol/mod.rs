@@ -253,7 +253,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::FencedLeaderEpoch => "leader epoch is not the partition's current one",
             ErrorCode::NotEnoughReplicas => "fewer in-sync replicas than min.insync.replicas",
             ErrorCode::NotEnoughReplicasAfterAppend => {
-                "appended, but too few in-sync replicas hold it yet"
+                "appended, but fewer in-sync replicas than min.insync.replicas hold it"
             }
         };
         f.write_str(name)

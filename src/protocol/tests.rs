@@ -532,6 +532,102 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
     ]
 }
 
+/// The cluster's requests (19 to 21) and their answers, with the request each answers.
+fn cluster_exchange() -> impl Strategy<Value = (Request, Response)> {
+    let fetched = (
+        name(),
+        any::<u32>(),
+        status(),
+        any::<(i64, i64, i32, i64)>(),
+        blob(),
+    )
+        .prop_map(|(topic, partition, status, numbers, records)| {
+            ReplicaFetchPartitionResponse {
+                topic,
+                partition,
+                status,
+                high_watermark: numbers.0,
+                log_start_offset: numbers.1,
+                diverging_epoch: numbers.2,
+                diverging_end_offset: numbers.3,
+                records,
+            }
+        });
+    let asked = (name(), any::<(u32, u32, i64, i32)>()).prop_map(|(topic, numbers)| {
+        ReplicaFetchPartition {
+            topic,
+            partition: numbers.0,
+            leader_epoch: numbers.1,
+            fetch_offset: numbers.2,
+            last_fetched_epoch: numbers.3,
+        }
+    });
+    let node = (any::<u64>(), name(), name(), any::<u16>(), any::<bool>()).prop_map(
+        |(id, address, kafka_address, shards, fenced)| NodeDescription {
+            id,
+            address,
+            kafka_address,
+            shards,
+            fenced,
+        },
+    );
+    let placed = (
+        any::<(u32, i64, u32)>(),
+        prop::collection::vec(any::<u64>(), 0..4),
+        prop::collection::vec(any::<u64>(), 0..4),
+    )
+        .prop_map(|(numbers, replicas, isr)| PartitionReplicas {
+            partition: numbers.0,
+            leader: numbers.1,
+            leader_epoch: numbers.2,
+            replicas,
+            isr,
+        });
+    let topic = (name(), status(), prop::collection::vec(placed, 0..3)).prop_map(
+        |(name, status, partitions)| TopicReplicas {
+            name,
+            status,
+            partitions,
+        },
+    );
+    prop_oneof![
+        (blob(), blob()).prop_map(|(asked, answered)| (
+            Request::ClusterRpc(asked),
+            Response::ClusterRpc(answered)
+        )),
+        (
+            strings(),
+            any::<(u64, bool, i64)>(),
+            prop::collection::vec(node, 0..4),
+            prop::collection::vec(topic, 0..3)
+        )
+            .prop_map(|(topics, numbers, nodes, described)| (
+                Request::DescribeCluster(DescribeClusterRequest { topics }),
+                Response::DescribeCluster(ClusterDescription {
+                    node_id: numbers.0,
+                    clustered: numbers.1,
+                    controller: numbers.2,
+                    nodes,
+                    topics: described,
+                })
+            )),
+        (
+            any::<(u64, u32, u32)>(),
+            prop::collection::vec(asked, 0..4),
+            prop::collection::vec(fetched, 0..4)
+        )
+            .prop_map(|(numbers, partitions, answers)| (
+                Request::ReplicaFetch(ReplicaFetchRequest {
+                    replica: numbers.0,
+                    max_wait_ms: numbers.1,
+                    max_bytes: numbers.2,
+                    partitions,
+                }),
+                Response::ReplicaFetch(answers)
+            )),
+    ]
+}
+
 /// Frames a request and takes it apart again through the stream decoder.
 fn through_the_wire(request: &Request, correlation_id: u32) -> (RequestHeader, Request) {
     let mut buffer = request.encode(correlation_id);
@@ -577,6 +673,20 @@ proptest! {
     }
 
     #[test]
+    fn cluster_requests_and_answers_round_trip((request, response) in cluster_exchange(), correlation_id in any::<u32>(), cut in any::<prop::sample::Index>()) {
+        let (_, decoded) = through_the_wire(&request, correlation_id);
+        prop_assert_eq!(&decoded, &request);
+        let frame = response.encode(correlation_id).freeze();
+        let body = frame.slice(4 + RESPONSE_HEADER_BYTES..);
+        prop_assert_eq!(Response::decode(request.api_key(), body.clone())?, response);
+        // Any cut of the answer is an error, never a panic.
+        let cut = cut.index(body.len().max(1));
+        if cut < body.len() {
+            prop_assert!(Response::decode(request.api_key(), body.slice(..cut)).is_err());
+        }
+    }
+
+    #[test]
     fn group_requests_round_trip(request in group_request(), correlation_id in any::<u32>()) {
         let (_, decoded) = through_the_wire(&request, correlation_id);
         prop_assert_eq!(decoded, request);
@@ -599,7 +709,7 @@ proptest! {
     }
 
     #[test]
-    fn hostile_bytes_never_panic(api_key in 0u16..20, body in prop::collection::vec(any::<u8>(), 0..200)) {
+    fn hostile_bytes_never_panic(api_key in 0u16..24, body in prop::collection::vec(any::<u8>(), 0..200)) {
         let header = RequestHeader { api_key, api_version: 1, correlation_id: 1 };
         let _ = Request::decode(&header, Bytes::from(body.clone()));
         if let Ok(key) = ApiKey::from_u16(api_key) {

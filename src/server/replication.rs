@@ -356,13 +356,15 @@ impl Shard {
     }
 
     /// acks=all in a cluster: waits until the high watermark passes `last_offset` while
-    /// this node still leads in `epoch`.
+    /// this node still leads in `epoch`, and then at least `min.insync.replicas` are in
+    /// sync (all of the ISR hold what is below the high watermark).
     pub(crate) async fn wait_replicated(
         &self,
         topic: &str,
         partition: u32,
         epoch: u32,
         last_offset: i64,
+        min_insync: u16,
     ) -> Result<(), Status> {
         let replica = self.replica(topic, partition);
         replica
@@ -373,18 +375,31 @@ impl Shard {
                     || self.stopping.is_set()
             })
             .await;
-        if replica.high_watermark.get() > last_offset {
-            Ok(())
-        } else {
-            Err(Status::error(
+        if replica.high_watermark.get() <= last_offset {
+            return Err(Status::error(
                 ErrorCode::NotOwner,
                 format!(
                     "node {:?} stopped leading {}-{partition} before offset {last_offset} was replicated: it may or may not be kept",
                     self.view.borrow().node_id,
                     quoted(topic)
                 ),
-            ))
+            ));
         }
+        let in_sync = self
+            .view
+            .borrow()
+            .partition(topic, partition)
+            .map_or(0, |state| state.isr.len());
+        if in_sync < usize::from(min_insync) {
+            return Err(Status::error(
+                ErrorCode::NotEnoughReplicasAfterAppend,
+                format!(
+                    "{}-{partition} up to offset {last_offset} is held by the {in_sync} in-sync replicas only; min.insync.replicas is {min_insync}",
+                    quoted(topic)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Leading: answers one partition of a follower's fetch.

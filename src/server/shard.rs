@@ -494,7 +494,13 @@ impl Shard {
         };
         if let (Some(epoch), Acks::All) = (leader_epoch, acks)
             && let Err(status) = self
-                .wait_replicated(topic, partition, epoch, info.last_offset)
+                .wait_replicated(
+                    topic,
+                    partition,
+                    epoch,
+                    info.last_offset,
+                    log.config().min_insync_replicas,
+                )
                 .await
         {
             return produce_failed(partition, status);

@@ -69,18 +69,24 @@ pub(super) fn describe(shard: &Shard, request: DescribeClusterRequest) -> Respon
             topics,
         });
     };
+    // A topic this node has not applied yet is not described, as Metadata does not name
+    // it: both answer from what this node serves.
+    let names = names
+        .into_iter()
+        .map(|name| (metadata.topic(&name).is_some(), name))
+        .collect();
     Response::DescribeCluster(describe_cluster(&view, handle.leader(), names))
 }
 
 fn describe_cluster(
     view: &ClusterView,
     controller: Option<u64>,
-    names: Vec<String>,
+    names: Vec<(bool, String)>,
 ) -> ClusterDescription {
     let topics = names
         .into_iter()
-        .map(|name| match view.state.topics.get(&name) {
-            Some(topic) => TopicReplicas {
+        .map(|(applied, name)| match view.state.topics.get(&name) {
+            Some(topic) if applied => TopicReplicas {
                 partitions: topic
                     .partitions
                     .iter()
@@ -96,7 +102,7 @@ fn describe_cluster(
                 name,
                 status: Status::ok(),
             },
-            None => missing(name),
+            _ => missing(name),
         })
         .collect();
     ClusterDescription {

@@ -258,7 +258,7 @@ pub(super) fn describe_configs(
 pub(super) fn describe_cluster(shard: &Shard) -> kafka::DescribeClusterResponse {
     kafka::DescribeClusterResponse {
         cluster_id: super::data::CLUSTER_ID.to_string(),
-        controller_id: super::data::CONTROLLER_ID,
+        controller_id: super::data::controller_id(shard),
         brokers: super::data::brokers(shard),
     }
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::{code, kafka_index, partition_index};
 use crate::broker::metadata::shard_for;
+use crate::broker::view::ClusterView;
 use crate::kafka::{self, error};
 use crate::protocol::{self, Acks};
 use crate::server::handlers::{Exchange, Outgoing, fetch, produce as native_produce};
@@ -24,19 +25,66 @@ pub(super) async fn metadata(
         native_produce::auto_create(shard, names.iter().map(String::as_str)).await;
     }
     let brokers = brokers(shard);
+    let view = shard.view.borrow().clone();
     let metadata = shard.metadata.borrow();
     let names = metadata.names_or_all(request.topics.unwrap_or_default());
+    let placed = |name: &str, partition: u32| -> kafka::MetadataPartition {
+        let index = kafka_index(partition);
+        if !view.clustered() {
+            // Every partition has one replica, its owner shard, always in sync.
+            let leader_id = shard_for(name, partition, shard.count) as i32;
+            return kafka::MetadataPartition {
+                error_code: error::NONE,
+                partition_index: index,
+                leader_id,
+                leader_epoch: 0,
+                replicas: vec![leader_id],
+                isr: vec![leader_id],
+            };
+        }
+        let ids = |nodes: &[u64]| -> Vec<i32> {
+            nodes
+                .iter()
+                .filter_map(|node| view.replica_shard(*node, name, partition))
+                .map(|id| id as i32)
+                .collect()
+        };
+        match view.partition(name, partition) {
+            Some(state) => {
+                let leader_id = state
+                    .leader
+                    .and_then(|leader| view.replica_shard(leader, name, partition))
+                    .map_or(-1, |id| id as i32);
+                kafka::MetadataPartition {
+                    error_code: if leader_id < 0 {
+                        error::LEADER_NOT_AVAILABLE
+                    } else {
+                        error::NONE
+                    },
+                    partition_index: index,
+                    leader_id,
+                    leader_epoch: state.leader_epoch as i32,
+                    replicas: ids(&state.replicas),
+                    isr: ids(&state.isr),
+                }
+            }
+            None => kafka::MetadataPartition {
+                error_code: error::LEADER_NOT_AVAILABLE,
+                partition_index: index,
+                leader_id: -1,
+                leader_epoch: -1,
+                replicas: Vec::new(),
+                isr: Vec::new(),
+            },
+        }
+    };
     let topics = names
         .into_iter()
         .map(|name| match metadata.topic(&name) {
             Some(topic) => kafka::MetadataTopic {
                 error_code: error::NONE,
                 partitions: (0..topic.partitions)
-                    .map(|partition| kafka::MetadataPartition {
-                        error_code: error::NONE,
-                        partition_index: kafka_index(partition),
-                        leader_id: shard_for(&name, partition, shard.count) as i32,
-                    })
+                    .map(|partition| placed(&name, partition))
                     .collect(),
                 name,
             },
@@ -50,8 +98,20 @@ pub(super) async fn metadata(
     kafka::MetadataResponse {
         brokers,
         cluster_id: CLUSTER_ID.to_string(),
-        controller_id: CONTROLLER_ID,
+        controller_id: controller_id(shard),
         topics,
+    }
+}
+
+/// The broker Metadata and DescribeCluster name as the controller: shard 0 (which
+/// coordinates topic changes) on its own, else shard 0 of the controller node (-1 while
+/// there is none).
+pub(super) fn controller_id(shard: &Shard) -> i32 {
+    match &shard.cluster {
+        None => CONTROLLER_ID,
+        Some(handle) => handle
+            .leader()
+            .map_or(-1, |node| ClusterView::global_shard_id(node, 0) as i32),
     }
 }
 
@@ -62,6 +122,27 @@ pub(super) const CONTROLLER_ID: i32 = 0;
 
 /// Every shard as a Kafka broker: node id = shard id, on its own Kafka port.
 pub(super) fn brokers(shard: &Shard) -> Vec<kafka::MetadataBroker> {
+    let view = shard.view.borrow().clone();
+    if view.clustered() {
+        // Every shard of every live node with a Kafka door, at the ports after its
+        // Kafka address.
+        return view
+            .live_brokers()
+            .filter_map(|(node, broker)| {
+                let (host, port) = broker.info.kafka_address.rsplit_once(':')?;
+                let port: u16 = port.parse().ok()?;
+                let host = host.to_string();
+                Some(
+                    (0..usize::from(broker.info.shards)).map(move |index| kafka::MetadataBroker {
+                        node_id: ClusterView::global_shard_id(node, index) as i32,
+                        host: host.clone(),
+                        port: i32::from(port) + 1 + index as i32,
+                    }),
+                )
+            })
+            .flatten()
+            .collect();
+    }
     let host = shard.config.kafka_host();
     (0..shard.count)
         .map(|id| kafka::MetadataBroker {

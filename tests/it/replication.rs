@@ -1,0 +1,614 @@
+//! Replicated partitions across three `spate serve` processes on loopback (127.0.0.1,
+//! .2 and .3, one port for all): leaders fail over when killed (-9) or paused (SIGSTOP),
+//! and a checker reads every partition back and finds each acknowledged record at the
+//! offset it was acknowledged with, in each producer's order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use spate::client::{Connection, Producer, ProducerConfig, ShardRouter};
+use spate::protocol::{Acks, ClusterDescription, OFFSET_EARLIEST, OFFSET_LATEST};
+
+const SHARDS: usize = 2;
+
+/// Three nodes, each its own process, directory and loopback address.
+pub struct Nodes {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    port: u16,
+    children: BTreeMap<u64, Child>,
+}
+
+impl Nodes {
+    /// Starts nodes 1 to 3 and waits until the controller has registered all three.
+    pub fn start() -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        // The native port, a port per shard, then the Kafka port and one per shard, free
+        // on every node's address.
+        let port = free_on_every_node(2 * (SHARDS + 1));
+        let mut nodes = Nodes {
+            root: dir.path().to_path_buf(),
+            _dir: dir,
+            port,
+            children: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            nodes.spawn(id);
+        }
+        let formed = wait_for(Duration::from_secs(30), || {
+            let cluster = nodes.describe(1, &[]).ok()?;
+            (cluster.controller > 0
+                && cluster.nodes.len() == 3
+                && cluster.nodes.iter().all(|node| !node.fenced))
+            .then_some(())
+        });
+        assert!(formed.is_some(), "the three nodes form a cluster");
+        nodes
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        format!("127.0.0.{id}:{}", self.port)
+    }
+
+    /// (Re)starts node `id` on its directory.
+    pub fn spawn(&mut self, id: u64) {
+        let voters: Vec<String> = (1..=3)
+            .map(|node| format!("{node}@{}", self.address(node)))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("node{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args([
+                "serve",
+                "--node-id",
+                &id.to_string(),
+                "--cluster",
+                &voters.join(","),
+                "--shards",
+                &SHARDS.to_string(),
+                "--kafka-listen",
+                &format!("127.0.0.{id}:{}", self.port + SHARDS as u16 + 1),
+                "--replica-lag-time-max-ms",
+                "2000",
+                "--memory-max",
+                "256MiB",
+            ])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .env("RUST_LOG", "info,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.insert(id, child);
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.root.join(format!("node{id}"))
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn signal(&self, id: u64, signal: i32) {
+        let pid = self.children[&id].id() as i32;
+        // SAFETY: sends a signal to a child process this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    pub fn connect(&self, id: u64) -> Result<Connection, spate::client::ClientError> {
+        Connection::connect(&self.address(id), "replication-test")
+    }
+
+    pub fn describe(
+        &self,
+        id: u64,
+        topics: &[&str],
+    ) -> Result<ClusterDescription, spate::client::ClientError> {
+        self.connect(id)?.describe_cluster(topics)
+    }
+
+    /// What node `id` says of `topic`'s partitions: (leader, epoch, ISR) each.
+    pub fn partitions(&self, id: u64, topic: &str) -> Option<Vec<(i64, u32, Vec<u64>)>> {
+        let cluster = self.describe(id, &[topic]).ok()?;
+        let topic = cluster.topics.into_iter().next()?;
+        topic.status.is_ok().then(|| {
+            topic
+                .partitions
+                .into_iter()
+                .map(|partition| (partition.leader, partition.leader_epoch, partition.isr))
+                .collect()
+        })
+    }
+
+    /// The node's log file, for when a test needs explaining.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.root.join(format!("node{id}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for id in 1..=3 {
+                let log = self.log(id);
+                let tail: Vec<&str> = log
+                    .lines()
+                    .filter(|line| !line.contains(" INFO "))
+                    .rev()
+                    .take(20)
+                    .collect();
+                eprintln!("node {id}'s last warnings:");
+                for line in tail.into_iter().rev() {
+                    eprintln!("  {line}");
+                }
+            }
+        }
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            // SAFETY: resumes a child this test may have paused, so the kill lands.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port free on 127.0.0.1, .2 and .3, with `count` free ports after it.
+fn free_on_every_node(count: usize) -> u16 {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        if usize::from(port) + count >= usize::from(u16::MAX) {
+            continue;
+        }
+        drop(probe);
+        let free = (1..=3).all(|node| {
+            (0..=count as u16).all(|offset| {
+                std::net::TcpListener::bind((format!("127.0.0.{node}").as_str(), port + offset))
+                    .is_ok()
+            })
+        });
+        if free {
+            return port;
+        }
+    }
+    panic!("no free ports on 127.0.0.1-3");
+}
+
+pub fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One acknowledged record: who sent it, its number in that producer's sequence, and
+/// where the broker said it landed.
+#[derive(Debug, Clone)]
+struct Acked {
+    producer: usize,
+    sequence: u64,
+    partition: u32,
+    offset: i64,
+}
+
+/// Producers that send numbered records with acks=all until told to stop, keeping what
+/// was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Acked>>>,
+}
+
+impl Load {
+    fn start(nodes: &Nodes, topic: &str, producers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..producers)
+            .map(|producer| {
+                let (stop, topic) = (stop.clone(), topic.to_string());
+                // Each producer bootstraps from a different node.
+                let address = nodes.address(1 + producer as u64 % 3);
+                std::thread::spawn(move || {
+                    let connection = Connection::connect(&address, "load").unwrap();
+                    let config = ProducerConfig {
+                        batch_bytes: 512,
+                        linger: Duration::from_millis(1),
+                        acks: Acks::All,
+                        delivery_timeout: Duration::from_secs(30),
+                    };
+                    let mut producer_client = Producer::new(connection, &topic, config).unwrap();
+                    let mut acked = Vec::new();
+                    let mut sequence = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let value = format!("p{producer}-{sequence}");
+                        let key = format!("k{}", sequence % 7);
+                        let sent =
+                            producer_client.send(None, Some(key.as_bytes()), value.as_bytes());
+                        sequence += 1;
+                        match sent {
+                            Ok(deliveries) => acked.extend(deliveries),
+                            Err(error) => panic!("producer {producer}: {error}"),
+                        }
+                    }
+                    acked.extend(producer_client.flush().expect("the last batches"));
+                    acked
+                        .into_iter()
+                        .map(|delivery| Acked {
+                            producer,
+                            sequence: delivery.sequence,
+                            partition: delivery.partition,
+                            offset: delivery.offset,
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn finish(self) -> Vec<Acked> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap())
+            .collect()
+    }
+}
+
+/// Every record of every partition of `topic`, read from its leader through node
+/// `via`, once every acknowledged record is below its high watermark (a leader that
+/// took over learns the high watermark from its followers' next fetches): partition ->
+/// offset -> value.
+fn read_all(
+    nodes: &Nodes,
+    via: u64,
+    topic: &str,
+    partitions: u32,
+    acked: &[Acked],
+) -> BTreeMap<u32, BTreeMap<i64, String>> {
+    let mut readable: BTreeMap<u32, i64> = BTreeMap::new();
+    for record in acked {
+        let end = readable.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    let visible = wait_for(Duration::from_secs(15), || {
+        let mut router = ShardRouter::new(nodes.connect(via).ok()?, topic, "checker").ok()?;
+        for (partition, needed) in &readable {
+            let connection = router.connection_for(*partition).ok()?;
+            let end = connection
+                .list_offset(topic, *partition, OFFSET_LATEST)
+                .ok()?;
+            if end < *needed {
+                eprintln!(
+                    "partition {partition}: high watermark {end}, acknowledged up to {needed}: {:?}",
+                    nodes.partitions(via, topic)
+                );
+                return None;
+            }
+        }
+        Some(())
+    });
+    assert!(
+        visible.is_some(),
+        "acknowledged records stay below the high watermark: {:?}",
+        nodes.partitions(via, topic)
+    );
+    let mut router = ShardRouter::new(nodes.connect(via).unwrap(), topic, "checker").unwrap();
+    let mut all = BTreeMap::new();
+    for partition in 0..partitions {
+        let connection = router.connection_for(partition).unwrap();
+        let start = connection
+            .list_offset(topic, partition, OFFSET_EARLIEST)
+            .unwrap();
+        let end = connection
+            .list_offset(topic, partition, OFFSET_LATEST)
+            .unwrap();
+        let mut records = BTreeMap::new();
+        let mut offset = start;
+        while offset < end {
+            let answer = connection
+                .fetch(topic, partition, offset, 1 << 20, 0)
+                .unwrap();
+            assert!(answer.status.is_ok(), "{}", answer.status);
+            for batch in spate::record::split_batches(&answer.records) {
+                let (_, range) = batch.unwrap();
+                let batch = answer.records.slice(range);
+                for record in spate::record::decode_records(&batch).unwrap() {
+                    if record.offset >= offset {
+                        let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+                        records.insert(record.offset, value);
+                    }
+                }
+            }
+            offset = records.keys().next_back().map_or(end, |last| last + 1);
+        }
+        all.insert(partition, records);
+    }
+    all
+}
+
+/// Each acknowledged record is where it was acknowledged, and each producer's records
+/// of one partition are in its order.
+fn check(acked: &[Acked], stored: &BTreeMap<u32, BTreeMap<i64, String>>) {
+    assert!(!acked.is_empty(), "the load produced something");
+    for record in acked {
+        let expected = format!("p{}-{}", record.producer, record.sequence);
+        let found = stored
+            .get(&record.partition)
+            .and_then(|partition| partition.get(&record.offset));
+        assert_eq!(
+            found,
+            Some(&expected),
+            "acknowledged {expected} at {}-{} is not there (the partition holds {} records, offsets {:?} to {:?})",
+            record.partition,
+            record.offset,
+            stored.get(&record.partition).map_or(0, BTreeMap::len),
+            stored
+                .get(&record.partition)
+                .and_then(|records| records.keys().next()),
+            stored
+                .get(&record.partition)
+                .and_then(|records| records.keys().next_back()),
+        );
+    }
+    // Per producer and partition, acknowledged records sit in the order they were sent.
+    let mut by_stream: BTreeMap<(usize, u32), Vec<(u64, i64)>> = BTreeMap::new();
+    for record in acked {
+        by_stream
+            .entry((record.producer, record.partition))
+            .or_default()
+            .push((record.sequence, record.offset));
+    }
+    for ((producer, partition), mut records) in by_stream {
+        records.sort_unstable();
+        for pair in records.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].1,
+                "producer {producer}'s records {pair:?} out of order in partition {partition}"
+            );
+        }
+    }
+}
+
+#[test]
+fn killed_leaders_fail_over_and_nothing_acknowledged_is_lost() {
+    let mut nodes = Nodes::start();
+    let created = nodes
+        .connect(1)
+        .unwrap()
+        .create_replicated_topic(
+            "orders",
+            3,
+            3,
+            &[("min.insync.replicas".into(), "2".into())],
+        )
+        .unwrap();
+    assert!(created.status.is_ok(), "{}", created.status);
+    let placed = wait_for(Duration::from_secs(10), || {
+        let seen: Vec<_> = (1..=3)
+            .map(|id| nodes.partitions(id, "orders"))
+            .collect::<Option<_>>()?;
+        let partitions = seen[0].clone();
+        (seen.iter().all(|view| *view == partitions)
+            && partitions
+                .iter()
+                .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3))
+        .then_some(partitions)
+    })
+    .expect("every node knows the topic");
+    let leaders: std::collections::BTreeSet<i64> =
+        placed.iter().map(|(leader, ..)| *leader).collect();
+    assert_eq!(
+        leaders.len(),
+        3,
+        "one partition led by each node: {placed:?}"
+    );
+
+    let load = Load::start(&nodes, "orders", 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let victim = placed[0].0 as u64;
+    let killed_at = Instant::now();
+    nodes.kill(victim);
+    let survivor = (1..=3).find(|id| *id != victim).unwrap();
+    let moved = wait_for(Duration::from_secs(15), || {
+        let partitions = nodes.partitions(survivor, "orders")?;
+        partitions
+            .iter()
+            .all(|(leader, _, isr)| {
+                *leader > 0 && *leader as u64 != victim && !isr.contains(&victim)
+            })
+            .then_some(partitions)
+    });
+    let moved =
+        moved.unwrap_or_else(|| panic!("leaders move off node {victim}: {}", nodes.log(survivor)));
+    eprintln!(
+        "node {victim} killed: its partitions led elsewhere after {} ms: {moved:?}",
+        killed_at.elapsed().as_millis()
+    );
+    assert!(moved[0].1 >= 1, "a new leader, a new epoch");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The killed node comes back, catches up and rejoins every ISR.
+    nodes.spawn(victim);
+    let rejoined = wait_for(Duration::from_secs(20), || {
+        let partitions = nodes.partitions(survivor, "orders")?;
+        partitions
+            .iter()
+            .all(|(_, _, isr)| isr.len() == 3)
+            .then_some(())
+    });
+    assert!(
+        rejoined.is_some(),
+        "node {victim} rejoins the ISRs: {:?}",
+        nodes.partitions(survivor, "orders")
+    );
+    let acked = load.finish();
+    let stored = read_all(&nodes, survivor, "orders", 3, &acked);
+    check(&acked, &stored);
+
+    // Now the restarted node's copies must be whole: the other two go down one after the
+    // other, leaving it to lead everything with what it fetched.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    nodes.kill(others[0]);
+    let led = wait_for(Duration::from_secs(15), || {
+        nodes
+            .partitions(victim, "orders")?
+            .iter()
+            .all(|(leader, _, _)| *leader > 0 && *leader as u64 != others[0])
+            .then_some(())
+    });
+    assert!(led.is_some(), "{:?}", nodes.partitions(victim, "orders"));
+    let stored_after = read_all(&nodes, victim, "orders", 3, &acked);
+    check(&acked, &stored_after);
+    eprintln!(
+        "{} acknowledged records checked twice ({} stored)",
+        acked.len(),
+        stored_after.values().map(BTreeMap::len).sum::<usize>()
+    );
+}
+
+/// Every record of a partition as node `id` stored it, read from its directory once the
+/// node has stopped: (offset, value).
+fn stored_on(nodes: &Nodes, id: u64, topic: &str, partition: u32) -> Vec<(i64, String)> {
+    let dir = nodes
+        .data_dir(id)
+        .join("topics")
+        .join(format!("{topic}-{partition}"));
+    crate::support::run(move || async move {
+        let log = spate::storage::Log::open(dir, spate::storage::LogConfig::default())
+            .await
+            .unwrap();
+        let records = crate::support::read_all(&log, log.log_start_offset()).await;
+        log.close().await.unwrap();
+        records
+            .into_iter()
+            .map(|(offset, value)| (offset, String::from_utf8(value).unwrap()))
+            .collect()
+    })
+}
+
+/// A leader paused with SIGSTOP is fenced and replaced; resumed, it takes no acks=all
+/// write as leader, what it appended alone (acks=1) is cut from its log, and it catches
+/// up as a follower: its log ends up the new leader's, record for record.
+#[test]
+fn a_paused_leader_is_fenced_and_its_stale_appends_are_cut() {
+    let mut nodes = Nodes::start();
+    let created = nodes
+        .connect(1)
+        .unwrap()
+        .create_replicated_topic(
+            "paused",
+            1,
+            3,
+            &[("min.insync.replicas".into(), "2".into())],
+        )
+        .unwrap();
+    assert!(created.status.is_ok(), "{}", created.status);
+    let known = wait_for(Duration::from_secs(10), || {
+        let seen: Vec<_> = (1..=3)
+            .map(|id| nodes.partitions(id, "paused"))
+            .collect::<Option<_>>()?;
+        seen.iter()
+            .all(|view| *view == seen[0])
+            .then(|| seen[0][0].clone())
+    })
+    .expect("every node knows the topic");
+    let paused = known.0 as u64;
+    let load = Load::start(&nodes, "paused", 2);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    nodes.signal(paused, libc::SIGSTOP);
+    let other = (1..=3).find(|id| *id != paused).unwrap();
+    let replaced = wait_for(Duration::from_secs(15), || {
+        let (leader, epoch, isr) = nodes.partitions(other, "paused")?[0].clone();
+        (leader > 0 && leader as u64 != paused && !isr.contains(&paused)).then_some((leader, epoch))
+    })
+    .expect("another node leads while the leader is paused");
+    assert!(replaced.1 > known.1, "a new epoch: {replaced:?}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Resumed, it still believes it leads until it hears otherwise: whatever it takes
+    // now, with acks=1, is its alone; with acks=all it can acknowledge nothing.
+    nodes.signal(paused, libc::SIGCONT);
+    let shard_port =
+        nodes.port + 1 + spate::broker::metadata::shard_for("paused", 0, SHARDS) as u16;
+    let stale_address = format!("127.0.0.{paused}:{shard_port}");
+    if let Ok(mut stale) = Connection::connect(&stale_address, "stale") {
+        let mut builder = spate::record::BatchBuilder::new();
+        builder.push(0, None, Some(b"stale-1"), &[]);
+        let outcome = stale.produce("paused", 0, builder.build(0), Acks::Leader);
+        eprintln!("an acks=1 append to the resumed leader: {outcome:?}");
+        let mut builder = spate::record::BatchBuilder::new();
+        builder.push(0, None, Some(b"stale-all"), &[]);
+        let answer = stale.produce("paused", 0, builder.build(0), Acks::All);
+        if let Ok(Some(answer)) = answer {
+            assert!(
+                !answer.status.is_ok(),
+                "a deposed leader acknowledged an acks=all write at {}",
+                answer.base_offset
+            );
+        }
+    }
+    let rejoined = wait_for(Duration::from_secs(20), || {
+        let (_, _, isr) = nodes.partitions(other, "paused")?[0].clone();
+        (isr.len() == 3).then_some(())
+    });
+    assert!(
+        rejoined.is_some(),
+        "the resumed node catches up: {:?}",
+        nodes.partitions(other, "paused")
+    );
+    let truncated = nodes.log(paused).contains("truncated a diverged replica");
+    eprintln!("the resumed node truncated its log: {truncated}");
+    let acked = load.finish();
+    let leader = replaced.0 as u64;
+    let stored = read_all(&nodes, leader, "paused", 1, &acked);
+    check(&acked, &stored);
+    assert!(
+        stored[&0].values().all(|value| !value.starts_with("stale")),
+        "the deposed leader's appends never reach the leader"
+    );
+    // Let the followers fetch the last of it, then compare the logs on disk.
+    let end = *stored[&0].keys().next_back().unwrap();
+    let caught_up = wait_for(Duration::from_secs(10), || {
+        let (_, _, isr) = nodes.partitions(leader, "paused")?[0].clone();
+        (isr.len() == 3).then_some(())
+    });
+    assert!(caught_up.is_some());
+    std::thread::sleep(Duration::from_millis(1000));
+    for id in 1..=3 {
+        nodes.kill(id);
+    }
+    let expected: Vec<(i64, String)> = stored[&0]
+        .iter()
+        .map(|(offset, value)| (*offset, value.clone()))
+        .collect();
+    for id in 1..=3 {
+        let copy = stored_on(&nodes, id, "paused", 0);
+        assert!(
+            copy.len() >= expected.len() && copy[..expected.len()] == expected[..],
+            "node {id}'s copy differs from the leader's below offset {end}"
+        );
+        assert!(
+            copy.iter().all(|(_, value)| !value.starts_with("stale")),
+            "node {id} kept a deposed leader's append"
+        );
+    }
+}
