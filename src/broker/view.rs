@@ -17,6 +17,9 @@ pub const SHARDS_PER_NODE_MAX: u64 = 256;
 pub struct ClusterView {
     /// This node's id; `None` for a broker on its own.
     pub node_id: Option<NodeId>,
+    /// This process's incarnation (`BrokerInfo::incarnation`): the node leads only once
+    /// the cluster has registered this incarnation, not a previous one.
+    pub incarnation: u64,
     pub state: ClusterState,
 }
 
@@ -47,12 +50,45 @@ impl ClusterView {
         }
     }
 
+    /// Whether the cluster has registered this process (its incarnation), unfenced: until
+    /// then the node leads nothing, whatever an older state says.
+    pub fn registered(&self) -> bool {
+        let Some(node) = self.node_id else {
+            return true;
+        };
+        self.state
+            .brokers
+            .get(&node)
+            .is_some_and(|broker| !broker.fenced && broker.info.incarnation == self.incarnation)
+    }
+
+    /// Whether this node leads the partition now.
+    pub fn leads(&self, topic: &str, partition: u32) -> bool {
+        match self.node_id {
+            None => true,
+            Some(node) => {
+                self.registered()
+                    && self
+                        .partition(topic, partition)
+                        .is_some_and(|state| state.leader == Some(node))
+            }
+        }
+    }
+
     /// `Ok` when this node leads the partition (takes its appends, serves its reads);
     /// otherwise the retriable error that sends a client back to metadata.
     pub fn check_leader(&self, topic: &str, partition: u32) -> Result<(), Status> {
         let Some(node) = self.node_id else {
             return Ok(());
         };
+        if !self.registered() {
+            return Err(Status::error(
+                ErrorCode::NotOwner,
+                format!(
+                    "node {node} has started again and is not registered yet: it leads nothing until it is"
+                ),
+            ));
+        }
         match self.partition(topic, partition) {
             Some(state) if state.leader == Some(node) => Ok(()),
             Some(state) => Err(Status::error(
@@ -122,6 +158,7 @@ mod tests {
                         address: format!("127.0.0.{id}:7070"),
                         kafka_address: String::new(),
                         shards: 2,
+                        incarnation: 7,
                     },
                 })
                 .unwrap();
@@ -150,6 +187,7 @@ mod tests {
         for node in 1..=3 {
             let view = ClusterView {
                 node_id: Some(node),
+                incarnation: 7,
                 state: state.clone(),
             };
             for partition in 0..3 {
@@ -173,9 +211,23 @@ mod tests {
     }
 
     #[test]
+    fn a_node_started_again_leads_nothing_until_its_new_incarnation_is_registered() {
+        let view = ClusterView {
+            node_id: Some(1),
+            incarnation: 8,
+            state: three_brokers_one_topic(),
+        };
+        assert!(!view.registered());
+        assert!(!view.leads("orders", 0));
+        let status = view.check_leader("orders", 0).unwrap_err();
+        assert!(status.message.contains("not registered yet"), "{status}");
+    }
+
+    #[test]
     fn replica_shards_follow_each_nodes_shard_count() {
         let view = ClusterView {
             node_id: Some(1),
+            incarnation: 7,
             state: three_brokers_one_topic(),
         };
         let id = view.replica_shard(2, "orders", 1).unwrap();

@@ -88,6 +88,8 @@ enum Call {
 #[derive(Clone)]
 pub struct ClusterHandle {
     pub id: NodeId,
+    /// This process's incarnation, as its heartbeats give it.
+    pub incarnation: u64,
     calls: mpsc::UnboundedSender<Call>,
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     machine: MetadataMachine,
@@ -257,6 +259,7 @@ impl ClusterNode {
         Ok(ClusterNode {
             handle: ClusterHandle {
                 id,
+                incarnation: config.broker.incarnation,
                 calls,
                 metrics,
                 machine,

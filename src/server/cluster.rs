@@ -105,8 +105,15 @@ impl Shard {
         state: ClusterState,
         spans: &[Span],
     ) -> Result<(), Status> {
-        let node_id = self.view.borrow().node_id;
-        *self.view.borrow_mut() = Rc::new(ClusterView { node_id, state });
+        let (node_id, incarnation) = {
+            let view = self.view.borrow();
+            (view.node_id, view.incarnation)
+        };
+        *self.view.borrow_mut() = Rc::new(ClusterView {
+            node_id,
+            incarnation,
+            state,
+        });
         let opened = self.open_partitions(spans, Opening::Existing).await;
         self.follow_view().await;
         opened

@@ -180,6 +180,10 @@ fn start_cluster_node(
             })
             .unwrap_or_default(),
         shards: config.shards as u16,
+        // Nanoseconds since the epoch at start: a process started again gets another.
+        incarnation: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64),
     };
     ClusterNode::start(NodeConfig {
         id: cluster.node_id,

@@ -247,12 +247,17 @@ impl Shard {
                 continue;
             };
             let replica = self.replica(&topic, partition);
-            if state.leader == Some(node) {
+            if view.leads(&topic, partition) {
                 if replica.led_epoch.get() != Some(state.leader_epoch) {
                     self.take_leadership(&topic, partition, &replica, &log, state.leader_epoch)
                         .await;
                 }
                 self.advance_high_watermark(&topic, partition, &replica, &log);
+            } else if state.leader == Some(node) {
+                // Named leader by a state from before this process registered: it waits.
+                if replica.led_epoch.replace(None).is_some() {
+                    replica.moved.notify_all();
+                }
             } else {
                 if replica.led_epoch.replace(None).is_some() {
                     tracing::info!(topic, partition, leader = ?state.leader, "no longer leading");

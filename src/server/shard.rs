@@ -203,6 +203,7 @@ impl Shard {
         let view = match &cluster {
             Some(handle) => ClusterView {
                 node_id: Some(handle.id),
+                incarnation: handle.incarnation,
                 state: handle.state(),
             },
             None => ClusterView::single(),
