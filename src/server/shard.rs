@@ -708,6 +708,16 @@ impl Shard {
     /// A new Kafka producer id (shard 0 hands them out; other shards ask it), unique for
     /// the life of the data directory.
     pub async fn init_producer_id(self: &Rc<Self>) -> Result<i64, Status> {
+        let local = self.local_producer_id().await?;
+        // In a cluster every node hands out ids from its own blocks: its node id in the
+        // high bits keeps them apart (a node gives at most 2^40 ids).
+        Ok(match &self.cluster {
+            Some(handle) => ((handle.id as i64) << 40) | local,
+            None => local,
+        })
+    }
+
+    async fn local_producer_id(self: &Rc<Self>) -> Result<i64, Status> {
         if self.id != 0 {
             return self
                 .ask(0, |reply| ShardMessage::InitProducerId { reply })
@@ -1234,7 +1244,7 @@ impl Shard {
                 let _ = reply.send(self.groups.list());
             }
             ShardMessage::InitProducerId { reply } => {
-                let _ = reply.send(self.init_producer_id().await);
+                let _ = reply.send(self.local_producer_id().await);
             }
             ShardMessage::Describe { reply } => {
                 let _ = reply.send(self.describe());

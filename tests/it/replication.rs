@@ -18,8 +18,8 @@ const SHARDS: usize = 2;
 /// Three nodes, each its own process, directory and loopback address.
 pub struct Nodes {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    port: u16,
+    pub root: PathBuf,
+    pub port: u16,
     children: BTreeMap<u64, Child>,
 }
 
@@ -611,4 +611,99 @@ fn a_paused_leader_is_fenced_and_its_stale_appends_are_cut() {
             "node {id} kept a deposed leader's append"
         );
     }
+}
+
+/// librdkafka (confluent-kafka, idempotent, acks=all) bootstraps from all three nodes'
+/// Kafka ports and produces through the kill -9 of the partition's leader: it follows the
+/// metadata to the new leader, every record is delivered with no error, and each is read
+/// back at the offset its delivery report gave.
+#[test]
+fn a_kafka_client_follows_a_failover_and_loses_nothing() {
+    let mut nodes = Nodes::start();
+    let created = nodes
+        .connect(1)
+        .unwrap()
+        .create_replicated_topic(
+            "kafka-failover",
+            1,
+            3,
+            &[("min.insync.replicas".into(), "2".into())],
+        )
+        .unwrap();
+    assert!(created.status.is_ok(), "{}", created.status);
+    let known = wait_for(Duration::from_secs(10), || {
+        let seen: Vec<_> = (1..=3)
+            .map(|id| nodes.partitions(id, "kafka-failover"))
+            .collect::<Option<_>>()?;
+        seen.iter()
+            .all(|view| *view == seen[0])
+            .then(|| seen[0][0].clone())
+    })
+    .expect("every node knows the topic");
+    let leader = known.0 as u64;
+    let kafka_port = nodes.port + SHARDS as u16 + 1;
+    let bootstrap: Vec<String> = (1..=3)
+        .map(|id| format!("127.0.0.{id}:{kafka_port}"))
+        .collect();
+    let signal = nodes.root.join("signal");
+    let go = nodes.root.join("go");
+    let script = std::process::Command::new(crate::kafka_tools::python())
+        .arg("-u")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/clients.py"))
+        .args([
+            "confluent-failover",
+            "--bootstrap",
+            &bootstrap.join(","),
+            "--topic",
+            "kafka-failover",
+            "--partitions",
+            "1",
+            "--count",
+            "600",
+        ])
+        .arg("--signal-file")
+        .arg(&signal)
+        .arg("--go-file")
+        .arg(&go)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = wait_for(Duration::from_secs(60), || signal.exists().then_some(()));
+    assert!(ready.is_some(), "the client produced the first half");
+    nodes.kill(leader);
+    std::fs::write(&go, "go").unwrap();
+    let output = script.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| {
+            panic!(
+                "no result ({error}): {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    assert_eq!(result["errors"], serde_json::json!([]), "{result}");
+    let delivered = result["delivered"].as_array().unwrap();
+    assert_eq!(delivered.len(), 600, "every record delivered");
+    let read: std::collections::BTreeMap<i64, String> = result["read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            (
+                record[1].as_i64().unwrap(),
+                record[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for record in delivered {
+        let (offset, value) = (record[1].as_i64().unwrap(), record[2].as_str().unwrap());
+        assert_eq!(
+            read.get(&offset).map(String::as_str),
+            Some(value),
+            "{record}"
+        );
+    }
+    let moved = nodes.partitions((1..=3).find(|id| *id != leader).unwrap(), "kafka-failover");
+    eprintln!("librdkafka produced 600 records through the failover of node {leader}: {moved:?}");
 }

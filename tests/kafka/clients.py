@@ -211,6 +211,50 @@ def admin(args):
     print(json.dumps(result))
 
 
+def confluent_failover(args):
+    """An idempotent confluent-kafka producer with acks=all across a failover: half the
+    records, then a signal file for the test (which kills the partition's leader and
+    answers with the go file), then the rest; then everything read back from the start.
+    Reports what was delivered where, the delivery errors, and what was read."""
+    import os
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    producer = Producer(confluent_config(
+        args, acks="all", **{"enable.idempotence": True, "delivery.timeout.ms": 60000}))
+    delivered, errors = [], []
+
+    def report(error, message):
+        if error is not None:
+            errors.append(str(error))
+        else:
+            delivered.append([message.partition(), message.offset(), message.value().decode()])
+
+    half = args.count // 2
+    for i in range(args.count):
+        if i == half:
+            producer.flush(30)
+            with open(args.signal_file, "w") as signal:
+                signal.write("ready")
+            deadline = time.time() + 30
+            while not os.path.exists(args.go_file) and time.time() < deadline:
+                time.sleep(0.05)
+        producer.produce(args.topic, value=f"value-{i}".encode(), on_delivery=report)
+        producer.poll(0)
+        time.sleep(0.002)
+    producer.flush(60)
+    consumer = Consumer(confluent_config(
+        args, **{"group.id": f"{args.group}-reader", "enable.auto.commit": False}))
+    consumer.assign([TopicPartition(args.topic, p, 0) for p in range(args.partitions)])
+    read = []
+    deadline = time.time() + 30
+    while len(read) < len(delivered) and time.time() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            read.append([message.partition(), message.offset(), message.value().decode()])
+    consumer.close()
+    print(json.dumps({"delivered": delivered, "errors": errors, "read": read}))
+
+
 SCENARIOS = {
     "kafka-python-keyed": kafka_python_keyed,
     "kafka-python-read": kafka_python_read,
@@ -218,6 +262,7 @@ SCENARIOS = {
     "confluent-read": confluent_read,
     "confluent-group": confluent_group,
     "admin": admin,
+    "confluent-failover": confluent_failover,
 }
 
 
@@ -233,6 +278,8 @@ def main():
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--leave-after", type=int, default=20)
     parser.add_argument("--compression", default="none")
+    parser.add_argument("--signal-file")
+    parser.add_argument("--go-file")
     args = parser.parse_args()
     SCENARIOS[args.scenario](args)
 

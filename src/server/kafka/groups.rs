@@ -31,10 +31,18 @@ pub(super) fn find_coordinator(
         };
     }
     let coordinator = coordinator_shard(&request.key, shard.count);
+    // In a cluster, this node's shard under its id in metadata (groups are coordinated by
+    // the node a client asks: see docs/KAFKA.md).
+    let node_id = match &shard.cluster {
+        Some(handle) => {
+            crate::broker::view::ClusterView::global_shard_id(handle.id, coordinator) as i32
+        }
+        None => coordinator as i32,
+    };
     kafka::FindCoordinatorResponse {
         error_code: error::NONE,
         error_message: None,
-        node_id: coordinator as i32,
+        node_id,
         host: shard.config.kafka_host(),
         port: i32::from(shard.config.kafka_shard_port(coordinator).unwrap_or(0)),
     }
