@@ -28,6 +28,10 @@ pub struct ConsumeOptions<'a> {
 
 /// Prints records until `max_messages` have been printed or `timeout` passes with no new
 /// record (without either, until interrupted).
+/// How long a partition may be unreadable (its leader moving or down) before the command
+/// gives up.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
 pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
     let format = Format::parse(options.format)?;
     if let Some(group) = options.group {
@@ -71,13 +75,34 @@ pub fn run(options: ConsumeOptions<'_>) -> Result<(), String> {
     };
     let mut printed = 0u64;
     let mut last_record = Instant::now();
+    let mut failing_since: Option<Instant> = None;
     let mut out = std::io::stdout().lock();
     loop {
         for consumer in consumers.iter_mut() {
-            let connection = router
+            let polled = router
                 .connection_for(consumer.partition())
-                .map_err(describe)?;
-            let records = consumer.poll(connection, wait).map_err(describe)?;
+                .and_then(|connection| consumer.poll(connection, wait));
+            let records = match polled {
+                Ok(records) => {
+                    failing_since = None;
+                    records
+                }
+                // A leader that moved or went down: ask the metadata again and go on from
+                // the same position, for up to LEADER_WAIT.
+                Err(error) if error.is_retriable() => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > LEADER_WAIT {
+                        return Err(describe(error));
+                    }
+                    if let Some(shard) = router.owner(consumer.partition()) {
+                        router.forget(shard);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = router.refresh();
+                    continue;
+                }
+                Err(error) => return Err(describe(error)),
+            };
             if !records.is_empty() {
                 last_record = Instant::now();
             }

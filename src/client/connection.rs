@@ -60,6 +60,18 @@ pub(crate) fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result
     Ok(())
 }
 
+impl ClientError {
+    /// Whether trying again, after refreshing metadata, may succeed: a partition whose
+    /// leader moved, a node that is down or slow, a broker stopping.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Broker(status) => status.code.is_retriable(),
+            ClientError::Io(_) | ClientError::Unreachable { .. } | ClientError::TimedOut => true,
+            ClientError::Protocol(_) | ClientError::Unexpected => false,
+        }
+    }
+}
+
 impl From<std::io::Error> for ClientError {
     fn from(error: std::io::Error) -> ClientError {
         match error.kind() {

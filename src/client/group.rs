@@ -558,6 +558,13 @@ impl GroupConsumer {
                         records.extend(read);
                         self.positions.extend(moved);
                     }
+                    // A leader that moved or went down: the topic's metadata is asked
+                    // again (from scratch, the next fetch) and the positions stay.
+                    Err(error) if error.is_retriable() => {
+                        self.routers.remove(&topic);
+                        std::thread::sleep(Duration::from_millis(100));
+                        return Ok(records);
+                    }
                     Err(error) if records.is_empty() => return Err(error),
                     Err(_) => return Ok(records),
                 }
