@@ -443,6 +443,36 @@ fn killed_leaders_fail_over_and_nothing_acknowledged_is_lost() {
         killed_at.elapsed().as_millis()
     );
     assert!(moved[0].1 >= 1, "a new leader, a new epoch");
+    // The CLI shows it: the node fenced, the partitions' new leaders and ISRs.
+    let address = nodes.address(survivor);
+    let cluster = crate::server::spate(&["cluster", "describe", "--broker", &address]);
+    let shown = String::from_utf8_lossy(&cluster.stdout);
+    assert!(cluster.status.success(), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|line| line.starts_with(&format!("{victim} ")) && line.contains("fenced")),
+        "{shown}"
+    );
+    assert!(shown.contains("controller"), "{shown}");
+    let topic = crate::server::spate(&["topic", "describe", "orders", "--broker", &address]);
+    let shown = String::from_utf8_lossy(&topic.stdout);
+    assert!(
+        topic.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&topic.stderr)
+    );
+    assert!(shown.contains("ReplicationFactor: 3"), "{shown}");
+    let first = shown
+        .lines()
+        .find(|line| line.contains("Partition: 0\t"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        first.contains("Leader: ")
+            && !first.contains(&format!("Leader: {victim}\t"))
+            && !first.contains("LeaderEpoch: 0"),
+        "{first}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
 
     // The killed node comes back, catches up and rejoins every ISR.
