@@ -602,10 +602,20 @@ impl Sessions {
         self.0.lock().expect("not poisoned").get(&broker).cloned()
     }
 
-    /// Every broker counts as just seen (a new controller gives each a full session).
+    /// What a new controller starts from. Every node hears every broker's heartbeats all
+    /// along, so one heard from within a session keeps that time: a broker that died with
+    /// the old controller is fenced a session after it went quiet, not a session after the
+    /// election. One not heard from for longer (or never) counts as just seen and gets a
+    /// full session: this node may itself have been cut off, and must not fence everyone
+    /// on taking over.
     fn restart(&self, brokers: impl Iterator<Item = NodeId>) {
+        let now = tokio::time::Instant::now();
+        let mut sessions = self.0.lock().expect("not poisoned");
         for broker in brokers {
-            self.seen(broker, None);
+            let session = sessions.entry(broker).or_insert((now, None));
+            if now.duration_since(session.0) >= BROKER_SESSION {
+                session.0 = now;
+            }
         }
     }
 }

@@ -638,6 +638,18 @@ impl Shard {
                     .collect();
                 let address = view.state.brokers.get(&leader).and_then(|broker| {
                     let bootstrap: std::net::SocketAddr = broker.info.address.parse().ok()?;
+                    // This node's --cluster may route to the leader another way (another
+                    // interface, or a fault proxy in tests): then through that address's
+                    // listener, which hands each partition to its owner shard.
+                    let routed = self
+                        .config
+                        .cluster
+                        .as_ref()
+                        .and_then(|cluster| cluster.voters.get(&leader).copied())
+                        .filter(|route| *route != bootstrap);
+                    if routed.is_some() {
+                        return routed;
+                    }
                     let shards = usize::from(broker.info.shards.max(1));
                     let shard = followed.first().map_or(0, |(topic, partition, _)| {
                         shard_for(topic, *partition, shards)

@@ -21,20 +21,41 @@ pub struct Nodes {
     pub root: PathBuf,
     pub port: u16,
     children: BTreeMap<u64, Child>,
+    /// routes[(from, to)]: where node `from` reaches node `to` (its --cluster entry).
+    routes: BTreeMap<(u64, u64), String>,
 }
 
 impl Nodes {
     /// Starts nodes 1 to 3 and waits until the controller has registered all three.
     pub fn start() -> Nodes {
+        Nodes::start_routed(|_, _, address| address)
+    }
+
+    /// As `start`, with node `from` reaching node `to` at `route(from, to, to's address)`
+    /// (a fault proxy, say) for the cluster's messages and replication.
+    pub fn start_routed(mut route: impl FnMut(u64, u64, String) -> String) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         // The native port, a port per shard, then the Kafka port and one per shard, free
         // on every node's address.
         let port = free_on_every_node(2 * (SHARDS + 1));
+        let mut routes = BTreeMap::new();
+        for from in 1..=3 {
+            for to in 1..=3 {
+                let address = format!("127.0.0.{to}:{port}");
+                let routed = if from == to {
+                    address
+                } else {
+                    route(from, to, address)
+                };
+                routes.insert((from, to), routed);
+            }
+        }
         let mut nodes = Nodes {
             root: dir.path().to_path_buf(),
             _dir: dir,
             port,
             children: BTreeMap::new(),
+            routes,
         };
         for id in 1..=3 {
             nodes.spawn(id);
@@ -57,7 +78,7 @@ impl Nodes {
     /// (Re)starts node `id` on its directory.
     pub fn spawn(&mut self, id: u64) {
         let voters: Vec<String> = (1..=3)
-            .map(|node| format!("{node}@{}", self.address(node)))
+            .map(|node| format!("{node}@{}", self.routes[&(id, node)]))
             .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -736,4 +757,87 @@ fn a_kafka_client_follows_a_failover_and_loses_nothing() {
     }
     let moved = nodes.partitions((1..=3).find(|id| *id != leader).unwrap(), "kafka-failover");
     eprintln!("librdkafka produced 600 records through the failover of node {leader}: {moved:?}");
+}
+
+/// A follower whose links to the leader are blackholed (both ways, through the fault
+/// proxies every node reaches the others by) leaves the ISR while acks=all load goes on
+/// with the two others; healed, it catches up, rejoins the ISR, and its copy ends up the
+/// leader's, record for record.
+#[test]
+fn a_cut_off_follower_catches_up_and_rejoins_the_isr() {
+    use crate::fault_proxy::{Fault, FaultProxy};
+    let mut links: BTreeMap<(u64, u64), FaultProxy> = BTreeMap::new();
+    let mut nodes = Nodes::start_routed(|from, to, address| {
+        let link = FaultProxy::start(address.parse().unwrap());
+        let routed = link.address.to_string();
+        links.insert((from, to), link);
+        routed
+    });
+    let created = nodes
+        .connect(1)
+        .unwrap()
+        .create_replicated_topic("cut", 1, 3, &[("min.insync.replicas".into(), "2".into())])
+        .unwrap();
+    assert!(created.status.is_ok(), "{}", created.status);
+    let known = wait_for(Duration::from_secs(10), || {
+        let seen: Vec<_> = (1..=3)
+            .map(|id| nodes.partitions(id, "cut"))
+            .collect::<Option<_>>()?;
+        seen.iter()
+            .all(|view| *view == seen[0])
+            .then(|| seen[0][0].clone())
+    })
+    .expect("every node knows the topic");
+    let leader = known.0 as u64;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let load = Load::start(&nodes, "cut", 2);
+    std::thread::sleep(Duration::from_millis(800));
+
+    for ((from, to), link) in &links {
+        if (*from, *to) == (leader, follower) || (*from, *to) == (follower, leader) {
+            link.set(Fault::Blackhole);
+        }
+    }
+    let left = wait_for(Duration::from_secs(20), || {
+        let (_, _, isr) = nodes.partitions(leader, "cut")?[0].clone();
+        (!isr.contains(&follower)).then_some(isr)
+    });
+    assert!(
+        left.is_some(),
+        "the cut-off follower leaves the ISR: {:?}",
+        nodes.partitions(leader, "cut")
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    for link in links.values() {
+        link.set(Fault::None);
+    }
+    let rejoined = wait_for(Duration::from_secs(30), || {
+        let (_, _, isr) = nodes.partitions(leader, "cut")?[0].clone();
+        (isr.len() == 3).then_some(())
+    });
+    assert!(
+        rejoined.is_some(),
+        "healed, it rejoins: {:?}",
+        nodes.partitions(leader, "cut")
+    );
+    let acked = load.finish();
+    let current = nodes.partitions(leader, "cut").unwrap()[0].0 as u64;
+    let stored = read_all(&nodes, current, "cut", 1, &acked);
+    check(&acked, &stored);
+    // Its copy is the leader's once it has fetched the last of it.
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in 1..=3 {
+        nodes.kill(id);
+    }
+    let expected: Vec<(i64, String)> = stored[&0]
+        .iter()
+        .map(|(offset, value)| (*offset, value.clone()))
+        .collect();
+    let copy = stored_on(&nodes, follower, "cut", 0);
+    assert!(
+        copy.len() >= expected.len() && copy[..expected.len()] == expected[..],
+        "the follower's copy is the leader's ({} records against {})",
+        copy.len(),
+        expected.len()
+    );
 }
