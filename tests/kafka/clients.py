@@ -229,6 +229,23 @@ def confluent_failover(args):
         else:
             delivered.append([message.partition(), message.offset(), message.value().decode()])
 
+    # A consumer group member bootstrapping from a node that stays up reads along.
+    group_seen = set()
+    group_done = threading.Event()
+
+    def member():
+        consumer = Consumer(confluent_config(
+            args, **{"bootstrap.servers": args.group_bootstrap, "group.id": args.group,
+                     "auto.offset.reset": "earliest", "enable.auto.commit": True}))
+        consumer.subscribe([args.topic])
+        while not group_done.is_set():
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                group_seen.add(message.value().decode())
+        consumer.close()
+
+    reader = threading.Thread(target=member)
+    reader.start()
     half = args.count // 2
     for i in range(args.count):
         if i == half:
@@ -242,6 +259,12 @@ def confluent_failover(args):
         producer.poll(0)
         time.sleep(0.002)
     producer.flush(60)
+    wanted = {value for _, _, value in delivered}
+    deadline = time.time() + 30
+    while not wanted <= group_seen and time.time() < deadline:
+        time.sleep(0.1)
+    group_done.set()
+    reader.join()
     consumer = Consumer(confluent_config(
         args, **{"group.id": f"{args.group}-reader", "enable.auto.commit": False}))
     consumer.assign([TopicPartition(args.topic, p, 0) for p in range(args.partitions)])
@@ -252,7 +275,8 @@ def confluent_failover(args):
         if message is not None and message.error() is None:
             read.append([message.partition(), message.offset(), message.value().decode()])
     consumer.close()
-    print(json.dumps({"delivered": delivered, "errors": errors, "read": read}))
+    print(json.dumps({"delivered": delivered, "errors": errors, "read": read,
+                      "group_missed": sorted(wanted - group_seen)}))
 
 
 SCENARIOS = {
@@ -280,6 +304,7 @@ def main():
     parser.add_argument("--compression", default="none")
     parser.add_argument("--signal-file")
     parser.add_argument("--go-file")
+    parser.add_argument("--group-bootstrap")
     args = parser.parse_args()
     SCENARIOS[args.scenario](args)
 
