@@ -103,8 +103,12 @@ impl Admin {
         };
         match self {
             Admin::Native(connection) => {
-                let created =
-                    connection.create_topic(&plan.topic, plan.partitions, &plan.topic_config)?;
+                let created = connection.create_replicated_topic(
+                    &plan.topic,
+                    plan.partitions,
+                    plan.replication_factor,
+                    &plan.topic_config,
+                )?;
                 match created.status.code {
                     ErrorCode::None => {}
                     ErrorCode::TopicAlreadyExists => exists_note(),
@@ -112,8 +116,12 @@ impl Admin {
                 }
             }
             Admin::Kafka(client) => {
-                let created =
-                    client.create_topic(&plan.topic, plan.partitions, &plan.topic_config)?;
+                let created = client.create_topic(
+                    &plan.topic,
+                    plan.partitions,
+                    plan.replication_factor as i16,
+                    &plan.topic_config,
+                )?;
                 let result = created
                     .topics
                     .first()
@@ -171,14 +179,34 @@ impl Admin {
         at: Position,
     ) -> anyhow::Result<Vec<i64>> {
         match self {
-            Admin::Native(connection) => {
+            Admin::Native(_) => {
                 let at = match at {
                     Position::Earliest => spate::protocol::OFFSET_EARLIEST,
                     Position::Latest => spate::protocol::OFFSET_LATEST,
                 };
-                (0..plan.partitions)
-                    .map(|partition| Ok(connection.list_offset(&plan.topic, partition, at)?))
-                    .collect()
+                // Asked of each partition's leader (in a cluster, the bootstrap node leads
+                // some partitions only).
+                let mut offsets = vec![-1i64; layout.owners.len()];
+                for (owner, partitions) in by_owner(layout, 0..plan.partitions) {
+                    let mut leader = Connection::connect(layout.address(owner), CLIENT_ID)?;
+                    for partition in partitions {
+                        // A topic just created may not be known to every node yet.
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        offsets[partition as usize] = loop {
+                            match leader.list_offset(&plan.topic, partition, at) {
+                                Err(spate::client::ClientError::Broker(status))
+                                    if (status.code.is_retriable()
+                                        || status.code == ErrorCode::UnknownTopicOrPartition)
+                                        && Instant::now() < deadline =>
+                                {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                                answer => break answer?,
+                            }
+                        };
+                    }
+                }
+                Ok(offsets)
             }
             Admin::Kafka(_) => {
                 let timestamp = match at {

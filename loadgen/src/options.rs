@@ -56,6 +56,10 @@ pub struct Options {
     /// Partitions of a created topic [default: 1].
     #[arg(long)]
     pub partitions: Option<u32>,
+    /// Copies of each partition of a created topic, on as many nodes of a cluster
+    /// [default: 1].
+    #[arg(long)]
+    pub replication_factor: Option<u16>,
     /// A config of a created topic, key=value (repeatable), e.g. flush.ms=100.
     #[arg(long = "topic-config")]
     #[serde(default)]
@@ -137,6 +141,7 @@ impl Options {
             broker_bin,
             topic,
             partitions,
+            replication_factor,
             producers,
             consumers,
             message_size,
@@ -189,6 +194,7 @@ pub struct Plan {
     pub broker_settings: Vec<(String, String)>,
     pub topic: String,
     pub partitions: u32,
+    pub replication_factor: u16,
     pub topic_config: Vec<(String, String)>,
     pub producers: usize,
     pub consumers: usize,
@@ -291,6 +297,7 @@ impl Plan {
             broker_settings,
             topic: options.topic.unwrap_or_else(|| "loadgen".into()),
             partitions: options.partitions.unwrap_or(1),
+            replication_factor: options.replication_factor.unwrap_or(1),
             topic_config,
             producers: options.producers.unwrap_or(1),
             consumers: options.consumers.unwrap_or(1),

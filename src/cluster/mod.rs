@@ -22,6 +22,9 @@ pub type NodeId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CommandReply {
     Done,
+    /// A topic creation met a topic of that name (created meanwhile by another client, or
+    /// by an auto-creating node): nothing changed.
+    TopicExists,
     /// The command does not fit the state it met (the controller checked it against an
     /// older copy, or a leader's epoch is stale): nothing changed.
     Refused(String),

@@ -602,18 +602,22 @@ impl Sessions {
         self.0.lock().expect("not poisoned").get(&broker).cloned()
     }
 
-    /// What a new controller starts from. Every node hears every broker's heartbeats all
-    /// along, so one heard from within a session keeps that time: a broker that died with
-    /// the old controller is fenced a session after it went quiet, not a session after the
-    /// election. One not heard from for longer (or never) counts as just seen and gets a
-    /// full session: this node may itself have been cut off, and must not fence everyone
-    /// on taking over.
-    fn restart(&self, brokers: impl Iterator<Item = NodeId>) {
+    /// What a new controller (node `id`) starts from. Every node hears every broker's
+    /// heartbeats all along, so when this one has been hearing others, it trusts what it
+    /// heard: a broker that died with the old controller is fenced a session after it
+    /// went quiet, not a session after the election. When it has heard from no other
+    /// broker for a session, it was itself cut off, and gives everyone a full session
+    /// rather than fence them all on taking over. A broker never heard from gets a full
+    /// session.
+    fn restart(&self, id: NodeId, brokers: impl Iterator<Item = NodeId>) {
         let now = tokio::time::Instant::now();
         let mut sessions = self.0.lock().expect("not poisoned");
+        let hearing = sessions
+            .iter()
+            .any(|(broker, (seen, _))| *broker != id && now.duration_since(*seen) < BROKER_SESSION);
         for broker in brokers {
             let session = sessions.entry(broker).or_insert((now, None));
-            if now.duration_since(session.0) >= BROKER_SESSION {
+            if !hearing {
                 session.0 = now;
             }
         }
@@ -675,7 +679,7 @@ async fn control(
         }
         if led_term != Some(term) {
             led_term = Some(term);
-            sessions.restart(voters.keys().copied());
+            sessions.restart(id, voters.keys().copied());
         }
         // The leader's applied state: current enough, as a command that no longer fits is
         // refused when applied.

@@ -309,6 +309,11 @@ fn placed(live: &[NodeId], factor: usize, partition: usize) -> PartitionState {
 impl ClusterState {
     /// Applies `command` and says what it did.
     pub fn apply_command(&mut self, command: ClusterCommand) -> super::CommandReply {
+        if let ClusterCommand::CreateTopic { name, .. } = &command
+            && self.topics.contains_key(name)
+        {
+            return super::CommandReply::TopicExists;
+        }
         match self.apply(command) {
             Ok(()) => super::CommandReply::Done,
             Err(reason) => super::CommandReply::Refused(reason),

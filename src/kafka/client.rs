@@ -187,13 +187,14 @@ impl KafkaClient {
         &mut self,
         topic: &str,
         partitions: u32,
+        replication_factor: i16,
         configs: &[(String, String)],
     ) -> Result<CreateTopicsResponse, ClientError> {
         let request = KafkaRequest::CreateTopics(CreateTopicsRequest {
             topics: vec![CreatableTopic {
                 name: topic.to_string(),
                 num_partitions: partitions as i32,
-                replication_factor: 1,
+                replication_factor,
                 assignments: 0,
                 configs: configs
                     .iter()

@@ -124,6 +124,10 @@ impl Shard {
         let handle = self.cluster.as_ref().expect("a cluster node");
         match handle.write(command).await {
             Ok(CommandReply::Done) => Ok(()),
+            Ok(CommandReply::TopicExists) => Err(Status::error(
+                ErrorCode::TopicAlreadyExists,
+                "the topic exists in the cluster",
+            )),
             Ok(CommandReply::Refused(reason)) => {
                 Err(Status::error(ErrorCode::InvalidRequest, reason))
             }
@@ -160,6 +164,13 @@ impl Shard {
                     })
                     .await
                 {
+                    // Created here, or by another client meanwhile: either way, answered
+                    // once this node has it (an auto-creating produce goes on with it).
+                    Err(status) if status.code == ErrorCode::TopicAlreadyExists => {
+                        self.applied(|metadata| metadata.topic(&topic.name).is_some())
+                            .await;
+                        status
+                    }
                     Err(status) => status,
                     Ok(()) => self.settled(
                         self.applied(|metadata| metadata.topic(&topic.name).is_some())

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use super::shard::{Shard, ShardMessage};
+use super::shard::{Shard, ShardMessage, WaitFor};
 use crate::broker::metadata::{partition_dir, shard_for};
 use crate::cluster::{Command, NodeId};
 use crate::protocol::{
@@ -302,7 +302,13 @@ impl Shard {
 
     /// Leading: moves the high watermark up to the lowest log end of the ISR, as far as
     /// this node knows them (a member not heard from yet in this epoch holds it back).
-    fn advance_high_watermark(&self, topic: &str, partition: u32, replica: &Replica, log: &Log) {
+    pub(crate) fn advance_high_watermark(
+        &self,
+        topic: &str,
+        partition: u32,
+        replica: &Replica,
+        log: &Log,
+    ) {
         let Some(node) = self.view.borrow().node_id else {
             return;
         };
@@ -889,7 +895,9 @@ pub(crate) async fn replica_fetch(shard: &Rc<Shard>, request: ReplicaFetchReques
                 );
                 let wait_ms = (deadline - now).as_millis() as u32;
                 glommio::spawn_local(async move {
-                    shard.wait_for_data(&topic, index, offset, wait_ms).await
+                    shard
+                        .wait_for_data(&topic, index, offset, wait_ms, WaitFor::Appended)
+                        .await
                 })
             })
             .collect();

@@ -53,6 +53,7 @@ pub(crate) enum ShardMessage {
         partition: u32,
         offset: i64,
         max_wait_ms: u32,
+        until: WaitFor,
         reply: oneshot::Sender<()>,
     },
     ListOffsets {
@@ -125,6 +126,14 @@ pub(crate) enum ShardMessage {
         max_bytes: u32,
         reply: oneshot::Sender<crate::protocol::ReplicaFetchPartitionResponse>,
     },
+}
+
+/// What a long poll waits for: a consumer for records below the high watermark (the log
+/// end, on a broker on its own), a follower for records appended to the leader's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitFor {
+    Readable,
+    Appended,
 }
 
 /// Records a fetch returns: views of this shard's log (no copy), or bytes another shard
@@ -493,6 +502,11 @@ impl Shard {
                 return produce_failed(partition, self.storage_status(topic, partition, &error));
             }
         };
+        if leader_epoch.is_some() {
+            // An ISR of the leader alone moves the high watermark with the leader's log.
+            let replica = self.replica(topic, partition);
+            self.advance_high_watermark(topic, partition, &replica, &log);
+        }
         if let (Some(epoch), Acks::All) = (leader_epoch, acks)
             && let Err(status) = self
                 .wait_replicated(
@@ -617,6 +631,7 @@ impl Shard {
         partition: u32,
         offset: i64,
         max_wait_ms: u32,
+        until: WaitFor,
     ) {
         match self.owner(topic, partition) {
             Ok(owner) if owner == self.id => {
@@ -625,23 +640,14 @@ impl Shard {
                     let wait = std::time::Duration::from_millis(u64::from(max_wait_ms));
                     let give_up =
                         futures_lite::future::or(glommio::timer::sleep(wait), self.stopping.wait());
-                    if self.view.borrow().clustered() {
-                        // Consumers wait for the high watermark, followers (whose offset
-                        // is their log end) for new data or a new high watermark.
+                    if until == WaitFor::Readable && self.view.borrow().clustered() {
+                        // Consumers read below the high watermark: they wait for it to
+                        // pass their offset (or for the leadership to go).
                         let replica = self.replica(topic, partition);
                         let moved = replica.moved.wait_until(|| {
                             replica.high_watermark.get() > offset || replica.led_epoch().is_none()
                         });
-                        let data = log.wait_for_data(offset);
-                        let arrived = async {
-                            if offset >= log.log_end_offset() {
-                                data.await
-                            } else {
-                                std::future::pending::<()>().await
-                            }
-                        };
-                        futures_lite::future::or(futures_lite::future::or(moved, arrived), give_up)
-                            .await;
+                        futures_lite::future::or(moved, give_up).await;
                     } else {
                         futures_lite::future::or(log.wait_for_data(offset), give_up).await;
                     }
@@ -656,6 +662,7 @@ impl Shard {
                         partition,
                         offset,
                         max_wait_ms,
+                        until,
                         reply,
                     })
                     .await;
@@ -1210,13 +1217,14 @@ impl Shard {
                 partition,
                 offset,
                 max_wait_ms,
+                until,
                 mut reply,
             } => {
                 // The asking fetch stops listening once any of its partitions has data,
                 // its deadline passes or its connection closes: the wait ends with it,
                 // rather than holding on here for the rest of `max_wait_ms`.
                 let asker_gone = reply.cancellation();
-                let waited = self.wait_for_data(&topic, partition, offset, max_wait_ms);
+                let waited = self.wait_for_data(&topic, partition, offset, max_wait_ms, until);
                 futures_lite::future::or(waited, asker_gone).await;
                 let _ = reply.send(());
             }

@@ -9,7 +9,7 @@ use crate::protocol::{
     ErrorCode, FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse,
     FetchTopicResponse, Payload, Status,
 };
-use crate::server::shard::{FetchPayload, Shard};
+use crate::server::shard::{FetchPayload, Shard, WaitFor};
 
 pub use crate::limits::FETCH_PARTITIONS_MAX;
 
@@ -102,7 +102,9 @@ pub(crate) async fn fetch_records(
                 let shard = shard.clone();
                 let wait_ms = (deadline - now).as_millis() as u32;
                 glommio::spawn_local(async move {
-                    shard.wait_for_data(&name, partition, offset, wait_ms).await
+                    shard
+                        .wait_for_data(&name, partition, offset, wait_ms, WaitFor::Readable)
+                        .await
                 })
             })
             .collect();
