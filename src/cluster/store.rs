@@ -603,8 +603,9 @@ mod tests {
             matches!(replies[4], CommandReply::Refused(_)),
             "fewer partitions are refused"
         );
-        assert!(
-            matches!(replies[5], CommandReply::Refused(_)),
+        assert_eq!(
+            replies[5],
+            CommandReply::TopicExists,
             "a taken name is refused"
         );
         assert_eq!(replies[6], done);

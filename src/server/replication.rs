@@ -36,7 +36,7 @@ use crate::protocol::{
     Request, Response, Status, quoted,
 };
 use crate::record::BatchHeader;
-use crate::storage::{AppendOrigin, Log, StorageError};
+use crate::storage::{AppendOrigin, Log};
 use crate::wake::Event;
 
 /// How long a leader holds a replica fetch that finds nothing new.
@@ -795,13 +795,11 @@ impl Shard {
                 position += header.total_bytes();
             }
             let records = BytesMut::from(&answer.records[..]);
-            match log.append_as(records, AppendOrigin::Replica).await {
-                Ok(_) => {}
-                Err(error @ StorageError::ReplicaOffsetMismatch { .. }) => {
-                    return Err(crate::broker::storage_status(&error));
-                }
-                Err(error) => return Err(crate::broker::storage_status(&error)),
-            }
+            // Out of step with the log end (`ReplicaOffsetMismatch`) or failed: the next
+            // fetch asks again from the log end.
+            log.append_as(records, AppendOrigin::Replica)
+                .await
+                .map_err(|error| crate::broker::storage_status(&error))?;
             let mut changed = false;
             for (epoch, start) in new_epochs {
                 changed |= replica.epochs.borrow_mut().assign(epoch, start);
@@ -961,7 +959,6 @@ fn refused(topic: String, partition: u32, status: Status) -> ReplicaFetchPartiti
     }
 }
 
-/// The leader epochs a shard's logs hold, for tests.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1214,3 +1214,59 @@ fn read_ahead_keeps_to_the_shard_budget_and_reads_go_on_without_it() {
         assert_eq!(shard_usage().read_ahead_bytes, 0, "{:?}", shard_usage());
     });
 }
+
+/// A cluster leader's appends carry its epoch; a follower's keep the leader's offsets and
+/// epochs, must start at the log end (else nothing is written), and read back as the
+/// leader wrote them, also after a reopen.
+#[test]
+fn leader_appends_carry_their_epoch_and_replica_appends_keep_the_leaders_offsets() {
+    use spate::record::{BatchHeader, set_base_offset, set_partition_leader_epoch};
+    use spate::storage::AppendOrigin;
+    in_temp_dir(|path| async move {
+        let leader_dir = path.with_file_name("leader");
+        let leader = Log::open(&leader_dir, LogConfig::default()).await.unwrap();
+        let stamped = AppendOrigin::Client {
+            leader_epoch: Some(4),
+        };
+        leader
+            .append_as(batch_mut("a", 3, 10, 1000), stamped)
+            .await
+            .unwrap();
+        leader
+            .append_as(batch_mut("b", 2, 10, 2000), stamped)
+            .await
+            .unwrap();
+        let copied = leader.read(0, 1 << 20).await.unwrap().to_vec();
+        let mut position = 0;
+        while position < copied.len() {
+            let header = BatchHeader::parse(&copied[position..]).unwrap();
+            assert_eq!(header.partition_leader_epoch, 4);
+            position += header.total_bytes();
+        }
+        leader.close().await.unwrap();
+
+        let follower = Log::open(&path, LogConfig::default()).await.unwrap();
+        // Out of step with the log end (0): refused, nothing written.
+        let mut ahead = batch_mut("x", 1, 10, 1000);
+        set_base_offset(&mut ahead, 7);
+        set_partition_leader_epoch(&mut ahead, 4);
+        assert!(matches!(
+            follower.append_as(ahead, AppendOrigin::Replica).await,
+            Err(StorageError::ReplicaOffsetMismatch {
+                expected: 0,
+                found: 7
+            })
+        ));
+        assert_eq!(follower.log_end_offset(), 0);
+        let info = follower
+            .append_as(bytes::BytesMut::from(&copied[..]), AppendOrigin::Replica)
+            .await
+            .unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (0, 4));
+        follower.close().await.unwrap();
+        let follower = Log::open(&path, LogConfig::default()).await.unwrap();
+        assert_eq!(follower.log_end_offset(), 5);
+        assert_eq!(follower.read(0, 1 << 20).await.unwrap().to_vec(), copied);
+        follower.close().await.unwrap();
+    });
+}
