@@ -598,6 +598,17 @@ impl Sessions {
         }
     }
 
+    /// A broker whose address refused a connection: its session ends now.
+    fn refused(&self, broker: NodeId) {
+        let now = tokio::time::Instant::now();
+        let mut sessions = self.0.lock().expect("not poisoned");
+        if let Some(session) = sessions.get_mut(&broker)
+            && let Some(expired) = now.checked_sub(BROKER_SESSION)
+        {
+            session.0 = session.0.min(expired);
+        }
+    }
+
     fn last_seen(&self, broker: NodeId) -> Option<Session> {
         self.0.lock().expect("not poisoned").get(&broker).cloned()
     }
@@ -631,27 +642,33 @@ async fn send_heartbeats(
     voters: BTreeMap<NodeId, SocketAddr>,
     sessions: Sessions,
 ) {
-    let mut peers: BTreeMap<NodeId, Peer> = voters
-        .iter()
-        .filter(|(peer, _)| **peer != id)
-        .map(|(&target, &address)| {
-            let peer = Peer {
+    // One task per peer, so that a peer that does not answer delays no other.
+    for (&target, &address) in voters.iter().filter(|(peer, _)| **peer != id) {
+        let (info, sessions) = (info.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let mut peer = Peer {
                 target,
                 address: Some(address),
                 stream: None,
             };
-            (target, peer)
-        })
-        .collect();
+            let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                ticks.tick().await;
+                let sent = peer
+                    .exchange::<bool>(&Rpc::Heartbeat(id, info.clone()), HEARTBEAT_INTERVAL)
+                    .await;
+                // Nothing listens at its address: its process is gone (a paused or cut-off
+                // one still accepts, or times out). No need to wait out its session.
+                if sent.is_err_and(|error| error.kind() == io::ErrorKind::ConnectionRefused) {
+                    sessions.refused(target);
+                }
+            }
+        });
+    }
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         ticks.tick().await;
         sessions.seen(id, Some(info.clone()));
-        for peer in peers.values_mut() {
-            let _ = peer
-                .exchange::<bool>(&Rpc::Heartbeat(id, info.clone()), HEARTBEAT_INTERVAL)
-                .await;
-        }
     }
 }
 
