@@ -442,6 +442,20 @@ impl Shard {
                 "this node is taking up the leadership: try again",
             ));
         };
+        let is_replica = self
+            .view
+            .borrow()
+            .partition(&topic, partition)
+            .is_some_and(|state| state.replicas.contains(&replica_id));
+        if !is_replica {
+            return failed(Status::error(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "node {replica_id} holds no replica of {}-{partition}",
+                    quoted(&topic)
+                ),
+            ));
+        }
         if request.leader_epoch != epoch {
             return failed(Status::error(
                 ErrorCode::FencedLeaderEpoch,
