@@ -156,6 +156,10 @@ async fn save_epochs(path: PathBuf, text: String) -> Result<(), Status> {
 /// What a leader knows of one follower.
 struct Progress {
     log_end: i64,
+    /// The leader's log end when it last answered this follower: a follower whose next
+    /// fetch starts there has caught up (Kafka's rule; "at the log end now" would never
+    /// hold under steady load, a round trip behind).
+    answered_end: i64,
     /// When its fetch last reached the leader's log end.
     caught_up_at: Instant,
 }
@@ -175,6 +179,10 @@ pub(crate) struct Replica {
     followers: RefCell<BTreeMap<NodeId, Progress>>,
     /// An ISR change proposed and not yet applied, so that it is not proposed again.
     isr_change_pending: Cell<bool>,
+    /// A follower whose joining the ISR is proposed: counted in the high watermark from
+    /// the moment it is proposed (Kafka's "maximal ISR"), so nothing is acknowledged that
+    /// an ISR with it could lack once the change commits.
+    joining: Cell<Option<NodeId>>,
 }
 
 impl Replica {
@@ -187,6 +195,7 @@ impl Replica {
             led_since: Cell::new(Instant::now()),
             followers: RefCell::new(BTreeMap::new()),
             isr_change_pending: Cell::new(false),
+            joining: Cell::new(None),
         }
     }
 
@@ -268,6 +277,7 @@ impl Shard {
                 }
             }
             replica.isr_change_pending.set(false);
+            replica.joining.set(None);
         }
         for leader in leaders {
             if self.fetchers.borrow_mut().insert(leader) {
@@ -318,7 +328,12 @@ impl Shard {
         };
         let followers = replica.followers.borrow();
         let mut lowest = log.log_end_offset();
-        for member in isr.iter().filter(|member| **member != node) {
+        let joining = replica.joining.get().filter(|member| !isr.contains(member));
+        for member in isr
+            .iter()
+            .chain(joining.iter())
+            .filter(|member| **member != node)
+        {
             match followers.get(member) {
                 Some(progress) => lowest = lowest.min(progress.log_end),
                 None => return,
@@ -378,14 +393,10 @@ impl Shard {
         min_insync: u16,
     ) -> Result<(), Status> {
         let replica = self.replica(topic, partition);
-        replica
-            .moved
-            .wait_until(|| {
-                replica.high_watermark.get() > last_offset
-                    || replica.led_epoch.get() != Some(epoch)
-                    || self.stopping.is_set()
-            })
-            .await;
+        let moved = replica.moved.wait_until(|| {
+            replica.high_watermark.get() > last_offset || replica.led_epoch.get() != Some(epoch)
+        });
+        futures_lite::future::or(moved, self.stopping.wait()).await;
         if replica.high_watermark.get() <= last_offset {
             return Err(Status::error(
                 ErrorCode::NotOwner,
@@ -493,12 +504,14 @@ impl Shard {
             let now = Instant::now();
             let progress = followers.entry(replica_id).or_insert(Progress {
                 log_end: request.fetch_offset,
+                answered_end: i64::MAX,
                 caught_up_at: replica.led_since.get(),
             });
             progress.log_end = request.fetch_offset;
-            if request.fetch_offset >= log_end {
+            if request.fetch_offset >= log_end.min(progress.answered_end) {
                 progress.caught_up_at = now;
             }
+            progress.answered_end = log_end;
         }
         self.advance_high_watermark(&topic, partition, &replica, &log);
         self.maybe_expand_isr(
@@ -547,22 +560,37 @@ impl Shard {
         let Some(state) = view.partition(topic, partition) else {
             return;
         };
+        // It must hold what this leader's epoch started with too: a new leader's high
+        // watermark may lag what the old one acknowledged.
+        let epoch_start = replica
+            .epochs
+            .borrow()
+            .entries
+            .last()
+            .map_or(0, |(_, start)| *start);
         if state.isr.contains(&follower)
             || follower_end < replica.high_watermark.get()
+            || follower_end < epoch_start
             || replica.isr_change_pending.get()
         {
             return;
         }
         replica.isr_change_pending.set(true);
-        self.propose_isr_change(Command::ExpandIsr {
-            topic: topic.to_string(),
-            partition,
-            leader_epoch: state.leader_epoch,
-            replica: follower,
-        });
+        replica.joining.set(Some(follower));
+        self.propose_isr_change(
+            Command::ExpandIsr {
+                topic: topic.to_string(),
+                partition,
+                leader_epoch: state.leader_epoch,
+                replica: follower,
+            },
+            self.replica(topic, partition),
+        );
     }
 
-    fn propose_isr_change(&self, command: Command) {
+    /// Proposes an ISR change; one not made (refused, or no controller in time) may be
+    /// proposed again at the next check.
+    fn propose_isr_change(&self, command: Command, replica: Rc<Replica>) {
         let Some(handle) = self.cluster.clone() else {
             return;
         };
@@ -571,7 +599,11 @@ impl Shard {
                 Ok(crate::cluster::CommandReply::Done) => {
                     tracing::info!(?command, "in-sync replicas changed")
                 }
-                outcome => tracing::debug!(?command, ?outcome, "an ISR change not made"),
+                outcome => {
+                    tracing::debug!(?command, ?outcome, "an ISR change not made");
+                    replica.isr_change_pending.set(false);
+                    replica.joining.set(None);
+                }
             }
         })
         .detach();
@@ -626,12 +658,15 @@ impl Shard {
                         "a follower fell behind: taking it out of the ISR"
                     );
                     replica.isr_change_pending.set(true);
-                    self.propose_isr_change(Command::ShrinkIsr {
-                        topic,
-                        partition,
-                        leader_epoch: epoch,
-                        replica: member,
-                    });
+                    self.propose_isr_change(
+                        Command::ShrinkIsr {
+                            topic,
+                            partition,
+                            leader_epoch: epoch,
+                            replica: member,
+                        },
+                        replica.clone(),
+                    );
                 }
             }
         }
@@ -674,10 +709,10 @@ impl Shard {
                     let shard = followed.first().map_or(0, |(topic, partition, _)| {
                         shard_for(topic, *partition, shards)
                     });
-                    Some(std::net::SocketAddr::new(
-                        bootstrap.ip(),
-                        bootstrap.port() + 1 + shard as u16,
-                    ))
+                    let port = bootstrap
+                        .port()
+                        .checked_add(1 + u16::try_from(shard).ok()?)?;
+                    Some(std::net::SocketAddr::new(bootstrap.ip(), port))
                 });
                 (node, followed, address)
             };
