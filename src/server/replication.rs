@@ -36,6 +36,7 @@ use crate::protocol::{
     Request, Response, Status, quoted,
 };
 use crate::record::BatchHeader;
+use crate::semaphore::FifoSemaphore;
 use crate::storage::{AppendOrigin, Log};
 use crate::wake::Event;
 
@@ -179,6 +180,9 @@ pub(crate) struct Replica {
     followers: RefCell<BTreeMap<NodeId, Progress>>,
     /// An ISR change proposed and not yet applied, so that it is not proposed again.
     isr_change_pending: Cell<bool>,
+    /// One change of this replica's log and epochs at a time: a follower's append or
+    /// truncation, taking up the leadership.
+    turn: Rc<FifoSemaphore>,
     /// A follower whose joining the ISR is proposed: counted in the high watermark from
     /// the moment it is proposed (Kafka's "maximal ISR"), so nothing is acknowledged that
     /// an ISR with it could lack once the change commits.
@@ -195,6 +199,7 @@ impl Replica {
             led_since: Cell::new(Instant::now()),
             followers: RefCell::new(BTreeMap::new()),
             isr_change_pending: Cell::new(false),
+            turn: Rc::new(FifoSemaphore::new(1)),
             joining: Cell::new(None),
         }
     }
@@ -243,7 +248,11 @@ impl Shard {
         let Some(node) = self.view.borrow().node_id else {
             return;
         };
-        let view = self.view.borrow().clone();
+        // One at a time (start-up's and each TakeView's), each partition judged by the
+        // view as it is when its turn comes, not as it was when this call began.
+        let Ok(_turn) = self.view_turn.acquire(1).await else {
+            return;
+        };
         let logs: Vec<((String, u32), Log)> = self
             .logs
             .borrow()
@@ -252,6 +261,7 @@ impl Shard {
             .collect();
         let mut leaders = std::collections::BTreeSet::new();
         for ((topic, partition), log) in logs {
+            let view = self.view.borrow().clone();
             let Some(state) = view.partition(&topic, partition) else {
                 continue;
             };
@@ -294,6 +304,10 @@ impl Shard {
         log: &Log,
         epoch: u32,
     ) {
+        // After any append or truncation a fetch answer had begun.
+        let Ok(_turn) = replica.turn.acquire(1).await else {
+            return;
+        };
         let log_end = log.log_end_offset();
         // The new epoch starts at this log's end: what followers hold past it diverged.
         let assigned = replica.epochs.borrow_mut().assign(epoch as i32, log_end);
@@ -775,7 +789,7 @@ impl Shard {
             };
             let mut pause = false;
             for answer in partitions {
-                if let Err(status) = self.take_fetched(answer).await {
+                if let Err(status) = self.take_fetched(leader, answer).await {
                     tracing::debug!(leader, %status, "a replica fetch answer not taken");
                     pause = true;
                 }
@@ -801,13 +815,31 @@ impl Shard {
 
     /// Following: appends what the leader sent, or truncates where it says the logs
     /// diverged.
-    async fn take_fetched(&self, answer: ReplicaFetchPartitionResponse) -> Result<(), Status> {
+    async fn take_fetched(
+        &self,
+        leader: NodeId,
+        answer: ReplicaFetchPartitionResponse,
+    ) -> Result<(), Status> {
         if !answer.status.is_ok() {
             return Err(answer.status);
         }
         let (topic, partition) = (answer.topic.as_str(), answer.partition);
         let log = self.log(topic, partition)?;
         let replica = self.replica(topic, partition);
+        let Ok(_turn) = replica.turn.acquire(1).await else {
+            return Ok(());
+        };
+        // An answer from a leader this node no longer follows (it leads now, or another
+        // node does) is dropped: the next fetch goes where the view says.
+        let still_following = replica.led_epoch().is_none()
+            && self
+                .view
+                .borrow()
+                .partition(topic, partition)
+                .is_some_and(|state| state.leader == Some(leader));
+        if !still_following {
+            return Ok(());
+        }
         if answer.diverging_epoch >= 0 || answer.diverging_end_offset >= 0 {
             // Cut where the leader's copy of that epoch ends, or where this log's does if
             // that is earlier.

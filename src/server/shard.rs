@@ -196,6 +196,8 @@ pub(crate) struct Shard {
     pub(super) replicas: RefCell<HashMap<(String, u32), Rc<Replica>>>,
     /// The leader nodes this shard has a fetcher running for.
     pub(super) fetchers: RefCell<HashSet<u64>>,
+    /// One `follow_view` at a time.
+    pub(super) view_turn: Rc<FifoSemaphore>,
 }
 
 impl Shard {
@@ -255,6 +257,7 @@ impl Shard {
             view: RefCell::new(Rc::new(view)),
             replicas: RefCell::new(HashMap::new()),
             fetchers: RefCell::new(HashSet::new()),
+            view_turn: Rc::new(FifoSemaphore::new(1)),
         });
         shard
             .open_partitions(&Span::whole(&metadata.topics), Opening::Existing)
