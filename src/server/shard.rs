@@ -645,10 +645,12 @@ impl Shard {
                         futures_lite::future::or(glommio::timer::sleep(wait), self.stopping.wait());
                     if until == WaitFor::Readable && self.view.borrow().clustered() {
                         // Consumers read below the high watermark: they wait for it to
-                        // pass their offset (or for the leadership to go).
+                        // pass their offset, or for the leadership to change (not spin
+                        // while this node is taking it up).
                         let replica = self.replica(topic, partition);
+                        let led = replica.led_epoch();
                         let moved = replica.moved.wait_until(|| {
-                            replica.high_watermark.get() > offset || replica.led_epoch().is_none()
+                            replica.high_watermark.get() > offset || replica.led_epoch() != led
                         });
                         futures_lite::future::or(moved, give_up).await;
                     } else {
