@@ -73,6 +73,20 @@ impl Event {
     }
 }
 
+/// Resolves once any of `waits` has (the others are dropped with it): a long poll on
+/// several partitions wakes for the first that has data.
+pub(crate) async fn first_of<F: std::future::Future + Unpin>(mut waits: Vec<F>) {
+    poll_fn(|context| {
+        for wait in waits.iter_mut() {
+            if std::pin::Pin::new(wait).poll(context).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// A flag that is set once and stays set, waking everyone waiting for it (a shard's
 /// "stopping", a connection's "closed").
 #[derive(Default)]

@@ -402,11 +402,11 @@ impl Shard {
         &self,
         topic: &str,
         partition: u32,
+        replica: &Replica,
         epoch: u32,
         last_offset: i64,
         min_insync: u16,
     ) -> Result<(), Status> {
-        let replica = self.replica(topic, partition);
         let moved = replica.moved.wait_until(|| {
             replica.high_watermark.get() > last_offset || replica.led_epoch.get() != Some(epoch)
         });
@@ -446,16 +446,7 @@ impl Shard {
         max_bytes: u32,
     ) -> ReplicaFetchPartitionResponse {
         let (topic, partition) = (request.topic.clone(), request.partition);
-        let failed = |status: Status| ReplicaFetchPartitionResponse {
-            topic: topic.clone(),
-            partition,
-            status,
-            high_watermark: -1,
-            log_start_offset: -1,
-            diverging_epoch: -1,
-            diverging_end_offset: -1,
-            records: Bytes::new(),
-        };
+        let failed = |status: Status| refused(topic.clone(), partition, status);
         let log = match self.led_log(&topic, partition) {
             Ok(log) => log,
             Err(status) => return failed(status),
@@ -980,18 +971,7 @@ pub(crate) async fn replica_fetch(shard: &Rc<Shard>, request: ReplicaFetchReques
                 })
             })
             .collect();
-        let any = async {
-            let mut waits = waits;
-            futures_lite::future::poll_fn(|context| {
-                for wait in waits.iter_mut() {
-                    if std::future::Future::poll(std::pin::Pin::new(wait), context).is_ready() {
-                        return std::task::Poll::Ready(());
-                    }
-                }
-                std::task::Poll::Pending
-            })
-            .await
-        };
+        let any = crate::wake::first_of(waits);
         futures_lite::future::or(any, glommio::timer::sleep(deadline - now)).await;
     }
 }

@@ -471,7 +471,8 @@ impl Shard {
             Ok(log) => log,
             Err(status) => return produce_failed(partition, status),
         };
-        let leader_epoch = if self.view.borrow().clustered() {
+        // In a cluster: this node's replica state, looked up once, and the epoch it leads in.
+        let leading = if self.view.borrow().clustered() {
             let replica = self.replica(topic, partition);
             let Some(epoch) = replica.led_epoch() else {
                 return produce_failed(
@@ -487,7 +488,7 @@ impl Shard {
             {
                 return produce_failed(partition, status);
             }
-            Some(epoch)
+            Some((replica, epoch))
         } else {
             None
         };
@@ -497,7 +498,7 @@ impl Shard {
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         let origin = crate::storage::AppendOrigin::Client {
-            leader_epoch: leader_epoch.map(|epoch| epoch as i32),
+            leader_epoch: leading.as_ref().map(|(_, epoch)| *epoch as i32),
         };
         let info = match log.append_as(records, origin).await {
             Ok(info) => info,
@@ -505,29 +506,31 @@ impl Shard {
                 return produce_failed(partition, self.storage_status(topic, partition, &error));
             }
         };
-        if leader_epoch.is_some() {
+        let mut readable_end = log.log_end_offset();
+        if let Some((replica, epoch)) = &leading {
             // An ISR of the leader alone moves the high watermark with the leader's log.
-            let replica = self.replica(topic, partition);
-            self.advance_high_watermark(topic, partition, &replica, &log);
-        }
-        if let (Some(epoch), Acks::All) = (leader_epoch, acks)
-            && let Err(status) = self
-                .wait_replicated(
-                    topic,
-                    partition,
-                    epoch,
-                    info.last_offset,
-                    log.config().min_insync_replicas,
-                )
-                .await
-        {
-            return produce_failed(partition, status);
+            self.advance_high_watermark(topic, partition, replica, &log);
+            if acks == Acks::All
+                && let Err(status) = self
+                    .wait_replicated(
+                        topic,
+                        partition,
+                        replica,
+                        *epoch,
+                        info.last_offset,
+                        log.config().min_insync_replicas,
+                    )
+                    .await
+            {
+                return produce_failed(partition, status);
+            }
+            readable_end = readable_end.min(replica.high_watermark.get());
         }
         ProducePartitionResponse {
             partition,
             status: Status::ok(),
             base_offset: info.base_offset,
-            log_end_offset: self.readable_end(topic, partition, &log),
+            log_end_offset: readable_end,
         }
     }
 

@@ -10,6 +10,8 @@ use spate::cluster::node::{ClusterNode, NodeConfig};
 use spate::cluster::state::BrokerInfo;
 use spate::cluster::{Command, CommandReply};
 
+use crate::support::wait_for;
+
 /// A topic of 3 partitions, each on one broker (the nodes register as brokers first).
 fn create(name: &str) -> Command {
     Command::CreateTopic {
@@ -93,20 +95,6 @@ fn form(configs: &BTreeMap<u64, NodeConfig>) -> (BTreeMap<u64, ClusterNode>, u64
         "the controller registers the three brokers"
     );
     (nodes, leader)
-}
-
-/// Waits until `ready` gives a value (at most `limit`).
-fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = ready() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The leader every running node agrees on.

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use spate::client::{Connection, Producer, ProducerConfig, ShardRouter};
+
+use crate::support::wait_for;
 use spate::protocol::{Acks, ClusterDescription, OFFSET_EARLIEST, OFFSET_LATEST};
 
 const SHARDS: usize = 2;
@@ -154,6 +156,41 @@ impl Nodes {
         })
     }
 
+    /// Creates `topic` through node `via` (min.insync.replicas=2) and waits until the
+    /// three nodes agree on its partitions, each led with its whole ISR: (leader, epoch,
+    /// ISR) per partition.
+    pub fn create_topic(
+        &self,
+        via: u64,
+        topic: &str,
+        partitions: u32,
+        replication_factor: u16,
+    ) -> Vec<(i64, u32, Vec<u64>)> {
+        let created = self
+            .connect(via)
+            .unwrap()
+            .create_replicated_topic(
+                topic,
+                partitions,
+                replication_factor,
+                &[("min.insync.replicas".into(), "2".into())],
+            )
+            .unwrap();
+        assert!(created.status.is_ok(), "{}", created.status);
+        wait_for(Duration::from_secs(10), || {
+            let seen: Vec<_> = (1..=3)
+                .map(|id| self.partitions(id, topic))
+                .collect::<Option<_>>()?;
+            let agreed = seen[0].clone();
+            (seen.iter().all(|view| *view == agreed)
+                && agreed.iter().all(|(leader, _, isr)| {
+                    *leader > 0 && isr.len() == usize::from(replication_factor)
+                }))
+            .then_some(agreed)
+        })
+        .expect("every node knows the topic")
+    }
+
     /// The node's log file, for when a test needs explaining.
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.root.join(format!("node{id}.log"))).unwrap_or_default()
@@ -206,19 +243,6 @@ fn free_on_every_node(count: usize) -> u16 {
         }
     }
     panic!("no free ports on 127.0.0.1-3");
-}
-
-pub fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = ready() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One acknowledged record: who sent it, its number in that producer's sequence, and
@@ -415,29 +439,7 @@ fn check(acked: &[Acked], stored: &BTreeMap<u32, BTreeMap<i64, String>>) {
 #[test]
 fn killed_leaders_fail_over_and_nothing_acknowledged_is_lost() {
     let mut nodes = Nodes::start();
-    let created = nodes
-        .connect(1)
-        .unwrap()
-        .create_replicated_topic(
-            "orders",
-            3,
-            3,
-            &[("min.insync.replicas".into(), "2".into())],
-        )
-        .unwrap();
-    assert!(created.status.is_ok(), "{}", created.status);
-    let placed = wait_for(Duration::from_secs(10), || {
-        let seen: Vec<_> = (1..=3)
-            .map(|id| nodes.partitions(id, "orders"))
-            .collect::<Option<_>>()?;
-        let partitions = seen[0].clone();
-        (seen.iter().all(|view| *view == partitions)
-            && partitions
-                .iter()
-                .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3))
-        .then_some(partitions)
-    })
-    .expect("every node knows the topic");
+    let placed = nodes.create_topic(1, "orders", 3, 3);
     let leaders: std::collections::BTreeSet<i64> =
         placed.iter().map(|(leader, ..)| *leader).collect();
     assert_eq!(
@@ -565,26 +567,7 @@ fn stored_on(nodes: &Nodes, id: u64, topic: &str, partition: u32) -> Vec<(i64, S
 #[test]
 fn a_paused_leader_is_fenced_and_its_stale_appends_are_cut() {
     let mut nodes = Nodes::start();
-    let created = nodes
-        .connect(1)
-        .unwrap()
-        .create_replicated_topic(
-            "paused",
-            1,
-            3,
-            &[("min.insync.replicas".into(), "2".into())],
-        )
-        .unwrap();
-    assert!(created.status.is_ok(), "{}", created.status);
-    let known = wait_for(Duration::from_secs(10), || {
-        let seen: Vec<_> = (1..=3)
-            .map(|id| nodes.partitions(id, "paused"))
-            .collect::<Option<_>>()?;
-        seen.iter()
-            .all(|view| *view == seen[0])
-            .then(|| seen[0][0].clone())
-    })
-    .expect("every node knows the topic");
+    let known = nodes.create_topic(1, "paused", 1, 3)[0].clone();
     let paused = known.0 as u64;
     let load = Load::start(&nodes, "paused", 2);
     std::thread::sleep(Duration::from_millis(1000));
@@ -676,26 +659,7 @@ fn a_paused_leader_is_fenced_and_its_stale_appends_are_cut() {
 #[test]
 fn a_kafka_client_follows_a_failover_and_loses_nothing() {
     let mut nodes = Nodes::start();
-    let created = nodes
-        .connect(1)
-        .unwrap()
-        .create_replicated_topic(
-            "kafka-failover",
-            1,
-            3,
-            &[("min.insync.replicas".into(), "2".into())],
-        )
-        .unwrap();
-    assert!(created.status.is_ok(), "{}", created.status);
-    let known = wait_for(Duration::from_secs(10), || {
-        let seen: Vec<_> = (1..=3)
-            .map(|id| nodes.partitions(id, "kafka-failover"))
-            .collect::<Option<_>>()?;
-        seen.iter()
-            .all(|view| *view == seen[0])
-            .then(|| seen[0][0].clone())
-    })
-    .expect("every node knows the topic");
+    let known = nodes.create_topic(1, "kafka-failover", 1, 3)[0].clone();
     let leader = known.0 as u64;
     let kafka_port = nodes.port + SHARDS as u16 + 1;
     let bootstrap: Vec<String> = (1..=3)
@@ -783,21 +747,7 @@ fn a_cut_off_follower_catches_up_and_rejoins_the_isr() {
         links.insert((from, to), link);
         routed
     });
-    let created = nodes
-        .connect(1)
-        .unwrap()
-        .create_replicated_topic("cut", 1, 3, &[("min.insync.replicas".into(), "2".into())])
-        .unwrap();
-    assert!(created.status.is_ok(), "{}", created.status);
-    let known = wait_for(Duration::from_secs(10), || {
-        let seen: Vec<_> = (1..=3)
-            .map(|id| nodes.partitions(id, "cut"))
-            .collect::<Option<_>>()?;
-        seen.iter()
-            .all(|view| *view == seen[0])
-            .then(|| seen[0][0].clone())
-    })
-    .expect("every node knows the topic");
+    let known = nodes.create_topic(1, "cut", 1, 3)[0].clone();
     let leader = known.0 as u64;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let load = Load::start(&nodes, "cut", 2);
@@ -895,21 +845,7 @@ fn a_lost_controller_is_replaced_and_too_few_in_sync_refuse_acks_all() {
         (cluster.nodes.len() == 3 && cluster.nodes.iter().all(|node| !node.fenced)).then_some(())
     });
     assert!(back.is_some(), "the old controller's node registers again");
-    let created = nodes
-        .connect(survivor)
-        .unwrap()
-        .create_replicated_topic("few", 1, 2, &[("min.insync.replicas".into(), "2".into())])
-        .unwrap();
-    assert!(created.status.is_ok(), "{}", created.status);
-    let (leader, _, isr) = wait_for(Duration::from_secs(10), || {
-        let seen: Vec<_> = (1..=3)
-            .map(|id| nodes.partitions(id, "few"))
-            .collect::<Option<_>>()?;
-        seen.iter()
-            .all(|view| *view == seen[0])
-            .then(|| seen[0][0].clone())
-    })
-    .expect("every node knows the topic");
+    let (leader, _, isr) = nodes.create_topic(survivor, "few", 1, 2)[0].clone();
     let leader = leader as u64;
     let follower = *isr.iter().find(|id| **id != leader).unwrap();
     let mut router = ShardRouter::new(nodes.connect(leader).unwrap(), "few", "test").unwrap();

@@ -186,3 +186,17 @@ pub fn budget_overrunning_appends() -> Vec<(String, usize)> {
     sizes.push(("small".into(), MIB));
     sizes
 }
+
+/// Calls `ready` until it gives a value (every 20 ms, for at most `limit`).
+pub fn wait_for<T>(limit: std::time::Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -425,3 +425,50 @@ fn partitions_are_added_to_a_topic_and_kept_across_a_restart() {
     // Still room for one more on each shard.
     assert!(client.create_partitions("grow", 8).unwrap().status.is_ok());
 }
+
+/// A broker on its own keeps one copy of each partition: a replication factor over 1 is
+/// refused with a clear reason and creates nothing; and `--cluster` flags that do not
+/// describe this node fail `spate serve` with one clear line.
+#[test]
+fn replication_needs_a_cluster_and_cluster_flags_are_checked() {
+    let broker = Broker::start(1);
+    let mut client = broker.connect();
+    let refused = client.create_replicated_topic("copies", 1, 2, &[]).unwrap();
+    assert_eq!(refused.status.code, ErrorCode::InvalidReplicationFactor);
+    assert!(
+        refused.status.message.contains("--cluster"),
+        "{}",
+        refused.status
+    );
+    assert!(
+        client.describe_topics(&["copies"]).unwrap()[0].status.code
+            == ErrorCode::UnknownTopicOrPartition
+    );
+
+    for (args, expected) in [
+        (
+            &["serve", "--node-id", "4", "--cluster", "1@127.0.0.1:7070"][..],
+            "--node-id 4 is not in --cluster",
+        ),
+        (
+            &["serve", "--node-id", "1", "--cluster", "1-127.0.0.1:7070"][..],
+            "ID@HOST:PORT",
+        ),
+        (
+            &[
+                "serve",
+                "--node-id",
+                "1",
+                "--cluster",
+                "1@127.0.0.1:1,1@127.0.0.2:2",
+            ][..],
+            "twice",
+        ),
+        (&["serve", "--cluster", "1@127.0.0.1:7070"][..], "--node-id"),
+    ] {
+        let output = spate(args);
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -109,18 +109,7 @@ pub(crate) async fn fetch_records(
             })
             .collect();
         drop(response);
-        let any_data = async {
-            let mut waits = waits;
-            futures_lite::future::poll_fn(|context| {
-                for wait in waits.iter_mut() {
-                    if std::future::Future::poll(std::pin::Pin::new(wait), context).is_ready() {
-                        return std::task::Poll::Ready(());
-                    }
-                }
-                std::task::Poll::Pending
-            })
-            .await
-        };
+        let any_data = crate::wake::first_of(waits);
         let give_up =
             futures_lite::future::or(glommio::timer::sleep(deadline - now), closed.wait());
         futures_lite::future::or(any_data, give_up).await;
