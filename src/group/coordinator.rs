@@ -21,7 +21,8 @@ use glommio::sync::Semaphore;
 
 use super::assignor::{self, Assignment, Strategy, Subscription};
 use super::offsets::{
-    Committed, Entry, GroupOffsets, OFFSETS_PARTITIONS, OffsetStore, offsets_dir, offsets_partition,
+    Committed, Entry, GroupOffsets, OFFSETS_PARTITIONS, OffsetStore, OffsetsWriter, offsets_dir,
+    offsets_partition,
 };
 use crate::broker::metadata::ClusterMetadata;
 use crate::limits::{
@@ -35,6 +36,7 @@ use crate::protocol::{
     OffsetFetchRequest, OffsetFetchTopic, PartitionStatus, Request, Response, Status,
     SyncGroupRequest, TopicPartitions,
 };
+use crate::storage::Log;
 use crate::wake::{Event, Latch};
 
 /// How often `tick` should run: session expiry and rebalance deadlines are this precise.
@@ -80,6 +82,7 @@ impl State {
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
 /// A group request, from either door.
+#[derive(Clone)]
 pub enum GroupCall {
     Native(Request),
     /// A Kafka member's join. `request.topics` are the topics its subscription names
@@ -269,6 +272,10 @@ pub struct Coordinator {
     metadata: Rc<RefCell<ClusterMetadata>>,
     groups: RefCell<HashMap<String, Group>>,
     stores: RefCell<HashMap<u32, Rc<OffsetStore>>>,
+    /// In a cluster: where commits go (the replicated `__consumer_offsets`). This shard
+    /// then coordinates the groups of the offsets partitions it leads, loaded when it
+    /// takes up their leadership (`load`) and dropped when it gives it up (`unload`).
+    writer: RefCell<Option<Rc<dyn OffsetsWriter>>>,
     /// One store opens at a time (a lazy open must not race another for the same one).
     opening: Semaphore,
     compacting: RefCell<std::collections::HashSet<u32>>,
@@ -296,6 +303,16 @@ fn check_name(what: &str, value: &str, allow_empty: bool) -> Result<(), Status> 
     Ok(())
 }
 
+fn not_coordinator(group_id: &str) -> Status {
+    Status::error(
+        ErrorCode::NotCoordinator,
+        format!(
+            "this node does not coordinate group {} (now): find its coordinator again",
+            crate::protocol::quoted(group_id)
+        ),
+    )
+}
+
 fn to_topic_partitions(assignment: &BTreeMap<String, Vec<u32>>) -> Vec<TopicPartitions> {
     assignment
         .iter()
@@ -321,6 +338,7 @@ impl Coordinator {
             metadata,
             groups: RefCell::new(HashMap::new()),
             stores: RefCell::new(HashMap::new()),
+            writer: RefCell::new(None),
             opening: Semaphore::new(1),
             compacting: RefCell::new(Default::default()),
             next_member: Cell::new(0),
@@ -334,9 +352,23 @@ impl Coordinator {
         (0..OFFSETS_PARTITIONS).filter(|partition| *partition as usize % self.shards == self.shard)
     }
 
+    /// Makes this a cluster node's coordinator: commits go through `writer`, and groups
+    /// are served only once their offsets partition is loaded here (`load`).
+    pub fn replicate_through(&self, writer: Rc<dyn OffsetsWriter>) {
+        *self.writer.borrow_mut() = Some(writer);
+    }
+
+    fn clustered(&self) -> bool {
+        self.writer.borrow().is_some()
+    }
+
     /// Opens the offsets logs of this shard that exist on disk, so that every group with
-    /// committed offsets is known (listed, described) from the start.
+    /// committed offsets is known (listed, described) from the start. (In a cluster they
+    /// are loaded as their partitions' leadership comes here.)
     pub async fn open_existing(&self) -> Result<(), String> {
+        if self.clustered() {
+            return Ok(());
+        }
         for partition in self.owned_partitions().collect::<Vec<_>>() {
             if offsets_dir(&self.config.data_dir, partition).exists() {
                 self.store(partition)
@@ -347,10 +379,96 @@ impl Coordinator {
         Ok(())
     }
 
+    /// In a cluster: this node has taken up the leadership of offsets partition
+    /// `partition`, whose replica is `log`. Replays it to its end (everything any earlier
+    /// coordinator wrote and replicated) and coordinates its groups from now on. Offsets
+    /// of topics `exists` does not know are left out (their deletion's tombstones may not
+    /// have been written).
+    pub async fn load(&self, partition: u32, log: Log, exists: impl Fn(&str, u32) -> bool) {
+        let Some(writer) = self.writer.borrow().clone() else {
+            return;
+        };
+        let _turn = self.opening.acquire_permit(1).await;
+        if self.closed.get() {
+            return;
+        }
+        self.drop_partition(partition);
+        let (store, loaded) = match OffsetStore::replicated(log, partition, writer).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(%error, partition, "cannot load an offsets partition: its groups have no coordinator");
+                return;
+            }
+        };
+        let mut groups = self.groups.borrow_mut();
+        let count = loaded.len();
+        for (id, mut offsets) in loaded {
+            offsets.retain(|(topic, partition), _| exists(topic, *partition));
+            groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+        }
+        groups.retain(|_, group| !group.is_dead());
+        self.stores.borrow_mut().insert(partition, Rc::new(store));
+        tracing::info!(
+            partition,
+            groups = count,
+            "coordinating the groups of an offsets partition"
+        );
+    }
+
+    /// In a cluster: this node no longer leads offsets partition `partition`. Its groups
+    /// are dropped here; their members' waiting calls end with `NotCoordinator` and they
+    /// find the new coordinator.
+    pub fn unload(&self, partition: u32) {
+        if self.stores.borrow_mut().remove(&partition).is_some() {
+            tracing::info!(
+                partition,
+                "no longer coordinating the groups of an offsets partition"
+            );
+        }
+        self.drop_partition(partition);
+    }
+
+    fn drop_partition(&self, partition: u32) {
+        let mut groups = self.groups.borrow_mut();
+        groups.retain(|group_id, group| {
+            if offsets_partition(group_id) != partition {
+                return true;
+            }
+            for member in group.members.values_mut() {
+                if let Some(join) = member.join.take() {
+                    let _ = join.send(Err(not_coordinator(group_id)));
+                }
+            }
+            group.members.clear();
+            group.changed.notify_all();
+            false
+        });
+    }
+
+    /// Whether this shard serves `group_id` now: always on a broker on its own; in a
+    /// cluster, once the group's offsets partition is loaded here.
+    fn check_coordinating(&self, group_id: &str) -> Result<(), Status> {
+        if self.clustered()
+            && !self
+                .stores
+                .borrow()
+                .contains_key(&offsets_partition(group_id))
+        {
+            return Err(not_coordinator(group_id));
+        }
+        Ok(())
+    }
+
     /// The open store of an offsets partition, opened (and replayed) on first use.
     async fn store(&self, partition: u32) -> Result<Rc<OffsetStore>, Status> {
         if let Some(store) = self.stores.borrow().get(&partition) {
             return Ok(store.clone());
+        }
+        if self.clustered() {
+            return Err(Status::error(
+                ErrorCode::NotCoordinator,
+                format!("offsets partition {partition} is not led here (any more)"),
+            ));
         }
         let _turn = self.opening.acquire_permit(1).await;
         if let Some(store) = self.stores.borrow().get(&partition) {
@@ -442,7 +560,9 @@ impl Coordinator {
     /// Serves one group call of either door (other than ListGroups, which spans the
     /// shards).
     pub async fn call(self: &Rc<Self>, call: GroupCall, stopping: &Latch) -> GroupAnswer {
-        if let Err(status) = check_name("group id", call.group_id(), false) {
+        let checked = check_name("group id", call.group_id(), false)
+            .and_then(|()| self.check_coordinating(call.group_id()));
+        if let Err(status) = checked {
             return match call {
                 GroupCall::Native(_) => GroupAnswer::Native(Response::Failed(status)),
                 GroupCall::KafkaJoin { .. } => GroupAnswer::Joined(Err(status)),
@@ -479,7 +599,9 @@ impl Coordinator {
         let group_id = request
             .group_id()
             .expect("only group requests reach the coordinator");
-        if let Err(status) = check_name("group id", group_id, false) {
+        let checked = check_name("group id", group_id, false)
+            .and_then(|()| self.check_coordinating(group_id));
+        if let Err(status) = checked {
             return Response::Failed(status);
         }
         // No store is opened here: every offsets log on disk was opened at start, and a
@@ -1192,7 +1314,7 @@ impl Coordinator {
             }
             Err(error) => {
                 tracing::warn!(%error, group = request.group_id, "offset commit failed");
-                let status = crate::broker::storage_status(&error);
+                let status = error;
                 for topic in &mut statuses {
                     for partition in &mut topic.partitions {
                         if partition.status.is_ok() {
@@ -1545,10 +1667,7 @@ impl Coordinator {
         let entry = Entry::GroupDeleted {
             group: request.group_id.clone(),
         };
-        store
-            .append(&turn, &[entry])
-            .await
-            .map_err(|error| crate::broker::storage_status(&error))?;
+        store.append(&turn, &[entry]).await?;
         let mut groups = self.groups.borrow_mut();
         // A member may have joined while the deletion was written: it keeps the group,
         // which now has no offsets.

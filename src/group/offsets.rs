@@ -11,16 +11,22 @@
 //! A crash between the two leaves both copies, and replay gives the same state.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-
-use bytes::{BufMut, Bytes, BytesMut};
+use std::pin::Pin;
 use std::rc::Rc;
 
-use crate::protocol::ProtocolError;
+use bytes::{BufMut, Bytes, BytesMut};
+
 use crate::protocol::wire::{Reader, put_string};
+use crate::protocol::{ProtocolError, Status};
 use crate::record::{BatchBuilder, decode_records, split_batches};
 use crate::semaphore::{FifoPermit, FifoSemaphore};
 use crate::storage::{Log, LogConfig, StorageError};
+
+/// The replicated topic that holds committed offsets in a cluster (Kafka's name): its
+/// partition `n` is offsets partition `n`, and its leader coordinates the groups in it.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 /// How many offsets partitions there are. A group's offsets live in partition
 /// `crc32c(group) % OFFSETS_PARTITIONS`, coordinated by shard `partition % shards`, so
@@ -213,9 +219,24 @@ fn encode_batch(entries: &[Entry], now_ms: i64) -> BytesMut {
     BytesMut::from(builder.build(0))
 }
 
+/// Where a store's batches go in a cluster: through the replicated `__consumer_offsets`
+/// partition this node leads (its epoch stamped, answered once the in-sync replicas hold
+/// the batch, as an acks=all produce). The server implements it; a broker on its own
+/// appends to its own log instead.
+pub trait OffsetsWriter {
+    fn append<'a>(
+        &'a self,
+        partition: u32,
+        batch: BytesMut,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + 'a>>;
+}
+
 /// The offsets log of one offsets partition.
 pub struct OffsetStore {
     log: Log,
+    /// In a cluster: the writer, and this store's offsets partition. The log is then the
+    /// partition's replica, which the shard owns (and closes).
+    replicated: Option<(u32, Rc<dyn OffsetsWriter>)>,
     /// See `TURN_UNITS`.
     turn: Rc<FifoSemaphore>,
     /// The log's size after the last compaction (or at open): the next compaction waits
@@ -228,58 +249,97 @@ pub struct OffsetStore {
 /// tombstones) sees memory and log agree.
 pub struct Turn(#[allow(dead_code)] FifoPermit);
 
+/// The config of an offsets log: small segments, so compaction frees space soon; every
+/// commit fdatasync'ed before it is answered; nothing deleted by age or size.
+pub fn offsets_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: OFFSETS_SEGMENT_BYTES,
+        retention_ms: None,
+        flush_ms: 0,
+        tail_cache_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+/// The same config as topic configs, for the replicated `__consumer_offsets` topic.
+pub fn offsets_topic_configs() -> Vec<(String, String)> {
+    [
+        ("segment.bytes", OFFSETS_SEGMENT_BYTES.to_string()),
+        ("retention.ms", "-1".to_string()),
+        ("flush.ms", "0".to_string()),
+        ("tail.cache.bytes", (1u64 << 20).to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect()
+}
+
+/// Every group's committed offsets, as the log from its start to its end says.
+async fn replay(log: &Log) -> Result<BTreeMap<String, GroupOffsets>, StorageError> {
+    let mut groups = BTreeMap::new();
+    let mut offset = log.log_start_offset();
+    let end = log.log_end_offset();
+    while offset < end {
+        let outcome = log.read(offset, 1 << 20).await?;
+        let bytes = Bytes::from(outcome.to_vec());
+        if bytes.is_empty() {
+            break;
+        }
+        for batch in split_batches(&bytes) {
+            let corrupt = |error: crate::record::BatchError| StorageError::InconsistentLog {
+                path: log.dir().to_path_buf(),
+                reason: format!("an offsets batch does not decode: {error}"),
+            };
+            let (header, range) = batch.map_err(corrupt)?;
+            let records = decode_records(&bytes.slice(range)).map_err(corrupt)?;
+            for record in records {
+                if record.offset < offset {
+                    continue;
+                }
+                match Entry::decode(record.key.unwrap_or_default(), record.value) {
+                    Ok(entry) => entry.apply(&mut groups),
+                    Err(error) => tracing::warn!(
+                        dir = %log.dir().display(),
+                        offset = record.offset,
+                        %error,
+                        "skipping an offsets record that does not parse"
+                    ),
+                }
+            }
+            offset = offset.max(header.next_offset());
+        }
+    }
+    Ok(groups)
+}
+
 impl OffsetStore {
     /// Opens (creating) the log in `dir` and replays it.
     pub async fn open(
         dir: PathBuf,
     ) -> Result<(OffsetStore, BTreeMap<String, GroupOffsets>), StorageError> {
-        let config = LogConfig {
-            segment_bytes: OFFSETS_SEGMENT_BYTES,
-            retention_ms: None,
-            flush_ms: 0,
-            tail_cache_bytes: 1 << 20,
-            ..LogConfig::default()
-        };
-        let log = Log::open(dir, config).await?;
-        let mut groups = BTreeMap::new();
-        let mut offset = log.log_start_offset();
-        let end = log.log_end_offset();
-        while offset < end {
-            let outcome = log.read(offset, 1 << 20).await?;
-            let bytes = Bytes::from(outcome.to_vec());
-            if bytes.is_empty() {
-                break;
-            }
-            for batch in split_batches(&bytes) {
-                let corrupt = |error: crate::record::BatchError| StorageError::InconsistentLog {
-                    path: log.dir().to_path_buf(),
-                    reason: format!("an offsets batch does not decode: {error}"),
-                };
-                let (header, range) = batch.map_err(corrupt)?;
-                let records = decode_records(&bytes.slice(range)).map_err(corrupt)?;
-                for record in records {
-                    if record.offset < offset {
-                        continue;
-                    }
-                    match Entry::decode(record.key.unwrap_or_default(), record.value) {
-                        Ok(entry) => entry.apply(&mut groups),
-                        Err(error) => tracing::warn!(
-                            dir = %log.dir().display(),
-                            offset = record.offset,
-                            %error,
-                            "skipping an offsets record that does not parse"
-                        ),
-                    }
-                }
-                offset = offset.max(header.next_offset());
-            }
-        }
-        let store = OffsetStore {
+        let log = Log::open(dir, offsets_log_config()).await?;
+        let groups = replay(&log).await?;
+        Ok((OffsetStore::new(log, None), groups))
+    }
+
+    /// A cluster's store of offsets partition `partition`, over its replica `log`, which
+    /// this node has just taken up the leadership of: replays it to its end.
+    pub async fn replicated(
+        log: Log,
+        partition: u32,
+        writer: Rc<dyn OffsetsWriter>,
+    ) -> Result<(OffsetStore, BTreeMap<String, GroupOffsets>), StorageError> {
+        let groups = replay(&log).await?;
+        Ok((OffsetStore::new(log, Some((partition, writer))), groups))
+    }
+
+    fn new(log: Log, replicated: Option<(u32, Rc<dyn OffsetsWriter>)>) -> OffsetStore {
+        OffsetStore {
             compacted_bytes: std::cell::Cell::new(log.size_bytes()),
             log,
+            replicated,
             turn: Rc::new(FifoSemaphore::new(TURN_UNITS)),
-        };
-        Ok((store, groups))
+        }
     }
 
     /// A commit's turn: many at once, none while an exclusive turn is held or awaited.
@@ -303,15 +363,26 @@ impl OffsetStore {
         )
     }
 
-    /// Appends `entries` as one batch and returns once it is durable.
-    pub async fn append(&self, _turn: &Turn, entries: &[Entry]) -> Result<(), StorageError> {
+    /// Appends `entries` as one batch and returns once it is durable (in a cluster: held
+    /// by the in-sync replicas).
+    pub async fn append(&self, _turn: &Turn, entries: &[Entry]) -> Result<(), Status> {
         if entries.is_empty() {
             return Ok(());
         }
-        self.log
-            .append(encode_batch(entries, crate::clock::now_ms()))
+        self.append_batch(encode_batch(entries, crate::clock::now_ms()))
             .await
-            .map(|_| ())
+    }
+
+    async fn append_batch(&self, batch: BytesMut) -> Result<(), Status> {
+        match &self.replicated {
+            Some((partition, writer)) => writer.append(*partition, batch).await,
+            None => self
+                .log
+                .append(batch)
+                .await
+                .map(|_| ())
+                .map_err(|error| crate::broker::storage_status(&error)),
+        }
     }
 
     /// Whether the log has grown enough since the last compaction to rewrite it.
@@ -322,7 +393,7 @@ impl OffsetStore {
 
     /// Rewrites the live state and deletes what it replaces. `live` is called once no
     /// commit is between its append and its apply, and must return every live entry.
-    pub async fn compact(&self, live: impl FnOnce() -> Vec<Entry>) -> Result<(), StorageError> {
+    pub async fn compact(&self, live: impl FnOnce() -> Vec<Entry>) -> Result<(), Status> {
         let _all = self.exclusive_turn().await;
         let entries = live();
         let outcome = self.rewrite(entries).await;
@@ -332,9 +403,14 @@ impl OffsetStore {
         outcome
     }
 
-    async fn rewrite(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+    /// Appends the live entries again after a roll and deletes the segments before them.
+    /// In a cluster the entries go through the replicated partition, and only once they
+    /// are held by the in-sync replicas does the leader delete; its followers delete up to
+    /// the log start its fetch answers tell them.
+    async fn rewrite(&self, entries: Vec<Entry>) -> Result<(), Status> {
+        let storage = |error: StorageError| crate::broker::storage_status(&error);
         let before = self.log.size_bytes();
-        self.log.roll().await?;
+        self.log.roll().await.map_err(storage)?;
         let start = self.log.log_end_offset();
         let now_ms = crate::clock::now_ms();
         let mut chunk = Vec::new();
@@ -353,15 +429,15 @@ impl OffsetStore {
                 };
             chunk.push(entry);
             if chunk_bytes >= SNAPSHOT_BATCH_BYTES {
-                self.log.append(encode_batch(&chunk, now_ms)).await?;
+                self.append_batch(encode_batch(&chunk, now_ms)).await?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
         }
         if !chunk.is_empty() {
-            self.log.append(encode_batch(&chunk, now_ms)).await?;
+            self.append_batch(encode_batch(&chunk, now_ms)).await?;
         }
-        let log_start = self.log.delete_before(start).await?;
+        let log_start = self.log.delete_before(start).await.map_err(storage)?;
         tracing::info!(
             dir = %self.log.dir().display(),
             before,
@@ -376,7 +452,11 @@ impl OffsetStore {
         self.log.size_bytes()
     }
 
+    /// Closes a broker's own log; a cluster's replica stays open with its shard.
     pub async fn close(&self) {
+        if self.replicated.is_some() {
+            return;
+        }
         if let Err(error) = self.log.close().await {
             tracing::warn!(%error, dir = %self.log.dir().display(), "closing an offsets log");
         }

@@ -158,10 +158,11 @@ pub enum ErrorCode {
     FencedLeaderEpoch = 29,
     NotEnoughReplicas = 30,
     NotEnoughReplicasAfterAppend = 31,
+    NotCoordinator = 32,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 32] = [
+    const ALL: [ErrorCode; 33] = [
         ErrorCode::None,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::OffsetOutOfRange,
@@ -194,6 +195,7 @@ impl ErrorCode {
         ErrorCode::FencedLeaderEpoch,
         ErrorCode::NotEnoughReplicas,
         ErrorCode::NotEnoughReplicasAfterAppend,
+        ErrorCode::NotCoordinator,
     ];
 
     pub fn from_u16(value: u16) -> Result<ErrorCode, ProtocolError> {
@@ -211,6 +213,7 @@ impl ErrorCode {
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::NotCoordinator
                 | ErrorCode::Timeout
                 | ErrorCode::DiskFull
                 | ErrorCode::ShuttingDown
@@ -255,6 +258,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::NotEnoughReplicasAfterAppend => {
                 "appended, but fewer in-sync replicas than min.insync.replicas hold it"
             }
+            ErrorCode::NotCoordinator => "not the coordinator of the group",
         };
         f.write_str(name)
     }

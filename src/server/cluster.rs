@@ -12,11 +12,18 @@ use super::shard::{Opening, Shard, ShardMessage, Span, unknown_topic};
 use crate::broker::metadata::{ClusterMetadata, TopicRecord};
 use crate::broker::view::ClusterView;
 use crate::cluster::{ClusterState, Command, CommandReply};
-use crate::protocol::{ErrorCode, NewPartitions, NewTopic, Status, TopicStatus};
+use crate::group::offsets::{
+    OFFSETS_PARTITIONS, OFFSETS_TOPIC, OffsetsWriter, offsets_topic_configs,
+};
+use crate::protocol::{Acks, ErrorCode, NewPartitions, NewTopic, Status, TopicStatus};
 
 /// How long a topic change waits, once the controller has committed it, for this node to
 /// have applied it (so that a produce right after a creation finds the topic here).
 const APPLIED_WAIT: Duration = Duration::from_secs(10);
+
+/// Copies of each `__consumer_offsets` partition (Kafka's
+/// `offsets.topic.replication.factor`), or as many as there are live nodes when fewer.
+const OFFSETS_REPLICATION_FACTOR: usize = 3;
 
 /// How often shard 0 tries again to open what the cluster placed here, after a failure.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -190,6 +197,9 @@ impl Shard {
     /// A new topic's checks: those of a broker on its own, and enough live brokers for
     /// its replicas.
     fn check_replicated_topic(&self, topic: &NewTopic) -> Result<TopicRecord, Status> {
+        if topic.name == OFFSETS_TOPIC {
+            return Err(internal_topic());
+        }
         let record = self.metadata.borrow().check_new_topic(topic)?;
         self.check_limits(&record)?;
         let live = self.view.borrow().live_brokers().count();
@@ -250,7 +260,9 @@ impl Shard {
         let mut statuses = Vec::with_capacity(names.len());
         for name in names {
             let exists = self.metadata.borrow().topic(&name).is_some();
-            let status = if !exists {
+            let status = if name == OFFSETS_TOPIC {
+                internal_topic()
+            } else if !exists {
                 unknown_topic(&name)
             } else {
                 match self
@@ -283,5 +295,86 @@ impl Shard {
                 ),
             )
         }
+    }
+}
+
+fn internal_topic() -> Status {
+    Status::error(
+        ErrorCode::InvalidRequest,
+        format!(
+            "{OFFSETS_TOPIC} is the cluster's internal topic of committed offsets: it is created and kept by the brokers"
+        ),
+    )
+}
+
+/// A cluster node's group coordinator writes committed offsets through this: an acks=all
+/// produce to the `__consumer_offsets` partition the shard leads.
+pub(super) struct ReplicatedOffsets(pub(super) std::rc::Weak<Shard>);
+
+impl OffsetsWriter for ReplicatedOffsets {
+    fn append<'a>(
+        &'a self,
+        partition: u32,
+        batch: bytes::BytesMut,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + 'a>> {
+        Box::pin(async move {
+            let Some(shard) = self.0.upgrade() else {
+                return Err(Status::error(
+                    ErrorCode::ShuttingDown,
+                    "the broker is shutting down",
+                ));
+            };
+            let answer = shard
+                .produce_local(OFFSETS_TOPIC, partition, batch.freeze(), Acks::All)
+                .await;
+            match answer.status.code {
+                ErrorCode::None => Ok(()),
+                // The leadership moved: so does the group's coordinator.
+                ErrorCode::NotOwner | ErrorCode::FencedLeaderEpoch => Err(Status::error(
+                    ErrorCode::NotCoordinator,
+                    format!(
+                        "the coordinator moved while the commit was written ({}): commit again with the new one",
+                        answer.status.message
+                    ),
+                )),
+                _ => Err(answer.status),
+            }
+        })
+    }
+}
+
+impl Shard {
+    /// Creates `__consumer_offsets` through the controller the first time a group needs
+    /// it (as Kafka does), and waits until this node has it.
+    pub(crate) async fn ensure_offsets_topic(&self) -> Result<(), Status> {
+        if self.view.borrow().partition(OFFSETS_TOPIC, 0).is_some() {
+            return Ok(());
+        }
+        let live = self.view.borrow().live_brokers().count();
+        let replication_factor = live.clamp(1, OFFSETS_REPLICATION_FACTOR) as u16;
+        let created = self
+            .propose(Command::CreateTopic {
+                name: OFFSETS_TOPIC.to_string(),
+                partitions: OFFSETS_PARTITIONS,
+                replication_factor,
+                configs: offsets_topic_configs(),
+            })
+            .await;
+        match created {
+            Ok(()) => tracing::info!(replication_factor, "created {OFFSETS_TOPIC}"),
+            Err(status) if status.code == ErrorCode::TopicAlreadyExists => {}
+            Err(status) => return Err(status),
+        }
+        let deadline = Instant::now() + APPLIED_WAIT;
+        while self.view.borrow().partition(OFFSETS_TOPIC, 0).is_none() {
+            if Instant::now() > deadline || self.stopping.is_set() {
+                return Err(Status::error(
+                    ErrorCode::NotCoordinator,
+                    format!("{OFFSETS_TOPIC} was created, but this node has not applied it yet"),
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod config;
 mod connection;
 mod handlers;
 mod kafka;
+mod peer;
 mod probe;
 mod replication;
 mod shard;

@@ -26,14 +26,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::shard::{Shard, ShardMessage, WaitFor};
 use crate::broker::metadata::{partition_dir, shard_for};
 use crate::cluster::{Command, NodeId};
+use crate::group::offsets::OFFSETS_TOPIC;
 use crate::protocol::{
-    ApiKey, ErrorCode, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
-    Request, Response, Status, quoted,
+    ErrorCode, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest, Request,
+    Response, Status, quoted,
 };
 use crate::record::BatchHeader;
 use crate::semaphore::FifoSemaphore;
@@ -52,8 +52,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_RETRY: Duration = Duration::from_millis(100);
 /// How often a leader looks for followers that fell out of, or came back into, sync.
 const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// Largest replica fetch answer accepted (partitions times their byte limit, and more).
-const RESPONSE_FRAME_BYTES_MAX: usize = 64 << 20;
 
 /// Where each leader epoch starts in a partition's log, ascending by epoch and offset.
 /// Kept in the file `.leader-epochs` in the partition's directory (one `epoch offset` line
@@ -187,6 +185,8 @@ pub(crate) struct Replica {
     /// the moment it is proposed (Kafka's "maximal ISR"), so nothing is acknowledged that
     /// an ISR with it could lack once the change commits.
     joining: Cell<Option<NodeId>>,
+    /// Following: the leader's log start this copy last deleted up to.
+    leader_log_start: Cell<i64>,
 }
 
 impl Replica {
@@ -201,6 +201,7 @@ impl Replica {
             isr_change_pending: Cell::new(false),
             turn: Rc::new(FifoSemaphore::new(1)),
             joining: Cell::new(None),
+            leader_log_start: Cell::new(0),
         }
     }
 
@@ -266,10 +267,18 @@ impl Shard {
                 continue;
             };
             let replica = self.replica(&topic, partition);
+            let offsets = topic == OFFSETS_TOPIC;
             if view.leads(&topic, partition) {
                 if replica.led_epoch.get() != Some(state.leader_epoch) {
                     self.take_leadership(&topic, partition, &replica, &log, state.leader_epoch)
                         .await;
+                    // The groups of an offsets partition are coordinated by its leader.
+                    if offsets && replica.led_epoch.get() == Some(state.leader_epoch) {
+                        let exists = |topic: &str, partition: u32| {
+                            topic != OFFSETS_TOPIC && view.partition(topic, partition).is_some()
+                        };
+                        self.groups.load(partition, log.clone(), exists).await;
+                    }
                 }
                 self.advance_high_watermark(&topic, partition, &replica, &log);
             } else if state.leader == Some(node) {
@@ -277,10 +286,16 @@ impl Shard {
                 if replica.led_epoch.replace(None).is_some() {
                     replica.moved.notify_all();
                 }
+                if offsets {
+                    self.groups.unload(partition);
+                }
             } else {
                 if replica.led_epoch.replace(None).is_some() {
                     tracing::info!(topic, partition, leader = ?state.leader, "no longer leading");
                     replica.moved.notify_all();
+                }
+                if offsets {
+                    self.groups.unload(partition);
                 }
                 if let Some(leader) = state.leader {
                     leaders.insert(leader);
@@ -483,6 +498,23 @@ impl Shard {
             ));
         }
         let log_end = log.log_end_offset();
+        let log_start = log.log_start_offset();
+        if request.fetch_offset < log_start {
+            // Deleted here (retention, an offsets log's compaction) while the follower was
+            // away: it starts over at this log's start.
+            return ReplicaFetchPartitionResponse {
+                high_watermark: replica.high_watermark.get(),
+                log_start_offset: log_start,
+                ..failed(Status::error(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "{}-{partition} starts at offset {log_start} on its leader, after {}",
+                        quoted(&topic),
+                        request.fetch_offset
+                    ),
+                ))
+            };
+        }
         let diverged = |(epoch, end): (i32, i64)| ReplicaFetchPartitionResponse {
             diverging_epoch: epoch,
             diverging_end_offset: end,
@@ -701,14 +733,8 @@ impl Shard {
                     // This node's --cluster may route to the leader another way (another
                     // interface, or a fault proxy in tests): then through that address's
                     // listener, which hands each partition to its owner shard.
-                    let routed = self
-                        .config
-                        .cluster
-                        .as_ref()
-                        .and_then(|cluster| cluster.voters.get(&leader).copied())
-                        .filter(|route| *route != bootstrap);
-                    if routed.is_some() {
-                        return routed;
+                    if let Some(routed) = self.route_to(leader, bootstrap) {
+                        return Some(routed);
                     }
                     let shards = usize::from(broker.info.shards.max(1));
                     let shard = followed.first().map_or(0, |(topic, partition, _)| {
@@ -757,7 +783,7 @@ impl Shard {
                     connection = Some(stream);
                 }
                 let stream = connection.as_mut().expect("connected");
-                exchange(stream, &request, correlation_id).await
+                super::peer::exchange(stream, &request, correlation_id).await
             };
             let answer = futures_lite::future::or(async { Some(exchange.await) }, async {
                 glommio::timer::sleep(FETCH_TIMEOUT).await;
@@ -811,9 +837,6 @@ impl Shard {
         leader: NodeId,
         answer: ReplicaFetchPartitionResponse,
     ) -> Result<(), Status> {
-        if !answer.status.is_ok() {
-            return Err(answer.status);
-        }
         let (topic, partition) = (answer.topic.as_str(), answer.partition);
         let log = self.log(topic, partition)?;
         let replica = self.replica(topic, partition);
@@ -830,6 +853,16 @@ impl Shard {
                 .is_some_and(|state| state.leader == Some(leader));
         if !still_following {
             return Ok(());
+        }
+        if answer.status.code == ErrorCode::OffsetOutOfRange
+            && answer.log_start_offset > log.log_end_offset()
+        {
+            return self
+                .start_over_at(topic, partition, &log, &replica, answer.log_start_offset)
+                .await;
+        }
+        if !answer.status.is_ok() {
+            return Err(answer.status);
         }
         if answer.diverging_epoch >= 0 || answer.diverging_end_offset >= 0 {
             // Cut where the leader's copy of that epoch ends, or where this log's does if
@@ -885,37 +918,63 @@ impl Shard {
         if known > replica.high_watermark.get() {
             replica.high_watermark.set(known);
         }
+        // The leader's log start (retention, compaction) moves this copy's: its whole
+        // segments below it go, never past the high watermark.
+        let start = answer.log_start_offset.min(replica.high_watermark.get());
+        if start > log.log_start_offset() && start > replica.leader_log_start.get() {
+            replica.leader_log_start.set(start);
+            log.delete_before(start)
+                .await
+                .map_err(|error| crate::broker::storage_status(&error))?;
+        }
         Ok(())
     }
-}
 
-/// One request and its answer over a connection to another node.
-async fn exchange(
-    stream: &mut glommio::net::TcpStream,
-    request: &Request,
-    correlation_id: u32,
-) -> std::io::Result<Response> {
-    stream.write_all(&request.encode(correlation_id)).await?;
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).await?;
-    let length = u32::from_be_bytes(length) as usize;
-    if !(crate::protocol::RESPONSE_HEADER_BYTES..=RESPONSE_FRAME_BYTES_MAX).contains(&length) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("a replica fetch answer of {length} bytes"),
-        ));
+    /// Following: the leader's log starts after this copy's end (it deleted what this
+    /// copy needs next while this node was away), so this copy starts over, empty, at the
+    /// leader's log start, and fetches from there (Kafka's truncate-fully-and-start-at).
+    async fn start_over_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &Log,
+        replica: &Replica,
+        start: i64,
+    ) -> Result<(), Status> {
+        let storage = |error: crate::storage::StorageError| crate::broker::storage_status(&error);
+        let key = (topic.to_string(), partition);
+        let dir = log.dir().to_path_buf();
+        let config = log.config().clone();
+        tracing::warn!(
+            topic,
+            partition,
+            log_end = log.log_end_offset(),
+            start,
+            "the leader's log starts past this copy's end: starting over there"
+        );
+        self.logs.borrow_mut().remove(&key);
+        let _ = log.close().await;
+        let reopened = async {
+            Log::start_empty_at(&dir, start).await?;
+            Log::open_under_lock(dir.clone(), config).await
+        }
+        .await;
+        let fresh = match reopened {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, dir = %dir.display(), "cannot start a replica over; it stays closed");
+                return Err(storage(error));
+            }
+        };
+        self.logs.borrow_mut().insert(key, fresh);
+        if replica.epochs.borrow_mut().truncate(i64::MIN) {
+            let saved = replica.epochs.borrow().save();
+            saved.await?;
+        }
+        replica.high_watermark.set(start);
+        replica.leader_log_start.set(start);
+        Ok(())
     }
-    let mut frame = vec![0u8; length];
-    stream.read_exact(&mut frame).await?;
-    let frame = Bytes::from(frame);
-    if frame[..4] != correlation_id.to_be_bytes() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "an answer to another request",
-        ));
-    }
-    Response::decode(ApiKey::ReplicaFetch, frame.slice(4..))
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
 }
 
 /// Leading: a follower's fetch, each partition answered by its owner shard; held for up

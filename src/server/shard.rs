@@ -2,7 +2,7 @@
 //! shards send each other. Lives on one pinned glommio executor; nothing here is shared
 //! with another core except through the mesh of glommio channels.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
@@ -198,6 +198,11 @@ pub(crate) struct Shard {
     pub(super) fetchers: RefCell<HashSet<u64>>,
     /// One `follow_view` at a time.
     pub(super) view_turn: Rc<FifoSemaphore>,
+    /// In a cluster: idle connections to other nodes for forwarded group requests, with
+    /// the address each was opened to.
+    pub(super) group_links:
+        RefCell<HashMap<u64, Vec<(std::net::SocketAddr, glommio::net::TcpStream)>>>,
+    forward_ids: Cell<u32>,
 }
 
 impl Shard {
@@ -258,12 +263,21 @@ impl Shard {
             replicas: RefCell::new(HashMap::new()),
             fetchers: RefCell::new(HashSet::new()),
             view_turn: Rc::new(FifoSemaphore::new(1)),
+            group_links: RefCell::new(HashMap::new()),
+            forward_ids: Cell::new(0),
         });
         shard
             .open_partitions(&Span::whole(&metadata.topics), Opening::Existing)
             .await
             .map_err(|status| status.message)?;
         *shard.metadata.borrow_mut() = metadata;
+        if shard.cluster.is_some() {
+            shard
+                .groups
+                .replicate_through(Rc::new(super::cluster::ReplicatedOffsets(Rc::downgrade(
+                    &shard,
+                ))));
+        }
         if let Err(error) = shard.groups.open_existing().await {
             shard.close().await;
             return Err(error);
@@ -284,12 +298,29 @@ impl Shard {
     }
 
     /// Applies retention to every partition this shard owns (deleting expired or excess
-    /// segments), judged against the wall clock.
+    /// segments), judged against the wall clock. In a cluster, leaders apply it below
+    /// their high watermark, and followers follow their leader's log start instead
+    /// (`replication`), so every copy deletes the same records.
     pub async fn enforce_retention(&self) {
         let now_ms = crate::clock::now_ms();
-        let logs: Vec<Log> = self.logs.borrow().values().cloned().collect();
-        for log in logs {
-            match log.enforce_retention(now_ms).await {
+        let logs: Vec<((String, u32), Log)> = self
+            .logs
+            .borrow()
+            .iter()
+            .map(|(key, log)| (key.clone(), log.clone()))
+            .collect();
+        let clustered = self.view.borrow().clustered();
+        for ((topic, partition), log) in logs {
+            let limit = if clustered {
+                let replica = self.replica(&topic, partition);
+                if replica.led_epoch().is_none() {
+                    continue;
+                }
+                replica.high_watermark.get()
+            } else {
+                i64::MAX
+            };
+            match log.enforce_retention_below(now_ms, limit).await {
                 Ok(report) if !report.deleted_segments.is_empty() => tracing::info!(
                     dir = %log.dir().display(),
                     segments = report.deleted_segments.len(),
@@ -429,6 +460,13 @@ impl Shard {
         })
     }
 
+    /// A correlation id for a request forwarded to another node.
+    pub(super) fn next_forward_id(&self) -> u32 {
+        let id = self.forward_ids.get().wrapping_add(1);
+        self.forward_ids.set(id);
+        id
+    }
+
     /// Appends to a partition, here or on its owner.
     pub async fn produce(
         self: &Rc<Self>,
@@ -460,7 +498,7 @@ impl Shard {
 
     /// Appends to a partition this shard owns. In a cluster, only the leader appends (its
     /// epoch stamped into the batches), and acks=all waits for the in-sync replicas.
-    async fn produce_local(
+    pub(super) async fn produce_local(
         &self,
         topic: &str,
         partition: u32,

@@ -50,6 +50,8 @@ pub(crate) enum Command {
     },
     Retention {
         now_ms: i64,
+        /// No segment holding this offset or a later one is deleted.
+        limit: i64,
         reply: Reply<RetentionReport>,
     },
     DeleteBefore {
@@ -198,9 +200,11 @@ pub(crate) async fn run(inner: Rc<LogInner>, active: Active) {
             }
             Command::Roll { reply } => drop(reply.send(appender.roll().await)),
             Command::Flush { reply } => drop(reply.send(appender.sync(true).await)),
-            Command::Retention { now_ms, reply } => {
-                drop(reply.send(appender.retention(now_ms).await))
-            }
+            Command::Retention {
+                now_ms,
+                limit,
+                reply,
+            } => drop(reply.send(appender.retention(now_ms, limit).await)),
             Command::DeleteBefore { offset, reply } => {
                 drop(reply.send(appender.delete_before(offset).await))
             }
@@ -862,7 +866,11 @@ impl Appender {
         io::sync_directory(&self.inner.dir).await
     }
 
-    async fn retention(&mut self, now_ms: i64) -> Result<RetentionReport, StorageError> {
+    async fn retention(
+        &mut self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<RetentionReport, StorageError> {
         let config = self.inner.config.clone();
         let cutoff = config
             .retention_ms
@@ -883,9 +891,13 @@ impl Appender {
                 .values()
                 .map(|segment| segment.meta.borrow().size_bytes)
                 .sum();
-            let sealed = state.segments.values().take(state.segments.len() - 1);
+            // Each sealed segment with the base of the one after it (where it ends).
+            let sealed = state.segments.values().zip(state.segments.keys().skip(1));
             let mut victims = Vec::new();
-            for segment in sealed {
+            for (segment, &next_base) in sealed {
+                if next_base > limit {
+                    break;
+                }
                 let meta = segment.meta.borrow();
                 let over_size = config
                     .retention_bytes

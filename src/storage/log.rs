@@ -331,6 +331,32 @@ impl Log {
         Ok(Log { inner })
     }
 
+    /// Empties the closed log in `dir` and makes it start, empty, at `base_offset`: every
+    /// segment file and its companions go (the names that start with a digit; other
+    /// files, such as a replica's `.leader-epochs`, stay), and one empty segment at
+    /// `base_offset` is created, so the next `open` finds log start = log end =
+    /// `base_offset`. A cluster's follower does this when its leader no longer holds the
+    /// records it needs next (Kafka's "truncate fully and start at").
+    pub async fn start_empty_at(dir: &Path, base_offset: i64) -> Result<(), StorageError> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|error| io::io_error(dir, "list directory", error))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| io::io_error(dir, "list directory", error))?;
+            let name = entry.file_name();
+            if name
+                .to_string_lossy()
+                .starts_with(|c: char| c.is_ascii_digit())
+            {
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .map_err(|error| io::io_error(&path, "remove file", error))?;
+            }
+        }
+        let path = dir.join(segment_file_name(base_offset));
+        drop(io::open_rw(&path, true).await?);
+        io::sync_directory(dir).await
+    }
+
     /// Appends one or more concatenated record batches as a unit. Every batch is validated
     /// first (framing, CRC, records); nothing is written if any is bad. Offsets are assigned
     /// here, and the answer comes once the batches are durable under the flush policy.
@@ -651,8 +677,23 @@ impl Log {
     /// against `now_ms`) or beyond `retention.bytes`, oldest first, and moves the log start.
     /// Deleting a segment drops the read ahead, which could be holding its file.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, StorageError> {
-        self.call(|reply| Command::Retention { now_ms, reply })
-            .await
+        self.enforce_retention_below(now_ms, i64::MAX).await
+    }
+
+    /// `enforce_retention`, deleting no segment that holds offset `limit` or later: a
+    /// cluster's leader keeps what is at or above its high watermark (Kafka's log start
+    /// never passes it), which followers may still need.
+    pub async fn enforce_retention_below(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<RetentionReport, StorageError> {
+        self.call(|reply| Command::Retention {
+            now_ms,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Deletes the sealed segments whose records all lie below `offset` (Kafka's

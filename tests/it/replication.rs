@@ -102,6 +102,8 @@ impl Nodes {
                 "2000",
                 "--memory-max",
                 "256MiB",
+                "--retention-check-interval-ms",
+                "300",
             ])
             .arg("--data-dir")
             .arg(self.data_dir(id))
@@ -972,4 +974,211 @@ fn random_kill_and_restart_cycles_lose_nothing_acknowledged() {
         started.elapsed().as_secs(),
         acked.len()
     );
+}
+
+/// Consumer groups in a cluster: committed offsets live in the replicated
+/// `__consumer_offsets` topic, and a group is coordinated by the leader of its partition
+/// there. Spate's group consumer, talking to one node, reads and commits; the
+/// coordinator's node is killed -9; a new member (again through a node that stays up,
+/// which forwards its group requests to the new coordinator) resumes from the committed
+/// offsets, reading only what came after them; the old coordinator comes back as a
+/// follower and rejoins the ISR of the group's offsets partition.
+#[test]
+fn group_offsets_move_with_their_coordinator() {
+    use spate::client::{GroupConsumer, GroupConsumerConfig, OffsetReset};
+    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
+    let mut nodes = Nodes::start();
+    nodes.create_topic(1, "grouped", 2, 3);
+    let produce = |nodes: &Nodes, via: u64, from: usize, count: usize| {
+        let mut producer = Producer::new(
+            nodes.connect(via).unwrap(),
+            "grouped",
+            ProducerConfig::default(),
+        )
+        .unwrap();
+        for index in from..from + count {
+            producer
+                .send(None, None, format!("record {index}").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(producer.flush().unwrap().len(), count);
+    };
+    let port = nodes.port;
+    let consume_all = |via: u64, expected: usize| -> Vec<String> {
+        let mut config = GroupConsumerConfig::new("resumers", &["grouped"]);
+        config.auto_offset_reset = OffsetReset::Earliest;
+        config.auto_commit_interval = None;
+        let mut consumer = GroupConsumer::new(&format!("127.0.0.{via}:{port}"), config).unwrap();
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while values.len() < expected && Instant::now() < deadline {
+            for record in consumer.poll(Duration::from_millis(200)).unwrap() {
+                values.push(String::from_utf8(record.record.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        // Nothing more than expected arrives.
+        for record in consumer.poll(Duration::from_millis(500)).unwrap() {
+            values.push(String::from_utf8(record.record.value.unwrap().to_vec()).unwrap());
+        }
+        consumer.commit().unwrap();
+        consumer.close().unwrap();
+        values.sort();
+        values
+    };
+    // The first group request creates the offsets topic.
+    let none = nodes
+        .connect(1)
+        .unwrap()
+        .fetch_offsets("resumers", Vec::new())
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    // The coordinator: the leader of the group's offsets partition.
+    let offsets = nodes
+        .partitions(1, OFFSETS_TOPIC)
+        .expect("the offsets topic exists");
+    assert_eq!(offsets.len(), 16);
+    let (coordinator, _, isr) = offsets[offsets_partition("resumers") as usize].clone();
+    assert_eq!(isr.len(), 3, "every node holds the group's offsets");
+    let coordinator = coordinator as u64;
+    // Consumers talk to another node, which forwards their group requests.
+    let survivor = (1..=3).find(|id| *id != coordinator).unwrap();
+    produce(&nodes, survivor, 0, 100);
+    let first = consume_all(survivor, 100);
+    assert_eq!(first.len(), 100, "{first:?}");
+
+    eprintln!(
+        "group coordinated by node {coordinator}; killed; consumers go through node {survivor}"
+    );
+    nodes.kill(coordinator);
+    produce(&nodes, survivor, 100, 50);
+    let second = consume_all(survivor, 50);
+    let mut expected: Vec<String> = (100..150).map(|index| format!("record {index}")).collect();
+    expected.sort();
+    assert_eq!(
+        second,
+        expected,
+        "the new coordinator resumes the group from its committed offsets\n{}",
+        nodes.log(survivor)
+    );
+    let committed = nodes
+        .connect(survivor)
+        .unwrap()
+        .fetch_offsets("resumers", Vec::new())
+        .unwrap();
+    let total: i64 = committed
+        .iter()
+        .flat_map(|topic| topic.partitions.iter().map(|partition| partition.offset))
+        .sum();
+    assert_eq!(total, 150, "{committed:?}");
+
+    // The old coordinator returns, catches up, and holds the same commits.
+    nodes.spawn(coordinator);
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        let offsets = nodes.partitions(survivor, OFFSETS_TOPIC)?;
+        offsets[offsets_partition("resumers") as usize]
+            .2
+            .contains(&coordinator)
+            .then_some(())
+    });
+    assert!(caught_up.is_some(), "the old coordinator rejoins the ISR");
+}
+
+/// A follower away while its leader's retention deletes what it had not copied yet: back,
+/// it finds the leader's log starting past its own end, starts over empty at the leader's
+/// log start, catches up and rejoins the ISR; its copy then holds exactly the leader's
+/// records from there (and the leader deleted nothing at or above the high watermark).
+#[test]
+fn a_follower_behind_the_leaders_log_start_starts_over_there() {
+    let mut nodes = Nodes::start();
+    let created = nodes
+        .connect(1)
+        .unwrap()
+        .create_replicated_topic(
+            "short",
+            1,
+            3,
+            &[
+                ("segment.bytes".into(), "1048576".into()),
+                ("retention.bytes".into(), "2097152".into()),
+            ],
+        )
+        .unwrap();
+    assert!(created.status.is_ok(), "{}", created.status);
+    let (leader, _, _) = wait_for(Duration::from_secs(10), || {
+        let seen = nodes.partitions(1, "short")?;
+        let (leader, epoch, isr) = seen[0].clone();
+        (leader > 0 && isr.len() == 3).then_some((leader as u64, epoch, isr))
+    })
+    .expect("the topic is led with its whole ISR");
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut producer = Producer::new(
+        nodes.connect(leader).unwrap(),
+        "short",
+        ProducerConfig::default(),
+    )
+    .unwrap();
+    producer.send(Some(0), None, b"0").unwrap();
+    producer.flush().unwrap();
+    nodes.kill(follower);
+    // 8 MiB through 1 MiB segments, 2 MiB kept: the leader's log start moves far past
+    // the one record the follower holds.
+    let total = 8 * 1024;
+    let padding = "x".repeat(1000);
+    let mut delivered = 0;
+    for index in 1..total {
+        delivered += producer
+            .send(Some(0), None, format!("{index} {padding}").as_bytes())
+            .unwrap()
+            .len();
+    }
+    delivered += producer.flush().unwrap().len();
+    assert_eq!(delivered, total - 1);
+    let leader_dir = nodes.data_dir(leader).join("topics").join("short-0");
+    let first_segment = |dir: &std::path::Path| -> Option<i64> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .min()
+    };
+    let moved = wait_for(Duration::from_secs(20), || {
+        first_segment(&leader_dir).filter(|start| *start > 1)
+    });
+    let leader_start = moved.expect("the leader's retention deletes its oldest segments");
+
+    nodes.spawn(follower);
+    let rejoined = wait_for(Duration::from_secs(30), || {
+        let (_, _, isr) = nodes.partitions(leader, "short")?[0].clone();
+        isr.contains(&follower).then_some(())
+    });
+    assert!(
+        rejoined.is_some(),
+        "the follower starts over and rejoins the ISR\n{}",
+        nodes.log(follower)
+    );
+    assert!(
+        nodes.log(follower).contains("starting over there"),
+        "the follower started over at the leader's log start"
+    );
+    nodes.kill(follower);
+    let copy = stored_on(&nodes, follower, "short", 0);
+    let first = copy.first().expect("the copy holds records").0;
+    assert!(
+        first >= leader_start,
+        "the copy starts at the leader's log start {leader_start} or later, not {first}"
+    );
+    assert_eq!(
+        copy.last().unwrap().0,
+        total as i64 - 1,
+        "the copy is whole to the end"
+    );
+    for (position, (offset, value)) in copy.iter().enumerate() {
+        assert_eq!(*offset, first + position as i64, "no gap in the copy");
+        assert!(
+            value.starts_with(&format!("{offset} ")),
+            "offset {offset} holds {value:.20}"
+        );
+    }
 }

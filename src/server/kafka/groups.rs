@@ -15,34 +15,51 @@ use crate::protocol::{self, GroupIdRequest, Request, Response, Status, TopicPart
 use crate::server::handlers::groups as native;
 use crate::server::shard::Shard;
 
-/// The shard that coordinates a group, as a Kafka broker. Transactions have no
+/// The shard that coordinates a group, as a Kafka broker: on a broker on its own, the
+/// shard its offsets partition falls to; in a cluster, the shard of the node that leads
+/// its `__consumer_offsets` partition (created at the first ask). Transactions have no
 /// coordinator in Spate.
-pub(super) fn find_coordinator(
+pub(super) async fn find_coordinator(
     shard: &Shard,
     request: kafka::FindCoordinatorRequest,
 ) -> kafka::FindCoordinatorResponse {
+    let unavailable = |message: String| kafka::FindCoordinatorResponse {
+        error_code: error::COORDINATOR_NOT_AVAILABLE,
+        error_message: Some(message),
+        node_id: -1,
+        host: String::new(),
+        port: -1,
+    };
     if request.key_type != 0 {
-        return kafka::FindCoordinatorResponse {
-            error_code: error::COORDINATOR_NOT_AVAILABLE,
-            error_message: Some("Spate does not support transactions".to_string()),
-            node_id: -1,
-            host: String::new(),
-            port: -1,
+        return unavailable("Spate does not support transactions".to_string());
+    }
+    if shard.cluster.is_some() {
+        let found = match native::kafka_coordinator(shard, &request.key).await {
+            Ok(Some(id)) => super::data::brokers(shard)
+                .into_iter()
+                .find(|broker| i64::from(broker.node_id) == id as i64),
+            Ok(None) => None,
+            Err(status) => return unavailable(status.message),
+        };
+        return match found {
+            Some(broker) => kafka::FindCoordinatorResponse {
+                error_code: error::NONE,
+                error_message: None,
+                node_id: broker.node_id,
+                host: broker.host,
+                port: broker.port,
+            },
+            None => unavailable(format!(
+                "group {}'s coordinator is moving: ask again",
+                protocol::quoted(&request.key)
+            )),
         };
     }
     let coordinator = coordinator_shard(&request.key, shard.count);
-    // In a cluster, this node's shard under its id in metadata (groups are coordinated by
-    // the node a client asks: see docs/KAFKA.md).
-    let node_id = match &shard.cluster {
-        Some(handle) => {
-            crate::broker::view::ClusterView::global_shard_id(handle.id, coordinator) as i32
-        }
-        None => coordinator as i32,
-    };
     kafka::FindCoordinatorResponse {
         error_code: error::NONE,
         error_message: None,
-        node_id,
+        node_id: coordinator as i32,
         host: shard.config.kafka_host(),
         port: i32::from(shard.config.kafka_shard_port(coordinator).unwrap_or(0)),
     }

@@ -123,7 +123,7 @@ pub(crate) async fn handle(
             correlation_id,
         ),
         KafkaRequest::FindCoordinator(request) => frame(
-            groups::find_coordinator(shard, request),
+            groups::find_coordinator(shard, request).await,
             version,
             correlation_id,
         ),
@@ -228,6 +228,7 @@ fn code(status: &Status) -> i16 {
         ErrorCode::FencedLeaderEpoch => error::NOT_LEADER_OR_FOLLOWER,
         ErrorCode::NotEnoughReplicas => error::NOT_ENOUGH_REPLICAS,
         ErrorCode::NotEnoughReplicasAfterAppend => error::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        ErrorCode::NotCoordinator => error::NOT_COORDINATOR,
     }
 }
 
