@@ -1182,3 +1182,160 @@ fn a_follower_behind_the_leaders_log_start_starts_over_there() {
         );
     }
 }
+
+/// A leader answers a replica fetch only from a replica and only in its current epoch:
+/// another epoch is FencedLeaderEpoch, a node without a replica is refused, and a fetch
+/// whose last epoch the leader never had, or past its log end, is told where its log
+/// diverged (KIP-320). A proper fetch gets the records and the high watermark.
+#[test]
+fn a_leader_refuses_fetches_from_other_epochs_and_non_replicas() {
+    use spate::protocol::{
+        ErrorCode, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
+        Request, Response,
+    };
+    let nodes = Nodes::start();
+    let (leader, epoch, isr) = nodes.create_topic(1, "fenced", 1, 2)[0].clone();
+    let leader = leader as u64;
+    let follower = *isr.iter().find(|id| **id != leader).unwrap();
+    let outsider = (1..=3).find(|id| !isr.contains(id)).unwrap();
+    let mut producer = Producer::new(
+        nodes.connect(leader).unwrap(),
+        "fenced",
+        ProducerConfig::default(),
+    )
+    .unwrap();
+    for value in ["a", "b", "c"] {
+        producer.send(Some(0), None, value.as_bytes()).unwrap();
+    }
+    producer.flush().unwrap();
+    let fetch = |replica: u64, leader_epoch: u32, fetch_offset: i64, last_fetched_epoch: i32| {
+        let request = Request::ReplicaFetch(ReplicaFetchRequest {
+            replica,
+            max_wait_ms: 0,
+            max_bytes: 1 << 20,
+            partitions: vec![ReplicaFetchPartition {
+                topic: "fenced".into(),
+                partition: 0,
+                leader_epoch,
+                fetch_offset,
+                last_fetched_epoch,
+            }],
+        });
+        match nodes.connect(leader).unwrap().call(&request).unwrap() {
+            Response::ReplicaFetch(mut partitions) => {
+                assert_eq!(partitions.len(), 1);
+                partitions.remove(0)
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let refused = |answer: &ReplicaFetchPartitionResponse, code: ErrorCode| {
+        assert_eq!(answer.status.code, code, "{}", answer.status);
+        assert!(answer.records.is_empty());
+    };
+    refused(
+        &fetch(follower, epoch + 1, 0, -1),
+        ErrorCode::FencedLeaderEpoch,
+    );
+    if epoch > 0 {
+        refused(
+            &fetch(follower, epoch - 1, 0, -1),
+            ErrorCode::FencedLeaderEpoch,
+        );
+    }
+    let outside = fetch(outsider, epoch, 0, -1);
+    refused(&outside, ErrorCode::InvalidRequest);
+    assert!(
+        outside.status.message.contains("holds no replica"),
+        "{}",
+        outside.status
+    );
+
+    // A last epoch the leader never had: its log diverged where the leader's epoch ends.
+    let diverged = fetch(follower, epoch, 3, epoch as i32 + 5);
+    assert!(diverged.status.is_ok(), "{}", diverged.status);
+    assert_eq!(
+        (diverged.diverging_epoch, diverged.diverging_end_offset),
+        (epoch as i32, 3)
+    );
+    assert!(diverged.records.is_empty());
+    // Past the leader's log end: cut back to it.
+    let ahead = fetch(follower, epoch, 100, epoch as i32);
+    assert_eq!(ahead.diverging_end_offset, 3, "{ahead:?}");
+
+    let proper = fetch(follower, epoch, 0, -1);
+    assert!(proper.status.is_ok(), "{}", proper.status);
+    assert_eq!(proper.high_watermark, 3);
+    let batches = spate::record::split_batches(&proper.records).count();
+    assert!(batches >= 1, "the records come back as stored batches");
+}
+
+/// acks=all with min.insync.replicas=2 on two replicas: the follower is paused (SIGSTOP)
+/// just before a produce. The batch is appended, the high watermark waits for the
+/// follower, the controller fences it and shrinks the ISR to the leader, the high
+/// watermark passes the batch, and the answer is NotEnoughReplicasAfterAppend: fewer
+/// copies hold it than asked. The next produce is refused before it is appended
+/// (NotEnoughReplicas). Resumed, the follower rejoins and acks=all works again.
+#[test]
+fn an_isr_that_shrinks_under_a_waiting_produce_answers_not_enough_after_append() {
+    use spate::protocol::ErrorCode;
+    let nodes = Nodes::start();
+    let (leader, _, isr) = nodes.create_topic(1, "shrinking", 1, 2)[0].clone();
+    let leader = leader as u64;
+    let follower = *isr.iter().find(|id| **id != leader).unwrap();
+    let mut router = ShardRouter::new(nodes.connect(leader).unwrap(), "shrinking", "test").unwrap();
+    let one = |value: &[u8]| {
+        let mut builder = spate::record::BatchBuilder::new();
+        builder.push(0, None, Some(value), &[]);
+        builder.build(0)
+    };
+    let connection = router.connection_for(0).unwrap();
+    let first = connection
+        .produce("shrinking", 0, one(b"both"), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert!(first.status.is_ok(), "{}", first.status);
+
+    nodes.signal(follower, libc::SIGSTOP);
+    let waited = connection
+        .produce("shrinking", 0, one(b"waits"), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        waited.status.code,
+        ErrorCode::NotEnoughReplicasAfterAppend,
+        "{}",
+        waited.status
+    );
+    let refused = connection
+        .produce("shrinking", 0, one(b"refused"), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        refused.status.code,
+        ErrorCode::NotEnoughReplicas,
+        "{}",
+        refused.status
+    );
+    assert_eq!(
+        connection
+            .list_offset("shrinking", 0, OFFSET_LATEST)
+            .unwrap(),
+        2,
+        "the waiting batch is stored, the refused one is not"
+    );
+
+    nodes.signal(follower, libc::SIGCONT);
+    let rejoined = wait_for(Duration::from_secs(30), || {
+        let (_, _, isr) = nodes.partitions(leader, "shrinking")?[0].clone();
+        (isr.len() == 2).then_some(())
+    });
+    assert!(rejoined.is_some(), "the resumed follower rejoins the ISR");
+    let again = router
+        .connection_for(0)
+        .unwrap()
+        .produce("shrinking", 0, one(b"again"), Acks::All)
+        .unwrap()
+        .unwrap();
+    assert!(again.status.is_ok(), "{}", again.status);
+}
