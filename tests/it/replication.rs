@@ -657,12 +657,33 @@ fn a_paused_leader_is_fenced_and_its_stale_appends_are_cut() {
 /// Kafka ports and produces through the kill -9 of the partition's leader: it follows the
 /// metadata to the new leader, every record is delivered with no error, each is read back
 /// at the offset its delivery report gave and none twice, and a consumer group member
-/// (coordinated by a node that stays up) reads every record along the way.
+/// (talking to a node that stays up, its group coordinated by the node killed) reads
+/// every record along the way.
 #[test]
 fn a_kafka_client_follows_a_failover_and_loses_nothing() {
     let mut nodes = Nodes::start();
     let known = nodes.create_topic(1, "kafka-failover", 1, 3)[0].clone();
     let leader = known.0 as u64;
+    // The consumer group's coordinator is the node about to be killed too: a group whose
+    // __consumer_offsets partition that node leads (the first group request creates it).
+    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
+    nodes
+        .connect(1)
+        .unwrap()
+        .fetch_offsets("probe", Vec::new())
+        .unwrap();
+    let offsets = wait_for(Duration::from_secs(10), || {
+        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
+        offsets
+            .iter()
+            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+            .then_some(offsets)
+    })
+    .expect("the offsets topic is led with its whole ISR");
+    let group = (0..)
+        .map(|index| format!("failover-{index}"))
+        .find(|group| offsets[offsets_partition(group) as usize].0 as u64 == leader)
+        .unwrap();
     let kafka_port = nodes.port + SHARDS as u16 + 1;
     let bootstrap: Vec<String> = (1..=3)
         .map(|id| format!("127.0.0.{id}:{kafka_port}"))
@@ -682,6 +703,8 @@ fn a_kafka_client_follows_a_failover_and_loses_nothing() {
             "1",
             "--count",
             "600",
+            "--group",
+            &group,
         ])
         .arg("--signal-file")
         .arg(&signal)
