@@ -1,6 +1,7 @@
 //! A consumer thread: long-polls its share of the partitions (partition `p` goes to
 //! consumer `p % consumers`) on their owners, counts records and batch bytes, and for e2e
-//! reads each value's send time to record the latency from send to receipt.
+//! reads each value's send time to record the latency from send to receipt. Consumers
+//! follow their partitions' leaders when they move (in a cluster).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +16,13 @@ use crate::options::{Plan, Workload};
 use crate::run::Shared;
 use crate::stats::Recorder;
 
-/// Reads from `start[p]` for each assigned partition until `done` says so.
+/// How long a consumer looks for the new leaders of its partitions after losing them.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads from `start[p]` for each assigned partition until `done` says so. A fetch that
+/// fails (its leader moved, its node went away) has the consumer learn where the
+/// partitions are now and go on from the same offsets; a broker that no longer answers at
+/// any address ends the run.
 pub fn run(
     index: usize,
     plan: &Plan,
@@ -25,9 +32,67 @@ pub fn run(
     recorder: &Recorder,
     done: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
-    let mine =
-        (0..plan.partitions).filter(|partition| *partition as usize % plan.consumers == index);
-    let by_owner = by_owner(layout, mine);
+    let mut offsets: HashMap<u32, i64> = (0..plan.partitions)
+        .filter(|partition| *partition as usize % plan.consumers == index)
+        .map(|partition| (partition, start[partition as usize]))
+        .collect();
+    let mut layout = layout.clone();
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        let failed = match read(
+            plan,
+            &layout,
+            shared,
+            &mut offsets,
+            recorder,
+            &done,
+            &mut lost_since,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        loop {
+            if done() || shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            match layout.relearn(plan) {
+                Ok(learnt) => {
+                    layout = learnt;
+                    shared.consumer_failovers.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err((false, _)) => return Err(failed),
+                Err((true, error)) if since.elapsed() > FAILOVER_TIMEOUT => {
+                    return Err(failed.context(format!(
+                        "no leader for every partition {} s later: {error:#}",
+                        FAILOVER_TIMEOUT.as_secs()
+                    )));
+                }
+                Err((true, _)) => {}
+            }
+        }
+        if since.elapsed() > FAILOVER_TIMEOUT {
+            return Err(failed.context(format!(
+                "fetches still failing {} s after the first",
+                FAILOVER_TIMEOUT.as_secs()
+            )));
+        }
+    }
+}
+
+/// Reads with the fetchers `layout` gives, until `done` or a fetch fails.
+fn read(
+    plan: &Plan,
+    layout: &Layout,
+    shared: &Arc<Shared>,
+    offsets: &mut HashMap<u32, i64>,
+    recorder: &Recorder,
+    done: &impl Fn() -> bool,
+    lost_since: &mut Option<Instant>,
+) -> anyhow::Result<()> {
+    let by_owner = by_owner(layout, offsets.keys().copied());
     let mut fetchers = HashMap::new();
     for &owner in by_owner.keys() {
         let address = layout.address(owner);
@@ -35,11 +100,6 @@ pub fn run(
             .with_context(|| format!("connecting to {owner} at {address}"))?;
         fetchers.insert(owner, fetcher);
     }
-    let mut offsets: HashMap<u32, i64> = by_owner
-        .values()
-        .flatten()
-        .map(|&p| (p, start[p as usize]))
-        .collect();
     let e2e = plan.workload == Workload::E2e;
     let mut latencies = Vec::new();
     let mut asked = Vec::new();
@@ -64,6 +124,7 @@ pub fn run(
             let answer = fetcher
                 .fetch(&plan.topic, &asked)
                 .with_context(|| format!("fetching from {owner}"))?;
+            *lost_since = None;
             let received = Instant::now();
             for (partition, records) in answer {
                 let offset = offsets

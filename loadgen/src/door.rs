@@ -54,6 +54,7 @@ impl Protocol {
 
 /// Where each partition lives: its owner (a shard, or a Kafka broker's node id), and each
 /// owner's address.
+#[derive(Debug, Clone)]
 pub struct Layout {
     pub owners: Vec<i32>,
     pub addresses: HashMap<i32, String>,
@@ -62,6 +63,87 @@ pub struct Layout {
 impl Layout {
     pub fn address(&self, owner: i32) -> &str {
         &self.addresses[&owner]
+    }
+
+    /// Where the topic's partitions are now, learnt through `address`; an error while
+    /// some partition has no leader with an address (a failover under way).
+    pub fn learn(protocol: Protocol, address: &str, topic: &str) -> anyhow::Result<Layout> {
+        match protocol {
+            Protocol::Native => {
+                let bootstrap = Connection::connect(address, CLIENT_ID)?;
+                let router = ShardRouter::new(bootstrap, topic, CLIENT_ID)
+                    .with_context(|| format!("topic {topic}"))?;
+                let mut owners = Vec::new();
+                let mut addresses = HashMap::new();
+                for partition in 0..router.partitions() {
+                    let owner = router.owner(partition).expect("a partition of the topic");
+                    let Some(address) = router.shard_address(owner) else {
+                        bail!("partition {partition} of {topic} has no leader now");
+                    };
+                    addresses.insert(i32::from(owner), address.to_string());
+                    owners.push(i32::from(owner));
+                }
+                Ok(Layout { owners, addresses })
+            }
+            Protocol::Kafka => {
+                let mut client = KafkaClient::connect(address, CLIENT_ID)?;
+                kafka_layout(&mut client, topic, Duration::ZERO)
+            }
+        }
+    }
+
+    /// The layout again after a leader moved, learnt through the run's bootstrap address
+    /// or any address this layout knows (the bootstrap node may be the one that died).
+    /// `Err((reached, error))`: `reached` when some broker answered (the cluster is there,
+    /// its leaders are moving), else none did (the broker is gone).
+    pub fn relearn(&self, plan: &Plan) -> Result<Layout, (bool, anyhow::Error)> {
+        let mut candidates = vec![plan.broker.clone()];
+        let mut known: Vec<&String> = self.addresses.values().collect();
+        known.sort();
+        known.dedup();
+        candidates.extend(known.into_iter().cloned());
+        let mut reached = false;
+        let mut last = anyhow::anyhow!("no address to ask");
+        for address in candidates {
+            match Layout::learn(plan.protocol, &address, &plan.topic) {
+                Ok(layout) => return Ok(layout),
+                Err(error) => {
+                    // A connection refused or reset says nothing answered there.
+                    let unreachable = error.chain().any(|cause| {
+                        cause.downcast_ref::<std::io::Error>().is_some()
+                            || matches!(
+                                cause.downcast_ref::<spate::client::ClientError>(),
+                                Some(
+                                    spate::client::ClientError::Io(_)
+                                        | spate::client::ClientError::Unreachable { .. }
+                                        | spate::client::ClientError::TimedOut
+                                )
+                            )
+                    });
+                    reached |= !unreachable;
+                    last = error;
+                }
+            }
+        }
+        Err((reached, last))
+    }
+}
+
+/// Why a produce was not acknowledged, and whether sending it again (to the partition's
+/// leader as metadata then says) may succeed: a leader moved, too few replicas in sync
+/// for a moment, a connection lost.
+#[derive(Debug)]
+pub struct Refusal {
+    pub message: String,
+    pub retriable: bool,
+}
+
+impl Refusal {
+    fn fatal(message: String) -> Refusal {
+        Refusal {
+            message,
+            retriable: false,
+        }
     }
 }
 
@@ -149,23 +231,18 @@ impl Admin {
     pub fn layout(&mut self, plan: &mut Plan) -> anyhow::Result<Layout> {
         let layout = match self {
             Admin::Native(_) => {
-                let bootstrap = Connection::connect(&plan.broker, CLIENT_ID)?;
-                let router = ShardRouter::new(bootstrap, &plan.topic, CLIENT_ID)
-                    .with_context(|| format!("topic {}", plan.topic))?;
-                let owners: Vec<i32> = (0..router.partitions())
-                    .map(|partition| {
-                        i32::from(router.owner(partition).expect("a partition of the topic"))
-                    })
-                    .collect();
-                let addresses = owners
-                    .iter()
-                    .filter_map(|&shard| {
-                        Some((shard, router.shard_address(shard as u16)?.to_string()))
-                    })
-                    .collect();
-                Layout { owners, addresses }
+                // Just created, a topic's partitions may take a moment to have leaders.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match Layout::learn(plan.protocol, &plan.broker, &plan.topic) {
+                        Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(100))
+                        }
+                        learnt => break learnt?,
+                    }
+                }
             }
-            Admin::Kafka(client) => kafka_layout(client, &plan.topic)?,
+            Admin::Kafka(client) => kafka_layout(client, &plan.topic, Duration::from_secs(10))?,
         };
         plan.partitions = layout.owners.len() as u32;
         Ok(layout)
@@ -254,10 +331,10 @@ pub fn by_owner(
     grouped
 }
 
-/// The topic's leaders from Kafka metadata; waits (up to 10 s) for every partition to have
-/// one, as a Kafka cluster takes a moment after creating a topic.
-fn kafka_layout(client: &mut KafkaClient, topic: &str) -> anyhow::Result<Layout> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// The topic's leaders from Kafka metadata; waits (up to `wait`) for every partition to
+/// have one, as a Kafka cluster takes a moment after creating a topic.
+fn kafka_layout(client: &mut KafkaClient, topic: &str, wait: Duration) -> anyhow::Result<Layout> {
+    let deadline = Instant::now() + wait;
     loop {
         let metadata = client.metadata(Some(vec![topic.to_string()]))?;
         let found = metadata
@@ -286,9 +363,10 @@ fn kafka_layout(client: &mut KafkaClient, topic: &str) -> anyhow::Result<Layout>
             }
             return Ok(Layout { owners, addresses });
         }
-        if Instant::now() > deadline {
+        if Instant::now() >= deadline {
             bail!(
-                "topic {topic} has no leader for every partition after 10 s (topic error {})",
+                "topic {topic} has no leader for every partition after {} s (topic error {})",
+                wait.as_secs(),
                 found.error_code
             );
         }
@@ -307,8 +385,8 @@ pub trait ProduceWire: Wire + Sized {
 
     fn produce(plan: &Plan, partition: u32, records: Bytes) -> Self::Request;
 
-    /// Ok when every partition of the answer was appended; else the first error.
-    fn verdict(response: Self::Response) -> Result<(), String>;
+    /// Ok when every partition of the answer was appended; else the first refusal.
+    fn verdict(response: Self::Response) -> Result<(), Refusal>;
 }
 
 impl ProduceWire for Native {
@@ -332,16 +410,20 @@ impl ProduceWire for Native {
         })
     }
 
-    fn verdict(response: Response) -> Result<(), String> {
+    fn verdict(response: Response) -> Result<(), Refusal> {
+        let refused = |status: spate::protocol::Status| Refusal {
+            retriable: status.code.is_retriable(),
+            message: status.to_string(),
+        };
         match response {
             Response::Produce(response) => response
                 .topics
                 .into_iter()
                 .flat_map(|topic| topic.partitions)
                 .find(|partition| !partition.status.is_ok())
-                .map_or(Ok(()), |partition| Err(partition.status.to_string())),
-            Response::Failed(status) => Err(status.to_string()),
-            _ => Err("an answer of the wrong kind".to_string()),
+                .map_or(Ok(()), |partition| Err(refused(partition.status))),
+            Response::Failed(status) => Err(refused(status)),
+            _ => Err(Refusal::fatal("an answer of the wrong kind".to_string())),
         }
     }
 }
@@ -368,9 +450,9 @@ impl ProduceWire for KafkaWire {
         )
     }
 
-    fn verdict(body: Bytes) -> Result<(), String> {
+    fn verdict(body: Bytes) -> Result<(), Refusal> {
         let response = ProduceResponse::decode(body, PRODUCE_VERSION)
-            .map_err(|error| format!("an undecodable produce answer: {error}"))?;
+            .map_err(|error| Refusal::fatal(format!("an undecodable produce answer: {error}")))?;
         match response
             .topics
             .into_iter()
@@ -378,14 +460,24 @@ impl ProduceWire for KafkaWire {
             .find(|partition| partition.error_code != kafka::error::NONE)
         {
             None => Ok(()),
-            Some(partition) => Err(format!(
-                "Kafka error {}{}",
-                partition.error_code,
-                partition
-                    .error_message
-                    .map(|message| format!(": {message}"))
-                    .unwrap_or_default()
-            )),
+            Some(partition) => Err(Refusal {
+                retriable: matches!(
+                    partition.error_code,
+                    kafka::error::LEADER_NOT_AVAILABLE
+                        | kafka::error::NOT_LEADER_OR_FOLLOWER
+                        | kafka::error::REQUEST_TIMED_OUT
+                        | kafka::error::NOT_ENOUGH_REPLICAS
+                        | kafka::error::NOT_ENOUGH_REPLICAS_AFTER_APPEND
+                ),
+                message: format!(
+                    "Kafka error {}{}",
+                    partition.error_code,
+                    partition
+                        .error_message
+                        .map(|message| format!(": {message}"))
+                        .unwrap_or_default()
+                ),
+            }),
         }
     }
 }

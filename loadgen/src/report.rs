@@ -31,6 +31,11 @@ pub struct Summary<'a> {
     /// e2e only: the producers' send-to-acknowledgement latency.
     pub produce_latency_us: Option<Percentiles>,
     pub errors: u64,
+    /// Batches refused for a reason that passes (a leader moved in a cluster) and sent
+    /// again to the new leader; their records count once, when acknowledged.
+    pub resent_batches: u64,
+    /// Times a consumer lost its partitions' leader and found the new one.
+    pub consumer_failovers: u64,
     /// With --spawn-broker: the most memory the broker held resident (VmHWM), read at the
     /// end of the run.
     pub broker_peak_resident_bytes: Option<u64>,
@@ -62,6 +67,8 @@ pub fn summary<'a>(
                 .produce_tally
                 .as_ref()
                 .map_or(0, |tally| tally.errors),
+        resent_batches: outcome.resent_batches,
+        consumer_failovers: outcome.consumer_failovers,
         broker_peak_resident_bytes,
         plan,
         series: &tally.series,
@@ -111,6 +118,13 @@ pub fn table(summary: &Summary) -> String {
     }
     if summary.errors > 0 {
         let _ = writeln!(out, "errors      {}", summary.errors);
+    }
+    if summary.resent_batches > 0 || summary.consumer_failovers > 0 {
+        let _ = writeln!(
+            out,
+            "failovers   {} batches sent again to a new leader, {} consumer reconnections",
+            summary.resent_batches, summary.consumer_failovers
+        );
     }
     out
 }

@@ -26,6 +26,10 @@ pub struct Shared {
     pub failed: AtomicBool,
     pub acknowledged: AtomicU64,
     pub consumed: AtomicU64,
+    /// Batches refused for a reason that passes (a leader moved) and sent again.
+    pub resent: AtomicU64,
+    /// Times a consumer found its partitions' leaders again.
+    pub consumer_failovers: AtomicU64,
 }
 
 impl Shared {
@@ -40,6 +44,8 @@ impl Shared {
             failed: AtomicBool::new(false),
             acknowledged: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+            consumer_failovers: AtomicU64::new(0),
         }
     }
 
@@ -63,6 +69,8 @@ pub struct Outcome {
     pub duration: Duration,
     pub complete: bool,
     pub failure: Option<String>,
+    pub resent_batches: u64,
+    pub consumer_failovers: u64,
 }
 
 /// A broker this run started; stopped and its data removed on drop.
@@ -340,6 +348,8 @@ pub fn run(plan: &mut Plan) -> anyhow::Result<Outcome> {
         duration,
         complete,
         failure,
+        resent_batches: shared.resent.load(Ordering::Relaxed),
+        consumer_failovers: shared.consumer_failovers.load(Ordering::Relaxed),
     })
 }
 

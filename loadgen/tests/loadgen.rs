@@ -379,3 +379,216 @@ fn the_kafka_protocol_produces_and_consumes_the_same_log_as_the_native_one() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+/// Three `spate serve` nodes on 127.0.0.1-3 (one port for all), each its own process.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    port: u16,
+    nodes: Vec<Option<std::process::Child>>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
+        // The listener and the shard's port after it, free on all three addresses.
+        let port = (0..50)
+            .find_map(|_| {
+                let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 1).ok()?;
+                (2..=3)
+                    .all(|node| {
+                        (0..2).all(|offset| {
+                            std::net::TcpListener::bind(format!("127.0.0.{node}:{}", port + offset))
+                                .is_ok()
+                        })
+                    })
+                    .then_some(port)
+            })
+            .expect("a port free on every address");
+        let voters: Vec<String> = (1..=3)
+            .map(|id| format!("{id}@127.0.0.{id}:{port}"))
+            .collect();
+        let nodes = (1..=3)
+            .map(|id| {
+                Some(
+                    Command::new(&spate)
+                        .args([
+                            "serve",
+                            "--node-id",
+                            &id.to_string(),
+                            "--cluster",
+                            &voters.join(","),
+                            "--shards",
+                            "1",
+                            "--kafka-listen",
+                            "none",
+                            "--memory-max",
+                            "256MiB",
+                        ])
+                        .arg("--data-dir")
+                        .arg(dir.path().join(format!("node{id}")))
+                        .stderr(
+                            std::fs::File::create(dir.path().join(format!("node{id}.log")))
+                                .unwrap(),
+                        )
+                        .spawn()
+                        .expect("the spate binary, built beside the load generator"),
+                )
+            })
+            .collect();
+        let cluster = Cluster {
+            _dir: dir,
+            port,
+            nodes,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let formed = spate::client::Connection::connect(&cluster.address(1), "test")
+                .and_then(|mut connection| connection.describe_cluster(&[]))
+                .is_ok_and(|described| {
+                    described.controller > 0
+                        && described.nodes.len() == 3
+                        && described.nodes.iter().all(|node| !node.fenced)
+                });
+            if formed {
+                return cluster;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the nodes form a cluster"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn address(&self, id: u64) -> String {
+        format!("127.0.0.{id}:{}", self.port)
+    }
+
+    /// The leader of each partition of `topic`, as node 1 sees it (0 for none).
+    fn leaders(&self, topic: &str) -> Vec<u64> {
+        spate::client::Connection::connect(&self.address(1), "test")
+            .and_then(|mut connection| connection.describe_cluster(&[topic]))
+            .ok()
+            .and_then(|described| described.topics.into_iter().next())
+            .map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(|partition| partition.leader.max(0) as u64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes[id as usize - 1].take() {
+            node.kill().unwrap();
+            node.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.iter_mut().flatten() {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// An e2e run against three nodes (replication factor 3, acks=all) whose bootstrap node
+/// leads a partition and is killed -9 mid-run: the producers send the refused batches
+/// again to the new leaders, the consumers find them too, and the run completes with
+/// every record acknowledged and consumed.
+#[test]
+fn a_run_follows_the_leaders_through_a_failover() {
+    let mut cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("failover.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args([
+            "e2e",
+            "--broker",
+            &cluster.address(1),
+            "--replication-factor",
+            "3",
+            "--partitions",
+            "3",
+            "--records",
+            "40000",
+            "--rate",
+            "8000",
+            "--message-size",
+            "200",
+            "--json",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the run is under way, kill a node that leads some partition (node 1, the one
+    // the run bootstrapped from, if it leads one).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let victim = loop {
+        let leaders = cluster.leaders("loadgen");
+        if leaders.len() != 3 || leaders.contains(&0) {
+            assert!(std::time::Instant::now() < deadline, "the topic is created");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        // Records acknowledged so far, over the partitions, each asked of its leader.
+        let end: Result<i64, spate::client::ClientError> = leaders
+            .iter()
+            .enumerate()
+            .map(|(partition, leader)| {
+                spate::client::Connection::connect(&cluster.address(*leader), "test").and_then(
+                    |mut connection| {
+                        connection.list_offset(
+                            "loadgen",
+                            partition as u32,
+                            spate::protocol::OFFSET_LATEST,
+                        )
+                    },
+                )
+            })
+            .sum();
+        let producing = matches!(end, Ok(end) if end > 8000);
+        if producing {
+            break if leaders.contains(&1) { 1 } else { leaders[0] };
+        }
+        if std::time::Instant::now() > deadline {
+            let mut run = run;
+            let _ = run.kill();
+            let output = run.wait_with_output().unwrap();
+            panic!(
+                "the run does not get under way (leaders {leaders:?}, {end:?} records \
+                 acknowledged): {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    cluster.kill(victim);
+    let output = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "node {victim} killed: {stderr}");
+    let report = json(&path);
+    check_schema(&report);
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(
+        report["records"].as_u64().unwrap() >= 40000,
+        "every record consumed: {report}"
+    );
+    assert!(
+        report["consumer_failovers"].as_u64().unwrap() > 0,
+        "the consumers found the new leaders: {report}"
+    );
+    eprintln!(
+        "node {victim} killed: {} batches sent again, {} consumer failovers",
+        report["resent_batches"], report["consumer_failovers"]
+    );
+}

@@ -151,6 +151,18 @@ impl<T: Send + 'static, W: Wire> Pipeline<T, W> {
     /// way, perhaps, so that fails the pipeline), and the token then comes back with the
     /// failure like every other request in flight.
     pub fn send(&mut self, request: &W::Request, token: T) -> Result<(), ClientError> {
+        self.try_send(request, token).map_err(|(error, _)| error)
+    }
+
+    /// `send`, giving the token back when the request was never taken (the pipeline had
+    /// failed): `Err((error, Some(token)))`. With `Err((error, None))` the write failed
+    /// after the request was taken, and its token comes back on `answers` with the
+    /// failure. A caller that sends a request again elsewhere (a leader moved) needs it.
+    pub fn try_send(
+        &mut self,
+        request: &W::Request,
+        token: T,
+    ) -> Result<(), (ClientError, Option<T>)> {
         let correlation_id = self.next_correlation_id;
         let (frame, expect) = self.wire.encode(request, correlation_id);
         {
@@ -159,7 +171,7 @@ impl<T: Send + 'static, W: Wire> Pipeline<T, W> {
                 state = self.slots.freed.wait(state).expect("not poisoned");
             }
             if state.1 {
-                return Err(closed());
+                return Err((closed(), Some(token)));
             }
             // Registered under the lock the reader takes to fail the pipeline, so the
             // reader either sees this request or it is never registered.
@@ -169,11 +181,13 @@ impl<T: Send + 'static, W: Wire> Pipeline<T, W> {
                 token,
                 at: Instant::now(),
             };
-            self.pending.send(sent).map_err(|_| closed())?;
+            if let Err(unsent) = self.pending.send(sent) {
+                return Err((closed(), Some(unsent.0.token)));
+            }
             state.0 += 1;
         }
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        self.write(&frame)
+        self.write(&frame).map_err(|error| (error, None))
     }
 
     /// Writes a whole frame, or fails the pipeline: after a partial write the stream holds
