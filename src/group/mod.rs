@@ -6,7 +6,9 @@
 //! - `coordinator`: membership, generations and rebalances of the groups one shard owns.
 //!
 //! A group is owned by one shard, chosen from a hash of its id (`coordinator_shard`); any
-//! shard that receives a group request forwards it there over the cross-shard channel.
+//! shard that receives a group request forwards it there over the cross-shard channel. In
+//! a cluster, the owner is the shard that leads the group's `__consumer_offsets`
+//! partition, on whichever node leads it (`server::handlers::groups`).
 
 pub mod assignor;
 pub(crate) mod coordinator;

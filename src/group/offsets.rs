@@ -9,6 +9,10 @@
 //! The log is compacted by rewriting: once it has grown past a threshold, the live
 //! entries are appended again after a roll, and the segments before them are deleted.
 //! A crash between the two leaves both copies, and replay gives the same state.
+//!
+//! In a cluster the log of offsets partition `n` is partition `n` of the replicated topic
+//! `__consumer_offsets` (`OFFSETS_TOPIC`), and commits go through its leader like an
+//! acks=all produce (`OffsetsWriter`); see `coordinator.rs`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,8 +33,9 @@ use crate::storage::{Log, LogConfig, StorageError};
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 /// How many offsets partitions there are. A group's offsets live in partition
-/// `crc32c(group) % OFFSETS_PARTITIONS`, coordinated by shard `partition % shards`, so
-/// any shard count finds them again. Changing it would lose every group's offsets.
+/// `crc32c(group) % OFFSETS_PARTITIONS`, coordinated on a broker on its own by shard
+/// `partition % shards`, so any shard count finds them again (in a cluster, by the
+/// partition's leader). Changing it would lose every group's offsets.
 pub const OFFSETS_PARTITIONS: u32 = 16;
 
 /// Segment size of an offsets log: small, so compaction frees space soon.
