@@ -50,6 +50,18 @@ def main():
     suite.ensure_tools(["iperf3"])
     suite.build()
     work = ROOT / "target" / "bench-cluster"
+    report = measure(args, work)
+    report["iperf3_mb_s"] = suite.median_of(
+        report["runs"], lambda: suite.iperf3(args, 3 if args.quick else 5))
+    suite.log(f"iperf3: {report['iperf3_mb_s']:.0f} MB/s")
+    (work / "results.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+def measure(args, work):
+    """The three-node figures: produce one node against three (ratio), e2e on three,
+    failover times. `args` needs runs, trials, duration, broker_cpu, loadgen_cpu, quick
+    (benches/suite.py passes its own)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     # One node alone writes up to about 2 GB/s, three nodes three copies of less.
@@ -63,9 +75,6 @@ def main():
     trials = 3 if args.quick else args.trials
     report = {"machine": suite.describe_machine(), "commit": suite.git_commit(),
               "runs": runs, "duration": duration}
-    report["iperf3_mb_s"] = suite.median_of(runs, lambda: suite.iperf3(args, 3 if args.quick else 5))
-    suite.log(f"iperf3: {report['iperf3_mb_s']:.0f} MB/s")
-
     produce = ["produce", "--message-size", "1024", "--batch-bytes", "65536", "--acks", "all",
                "--max-in-flight", "64", "--partitions", "3", "--duration", duration,
                "--topic-config", "flush.ms=100"]
@@ -100,8 +109,7 @@ def main():
         report["failover_ms"] = failovers(nodes, trials)
     report["failover_median_ms"] = statistics.median(report["failover_ms"])
 
-    (work / "results.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    return report
 
 
 def parse_args():

@@ -2,8 +2,11 @@
 """Spate's benchmark suite: the standard workloads against a spawned broker, with the
 physical references measured in the same run, written to docs/BENCHMARKS.md.
 
-    python3 benches/suite.py            # about 10 minutes on a 2-core host
+    python3 benches/suite.py            # about 15 minutes on a 2-core host
     python3 benches/suite.py --quick    # one short run of each, to try the script
+
+It also runs the three-node figures of benches/cluster.py (three nodes on 127.0.0.1-3
+against one alone, e2e, failover times) unless --no-cluster is given.
 
 Placement: the broker on --broker-cpu (default 0), the load generator on --loadgen-cpu
 (default 1); iperf3 runs with the same placement (`iperf3 -A LOADGEN,BROKER`: client on
@@ -75,7 +78,15 @@ def main():
     results = [{**workload, "runs": runs_of, "median": medians(runs_of)}
                for workload, runs_of in zip(listed, figures)]
 
+    cluster = None
+    if not args.no_cluster:
+        # Issue 14's three-node figures, in the same run (benches/cluster.py).
+        import cluster as cluster_bench
+        log("three nodes (benches/cluster.py)")
+        cluster = cluster_bench.measure(args, ROOT / "target" / "bench-cluster")
+
     report = {
+        "cluster": cluster,
         "date": datetime.date.today().isoformat(),
         "commit": git_commit(),
         "machine": machine,
@@ -106,6 +117,10 @@ def parse_args():
                         help="1 KiB records read by each consume run")
     parser.add_argument("--quick", action="store_true",
                         help="one short run of each workload; docs are not written")
+    parser.add_argument("--no-cluster", action="store_true",
+                        help="skip the three-node figures (benches/cluster.py)")
+    parser.add_argument("--trials", type=int, default=10,
+                        help="failover trials of the three-node figures")
     parser.add_argument("--no-write", action="store_true",
                         help="print the section instead of writing docs/BENCHMARKS.md")
     args = parser.parse_args()
@@ -430,6 +445,32 @@ def render(report):
             f"| {result['name'].removeprefix('workload ')} | {median['throughput_mb_s']:.0f} | "
             f"{shown_ratio} | {median['records_per_s']:.0f} | "
             f"{median['p50_us']:.0f} | {median['p99_us']:.0f} | {median['p999_us']:.0f} |")
+    cluster = report.get("cluster")
+    if cluster:
+        ratio = cluster["replicated_over_single"]
+        lines += [
+            "",
+            "### Three nodes (benches/cluster.py)",
+            "",
+            "Three `spate serve` nodes on 127.0.0.1, .2 and .3, one shard each, every one on the",
+            "broker's CPU (so on a host with few cores they share it, and the ratio is also what",
+            "three copies cost in CPU); produce: 3 partitions, 1 KiB records, 64 KiB batches,",
+            "acks=all, flush.ms=100, replication factor 3 with min.insync.replicas=2, against",
+            "one node alone in the same run; failover: a leader killed -9 under",
+            "`spate produce --acks all` to the next acknowledgement.",
+            "",
+            "| figure | value | target | met |",
+            "|---|---|---|---|",
+            f"| produce, one node alone | {cluster['single_mb_s']:.0f} MB/s | | |",
+            f"| produce, three nodes, replication factor 3 | {cluster['replicated_mb_s']:.0f} MB/s "
+            f"({ratio:.2f}x) | >= 0.5x one node | {'yes' if ratio >= 0.5 else '**no**'} |",
+            f"| e2e at 50 MB/s on three nodes, p50 / p99 | {cluster['e2e_p50_us']:.0f} / "
+            f"{cluster['e2e_p99_us']:.0f} us | | |",
+            f"| failover, median of {len(cluster['failover_ms'])} (min-max) | "
+            f"{cluster['failover_median_ms']:.0f} ms ({min(cluster['failover_ms']):.0f}-"
+            f"{max(cluster['failover_ms']):.0f}) | < 2000 ms (aim 500) | "
+            f"{'yes' if cluster['failover_median_ms'] < 2000 else '**no**'} |",
+        ]
     errors = sum(run["errors"] for result in report["results"] for run in result["runs"])
     lines += ["", f"Errors reported by the load generator over all runs: {errors}.", "", END]
     return "\n".join(lines)
