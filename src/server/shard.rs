@@ -1210,7 +1210,16 @@ impl Shard {
         *self.metadata.borrow_mut() = metadata;
         if !deleted.is_empty() {
             let names: Vec<String> = deleted.iter().map(|topic| topic.name.clone()).collect();
-            self.groups.topics_deleted(&names).await;
+            if self.view.borrow().clustered() {
+                // Their tombstones go through the replicated offsets partitions, and an
+                // acks=all append may wait for an ISR change that only this path (shard
+                // 0's `reconcile`) applies: written beside it, not awaited. Each offsets
+                // log's exclusive turn still orders them before any later commit.
+                let groups = self.groups.clone();
+                glommio::spawn_local(async move { groups.topics_deleted(&names).await }).detach();
+            } else {
+                self.groups.topics_deleted(&names).await;
+            }
         }
         self.drop_partitions(&Span::whole(&deleted)).await;
     }
