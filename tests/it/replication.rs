@@ -1362,3 +1362,80 @@ fn an_isr_that_shrinks_under_a_waiting_produce_answers_not_enough_after_append()
         .unwrap();
     assert!(again.status.is_ok(), "{}", again.status);
 }
+
+/// A topic is deleted right after a follower of a group's offsets partition is killed -9
+/// (still in the ISR as the coordinator sees it). The coordinator's node writes the
+/// deleted topic's offset tombstones through that partition, whose acks=all append waits
+/// for the ISR to shrink; the node must go on applying cluster changes meanwhile (the ISR
+/// change among them), so the tombstones are written, the group's offsets for the topic
+/// are gone, and a topic created next through that node is answered.
+#[test]
+fn a_deletion_under_a_lost_offsets_follower_does_not_stall_the_coordinators_node() {
+    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
+    use spate::protocol::{OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic};
+    let mut nodes = Nodes::start();
+    nodes.create_topic(1, "doomed", 1, 3);
+    nodes
+        .connect(1)
+        .unwrap()
+        .fetch_offsets("keeper", Vec::new())
+        .unwrap();
+    let offsets = wait_for(Duration::from_secs(10), || {
+        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
+        offsets
+            .iter()
+            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+            .then_some(offsets)
+    })
+    .expect("the offsets topic is led with its whole ISR");
+    let (coordinator, _, isr) = offsets[offsets_partition("keeper") as usize].clone();
+    let coordinator = coordinator as u64;
+    let committed = nodes
+        .connect(coordinator)
+        .unwrap()
+        .commit_offsets(OffsetCommitRequest {
+            group_id: "keeper".into(),
+            generation: -1,
+            member_id: String::new(),
+            topics: vec![OffsetCommitTopic {
+                name: "doomed".into(),
+                partitions: vec![OffsetCommitPartition {
+                    partition: 0,
+                    offset: 7,
+                    metadata: String::new(),
+                }],
+            }],
+        })
+        .unwrap();
+    assert!(committed[0].partitions[0].status.is_ok(), "{committed:?}");
+    let follower = *isr.iter().find(|id| **id != coordinator).unwrap();
+    nodes.kill(follower);
+    let deleted = nodes
+        .connect(coordinator)
+        .unwrap()
+        .delete_topic("doomed")
+        .unwrap();
+    assert!(deleted.status.is_ok(), "{}", deleted.status);
+    let created = nodes
+        .connect(coordinator)
+        .unwrap()
+        .create_replicated_topic("after-deletion", 1, 2, &[])
+        .unwrap();
+    assert!(
+        created.status.is_ok(),
+        "the coordinator's node still applies cluster changes: {}\n{}",
+        created.status,
+        nodes.log(coordinator)
+    );
+    let gone = wait_for(Duration::from_secs(15), || {
+        let left = nodes
+            .connect(coordinator)
+            .ok()?
+            .fetch_offsets("keeper", Vec::new())
+            .ok()?;
+        left.iter()
+            .all(|topic| topic.name != "doomed")
+            .then_some(())
+    });
+    assert!(gone.is_some(), "the deleted topic's offsets are dropped");
+}
