@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use spate::client::{ClientError, Connection};
+use spate::client::{ClientError, Connection, ShardRouter};
 use spate::protocol::{
     ErrorCode, GENERATION_NONE, OFFSET_EARLIEST, OFFSET_LATEST, OffsetCommitPartition,
     OffsetCommitRequest, OffsetCommitTopic,
@@ -37,6 +37,35 @@ pub fn list(broker: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Partitions' offsets, each asked of the shard that leads the partition (in a cluster,
+/// only its leader node answers), one router per topic.
+struct Leaders<'a> {
+    broker: &'a str,
+    routers: BTreeMap<String, ShardRouter>,
+}
+
+impl Leaders<'_> {
+    fn new(broker: &str) -> Leaders<'_> {
+        Leaders {
+            broker,
+            routers: BTreeMap::new(),
+        }
+    }
+
+    fn offset(&mut self, topic: &str, partition: u32, at: i64) -> Result<i64, String> {
+        if !self.routers.contains_key(topic) {
+            let router =
+                ShardRouter::new(connect(self.broker)?, topic, "spate-cli").map_err(describe)?;
+            self.routers.insert(topic.to_string(), router);
+        }
+        let router = self.routers.get_mut(topic).expect("inserted");
+        router
+            .connection_for(partition)
+            .and_then(|leader| leader.list_offset(topic, partition, at))
+            .map_err(describe)
+    }
 }
 
 /// Partitions of `topic`, or an error naming it.
@@ -96,6 +125,7 @@ pub fn describe_group(broker: &str, group: &str) -> Result<(), String> {
         "{:<24} {:>9} {:>14} {:>14} {:>8}  {:<40} CLIENT-ID",
         "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"
     );
+    let mut leaders = Leaders::new(broker);
     for topic in topics {
         let count = match partition_count(&mut connection, &topic) {
             Ok(count) => count,
@@ -106,15 +136,18 @@ pub fn describe_group(broker: &str, group: &str) -> Result<(), String> {
         };
         for partition in 0..count {
             let key = (topic.clone(), partition);
-            let end = connection
-                .list_offset(&topic, partition, OFFSET_LATEST)
-                .map_err(describe)?;
+            // A partition without a leader now (a failover under way) shows no end.
+            let end = leaders.offset(&topic, partition, OFFSET_LATEST).ok();
             let current = offsets.get(&key).copied().filter(|&offset| offset >= 0);
             let (member, client) = owners.get(&key).copied().unwrap_or(("-", "-"));
-            let (current_text, lag_text) = match current {
-                Some(offset) => (offset.to_string(), (end - offset).max(0).to_string()),
-                None => ("-".to_string(), "-".to_string()),
+            let (current_text, lag_text) = match (current, end) {
+                (Some(offset), Some(end)) => {
+                    (offset.to_string(), (end - offset).max(0).to_string())
+                }
+                (Some(offset), None) => (offset.to_string(), "-".to_string()),
+                (None, _) => ("-".to_string(), "-".to_string()),
             };
+            let end = end.map_or("-".to_string(), |end| end.to_string());
             println!(
                 "{topic:<24} {partition:>9} {current_text:>14} {end:>14} {lag_text:>8}  {member:<40} {client}"
             );
@@ -133,13 +166,10 @@ pub fn reset_offsets(
     let mut connection = connect(broker)?;
     let count = partition_count(&mut connection, topic)?;
     let mut partitions = Vec::new();
+    let mut leaders = Leaders::new(broker);
     for partition in 0..count {
-        let start = connection
-            .list_offset(topic, partition, OFFSET_EARLIEST)
-            .map_err(describe)?;
-        let end = connection
-            .list_offset(topic, partition, OFFSET_LATEST)
-            .map_err(describe)?;
+        let start = leaders.offset(topic, partition, OFFSET_EARLIEST)?;
+        let end = leaders.offset(topic, partition, OFFSET_LATEST)?;
         let offset = match to {
             ResetTo::Earliest => start,
             ResetTo::Latest => end,

@@ -1093,6 +1093,34 @@ fn group_offsets_move_with_their_coordinator() {
         .flat_map(|topic| topic.partitions.iter().map(|partition| partition.offset))
         .sum();
     assert_eq!(total, 150, "{committed:?}");
+    // `spate group describe` through a node that leads only some partitions asks each
+    // partition's end of its leader: every row has its lag.
+    let described = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args([
+            "group",
+            "describe",
+            "resumers",
+            "--broker",
+            &nodes.address(survivor),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&described.stderr)
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("grouped"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[2], columns[3], "committed at the end: {row}");
+        assert_eq!(columns[4], "0", "no lag: {row}");
+    }
 
     // The old coordinator returns, catches up, and holds the same commits.
     nodes.spawn(coordinator);
