@@ -124,7 +124,6 @@ fn read(
             let answer = fetcher
                 .fetch(&plan.topic, &asked)
                 .with_context(|| format!("fetching from {owner}"))?;
-            *lost_since = None;
             let received = Instant::now();
             for (partition, records) in answer {
                 let offset = offsets
@@ -139,6 +138,8 @@ fn read(
                 shared.consumed.fetch_add(records, Ordering::Relaxed);
             }
         }
+        // A whole round answered: every owner is reached again.
+        *lost_since = None;
     }
     Ok(())
 }

@@ -307,6 +307,13 @@ impl<W: ProduceWire> Outbox<'_, W> {
             .map(|sent| sent.first_sent)
             .min()
             .expect("some");
+        if oldest.elapsed() > DELIVERY_TIMEOUT {
+            self.shared.fail();
+            bail!(
+                "a batch was not acknowledged within {} s of its first sending",
+                DELIVERY_TIMEOUT.as_secs()
+            );
+        }
         loop {
             std::thread::sleep(RETRY_PAUSE);
             match self.layout.relearn(self.plan) {

@@ -26,9 +26,29 @@ fn group_error(group: &str, error: ClientError) -> String {
     }
 }
 
+/// Every group: on a broker on its own, its shards' groups; in a cluster, each node lists
+/// the groups it coordinates, so every live node is asked (as Kafka's admin client asks
+/// every broker).
 pub fn list(broker: &str) -> Result<(), String> {
     let mut connection = connect(broker)?;
-    let groups = connection.list_groups().map_err(describe)?;
+    let mut groups = connection.list_groups().map_err(describe)?;
+    let cluster = connection.describe_cluster(&[]).map_err(describe)?;
+    if cluster.clustered {
+        for node in cluster
+            .nodes
+            .iter()
+            .filter(|node| node.id != cluster.node_id && !node.fenced)
+        {
+            let listed =
+                connect(&node.address).and_then(|mut other| other.list_groups().map_err(describe));
+            match listed {
+                Ok(listed) => groups.extend(listed),
+                Err(error) => eprintln!("node {} ({}): {error}", node.id, node.address),
+            }
+        }
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        groups.dedup_by(|a, b| a.group_id == b.group_id);
+    }
     println!("{:<32} {:<20} MEMBERS", "GROUP", "STATE");
     for group in groups {
         println!(

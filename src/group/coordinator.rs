@@ -400,19 +400,60 @@ impl Coordinator {
                 return;
             }
         };
-        let mut groups = self.groups.borrow_mut();
+        let store = Rc::new(store);
         let count = loaded.len();
-        for (id, mut offsets) in loaded {
-            offsets.retain(|(topic, partition), _| exists(topic, *partition));
-            groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+        let mut stale = Vec::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            for (id, mut offsets) in loaded {
+                offsets.retain(|(topic, partition), _| {
+                    let kept = exists(topic, *partition);
+                    if !kept {
+                        stale.push(Entry::OffsetDeleted {
+                            group: id.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        });
+                    }
+                    kept
+                });
+                groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+            }
+            groups.retain(|_, group| !group.is_dead());
         }
-        groups.retain(|_, group| !group.is_dead());
-        self.stores.borrow_mut().insert(partition, Rc::new(store));
+        self.stores.borrow_mut().insert(partition, store.clone());
         tracing::info!(
             partition,
             groups = count,
             "coordinating the groups of an offsets partition"
         );
+        if !stale.is_empty() {
+            // Offsets of deleted topics whose tombstones were not written (the deletion
+            // came while this partition had no leader, or their write failed): written
+            // now, beside the view change this runs in (an acks=all append waits for the
+            // followers), so a topic created again under the name never reads them.
+            glommio::spawn_local(async move {
+                let turn = store.exclusive_turn().await;
+                match store.append(&turn, &stale).await {
+                    Ok(()) => tracing::info!(
+                        partition,
+                        offsets = stale.len(),
+                        "dropped the committed offsets of deleted topics"
+                    ),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        partition,
+                        "recording the offsets of deleted topics failed; they are dropped again at the next load"
+                    ),
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// In a cluster: whether offsets partition `partition` is loaded here.
+    pub fn is_loaded(&self, partition: u32) -> bool {
+        self.stores.borrow().contains_key(&partition)
     }
 
     /// In a cluster: this node no longer leads offsets partition `partition`. Its groups
@@ -1294,7 +1335,15 @@ impl Coordinator {
             return Ok(Response::OffsetCommit(statuses));
         }
         let written = store.append(&turn, &entries).await;
+        // In a cluster the partition may have moved while the commit was replicated: it
+        // is in the log the new coordinator replays, and not for this shard to apply.
+        let still_here = self
+            .stores
+            .borrow()
+            .get(&partition_of_group)
+            .is_some_and(|current| Rc::ptr_eq(current, &store));
         match written {
+            Ok(()) if !still_here => return Ok(Response::OffsetCommit(statuses)),
             Ok(()) => {
                 let mut groups = self.groups.borrow_mut();
                 let group = groups

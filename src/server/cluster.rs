@@ -221,10 +221,13 @@ impl Shard {
     ) -> Vec<TopicStatus> {
         let mut statuses = Vec::with_capacity(requests.len());
         for request in requests {
-            let checked = self
-                .metadata
-                .borrow()
-                .check_new_partitions(&request.name, request.count);
+            let checked = if request.name == OFFSETS_TOPIC {
+                Err(internal_topic())
+            } else {
+                self.metadata
+                    .borrow()
+                    .check_new_partitions(&request.name, request.count)
+            };
             let status = match checked {
                 Err(status) => status,
                 Ok(_) => match self
@@ -350,8 +353,24 @@ impl Shard {
         if self.view.borrow().partition(OFFSETS_TOPIC, 0).is_some() {
             return Ok(());
         }
+        // As many copies as Kafka's default asks, or every node of a smaller cluster: not
+        // fewer because only some nodes have registered yet (the factor is kept for good).
+        let voters = self
+            .config
+            .cluster
+            .as_ref()
+            .map_or(1, |cluster| cluster.voters.len());
+        let wanted = voters.clamp(1, OFFSETS_REPLICATION_FACTOR);
         let live = self.view.borrow().live_brokers().count();
-        let replication_factor = live.clamp(1, OFFSETS_REPLICATION_FACTOR) as u16;
+        if live < wanted {
+            return Err(Status::error(
+                ErrorCode::NotCoordinator,
+                format!(
+                    "{OFFSETS_TOPIC} is created with {wanted} replicas once as many nodes are up ({live} are)"
+                ),
+            ));
+        }
+        let replication_factor = wanted as u16;
         let created = self
             .propose(Command::CreateTopic {
                 name: OFFSETS_TOPIC.to_string(),

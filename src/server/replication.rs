@@ -272,13 +272,21 @@ impl Shard {
                 if replica.led_epoch.get() != Some(state.leader_epoch) {
                     self.take_leadership(&topic, partition, &replica, &log, state.leader_epoch)
                         .await;
-                    // The groups of an offsets partition are coordinated by its leader.
-                    if offsets && replica.led_epoch.get() == Some(state.leader_epoch) {
-                        let exists = |topic: &str, partition: u32| {
-                            topic != OFFSETS_TOPIC && view.partition(topic, partition).is_some()
-                        };
-                        self.groups.load(partition, log.clone(), exists).await;
+                    if offsets {
+                        // A new epoch: whatever was loaded is replayed again.
+                        self.groups.unload(partition);
                     }
+                }
+                // The groups of an offsets partition are coordinated by its leader (loaded
+                // again at the next view change if a load failed).
+                if offsets
+                    && replica.led_epoch.get() == Some(state.leader_epoch)
+                    && !self.groups.is_loaded(partition)
+                {
+                    let exists = |topic: &str, partition: u32| {
+                        topic != OFFSETS_TOPIC && view.partition(topic, partition).is_some()
+                    };
+                    self.groups.load(partition, log.clone(), exists).await;
                 }
                 self.advance_high_watermark(&topic, partition, &replica, &log);
             } else if state.leader == Some(node) {
@@ -952,7 +960,13 @@ impl Shard {
             start,
             "the leader's log starts past this copy's end: starting over there"
         );
-        self.logs.borrow_mut().remove(&key);
+        // The epochs first: a crash after this and before the log is emptied starts over
+        // again; the other order could leave epochs above an emptied log.
+        if replica.epochs.borrow_mut().truncate(i64::MIN) {
+            let saved = replica.epochs.borrow().save();
+            saved.await?;
+        }
+        // The map keeps the (closed) log meanwhile, so a view change sees the partition.
         let _ = log.close().await;
         let reopened = async {
             Log::start_empty_at(&dir, start).await?;
@@ -966,10 +980,18 @@ impl Shard {
                 return Err(storage(error));
             }
         };
-        self.logs.borrow_mut().insert(key, fresh);
-        if replica.epochs.borrow_mut().truncate(i64::MIN) {
-            let saved = replica.epochs.borrow().save();
-            saved.await?;
+        let replaced = match self.logs.borrow_mut().get_mut(&key) {
+            Some(entry) => {
+                *entry = fresh.clone();
+                true
+            }
+            None => false,
+        };
+        if !replaced {
+            // The topic was deleted meanwhile: its directory goes again.
+            let _ = fresh.close().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(());
         }
         replica.high_watermark.set(start);
         replica.leader_log_start.set(start);

@@ -475,6 +475,20 @@ impl Shard {
         records: Bytes,
         acks: Acks,
     ) -> ProducePartitionResponse {
+        if topic == crate::group::offsets::OFFSETS_TOPIC && self.view.borrow().clustered() {
+            // Written by the group coordinators only: what a client wrote there would be
+            // replayed as committed offsets.
+            return produce_failed(
+                partition,
+                Status::error(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "{} is the cluster's internal topic of committed offsets: commit offsets through a consumer group instead",
+                        crate::group::offsets::OFFSETS_TOPIC
+                    ),
+                ),
+            );
+        }
         let answer = match self.owner(topic, partition) {
             Ok(owner) if owner == self.id => {
                 return self.produce_local(topic, partition, records, acks).await;

@@ -1063,6 +1063,40 @@ fn group_offsets_move_with_their_coordinator() {
     let (coordinator, _, isr) = offsets[offsets_partition("resumers") as usize].clone();
     assert_eq!(isr.len(), 3, "every node holds the group's offsets");
     let coordinator = coordinator as u64;
+    // The internal topic is the coordinators' alone: no client produce, no new
+    // partitions, no deletion, no second creation.
+    let mut admin = nodes.connect(coordinator).unwrap();
+    let mut builder = spate::record::BatchBuilder::new();
+    builder.push(0, Some(b"forged"), Some(b"offset"), &[]);
+    let forged = admin
+        .produce(
+            OFFSETS_TOPIC,
+            offsets_partition("resumers"),
+            builder.build(0),
+            Acks::All,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        forged.status.code,
+        spate::protocol::ErrorCode::InvalidRequest,
+        "{}",
+        forged.status
+    );
+    for refused in [
+        admin.create_partitions(OFFSETS_TOPIC, 20).unwrap(),
+        admin.delete_topic(OFFSETS_TOPIC).unwrap(),
+        admin
+            .create_replicated_topic(OFFSETS_TOPIC, 16, 3, &[])
+            .unwrap(),
+    ] {
+        assert_eq!(
+            refused.status.code,
+            spate::protocol::ErrorCode::InvalidRequest,
+            "{}",
+            refused.status
+        );
+    }
     // Consumers talk to another node, which forwards their group requests.
     let survivor = (1..=3).find(|id| *id != coordinator).unwrap();
     produce(&nodes, survivor, 0, 100);
@@ -1120,6 +1154,19 @@ fn group_offsets_move_with_their_coordinator() {
         let columns: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(columns[2], columns[3], "committed at the end: {row}");
         assert_eq!(columns[4], "0", "no lag: {row}");
+    }
+    // `spate group list` asks every live node (each lists the groups it coordinates).
+    for via in (1..=3).filter(|id| *id != coordinator) {
+        let listed = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["group", "list", "--broker", &nodes.address(via)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            text.lines().any(|line| line.starts_with("resumers ")),
+            "listed through node {via}: {text}{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
     }
 
     // The old coordinator returns, catches up, and holds the same commits.
