@@ -388,7 +388,15 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Starts again on other ports when a node found its port taken (by a test running
+    /// alongside) and exited.
     fn start() -> Cluster {
+        (0..5)
+            .find_map(|_| Cluster::try_start())
+            .expect("the three nodes get free ports")
+    }
+
+    fn try_start() -> Option<Cluster> {
         let dir = tempfile::tempdir().unwrap();
         let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
         // The listener and the shard's port after it, free on all three addresses.
@@ -436,13 +444,21 @@ impl Cluster {
                 )
             })
             .collect();
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             _dir: dir,
             port,
             nodes,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
+            let exited = cluster
+                .nodes
+                .iter_mut()
+                .flatten()
+                .any(|node| node.try_wait().ok().flatten().is_some());
+            if exited {
+                return None;
+            }
             let formed = spate::client::Connection::connect(&cluster.address(1), "test")
                 .and_then(|mut connection| connection.describe_cluster(&[]))
                 .is_ok_and(|described| {
@@ -451,7 +467,7 @@ impl Cluster {
                         && described.nodes.iter().all(|node| !node.fenced)
                 });
             if formed {
-                return cluster;
+                return Some(cluster);
             }
             assert!(
                 std::time::Instant::now() < deadline,

@@ -36,6 +36,17 @@ impl Nodes {
     /// As `start`, with node `from` reaching node `to` at `route(from, to, to's address)`
     /// (a fault proxy, say) for the cluster's messages and replication.
     pub fn start_routed(mut route: impl FnMut(u64, u64, String) -> String) -> Nodes {
+        // A port found free may be taken by another test before a node binds it: then the
+        // node exits at once, and the cluster starts again on another port.
+        for _ in 0..5 {
+            if let Some(nodes) = Nodes::try_start(&mut route) {
+                return nodes;
+            }
+        }
+        panic!("the three nodes never got free ports");
+    }
+
+    fn try_start(route: &mut impl FnMut(u64, u64, String) -> String) -> Option<Nodes> {
         let dir = tempfile::tempdir().unwrap();
         // The native port, a port per shard, then the Kafka port and one per shard, free
         // on every node's address.
@@ -63,14 +74,32 @@ impl Nodes {
             nodes.spawn(id);
         }
         let formed = wait_for(Duration::from_secs(30), || {
+            if nodes.port_taken() {
+                return Some(false);
+            }
             let cluster = nodes.describe(1, &[]).ok()?;
             (cluster.controller > 0
                 && cluster.nodes.len() == 3
                 && cluster.nodes.iter().all(|node| !node.fenced))
-            .then_some(())
+            .then_some(true)
         });
-        assert!(formed.is_some(), "the three nodes form a cluster");
-        nodes
+        match formed {
+            Some(true) => Some(nodes),
+            Some(false) => None,
+            None => panic!("the three nodes form a cluster"),
+        }
+    }
+
+    /// Whether a node exited because its port was taken meanwhile.
+    fn port_taken(&mut self) -> bool {
+        let exited: Vec<u64> = self
+            .children
+            .iter_mut()
+            .filter_map(|(id, child)| child.try_wait().ok().flatten().map(|_| *id))
+            .collect();
+        exited
+            .iter()
+            .any(|id| self.log(*id).contains("Address already in use"))
     }
 
     pub fn address(&self, id: u64) -> String {
