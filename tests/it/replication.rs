@@ -1590,7 +1590,7 @@ fn an_active_group_member_rides_through_its_coordinators_death() {
     config.heartbeat_interval = Duration::from_millis(300);
     let mut consumer = GroupConsumer::new(&nodes.address(via), config).unwrap();
     let mut seen: Vec<String> = Vec::new();
-    let mut read_until = |consumer: &mut GroupConsumer, seen: &mut Vec<String>, want: usize| {
+    let read_until = |consumer: &mut GroupConsumer, seen: &mut Vec<String>, want: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             for record in consumer.poll(Duration::from_millis(100)).unwrap() {
