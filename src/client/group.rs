@@ -106,11 +106,46 @@ struct Membership {
 struct Shared {
     state: Mutex<Membership>,
     changed: Condvar,
+    /// Where group requests may go: the bootstrap address first, then every shard the
+    /// topics' metadata named. Any broker of a cluster forwards a group request to its
+    /// group's coordinator, so when the bootstrap node goes away another takes its place.
+    addresses: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// A connection to the first address that answers, in order.
+    fn connect_any(
+        &self,
+        client_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Connection, ClientError> {
+        let addresses = self.addresses.lock().expect("not poisoned").clone();
+        let mut last = ClientError::Unexpected;
+        for address in addresses {
+            let connected = match timeout {
+                Some(timeout) => Connection::connect_with_timeout(&address, client_id, timeout),
+                None => Connection::connect(&address, client_id),
+            };
+            match connected {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
+    }
+
+    fn learn(&self, more: impl IntoIterator<Item = String>) {
+        let mut addresses = self.addresses.lock().expect("not poisoned");
+        for address in more {
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+    }
 }
 
 pub struct GroupConsumer {
     config: GroupConsumerConfig,
-    bootstrap: String,
     coordinator: Connection,
     routers: HashMap<String, ShardRouter>,
     shared: Arc<Shared>,
@@ -143,19 +178,18 @@ impl GroupConsumer {
         let shared = Arc::new(Shared {
             state: Mutex::new(Membership::default()),
             changed: Condvar::new(),
+            addresses: Mutex::new(vec![address.to_string()]),
         });
         let heartbeat = {
             let shared = shared.clone();
-            let address = address.to_string();
             let config = config.clone();
             std::thread::Builder::new()
                 .name("spate-heartbeat".into())
-                .spawn(move || heartbeat_loop(&address, &config, &shared))
+                .spawn(move || heartbeat_loop(&config, &shared))
                 .map_err(ClientError::Io)?
         };
         Ok(GroupConsumer {
             config,
-            bootstrap: address.to_string(),
             coordinator,
             routers: HashMap::new(),
             shared,
@@ -258,7 +292,7 @@ impl GroupConsumer {
     /// moved while it was cut off, and it reads them from the committed offsets.
     fn reconnect(&mut self) -> Result<(), ClientError> {
         self.routers.clear();
-        self.coordinator = Connection::connect(&self.bootstrap, &self.config.client_id)?;
+        self.coordinator = self.shared.connect_any(&self.config.client_id, None)?;
         let mut state = self.shared.state.lock().expect("not poisoned");
         state.rejoin.get_or_insert(ErrorCode::RebalanceInProgress);
         Ok(())
@@ -501,8 +535,9 @@ impl GroupConsumer {
 
     fn router(&mut self, topic: &str) -> Result<&mut ShardRouter, ClientError> {
         if !self.routers.contains_key(topic) {
-            let bootstrap = Connection::connect(&self.bootstrap, &self.config.client_id)?;
+            let bootstrap = self.shared.connect_any(&self.config.client_id, None)?;
             let router = ShardRouter::new(bootstrap, topic, &self.config.client_id)?;
+            self.shared.learn(router.shard_addresses());
             self.routers.insert(topic.to_string(), router);
         }
         Ok(self.routers.get_mut(topic).expect("inserted above"))
@@ -650,7 +685,7 @@ impl Drop for GroupConsumer {
 /// generation is over tells the consumer to rejoin; until it has, heartbeats go on (one
 /// per interval) so the member is not expired while it finishes its work, up to the
 /// rebalance timeout.
-fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) {
+fn heartbeat_loop(config: &GroupConsumerConfig, shared: &Shared) {
     let interval_ms = config
         .heartbeat_interval
         .as_millis()
@@ -680,7 +715,7 @@ fn heartbeat_loop(address: &str, config: &GroupConsumerConfig, shared: &Shared) 
             )
         };
         if connection.is_none() {
-            match Connection::connect_with_timeout(address, &config.client_id, timeout) {
+            match shared.connect_any(&config.client_id, Some(timeout)) {
                 Ok(connected) => connection = Some(connected),
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(200));

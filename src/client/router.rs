@@ -110,6 +110,13 @@ impl ShardRouter {
         self.addresses.get(&shard).map(String::as_str)
     }
 
+    /// Every shard's address that metadata named (in a cluster, every live node's).
+    pub fn shard_addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = self.addresses.values().cloned().collect();
+        addresses.sort();
+        addresses
+    }
+
     /// The shard that owns `partition`.
     pub fn owner(&self, partition: u32) -> Option<u16> {
         self.owners.get(partition as usize).copied()

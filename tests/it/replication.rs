@@ -1084,10 +1084,16 @@ fn group_offsets_move_with_their_coordinator() {
         .fetch_offsets("resumers", Vec::new())
         .unwrap();
     assert!(none.is_empty(), "{none:?}");
-    // The coordinator: the leader of the group's offsets partition.
-    let offsets = nodes
-        .partitions(1, OFFSETS_TOPIC)
-        .expect("the offsets topic exists");
+    // The coordinator: the leader of the group's offsets partition (every shard of node 1
+    // knows the topic soon after the one that answered).
+    let offsets = wait_for(Duration::from_secs(10), || {
+        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
+        offsets
+            .iter()
+            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+            .then_some(offsets)
+    })
+    .expect("the offsets topic is led with its whole ISR");
     assert_eq!(offsets.len(), 16);
     let (coordinator, _, isr) = offsets[offsets_partition("resumers") as usize].clone();
     assert_eq!(isr.len(), 3, "every node holds the group's offsets");
@@ -1636,4 +1642,66 @@ fn an_active_group_member_rides_through_its_coordinators_death() {
     eprintln!(
         "coordinator node {coordinator} killed under an active member: {again} records read twice"
     );
+}
+
+/// A Spate group member whose bootstrap node dies goes on through the other nodes it
+/// learnt from metadata: group requests go to any of them (each forwards to the
+/// coordinator) and fetches to the partitions' new leaders.
+#[test]
+fn a_group_member_outlives_its_bootstrap_node() {
+    use spate::client::{GroupConsumer, GroupConsumerConfig, OffsetReset};
+    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
+    let mut nodes = Nodes::start();
+    nodes.create_topic(1, "outliving", 2, 3);
+    nodes
+        .connect(1)
+        .unwrap()
+        .fetch_offsets("outlivers", Vec::new())
+        .unwrap();
+    let offsets = wait_for(Duration::from_secs(10), || {
+        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
+        offsets
+            .iter()
+            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+            .then_some(offsets)
+    })
+    .expect("the offsets topic is led with its whole ISR");
+    let coordinator = offsets[offsets_partition("outlivers") as usize].0 as u64;
+    let bootstrap = (1..=3).find(|id| *id != coordinator).unwrap();
+    let producing = (1..=3).find(|id| *id != bootstrap).unwrap();
+    let produce = |nodes: &Nodes, from: usize, count: usize| {
+        let mut producer = Producer::new(
+            nodes.connect(producing).unwrap(),
+            "outliving",
+            ProducerConfig::default(),
+        )
+        .unwrap();
+        for index in from..from + count {
+            producer
+                .send(None, None, format!("o{index}").as_bytes())
+                .unwrap();
+        }
+        producer.flush().unwrap();
+    };
+    let mut config = GroupConsumerConfig::new("outlivers", &["outliving"]);
+    config.auto_offset_reset = OffsetReset::Earliest;
+    config.auto_commit_interval = Some(Duration::from_millis(200));
+    config.heartbeat_interval = Duration::from_millis(300);
+    let mut consumer = GroupConsumer::new(&nodes.address(bootstrap), config).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut read_until = |consumer: &mut GroupConsumer, want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < want {
+            assert!(Instant::now() < deadline, "read {} of {want}", seen.len());
+            for record in consumer.poll(Duration::from_millis(100)).unwrap() {
+                seen.insert(String::from_utf8(record.record.value.unwrap().to_vec()).unwrap());
+            }
+        }
+    };
+    produce(&nodes, 0, 100);
+    read_until(&mut consumer, 100);
+    nodes.kill(bootstrap);
+    produce(&nodes, 100, 100);
+    read_until(&mut consumer, 200);
+    drop(consumer);
 }
