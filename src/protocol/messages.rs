@@ -651,7 +651,7 @@ pub struct ReplicaFetchPartition {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaFetchPartitionResponse<R = Bytes> {
+pub struct ReplicaFetchPartitionResponse {
     pub topic: String,
     pub partition: u32,
     pub status: Status,
@@ -662,9 +662,7 @@ pub struct ReplicaFetchPartitionResponse<R = Bytes> {
     /// the follower truncates there and fetches again. -1 and -1 when the logs agree.
     pub diverging_epoch: i32,
     pub diverging_end_offset: i64,
-    /// Whole batches from `fetch_offset`; the leader sends them from where they are (its
-    /// tail cache, a disk read) with no copy into the frame (`replica_fetch_pieces`).
-    pub records: R,
+    pub records: Bytes,
 }
 
 impl ReplicaFetchRequest {
@@ -699,9 +697,8 @@ impl ReplicaFetchRequest {
     }
 }
 
-impl<R: Payload> ReplicaFetchPartitionResponse<R> {
-    /// Everything up to the records' length prefix included.
-    fn encode_head(&self, out: &mut BytesMut) {
+impl ReplicaFetchPartitionResponse {
+    fn encode(&self, out: &mut BytesMut) {
         put_string(out, &self.topic);
         out.put_u32(self.partition);
         put_status(out, &self.status);
@@ -709,47 +706,7 @@ impl<R: Payload> ReplicaFetchPartitionResponse<R> {
         out.put_i64(self.log_start_offset);
         out.put_i32(self.diverging_epoch);
         out.put_i64(self.diverging_end_offset);
-        out.put_u32(u32::try_from(self.records.payload_len()).expect("records fit in a frame"));
-    }
-}
-
-/// A ReplicaFetch answer as pieces, as `FetchResponse::into_pieces` does for a consumer's:
-/// the records go out from where they are, with no copy into the frame.
-pub fn replica_fetch_pieces<R: Payload>(
-    partitions: Vec<ReplicaFetchPartitionResponse<R>>,
-    correlation_id: u32,
-) -> Vec<Piece<R>> {
-    let mut pieces = Vec::new();
-    let mut out = BytesMut::new();
-    out.put_u32(0); // length, patched below
-    out.put_u32(correlation_id);
-    put_status(&mut out, &Status::ok());
-    put_count(&mut out, partitions.len());
-    let mut total = 0usize;
-    for partition in partitions {
-        partition.encode_head(&mut out);
-        if partition.records.payload_len() > 0 {
-            total += out.len() + partition.records.payload_len();
-            pieces.push(Piece::Encoded(out.split().freeze()));
-            pieces.push(Piece::Payload(partition.records));
-        }
-    }
-    total += out.len();
-    pieces.push(Piece::Encoded(out.freeze()));
-    let length = u32::try_from(total - 4).expect("frame fits in u32");
-    let Piece::Encoded(first) = &mut pieces[0] else {
-        unreachable!("the header comes first")
-    };
-    let mut patched = BytesMut::from(&first[..]);
-    patched[..4].copy_from_slice(&length.to_be_bytes());
-    *first = patched.freeze();
-    pieces
-}
-
-impl ReplicaFetchPartitionResponse {
-    fn encode(&self, out: &mut BytesMut) {
-        self.encode_head(out);
-        out.put_slice(&self.records);
+        put_blob(out, &self.records);
     }
 
     fn decode(reader: &mut Reader) -> Result<ReplicaFetchPartitionResponse, ProtocolError> {

@@ -25,15 +25,15 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use super::shard::{FetchPayload, Shard, ShardMessage, WaitFor};
+use super::shard::{Shard, ShardMessage, WaitFor};
 use crate::broker::metadata::{partition_dir, shard_for};
 use crate::cluster::{Command, NodeId};
 use crate::group::offsets::OFFSETS_TOPIC;
 use crate::protocol::{
-    ErrorCode, Payload, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
-    Request, Response, Status, quoted,
+    ErrorCode, ReplicaFetchPartition, ReplicaFetchPartitionResponse, ReplicaFetchRequest, Request,
+    Response, Status, quoted,
 };
 use crate::record::BatchHeader;
 use crate::semaphore::FifoSemaphore;
@@ -467,7 +467,7 @@ impl Shard {
         replica_id: NodeId,
         request: ReplicaFetchPartition,
         max_bytes: u32,
-    ) -> ReplicaFetchPartitionResponse<FetchPayload> {
+    ) -> ReplicaFetchPartitionResponse {
         let (topic, partition) = (request.topic.clone(), request.partition);
         let failed = |status: Status| refused(topic.clone(), partition, status);
         let log = match self.led_log(&topic, partition) {
@@ -566,14 +566,19 @@ impl Shard {
             replica_id,
             request.fetch_offset,
         );
-        // Views of the log (tail cache, disk read), sent as they are.
         let records = if request.fetch_offset < log_end {
             match log.read(request.fetch_offset, max_bytes as usize).await {
-                Ok(outcome) => FetchPayload::Local(outcome.chunks),
+                Ok(outcome) => {
+                    let mut bytes = BytesMut::with_capacity(outcome.bytes_len());
+                    for chunk in &outcome.chunks {
+                        bytes.extend_from_slice(chunk);
+                    }
+                    bytes.freeze()
+                }
                 Err(error) => return failed(crate::broker::storage_status(&error)),
             }
         } else {
-            FetchPayload::default()
+            Bytes::new()
         };
         ReplicaFetchPartitionResponse {
             topic,
@@ -996,12 +1001,9 @@ impl Shard {
 
 /// Leading: a follower's fetch, each partition answered by its owner shard; held for up
 /// to `max_wait_ms` while none has anything new.
-pub(crate) async fn replica_fetch(
-    shard: &Rc<Shard>,
-    request: ReplicaFetchRequest,
-) -> Result<Vec<ReplicaFetchPartitionResponse<FetchPayload>>, Status> {
+pub(crate) async fn replica_fetch(shard: &Rc<Shard>, request: ReplicaFetchRequest) -> Response {
     if !shard.view.borrow().clustered() {
-        return Err(Status::error(
+        return Response::Failed(Status::error(
             ErrorCode::InvalidRequest,
             "this broker runs on its own (no --cluster): it has no followers",
         ));
@@ -1020,17 +1022,15 @@ pub(crate) async fn replica_fetch(
             let answer = shard
                 .replica_fetch(request.replica, partition.clone(), budget)
                 .await;
-            total += answer.records.payload_len();
+            total += answer.records.len();
             answers.push(answer);
         }
         let worth_answering = answers.iter().any(|answer| {
-            !answer.status.is_ok()
-                || answer.records.payload_len() > 0
-                || answer.diverging_epoch >= 0
+            !answer.status.is_ok() || !answer.records.is_empty() || answer.diverging_epoch >= 0
         });
         let now = Instant::now();
         if worth_answering || now >= deadline || shard.stopping.is_set() {
-            return Ok(answers);
+            return Response::ReplicaFetch(answers);
         }
         // Nothing new: wait for any partition's log end to pass the follower's, or for
         // the high watermark to move (the follower learns it from the next answer).
@@ -1064,7 +1064,7 @@ impl Shard {
         replica: NodeId,
         partition: ReplicaFetchPartition,
         max_bytes: u32,
-    ) -> ReplicaFetchPartitionResponse<FetchPayload> {
+    ) -> ReplicaFetchPartitionResponse {
         let (topic, index) = (partition.topic.clone(), partition.partition);
         match self.owner(&topic, index) {
             Ok(owner) if owner == self.id => {
@@ -1081,57 +1081,14 @@ impl Shard {
                         reply,
                     })
                     .await;
-                match answer {
-                    // Copied out of the other shard's log (its views cannot cross).
-                    Ok(answer) => ReplicaFetchPartitionResponse {
-                        topic: answer.topic,
-                        partition: answer.partition,
-                        status: answer.status,
-                        high_watermark: answer.high_watermark,
-                        log_start_offset: answer.log_start_offset,
-                        diverging_epoch: answer.diverging_epoch,
-                        diverging_end_offset: answer.diverging_end_offset,
-                        records: FetchPayload::Remote(answer.records),
-                    },
-                    Err(status) => refused(topic, index, status),
-                }
+                answer.unwrap_or_else(|status| refused(topic, index, status))
             }
             Err(status) => refused(topic, index, status),
         }
     }
 }
 
-/// One partition's answer for another shard: its records copied out of this one's log.
-pub(crate) fn copied(
-    answer: ReplicaFetchPartitionResponse<FetchPayload>,
-) -> ReplicaFetchPartitionResponse {
-    let records = match answer.records {
-        FetchPayload::Remote(bytes) => bytes,
-        FetchPayload::Local(chunks) => {
-            let mut bytes = BytesMut::with_capacity(chunks.iter().map(|chunk| chunk.len()).sum());
-            for chunk in &chunks {
-                bytes.extend_from_slice(chunk);
-            }
-            bytes.freeze()
-        }
-    };
-    ReplicaFetchPartitionResponse {
-        topic: answer.topic,
-        partition: answer.partition,
-        status: answer.status,
-        high_watermark: answer.high_watermark,
-        log_start_offset: answer.log_start_offset,
-        diverging_epoch: answer.diverging_epoch,
-        diverging_end_offset: answer.diverging_end_offset,
-        records,
-    }
-}
-
-fn refused<R: Default>(
-    topic: String,
-    partition: u32,
-    status: Status,
-) -> ReplicaFetchPartitionResponse<R> {
+fn refused(topic: String, partition: u32, status: Status) -> ReplicaFetchPartitionResponse {
     ReplicaFetchPartitionResponse {
         topic,
         partition,
@@ -1140,7 +1097,7 @@ fn refused<R: Default>(
         log_start_offset: -1,
         diverging_epoch: -1,
         diverging_end_offset: -1,
-        records: R::default(),
+        records: Bytes::new(),
     }
 }
 

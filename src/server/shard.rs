@@ -1354,10 +1354,10 @@ impl Shard {
                 max_bytes,
                 reply,
             } => {
-                let _ = reply.send(super::replication::copied(
+                let _ = reply.send(
                     self.replica_fetch_local(replica, partition, max_bytes)
                         .await,
-                ));
+                );
             }
         }
     }

@@ -175,16 +175,7 @@ pub(crate) async fn handle(
         Request::ClusterRpc(message) => cluster::rpc(&shard, message).await,
         Request::DescribeCluster(request) => cluster::describe(&shard, request),
         Request::ReplicaFetch(request) => {
-            return Some(
-                match crate::server::replication::replica_fetch(&shard, request).await {
-                    // The records go out from the log as they are (no copy into the frame).
-                    Ok(answers) => Outgoing::Pieces(
-                        crate::protocol::replica_fetch_pieces(answers, correlation_id),
-                        None,
-                    ),
-                    Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
-                },
-            );
+            crate::server::replication::replica_fetch(&shard, request).await
         }
         request => groups::handle(&shard, request).await,
     };
