@@ -11,6 +11,18 @@ fn loadgen(args: &[&str]) -> Output {
         .expect("the load generator runs")
 }
 
+/// Starts the load generator with `args`, its JSON report to `json`, its output piped.
+fn spawn_loadgen(args: &[&str], json: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON")
 }
@@ -222,20 +234,10 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let path = dir.path().join("died.json");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
-        .args([
-            "produce",
-            "--broker",
-            &address,
-            "--duration",
-            "30s",
-            "--json",
-        ])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_loadgen(
+        &["produce", "--broker", &address, "--duration", "30s"],
+        &path,
+    );
     // Kill only once the run is producing (set-up on a loaded machine can take seconds):
     // the partition holds acknowledged records.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -523,8 +525,8 @@ fn a_run_follows_the_leaders_through_a_failover() {
     let mut cluster = Cluster::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("failover.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
-        .args([
+    let run = spawn_loadgen(
+        &[
             "e2e",
             "--broker",
             &cluster.address(1),
@@ -538,13 +540,9 @@ fn a_run_follows_the_leaders_through_a_failover() {
             "8000",
             "--message-size",
             "200",
-            "--json",
-        ])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &path,
+    );
     // Once the run is under way, kill a node that leads some partition (node 1, the one
     // the run bootstrapped from, if it leads one).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -303,6 +303,24 @@ fn check_name(what: &str, value: &str, allow_empty: bool) -> Result<(), Status> 
     Ok(())
 }
 
+/// Writes the tombstones `Coordinator::adopt` found needed; a failure is logged, and they
+/// are found needed again at the next open or load.
+async fn drop_stale(store: &OffsetStore, partition: u32, stale: &[Entry]) {
+    let turn = store.exclusive_turn().await;
+    match store.append(&turn, stale).await {
+        Ok(()) => tracing::info!(
+            partition,
+            offsets = stale.len(),
+            "dropped the committed offsets of deleted topics"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            partition,
+            "recording the offsets of deleted topics failed; they are dropped again at the next open or load"
+        ),
+    }
+}
+
 fn not_coordinator(group_id: &str) -> Status {
     Status::error(
         ErrorCode::NotCoordinator,
@@ -402,25 +420,7 @@ impl Coordinator {
         };
         let store = Rc::new(store);
         let count = loaded.len();
-        let mut stale = Vec::new();
-        {
-            let mut groups = self.groups.borrow_mut();
-            for (id, mut offsets) in loaded {
-                offsets.retain(|(topic, partition), _| {
-                    let kept = exists(topic, *partition);
-                    if !kept {
-                        stale.push(Entry::OffsetDeleted {
-                            group: id.clone(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                        });
-                    }
-                    kept
-                });
-                groups.entry(id).or_insert_with(Group::new).offsets = offsets;
-            }
-            groups.retain(|_, group| !group.is_dead());
-        }
+        let stale = self.adopt(loaded, exists);
         self.stores.borrow_mut().insert(partition, store.clone());
         tracing::info!(
             partition,
@@ -428,27 +428,41 @@ impl Coordinator {
             "coordinating the groups of an offsets partition"
         );
         if !stale.is_empty() {
-            // Offsets of deleted topics whose tombstones were not written (the deletion
-            // came while this partition had no leader, or their write failed): written
-            // now, beside the view change this runs in (an acks=all append waits for the
-            // followers), so a topic created again under the name never reads them.
-            glommio::spawn_local(async move {
-                let turn = store.exclusive_turn().await;
-                match store.append(&turn, &stale).await {
-                    Ok(()) => tracing::info!(
-                        partition,
-                        offsets = stale.len(),
-                        "dropped the committed offsets of deleted topics"
-                    ),
-                    Err(error) => tracing::warn!(
-                        %error,
-                        partition,
-                        "recording the offsets of deleted topics failed; they are dropped again at the next load"
-                    ),
-                }
-            })
-            .detach();
+            // Written beside the view change this runs in (an acks=all append waits for
+            // the followers).
+            glommio::spawn_local(async move { drop_stale(&store, partition, &stale).await })
+                .detach();
         }
+    }
+
+    /// Takes the groups' offsets replayed from an offsets log, leaving out those of
+    /// topics `exists` does not know, and returns the tombstones those need: their
+    /// deletion's were not written (a crash after the deletion was saved, a failed write,
+    /// a deletion while the partition had no leader), and they must be before a topic
+    /// created again under the name could read from them.
+    fn adopt(
+        &self,
+        loaded: BTreeMap<String, GroupOffsets>,
+        exists: impl Fn(&str, u32) -> bool,
+    ) -> Vec<Entry> {
+        let mut stale = Vec::new();
+        let mut groups = self.groups.borrow_mut();
+        for (id, mut offsets) in loaded {
+            offsets.retain(|(topic, partition), _| {
+                let kept = exists(topic, *partition);
+                if !kept {
+                    stale.push(Entry::OffsetDeleted {
+                        group: id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                }
+                kept
+            });
+            groups.entry(id).or_insert_with(Group::new).offsets = offsets;
+        }
+        groups.retain(|_, group| !group.is_dead());
+        stale
     }
 
     /// In a cluster: whether offsets partition `partition` is loaded here.
@@ -532,46 +546,17 @@ impl Coordinator {
             store.close().await;
             return Err(stopping());
         }
-        // Offsets of topics that no longer exist: their deletion's tombstones were not
-        // written (a crash after the deletion was saved, or a failed write). They go now,
-        // before a topic created again under the name could read from them.
-        let mut stale = Vec::new();
-        {
+        let stale = {
             let metadata = self.metadata.borrow();
-            let mut groups = self.groups.borrow_mut();
-            for (id, mut offsets) in loaded {
-                offsets.retain(|(topic, partition), _| {
-                    let exists = metadata
-                        .topic(topic)
-                        .is_some_and(|record| *partition < record.partitions);
-                    if !exists {
-                        stale.push(Entry::OffsetDeleted {
-                            group: id.clone(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                        });
-                    }
-                    exists
-                });
-                groups.entry(id).or_insert_with(Group::new).offsets = offsets;
-            }
-            groups.retain(|_, group| !group.is_dead());
-        }
+            self.adopt(loaded, |topic, partition| {
+                metadata
+                    .topic(topic)
+                    .is_some_and(|record| partition < record.partitions)
+            })
+        };
         let store = Rc::new(store);
         if !stale.is_empty() {
-            let turn = store.exclusive_turn().await;
-            match store.append(&turn, &stale).await {
-                Ok(()) => tracing::info!(
-                    partition,
-                    offsets = stale.len(),
-                    "dropped the committed offsets of deleted topics"
-                ),
-                Err(error) => tracing::warn!(
-                    %error,
-                    partition,
-                    "recording the offsets of deleted topics failed; they are dropped again at the next open"
-                ),
-            }
+            drop_stale(&store, partition, &stale).await;
         }
         self.stores.borrow_mut().insert(partition, store.clone());
         Ok(store)

@@ -254,12 +254,7 @@ impl Shard {
         let Ok(_turn) = self.view_turn.acquire(1).await else {
             return;
         };
-        let logs: Vec<((String, u32), Log)> = self
-            .logs
-            .borrow()
-            .iter()
-            .map(|(key, log)| (key.clone(), log.clone()))
-            .collect();
+        let logs = self.open_logs();
         let mut leaders = std::collections::BTreeSet::new();
         for ((topic, partition), log) in logs {
             let view = self.view.borrow().clone();

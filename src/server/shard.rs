@@ -297,18 +297,23 @@ impl Shard {
         }
     }
 
+    /// Every partition log open on this shard, with its key, taken out of the map so
+    /// that no borrow of it is held across an await.
+    pub(super) fn open_logs(&self) -> Vec<((String, u32), Log)> {
+        self.logs
+            .borrow()
+            .iter()
+            .map(|(key, log)| (key.clone(), log.clone()))
+            .collect()
+    }
+
     /// Applies retention to every partition this shard owns (deleting expired or excess
     /// segments), judged against the wall clock. In a cluster, leaders apply it below
     /// their high watermark, and followers follow their leader's log start instead
     /// (`replication`), so every copy deletes the same records.
     pub async fn enforce_retention(&self) {
         let now_ms = crate::clock::now_ms();
-        let logs: Vec<((String, u32), Log)> = self
-            .logs
-            .borrow()
-            .iter()
-            .map(|(key, log)| (key.clone(), log.clone()))
-            .collect();
+        let logs = self.open_logs();
         let clustered = self.view.borrow().clustered();
         for ((topic, partition), log) in logs {
             let limit = if clustered {

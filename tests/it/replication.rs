@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use spate::client::{Connection, Producer, ProducerConfig, ShardRouter};
 
 use crate::support::wait_for;
+use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
 use spate::protocol::{Acks, ClusterDescription, OFFSET_EARLIEST, OFFSET_LATEST};
 
 const SHARDS: usize = 2;
@@ -220,6 +221,26 @@ impl Nodes {
             .then_some(agreed)
         })
         .expect("every node knows the topic")
+    }
+
+    /// Asks node 1 for `group`'s committed offsets (none yet), which has the cluster create
+    /// `__consumer_offsets`, and waits until node 1 sees each of its partitions led with
+    /// its whole ISR: (leader, epoch, ISR) per partition.
+    pub fn offsets_topic(&self, group: &str) -> Vec<(i64, u32, Vec<u64>)> {
+        let none = self
+            .connect(1)
+            .unwrap()
+            .fetch_offsets(group, Vec::new())
+            .unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        wait_for(Duration::from_secs(10), || {
+            let offsets = self.partitions(1, OFFSETS_TOPIC)?;
+            offsets
+                .iter()
+                .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
+                .then_some(offsets)
+        })
+        .expect("the offsets topic is led with its whole ISR")
     }
 
     /// The node's log file, for when a test needs explaining.
@@ -574,6 +595,42 @@ fn killed_leaders_fail_over_and_nothing_acknowledged_is_lost() {
 
 /// Every record of a partition as node `id` stored it, read from its directory once the
 /// node has stopped: (offset, value).
+/// Produces the values `{prefix}{n}` for each `n` of `numbers` to `topic` through node
+/// `via` (keyless, acks=all), and waits until every one is acknowledged.
+fn produce_numbered(
+    nodes: &Nodes,
+    via: u64,
+    topic: &str,
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) {
+    let mut producer = Producer::new(
+        nodes.connect(via).unwrap(),
+        topic,
+        ProducerConfig::default(),
+    )
+    .unwrap();
+    let mut delivered = 0;
+    for number in numbers.clone() {
+        delivered += producer
+            .send(None, None, format!("{prefix}{number}").as_bytes())
+            .unwrap()
+            .len();
+    }
+    delivered += producer.flush().unwrap().len();
+    assert_eq!(delivered, numbers.len());
+}
+
+/// A group member of `topic` that reads from the start, commits every 200 ms and
+/// heartbeats every 300 ms, so a failover shows in its next steps.
+fn lively_member(group: &str, topic: &str) -> spate::client::GroupConsumerConfig {
+    let mut config = spate::client::GroupConsumerConfig::new(group, &[topic]);
+    config.auto_offset_reset = spate::client::OffsetReset::Earliest;
+    config.auto_commit_interval = Some(Duration::from_millis(200));
+    config.heartbeat_interval = Duration::from_millis(300);
+    config
+}
+
 fn stored_on(nodes: &Nodes, id: u64, topic: &str, partition: u32) -> Vec<(i64, String)> {
     let dir = nodes
         .data_dir(id)
@@ -695,20 +752,7 @@ fn a_kafka_client_follows_a_failover_and_loses_nothing() {
     let leader = known.0 as u64;
     // The consumer group's coordinator is the node about to be killed too: a group whose
     // __consumer_offsets partition that node leads (the first group request creates it).
-    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
-    nodes
-        .connect(1)
-        .unwrap()
-        .fetch_offsets("probe", Vec::new())
-        .unwrap();
-    let offsets = wait_for(Duration::from_secs(10), || {
-        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
-        offsets
-            .iter()
-            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
-            .then_some(offsets)
-    })
-    .expect("the offsets topic is led with its whole ISR");
+    let offsets = nodes.offsets_topic("probe");
     let group = (0..)
         .map(|index| format!("failover-{index}"))
         .find(|group| offsets[offsets_partition(group) as usize].0 as u64 == leader)
@@ -1038,23 +1082,8 @@ fn random_kill_and_restart_cycles_lose_nothing_acknowledged() {
 #[test]
 fn group_offsets_move_with_their_coordinator() {
     use spate::client::{GroupConsumer, GroupConsumerConfig, OffsetReset};
-    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
     let mut nodes = Nodes::start();
     nodes.create_topic(1, "grouped", 2, 3);
-    let produce = |nodes: &Nodes, via: u64, from: usize, count: usize| {
-        let mut producer = Producer::new(
-            nodes.connect(via).unwrap(),
-            "grouped",
-            ProducerConfig::default(),
-        )
-        .unwrap();
-        for index in from..from + count {
-            producer
-                .send(None, None, format!("record {index}").as_bytes())
-                .unwrap();
-        }
-        assert_eq!(producer.flush().unwrap().len(), count);
-    };
     let port = nodes.port;
     let consume_all = |via: u64, expected: usize| -> Vec<String> {
         let mut config = GroupConsumerConfig::new("resumers", &["grouped"]);
@@ -1077,23 +1106,9 @@ fn group_offsets_move_with_their_coordinator() {
         values.sort();
         values
     };
-    // The first group request creates the offsets topic.
-    let none = nodes
-        .connect(1)
-        .unwrap()
-        .fetch_offsets("resumers", Vec::new())
-        .unwrap();
-    assert!(none.is_empty(), "{none:?}");
-    // The coordinator: the leader of the group's offsets partition (every shard of node 1
-    // knows the topic soon after the one that answered).
-    let offsets = wait_for(Duration::from_secs(10), || {
-        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
-        offsets
-            .iter()
-            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
-            .then_some(offsets)
-    })
-    .expect("the offsets topic is led with its whole ISR");
+    // The first group request creates the offsets topic. The coordinator: the leader of
+    // the group's offsets partition.
+    let offsets = nodes.offsets_topic("resumers");
     assert_eq!(offsets.len(), 16);
     let (coordinator, _, isr) = offsets[offsets_partition("resumers") as usize].clone();
     assert_eq!(isr.len(), 3, "every node holds the group's offsets");
@@ -1134,7 +1149,7 @@ fn group_offsets_move_with_their_coordinator() {
     }
     // Consumers talk to another node, which forwards their group requests.
     let survivor = (1..=3).find(|id| *id != coordinator).unwrap();
-    produce(&nodes, survivor, 0, 100);
+    produce_numbered(&nodes, survivor, "grouped", "record ", 0..100);
     let first = consume_all(survivor, 100);
     assert_eq!(first.len(), 100, "{first:?}");
 
@@ -1142,7 +1157,7 @@ fn group_offsets_move_with_their_coordinator() {
         "group coordinated by node {coordinator}; killed; consumers go through node {survivor}"
     );
     nodes.kill(coordinator);
-    produce(&nodes, survivor, 100, 50);
+    produce_numbered(&nodes, survivor, "grouped", "record ", 100..150);
     let second = consume_all(survivor, 50);
     let mut expected: Vec<String> = (100..150).map(|index| format!("record {index}")).collect();
     expected.sort();
@@ -1481,23 +1496,10 @@ fn an_isr_that_shrinks_under_a_waiting_produce_answers_not_enough_after_append()
 /// are gone, and a topic created next through that node is answered.
 #[test]
 fn a_deletion_under_a_lost_offsets_follower_does_not_stall_the_coordinators_node() {
-    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
     use spate::protocol::{OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic};
     let mut nodes = Nodes::start();
     nodes.create_topic(1, "doomed", 1, 3);
-    nodes
-        .connect(1)
-        .unwrap()
-        .fetch_offsets("keeper", Vec::new())
-        .unwrap();
-    let offsets = wait_for(Duration::from_secs(10), || {
-        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
-        offsets
-            .iter()
-            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
-            .then_some(offsets)
-    })
-    .expect("the offsets topic is led with its whole ISR");
+    let offsets = nodes.offsets_topic("keeper");
     let (coordinator, _, isr) = offsets[offsets_partition("keeper") as usize].clone();
     let coordinator = coordinator as u64;
     let committed = nodes
@@ -1557,43 +1559,13 @@ fn a_deletion_under_a_lost_offsets_follower_does_not_stall_the_coordinators_node
 /// the last commit before the kill.
 #[test]
 fn an_active_group_member_rides_through_its_coordinators_death() {
-    use spate::client::{GroupConsumer, GroupConsumerConfig, OffsetReset};
-    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
+    use spate::client::GroupConsumer;
     let mut nodes = Nodes::start();
     nodes.create_topic(1, "riding", 2, 3);
-    nodes
-        .connect(1)
-        .unwrap()
-        .fetch_offsets("riders", Vec::new())
-        .unwrap();
-    let offsets = wait_for(Duration::from_secs(10), || {
-        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
-        offsets
-            .iter()
-            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
-            .then_some(offsets)
-    })
-    .expect("the offsets topic is led with its whole ISR");
+    let offsets = nodes.offsets_topic("riders");
     let coordinator = offsets[offsets_partition("riders") as usize].0 as u64;
     let via = (1..=3).find(|id| *id != coordinator).unwrap();
-    let produce = |nodes: &Nodes, from: usize, count: usize| {
-        let mut producer = Producer::new(
-            nodes.connect(via).unwrap(),
-            "riding",
-            ProducerConfig::default(),
-        )
-        .unwrap();
-        for index in from..from + count {
-            producer
-                .send(None, None, format!("r{index}").as_bytes())
-                .unwrap();
-        }
-        producer.flush().unwrap();
-    };
-    let mut config = GroupConsumerConfig::new("riders", &["riding"]);
-    config.auto_offset_reset = OffsetReset::Earliest;
-    config.auto_commit_interval = Some(Duration::from_millis(200));
-    config.heartbeat_interval = Duration::from_millis(300);
+    let config = lively_member("riders", "riding");
     let mut consumer = GroupConsumer::new(&nodes.address(via), config).unwrap();
     let mut seen: Vec<String> = Vec::new();
     let read_until = |consumer: &mut GroupConsumer, seen: &mut Vec<String>, want: usize| {
@@ -1609,14 +1581,14 @@ fn an_active_group_member_rides_through_its_coordinators_death() {
         }
         panic!("read {} distinct records of {want}", seen.len());
     };
-    produce(&nodes, 0, 200);
+    produce_numbered(&nodes, via, "riding", "r", 0..200);
     read_until(&mut consumer, &mut seen, 200);
     // Let a commit of everything read land.
     for _ in 0..5 {
         consumer.poll(Duration::from_millis(100)).unwrap();
     }
     nodes.kill(coordinator);
-    produce(&nodes, 200, 200);
+    produce_numbered(&nodes, via, "riding", "r", 200..400);
     read_until(&mut consumer, &mut seen, 400);
     // The new coordinator may not know the member yet (it learns to join again from its
     // next heartbeat): then the closing commit is refused as from an old generation, as
@@ -1649,44 +1621,14 @@ fn an_active_group_member_rides_through_its_coordinators_death() {
 /// coordinator) and fetches to the partitions' new leaders.
 #[test]
 fn a_group_member_outlives_its_bootstrap_node() {
-    use spate::client::{GroupConsumer, GroupConsumerConfig, OffsetReset};
-    use spate::group::offsets::{OFFSETS_TOPIC, offsets_partition};
+    use spate::client::GroupConsumer;
     let mut nodes = Nodes::start();
     nodes.create_topic(1, "outliving", 2, 3);
-    nodes
-        .connect(1)
-        .unwrap()
-        .fetch_offsets("outlivers", Vec::new())
-        .unwrap();
-    let offsets = wait_for(Duration::from_secs(10), || {
-        let offsets = nodes.partitions(1, OFFSETS_TOPIC)?;
-        offsets
-            .iter()
-            .all(|(leader, _, isr)| *leader > 0 && isr.len() == 3)
-            .then_some(offsets)
-    })
-    .expect("the offsets topic is led with its whole ISR");
+    let offsets = nodes.offsets_topic("outlivers");
     let coordinator = offsets[offsets_partition("outlivers") as usize].0 as u64;
     let bootstrap = (1..=3).find(|id| *id != coordinator).unwrap();
     let producing = (1..=3).find(|id| *id != bootstrap).unwrap();
-    let produce = |nodes: &Nodes, from: usize, count: usize| {
-        let mut producer = Producer::new(
-            nodes.connect(producing).unwrap(),
-            "outliving",
-            ProducerConfig::default(),
-        )
-        .unwrap();
-        for index in from..from + count {
-            producer
-                .send(None, None, format!("o{index}").as_bytes())
-                .unwrap();
-        }
-        producer.flush().unwrap();
-    };
-    let mut config = GroupConsumerConfig::new("outlivers", &["outliving"]);
-    config.auto_offset_reset = OffsetReset::Earliest;
-    config.auto_commit_interval = Some(Duration::from_millis(200));
-    config.heartbeat_interval = Duration::from_millis(300);
+    let config = lively_member("outlivers", "outliving");
     let mut consumer = GroupConsumer::new(&nodes.address(bootstrap), config).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     let mut read_until = |consumer: &mut GroupConsumer, want: usize| {
@@ -1698,10 +1640,10 @@ fn a_group_member_outlives_its_bootstrap_node() {
             }
         }
     };
-    produce(&nodes, 0, 100);
+    produce_numbered(&nodes, producing, "outliving", "o", 0..100);
     read_until(&mut consumer, 100);
     nodes.kill(bootstrap);
-    produce(&nodes, 100, 100);
+    produce_numbered(&nodes, producing, "outliving", "o", 100..200);
     read_until(&mut consumer, 200);
     drop(consumer);
 }
