@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod group;
 pub mod kafka;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod record;
 mod semaphore;

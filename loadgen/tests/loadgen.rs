@@ -217,6 +217,8 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
             &format!("127.0.0.1:{port}"),
             "--kafka-listen",
             "none",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -312,6 +314,8 @@ fn the_kafka_protocol_produces_and_consumes_the_same_log_as_the_native_one() {
             &native,
             "--kafka-listen",
             &kafka,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -432,6 +436,8 @@ impl Cluster {
                             "1",
                             "--kafka-listen",
                             "none",
+                            "--metrics-listen",
+                            &format!("127.0.0.{id}:0"),
                             "--memory-max",
                             "256MiB",
                         ])

@@ -1493,6 +1493,23 @@ impl Coordinator {
         .detach();
     }
 
+    /// Every committed offset of the groups this shard coordinates (for `/metrics`).
+    pub fn committed_offsets(&self) -> Vec<crate::metrics::GroupSample> {
+        let groups = self.groups.borrow();
+        let mut samples = Vec::new();
+        for (group_id, group) in groups.iter() {
+            for ((topic, partition), committed) in &group.offsets {
+                samples.push(crate::metrics::GroupSample {
+                    group: group_id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed_offset: committed.offset,
+                });
+            }
+        }
+        samples
+    }
+
     /// Every committed offset of the groups in offsets partition `partition`.
     fn live_entries(&self, partition: u32) -> Vec<Entry> {
         let groups = self.groups.borrow();

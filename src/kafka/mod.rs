@@ -66,6 +66,34 @@ pub mod api {
     pub const CREATE_PARTITIONS: i16 = 37;
     pub const DELETE_GROUPS: i16 = 42;
     pub const DESCRIBE_CLUSTER: i16 = 60;
+
+    /// An API's name in snake case (the `kind` label of Spate's request metrics).
+    pub fn name(key: i16) -> &'static str {
+        match key {
+            PRODUCE => "produce",
+            FETCH => "fetch",
+            LIST_OFFSETS => "list_offsets",
+            METADATA => "metadata",
+            OFFSET_COMMIT => "offset_commit",
+            OFFSET_FETCH => "offset_fetch",
+            FIND_COORDINATOR => "find_coordinator",
+            JOIN_GROUP => "join_group",
+            HEARTBEAT => "heartbeat",
+            LEAVE_GROUP => "leave_group",
+            SYNC_GROUP => "sync_group",
+            DESCRIBE_GROUPS => "describe_groups",
+            LIST_GROUPS => "list_groups",
+            API_VERSIONS => "api_versions",
+            CREATE_TOPICS => "create_topics",
+            DELETE_TOPICS => "delete_topics",
+            INIT_PRODUCER_ID => "init_producer_id",
+            DESCRIBE_CONFIGS => "describe_configs",
+            CREATE_PARTITIONS => "create_partitions",
+            DELETE_GROUPS => "delete_groups",
+            DESCRIBE_CLUSTER => "describe_cluster",
+            _ => "unknown",
+        }
+    }
 }
 
 /// An API and the versions of it Spate serves, and the first of them that is flexible

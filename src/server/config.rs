@@ -20,6 +20,12 @@ pub struct ServerConfig {
     /// The host Kafka metadata tells clients to connect to; `None`: the Kafka listener's
     /// address, or this machine's host name when that address is unspecified (0.0.0.0).
     pub kafka_advertised_host: Option<String>,
+    /// Where Prometheus scrapes `/metrics` and probes `/healthz` and `/readyz`; `None`:
+    /// no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Partitions (and group offsets) given series of their own in `/metrics`, at most;
+    /// the rest are left out and counted (`spate_partition_series_omitted`).
+    pub metrics_partition_series_max: usize,
     pub shards: usize,
     /// Cores to pin shards to, one per shard; `None` spreads them over all cores.
     pub cpus: Option<Vec<usize>>,
@@ -165,6 +171,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7070".parse().expect("a valid address"),
             kafka_listen: Some("127.0.0.1:9092".parse().expect("a valid address")),
             kafka_advertised_host: None,
+            metrics_listen: Some("127.0.0.1:9644".parse().expect("a valid address")),
+            metrics_partition_series_max: 1000,
             shards: std::thread::available_parallelism().map_or(1, |count| count.get()),
             cpus: None,
             auto_create_topics: true,
@@ -211,6 +219,15 @@ pub struct Settings {
     /// address, or the host name if that is 0.0.0.0].
     #[arg(long)]
     pub kafka_advertised_host: Option<String>,
+    /// Address serving Prometheus metrics (/metrics) and health checks (/healthz,
+    /// /readyz), or `none` [default: 127.0.0.1:9644].
+    #[arg(long, value_parser = parse_metrics_listen)]
+    #[serde(default, deserialize_with = "metrics_listen_from_text")]
+    pub metrics_listen: Option<MetricsListen>,
+    /// Partitions (and group offsets) shown with series of their own in /metrics, at
+    /// most [default: 1000].
+    #[arg(long)]
+    pub metrics_partition_series_max: Option<usize>,
     /// Number of shards, one pinned core each [default: one per core].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -394,6 +411,13 @@ impl Settings {
         if let Some(host) = self.kafka_advertised_host {
             config.kafka_advertised_host = Some(host);
         }
+        if let Some(MetricsListen(address)) = self.metrics_listen {
+            config.metrics_listen = address;
+        }
+        set(
+            &mut config.metrics_partition_series_max,
+            self.metrics_partition_series_max,
+        );
         set(&mut config.shards, self.shards);
         if let Some(CoreList(cpus)) = self.cpus {
             config.shards = self.shards.unwrap_or(cpus.len());
@@ -459,6 +483,11 @@ impl Settings {
                     && let Some(kafka) = &mut config.kafka_listen
                 {
                     kafka.set_ip(own.ip());
+                }
+                if self.metrics_listen.is_none()
+                    && let Some(metrics) = &mut config.metrics_listen
+                {
+                    metrics.set_ip(own.ip());
                 }
             }
             config.cluster = Some(ClusterConfig { node_id, voters });
@@ -552,6 +581,22 @@ impl ServerConfig {
                 ));
             }
         }
+        if let Some(metrics) = self.metrics_listen
+            && metrics.port() != 0
+        {
+            let taken = |base: u16| {
+                base != 0
+                    && (base..=base.saturating_add(self.shards as u16)).contains(&metrics.port())
+            };
+            if taken(self.listen.port())
+                || self.kafka_listen.is_some_and(|kafka| taken(kafka.port()))
+            {
+                return Err(format!(
+                    "--metrics-listen port {} is one of the --listen or --kafka-listen ports (each takes one port and one per shard after it)",
+                    metrics.port()
+                ));
+            }
+        }
         if let Some(host) = &self.kafka_advertised_host
             && (host.is_empty() || host.len() > 255 || host.contains(char::is_whitespace))
         {
@@ -631,13 +676,32 @@ fn host_name() -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KafkaListen(pub Option<SocketAddr>);
 
-pub fn parse_kafka_listen(value: &str) -> Result<KafkaListen, String> {
+/// `--metrics-listen`: an address, or `none` (no metrics listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+/// An address, or `none`.
+fn parse_optional_listen(
+    value: &str,
+    what: &str,
+    example: &str,
+) -> Result<Option<SocketAddr>, String> {
     if value.eq_ignore_ascii_case("none") {
-        return Ok(KafkaListen(None));
+        return Ok(None);
     }
-    value.parse().map(|address| KafkaListen(Some(address))).map_err(|_| {
-        format!("invalid Kafka listen address {value:?}: expected HOST:PORT (e.g. 127.0.0.1:9092) or none")
+    value.parse().map(Some).map_err(|_| {
+        format!(
+            "invalid {what} listen address {value:?}: expected HOST:PORT (e.g. {example}) or none"
+        )
     })
+}
+
+pub fn parse_kafka_listen(value: &str) -> Result<KafkaListen, String> {
+    parse_optional_listen(value, "Kafka", "127.0.0.1:9092").map(KafkaListen)
+}
+
+pub fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
+    parse_optional_listen(value, "metrics", "127.0.0.1:9644").map(MetricsListen)
 }
 
 fn kafka_listen_from_text<'de, D: serde::Deserializer<'de>>(
@@ -645,6 +709,15 @@ fn kafka_listen_from_text<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<KafkaListen>, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_kafka_listen(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn metrics_listen_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<MetricsListen>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_metrics_listen(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

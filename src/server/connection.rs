@@ -21,7 +21,8 @@ use glommio::sync::Semaphore;
 
 use super::handlers::{self, Outgoing};
 use super::shard::{FetchPayload, Shard};
-use crate::protocol::{Piece, decode_request_header, split_frame};
+use crate::metrics::Protocol;
+use crate::protocol::{ApiKey, Piece, decode_request_header, split_frame};
 use crate::wake::Latch;
 
 /// Bytes read from the socket at a time.
@@ -54,6 +55,16 @@ pub(crate) enum Door {
     Kafka,
 }
 
+impl Door {
+    /// The index of this door's series in the shard's metrics.
+    pub(crate) fn protocol(self) -> usize {
+        match self {
+            Door::Native => Protocol::Native as usize,
+            Door::Kafka => Protocol::Kafka as usize,
+        }
+    }
+}
+
 /// What the writer receives: an answer ready now, or (Kafka) the place in the answer
 /// order of a request still being worked on; a request that owes no answer (acks=0)
 /// drops its sender.
@@ -66,6 +77,52 @@ enum Slot {
 pub(crate) enum Work {
     Native(crate::protocol::Request),
     Kafka(super::kafka::KafkaWork),
+}
+
+/// Requests whose latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Produce,
+    Fetch,
+    Other,
+}
+
+/// A request's API key (in its protocol's numbering) and class, for the metrics.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    key: usize,
+    class: Class,
+}
+
+impl Work {
+    fn kind(&self) -> Kind {
+        match self {
+            Work::Native(request) => {
+                let key = request.api_key();
+                let class = match key {
+                    ApiKey::Produce => Class::Produce,
+                    ApiKey::Fetch => Class::Fetch,
+                    _ => Class::Other,
+                };
+                Kind {
+                    key: key as usize,
+                    class,
+                }
+            }
+            Work::Kafka(work) => {
+                let key = work.api_key();
+                let class = match key {
+                    crate::kafka::api::PRODUCE => Class::Produce,
+                    crate::kafka::api::FETCH => Class::Fetch,
+                    _ => Class::Other,
+                };
+                Kind {
+                    key: usize::try_from(key).unwrap_or(usize::MAX),
+                    class,
+                }
+            }
+        }
+    }
 }
 
 /// What the reader makes of one frame.
@@ -125,9 +182,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
     let closed = Rc::new(Latch::default());
     let in_flight_max = shard.config.in_flight_max_per_connection;
     let (answers, pending) = local_channel::new_bounded::<Slot>(in_flight_max);
+    let metrics = shard.metrics.clone();
+    let protocol = door.protocol();
     let writer_task = glommio::spawn_local({
         let closed = closed.clone();
         let peer = peer.clone();
+        let metrics = metrics.clone();
         async move {
             let mut out = Coalescer::default();
             'writing: while let Some(first) = pending.recv().await {
@@ -167,7 +227,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                             .flatten();
                     }
                 }
-                if let Err(error) = out.flush(&mut writer).await {
+                let flushed = out.flush(&mut writer).await;
+                metrics.sent_bytes[protocol].add(std::mem::take(&mut out.sent));
+                if let Err(error) = flushed {
                     tracing::info!(%peer, %error, "closing the connection: cannot send an answer");
                     break;
                 }
@@ -215,11 +277,14 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
+                    metrics.malformed_frames[protocol].inc();
                     tracing::warn!(%peer, %error, "closing the connection: unusable frame");
                     break 'connection;
                 }
             };
             let frame_bytes = frame.len();
+            let started = std::time::Instant::now();
+            metrics.received_bytes[protocol].add(4 + frame_bytes as u64);
             let Decoded {
                 correlation_id,
                 work,
@@ -227,10 +292,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
             } = match decode_frame(door, frame, bytes_max) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
+                    metrics.malformed_frames[protocol].inc();
                     tracing::warn!(%peer, ?door, %reason, "closing the connection");
                     break 'connection;
                 }
             };
+            let kind = work.as_ref().ok().map(Work::kind);
+            if let Some(kind) = kind {
+                metrics.request(Protocol::ALL[protocol], kind.key);
+            }
             // Stop reading while too many requests of this connection, or too many of
             // their bytes, are in flight.
             // Then while the shard's requests in flight, of all its connections, hold its
@@ -288,6 +358,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                 }
             };
             glommio::spawn_local(async move {
+                let metrics = shard.metrics.clone();
                 let outgoing = match work {
                     Ok(Work::Native(request)) => handlers::handle(shard, request, &exchange).await,
                     Ok(Work::Kafka(request)) => {
@@ -295,6 +366,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                     }
                     Err(failure) => Some(failure),
                 };
+                match kind.map(|kind| kind.class) {
+                    Some(Class::Produce) => {
+                        metrics.produce_latency[protocol].observe_duration(started.elapsed());
+                    }
+                    Some(Class::Fetch) => {
+                        metrics.fetch_latency[protocol].observe_duration(started.elapsed());
+                    }
+                    _ => {}
+                }
                 if let Some(outgoing) = outgoing {
                     let answer = Answer {
                         outgoing,
@@ -519,6 +599,8 @@ const DIRECT_CHUNK_BYTES: usize = 16 * 1024;
 #[derive(Default)]
 struct Coalescer {
     buffer: Vec<u8>,
+    /// Bytes handed to the socket since the writer last counted them.
+    sent: u64,
     held: Vec<Rc<handlers::Held>>,
     rooms: Vec<handlers::fetch::Room>,
 }
@@ -573,10 +655,13 @@ impl Coalescer {
         let direct = bytes.len() >= DIRECT_CHUNK_BYTES;
         if (direct || self.buffer.len() + bytes.len() > COALESCE_BYTES) && !self.buffer.is_empty() {
             writer.write_all(&self.buffer).await?;
+            self.sent += self.buffer.len() as u64;
             self.buffer.clear();
         }
         if direct {
-            writer.write_all(bytes).await
+            writer.write_all(bytes).await?;
+            self.sent += bytes.len() as u64;
+            Ok(())
         } else {
             self.buffer.extend_from_slice(bytes);
             Ok(())
@@ -590,6 +675,7 @@ impl Coalescer {
     ) -> std::io::Result<()> {
         if !self.buffer.is_empty() {
             writer.write_all(&self.buffer).await?;
+            self.sent += self.buffer.len() as u64;
             self.buffer.clear();
         }
         if self.buffer.capacity() > COALESCE_BYTES * 2 {

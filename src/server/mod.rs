@@ -2,6 +2,7 @@
 //! partitions, accepts connections on the shared port (SO_REUSEPORT) and on its own port,
 //! and reaches other shards only through a mesh of glommio channels.
 
+mod admin;
 mod cluster;
 mod config;
 mod connection;
@@ -78,6 +79,29 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         None => None,
     };
     let handle = node.as_ref().map(ClusterNode::handle);
+    // Every shard's metrics, and the listener serving them (bound now, so that a port in
+    // use stops the broker before its shards start).
+    let metrics: Vec<Arc<crate::metrics::ShardMetrics>> = (0..config.shards)
+        .map(|shard| Arc::new(crate::metrics::ShardMetrics::new(shard)))
+        .collect();
+    let serving = Arc::new(AtomicUsize::new(0));
+    let admin = match config.metrics_listen {
+        Some(address) => Some(admin::start(
+            address,
+            crate::metrics::Exposition::new(
+                metrics.clone(),
+                config.data_dir.clone(),
+                config.metrics_partition_series_max,
+            ),
+            admin::Readiness {
+                shards: config.shards,
+                serving: serving.clone(),
+                shutdown: shutdown.clone(),
+                cluster: handle.clone(),
+            },
+        )?),
+        None => None,
+    };
 
     let placement = placement(&config)?;
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
@@ -89,6 +113,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         drained: Arc::new(AtomicUsize::new(0)),
         ready: ready_sender,
         stopped: stopped_sender,
+        metrics: metrics.clone(),
     };
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-shard")
@@ -116,7 +141,10 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     let mut started = 0;
     for _ in 0..config.shards {
         match ready.recv() {
-            Ok(Ok(())) => started += 1,
+            Ok(Ok(())) => {
+                started += 1;
+                serving.fetch_add(1, Ordering::SeqCst);
+            }
             Ok(Err(error)) => failure = failure.or(Some(error)),
             Err(_) => failure = failure.or(Some("a shard stopped while starting".to_string())),
         }
@@ -131,6 +159,9 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
                 .map_or_else(|| "none".to_string(), |address| address.to_string()),
             shards = config.shards,
             shard_ports = format!("{}-{}", config.shard_port(0), config.shard_port(config.shards - 1)),
+            metrics = admin
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |admin| format!("http://{}/metrics", admin.address)),
             data_dir = %config.data_dir.display(),
             memory_max = config.memory_max,
             "spate is serving"
@@ -155,6 +186,7 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         }
     }
     drop(handles);
+    drop(admin);
     drop(node);
     match failure {
         Some(error) => Err(error),
@@ -466,13 +498,15 @@ fn placement(config: &ServerConfig) -> Result<PoolPlacement, String> {
 
 /// How the shards and `serve` tell each other where they are: the stop flag (set by a
 /// signal or a failed start), how many shards have drained, and one report from each
-/// shard when it is ready and when it has stopped.
+/// shard when it is ready and when it has stopped; and every shard's metrics.
 #[derive(Clone)]
 struct Lifecycle {
     shutdown: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     stopped: std::sync::mpsc::Sender<()>,
+    /// Every shard's metrics (each shard counts into its own, by its id).
+    metrics: Vec<Arc<crate::metrics::ShardMetrics>>,
 }
 
 async fn run_shard(
@@ -489,6 +523,7 @@ async fn run_shard(
         drained,
         ready,
         stopped,
+        metrics,
     } = lifecycle;
     let arrival = Arrival(drained.clone());
     let (senders, mut receivers) = match mesh.join().await {
@@ -499,6 +534,8 @@ async fn run_shard(
         }
     };
     let id = senders.peer_id();
+    // Before anything counts: the shard and its storage count into these.
+    crate::metrics::install(metrics[id].clone());
     let config = Rc::new((*config).clone());
     // Before any partition opens: its tail cache draws from this shard's budget.
     crate::storage::set_shard_budget(Some(config.tail_cache_budget_per_shard()));
@@ -589,6 +626,7 @@ async fn run_shard(
         })
         .detach();
     }
+    glommio::spawn_local(observe(shard.clone())).detach();
     let _ = ready.send(Ok(()));
     while !shutdown.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -635,6 +673,29 @@ impl Drop for Arrival {
     }
 }
 
+/// Copies the shard's gauges for the metrics thread every `SNAPSHOT_INTERVAL`, and
+/// meanwhile measures how late the reactor wakes for a timer (`PROBE_INTERVAL`): a wake-up
+/// later than `STALL_THRESHOLD` is a stall (a task held the core, or the kernel ran
+/// something else on it).
+async fn observe(shard: Rc<Shard>) {
+    use crate::metrics::{PROBE_INTERVAL, SNAPSHOT_INTERVAL, STALL_THRESHOLD};
+    shard.snapshot_metrics();
+    let mut last_snapshot = Instant::now();
+    while !shard.stopping.is_set() {
+        let asked = Instant::now();
+        glommio::timer::sleep(PROBE_INTERVAL).await;
+        let late = asked.elapsed().saturating_sub(PROBE_INTERVAL);
+        shard.metrics.reactor_lag.observe_duration(late);
+        if late > STALL_THRESHOLD {
+            shard.metrics.reactor_stalls.inc();
+        }
+        if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
+            shard.snapshot_metrics();
+            last_snapshot = Instant::now();
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, door: Door, shard: Rc<Shard>) {
     loop {
         let stream = match listener.accept().await {
@@ -655,9 +716,13 @@ async fn accept_loop(listener: TcpListener, door: Door, shard: Rc<Shard>) {
             continue;
         }
         connections.open.set(connections.open.get() + 1);
+        let protocol = door.protocol();
+        shard.metrics.connections_accepted[protocol].inc();
+        shard.metrics.connections[protocol].add(1);
         let shard = shard.clone();
         glommio::spawn_local(async move {
             connection::serve(shard.clone(), stream, door).await;
+            shard.metrics.connections[protocol].add(-1);
             let connections = &shard.connections;
             connections.open.set(connections.open.get() - 1);
             connections.changed.notify_all();

@@ -1,5 +1,5 @@
-//! What a shard counts about itself, for `DescribeBroker` (`spate broker describe`):
-//! small cells the hot paths bump, read only when someone asks.
+//! What a shard tracks about itself for `DescribeBroker` (`spate broker describe`) beside
+//! its metrics (`crate::metrics`): its open connections and its waiting long polls.
 
 use std::cell::Cell;
 
@@ -15,7 +15,6 @@ pub(crate) struct Connections {
 #[derive(Default)]
 pub(crate) struct ShardProbe {
     long_poll_waits: Cell<u32>,
-    forwarded_requests: Cell<u64>,
 }
 
 impl ShardProbe {
@@ -25,18 +24,8 @@ impl ShardProbe {
         Waiting(self)
     }
 
-    /// Counts a partition request sent on to the shard that owns the partition.
-    pub fn forwarded(&self) {
-        self.forwarded_requests
-            .set(self.forwarded_requests.get() + 1);
-    }
-
     pub fn long_poll_waits(&self) -> u32 {
         self.long_poll_waits.get()
-    }
-
-    pub fn forwarded_requests(&self) -> u64 {
-        self.forwarded_requests.get()
     }
 }
 

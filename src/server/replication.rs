@@ -1067,7 +1067,7 @@ impl Shard {
                     .await
             }
             Ok(owner) => {
-                self.probe.forwarded();
+                self.metrics.forwarded_requests.inc();
                 let answer = self
                     .ask(owner, |reply| ShardMessage::ReplicaFetch {
                         replica,

@@ -181,6 +181,8 @@ pub(crate) struct Shard {
     pub stopping: Latch,
     pub connections: Connections,
     pub probe: ShardProbe,
+    /// What this shard counts for `/metrics` (installed on its thread before it opens).
+    pub metrics: std::sync::Arc<crate::metrics::ShardMetrics>,
     /// Bytes of requests in flight on all of this shard's connections, bounded by the
     /// part of its memory share the tail caches do not take (`request_bytes_max`).
     pub request_bytes: Rc<Semaphore>,
@@ -255,6 +257,7 @@ impl Shard {
             stopping: Latch::default(),
             connections: Connections::default(),
             probe: ShardProbe::default(),
+            metrics: crate::metrics::current(),
             request_bytes: Rc::new(Semaphore::new(request_bytes_max)),
             request_bytes_max,
             partitions_opening_max,
@@ -361,7 +364,7 @@ impl Shard {
             partitions: self.logs.borrow().len() as u32,
             connections: self.connections.open.get() as u32,
             long_poll_waits: self.probe.long_poll_waits(),
-            forwarded_requests: self.probe.forwarded_requests(),
+            forwarded_requests: self.metrics.forwarded_requests.get(),
             memory_budget_bytes: self.config.memory_per_shard(),
             tail_cache_bytes: cache.bytes,
             tail_cache_budget_bytes: cache.budget.unwrap_or(u64::MAX),
@@ -372,6 +375,68 @@ impl Shard {
             request_budget_bytes: self.request_bytes_max,
             read_ahead_bytes: cache.read_ahead_bytes,
             read_ahead_budget_bytes: cache.read_ahead_budget.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Copies this shard's gauges into its metrics' snapshot (`crate::metrics`), for the
+    /// metrics thread to read without asking the shard.
+    pub fn snapshot_metrics(&self) {
+        use crate::metrics::PartitionSample;
+        let view = self.view.borrow().clone();
+        let clustered = view.clustered();
+        let partitions = {
+            let logs = self.logs.borrow();
+            let replicas = self.replicas.borrow();
+            logs.iter()
+                .map(|(key, log)| {
+                    let (topic, partition) = (&key.0, key.1);
+                    let log_end_offset = log.log_end_offset();
+                    let high_watermark = match replicas.get(key) {
+                        Some(replica) if clustered => {
+                            replica.high_watermark.get().min(log_end_offset)
+                        }
+                        _ => log_end_offset,
+                    };
+                    PartitionSample {
+                        topic: topic.clone(),
+                        partition,
+                        log_start_offset: log.log_start_offset(),
+                        log_end_offset,
+                        high_watermark,
+                        size_bytes: log.size_bytes(),
+                        leader: view.check_leader(topic, partition).is_ok(),
+                    }
+                })
+                .collect()
+        };
+        let groups = self.groups.committed_offsets();
+        let description = self.describe();
+        let snapshot = crate::metrics::Snapshot {
+            partitions,
+            groups,
+            memory: vec![
+                (
+                    "tail_cache",
+                    description.tail_cache_bytes,
+                    description.tail_cache_budget_bytes,
+                ),
+                (
+                    "read_ahead",
+                    description.read_ahead_bytes,
+                    description.read_ahead_budget_bytes,
+                ),
+                (
+                    "requests",
+                    description.request_bytes,
+                    description.request_budget_bytes,
+                ),
+            ],
+            segment_files_open: u64::from(description.segment_files_open),
+            segment_files_max: u64::from(description.segment_files_max),
+            long_poll_waits: u64::from(description.long_poll_waits),
+        };
+        if let Ok(mut shared) = self.metrics.snapshot.lock() {
+            *shared = snapshot;
         }
     }
 
@@ -499,7 +564,7 @@ impl Shard {
                 return self.produce_local(topic, partition, records, acks).await;
             }
             Ok(owner) => {
-                self.probe.forwarded();
+                self.metrics.forwarded_requests.inc();
                 let topic = topic.to_string();
                 self.ask(owner, |reply| ShardMessage::Produce {
                     topic,
@@ -609,7 +674,7 @@ impl Shard {
                     .await;
             }
             Ok(owner) => {
-                self.probe.forwarded();
+                self.metrics.forwarded_requests.inc();
                 let topic = topic.to_string();
                 self.ask(owner, |reply| ShardMessage::Fetch {
                     topic,
@@ -719,7 +784,7 @@ impl Shard {
                 }
             }
             Ok(owner) => {
-                self.probe.forwarded();
+                self.metrics.forwarded_requests.inc();
                 let topic = topic.to_string();
                 let _ = self
                     .ask(owner, |reply| ShardMessage::WaitForData {
@@ -748,7 +813,7 @@ impl Shard {
                 Err(status) => return offsets_failed(partition, status),
             },
             Ok(owner) => {
-                self.probe.forwarded();
+                self.metrics.forwarded_requests.inc();
                 let topic = topic.to_string();
                 let answer = self
                     .ask(owner, |reply| ShardMessage::ListOffsets {

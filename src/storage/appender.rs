@@ -550,7 +550,14 @@ impl Appender {
         self.preallocate(&file, write_start + write_bytes as u64)
             .await;
         let chunks_sent = chunks.buffers.len() as u64;
+        let started = std::time::Instant::now();
         chunks.write_at(&segment, &file, write_start).await?;
+        crate::metrics::with(|metrics| {
+            metrics.append_latency.observe_duration(started.elapsed());
+            metrics.appended_bytes.add(group_bytes as u64);
+            let batches: usize = group.iter().map(|append| append.batches.len()).sum();
+            metrics.appended_batches.add(batches as u64);
+        });
         self.count(|stats| stats.chunk_writes += chunks_sent);
         self.count(|stats| stats.group_writes += 1);
         self.active.unsynced_bytes += group_bytes as u64;

@@ -450,7 +450,12 @@ impl Log {
                 if offset == state.log_end {
                     return Ok(outcome(Vec::new()));
                 }
-                if let Some(chunks) = state.cache.read(offset, max_bytes, at_least_one_batch) {
+                let cached = state.cache.read(offset, max_bytes, at_least_one_batch);
+                crate::metrics::with(|metrics| match cached {
+                    Some(_) => metrics.tail_cache_hits.inc(),
+                    None => metrics.tail_cache_misses.inc(),
+                });
+                if let Some(chunks) = cached {
                     // A reader served from memory has caught up: what was read ahead for
                     // it is no longer wanted.
                     if let Ok(mut slot) = self.inner.read_ahead.try_borrow_mut() {

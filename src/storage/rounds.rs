@@ -108,6 +108,7 @@ pub(crate) async fn sync(segment: &Rc<Segment>) -> Result<(), StorageError> {
 
 async fn run(rounds: Rc<Rounds>, round: Rc<Round>) {
     let segments = round.segments.borrow().clone();
+    let started = std::time::Instant::now();
     let outcome = if segments.len() == 1 {
         let segment = &segments[0];
         vec![match segment.file().await {
@@ -117,6 +118,10 @@ async fn run(rounds: Rc<Rounds>, round: Rc<Round>) {
     } else {
         sync_many(&rounds, &segments).await
     };
+    crate::metrics::with(|metrics| {
+        metrics.sync_latency.observe_duration(started.elapsed());
+        metrics.sync_round_segments.observe(segments.len() as f64);
+    });
     *round.outcome.borrow_mut() = Some(outcome);
     rounds.rounds.set(rounds.rounds.get() + 1);
     rounds.under_way.set(false);

@@ -392,6 +392,8 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
                 &address,
                 "--kafka-listen",
                 &kafka_address,
+                "--metrics-listen",
+                "127.0.0.1:0",
             ])
             .current_dir(dir.path())
             .stdout(Stdio::null())

@@ -85,6 +85,14 @@ fn the_seed_snippets_run_against_spate_serve_on_its_defaults() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The metrics listener's default too: 127.0.0.1:9644.
+    let (status, page) = crate::metrics::http("127.0.0.1:9644", "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(page.contains("spate_build_info"), "{page}");
+    let ready = crate::support::wait_for(Duration::from_secs(10), || {
+        (crate::metrics::http("127.0.0.1:9644", "GET", "/readyz").0 == 200).then_some(())
+    });
+    assert!(ready.is_some(), "/readyz on the default port");
     let python = crate::kafka_tools::python();
     let script = |name: &str| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,6 +11,7 @@ mod hostile;
 mod kafka;
 mod kafka_tools;
 mod memory;
+mod metrics;
 mod replication;
 mod server;
 mod storage_faults;

@@ -128,6 +128,8 @@ impl Nodes {
                 &SHARDS.to_string(),
                 "--kafka-listen",
                 &format!("127.0.0.{id}:{}", self.port + SHARDS as u16 + 1),
+                "--metrics-listen",
+                &format!("127.0.0.{id}:0"),
                 "--replica-lag-time-max-ms",
                 "2000",
                 "--memory-max",

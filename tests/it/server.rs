@@ -88,6 +88,13 @@ impl Broker {
         } else {
             &["--kafka-listen", &kafka_listen]
         };
+        // Metrics on a port of the kernel's choosing (the default, 9644, would be shared),
+        // unless the test chooses.
+        let metrics_args: &[&str] = if extra.contains(&"--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", "127.0.0.1:0"]
+        };
         let child = command
             .args([
                 "serve",
@@ -100,6 +107,7 @@ impl Broker {
             .arg(data_dir)
             .args(extra)
             .args(kafka_args)
+            .args(metrics_args)
             .stdout(Stdio::null())
             // SPATE_TEST_BROKER_LOG=1 shows the brokers' logs when a test needs explaining.
             .stderr(if std::env::var_os("SPATE_TEST_BROKER_LOG").is_some() {

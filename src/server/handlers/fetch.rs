@@ -93,6 +93,11 @@ pub(crate) async fn fetch_records(
             .collect();
         let enough = bytes_in(&response) >= min_bytes;
         if enough || now >= deadline || closed.is_set() || to_watch.is_empty() || room.is_none() {
+            for topic in &response.topics {
+                for partition in &topic.partitions {
+                    shard.metrics.error(partition.status.code);
+                }
+            }
             return (response, room);
         }
         drop(room);

@@ -167,7 +167,10 @@ pub(crate) async fn handle(
         Request::Fetch(request) => {
             return Some(match fetch::handle(&shard, request, exchange).await {
                 Ok(outgoing) => outgoing,
-                Err(status) => Outgoing::Frame(Response::Failed(status).encode(correlation_id)),
+                Err(status) => {
+                    shard.metrics.error(status.code);
+                    Outgoing::Frame(Response::Failed(status).encode(correlation_id))
+                }
             });
         }
         Request::ListOffsets(request) => list_offsets::handle(&shard, request).await,
@@ -179,5 +182,8 @@ pub(crate) async fn handle(
         }
         request => groups::handle(&shard, request).await,
     };
+    if let Response::Failed(status) = &response {
+        shard.metrics.error(status.code);
+    }
     Some(Outgoing::Frame(response.encode(correlation_id)))
 }

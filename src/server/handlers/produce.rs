@@ -109,7 +109,9 @@ pub(crate) async fn append_all(
     for (name, tasks) in started {
         let mut partitions: Vec<ProducePartitionResponse> = Vec::with_capacity(tasks.len());
         for (id, task) in tasks {
-            partitions.push(within(deadline, id, task, request.timeout_ms, held).await);
+            let answer = within(deadline, id, task, request.timeout_ms, held).await;
+            shard.metrics.error(answer.status.code);
+            partitions.push(answer);
         }
         topics.push(ProduceTopicResponse { name, partitions });
     }

@@ -34,6 +34,12 @@ pub(crate) struct KafkaWork {
     request: KafkaRequest,
 }
 
+impl KafkaWork {
+    pub(crate) fn api_key(&self) -> i16 {
+        self.header.api_key
+    }
+}
+
 /// Decodes one Kafka frame. A request that cannot be decoded closes the connection
 /// (`Err`, logged once by the connection), as Kafka brokers do, because its header may
 /// not even say where its body ends; the exception is ApiVersions at a version Spate does
