@@ -17,6 +17,8 @@ pub mod broker;
 pub mod client;
 pub mod clock;
 pub mod cluster;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 pub mod kafka;
 pub mod limits;

@@ -255,7 +255,7 @@ pub fn metadata_path(data_dir: &Path) -> PathBuf {
     data_dir.join("metadata.bin")
 }
 
-fn encode(metadata: &ClusterMetadata) -> Vec<u8> {
+pub(crate) fn encode(metadata: &ClusterMetadata) -> Vec<u8> {
     let payload = rkyv::to_bytes::<rancor::Error>(metadata).expect("metadata serializes");
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     out.extend_from_slice(MAGIC);
@@ -266,7 +266,7 @@ fn encode(metadata: &ClusterMetadata) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
     if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
         return Err("not a Spate metadata file (bad magic or too short)".into());
     }

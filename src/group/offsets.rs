@@ -24,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::wire::{Reader, put_string};
 use crate::protocol::{ProtocolError, Status};
-use crate::record::{BatchBuilder, decode_records, split_batches};
+use crate::record::{BatchBuilder, BatchError, decode_records, split_batches};
 use crate::semaphore::{FifoPermit, FifoSemaphore};
 use crate::storage::{Log, LogConfig, StorageError};
 
@@ -108,7 +108,7 @@ fn offset_key(group: &str, topic: &str, partition: u32) -> BytesMut {
 
 impl Entry {
     /// A record's key and value, in the native protocol's encoding (`protocol::wire`).
-    fn key_value(&self) -> (BytesMut, Option<BytesMut>) {
+    pub(crate) fn key_value(&self) -> (BytesMut, Option<BytesMut>) {
         match self {
             Entry::Offset {
                 group,
@@ -138,7 +138,7 @@ impl Entry {
 
     /// Decodes a stored record. Stored bytes passed their CRC, but one that does not
     /// parse is an error to report, never a panic.
-    fn decode(key: Bytes, value: Option<Bytes>) -> Result<Entry, ProtocolError> {
+    pub(crate) fn decode(key: Bytes, value: Option<Bytes>) -> Result<Entry, ProtocolError> {
         let mut key = Reader::new(key);
         let kind = key.u8("offsets record kind")?;
         let entry = match (kind, value) {
@@ -290,31 +290,45 @@ async fn replay(log: &Log) -> Result<BTreeMap<String, GroupOffsets>, StorageErro
         if bytes.is_empty() {
             break;
         }
-        for batch in split_batches(&bytes) {
-            let corrupt = |error: crate::record::BatchError| StorageError::InconsistentLog {
+        replay_batches(&bytes, &mut offset, &mut groups, log.dir()).map_err(|error| {
+            StorageError::InconsistentLog {
                 path: log.dir().to_path_buf(),
                 reason: format!("an offsets batch does not decode: {error}"),
-            };
-            let (header, range) = batch.map_err(corrupt)?;
-            let records = decode_records(&bytes.slice(range)).map_err(corrupt)?;
-            for record in records {
-                if record.offset < offset {
-                    continue;
-                }
-                match Entry::decode(record.key.unwrap_or_default(), record.value) {
-                    Ok(entry) => entry.apply(&mut groups),
-                    Err(error) => tracing::warn!(
-                        dir = %log.dir().display(),
-                        offset = record.offset,
-                        %error,
-                        "skipping an offsets record that does not parse"
-                    ),
-                }
             }
-            offset = offset.max(header.next_offset());
-        }
+        })?;
     }
     Ok(groups)
+}
+
+/// Applies to `groups` the records at or after `*offset` of `bytes`, whole batches read
+/// from the offsets log in `dir`, and moves `*offset` past them. A record that does not
+/// parse is skipped (and logged); a batch that does not decode is an error.
+pub(crate) fn replay_batches(
+    bytes: &Bytes,
+    offset: &mut i64,
+    groups: &mut BTreeMap<String, GroupOffsets>,
+    dir: &Path,
+) -> Result<(), BatchError> {
+    for batch in split_batches(bytes) {
+        let (header, range) = batch?;
+        let records = decode_records(&bytes.slice(range))?;
+        for record in records {
+            if record.offset < *offset {
+                continue;
+            }
+            match Entry::decode(record.key.unwrap_or_default(), record.value) {
+                Ok(entry) => entry.apply(groups),
+                Err(error) => tracing::warn!(
+                    dir = %dir.display(),
+                    offset = record.offset,
+                    %error,
+                    "skipping an offsets record that does not parse"
+                ),
+            }
+        }
+        *offset = (*offset).max(header.next_offset());
+    }
+    Ok(())
 }
 
 impl OffsetStore {

@@ -38,6 +38,12 @@ pub use io::{DirectoryLock, faults};
 pub use log::{AppendInfo, Log, LogStats, ReadOutcome, RetentionReport, SegmentInfo};
 pub use rounds::round_counts;
 pub use tail_cache::{CacheUsage, set_read_ahead_budget, set_shard_budget, shard_usage};
+// Recovery's pure parts, which the fuzz targets (`crate::fuzzing`) drive.
+pub(crate) use index::{
+    SegmentSummary, decode_offset_index, decode_time_index, encode_offset_index, encode_time_index,
+};
+pub(crate) use segment::{ScanStop, SegmentMeta, scan_bytes};
+pub(crate) use {clean::decode as decode_clean, clean::encode as encode_clean};
 
 use crate::record::BatchError;
 

@@ -260,54 +260,15 @@ impl Segment {
         stop_at_offset: Option<i64>,
         index_interval_bytes: u64,
     ) -> Result<(SegmentMeta, ScanStop), StorageError> {
-        let mut meta = SegmentMeta::empty(base_offset);
         let mut window = Window::new(file, path, limit, SCAN_WINDOW_BYTES);
-        let damaged = |position: u64, reason: String| ScanStop::Damaged { position, reason };
-        loop {
-            let position = meta.size_bytes;
-            if position == limit {
-                return Ok((meta, ScanStop::End));
-            }
-            let header_bytes = match window.get(position, BATCH_HEADER_BYTES).await? {
-                Some(bytes) => bytes,
-                None => {
-                    let rest = window.get(position, (limit - position) as usize).await?;
-                    return Ok((meta, classify_tail(position, rest.unwrap_or(&[]))));
-                }
-            };
-            if header_bytes.iter().all(|&byte| byte == 0) {
-                return Ok((meta, ScanStop::ZeroPadding));
-            }
-            let header = match BatchHeader::parse(header_bytes) {
-                Ok(header) => header,
-                Err(error) => return Ok((meta, damaged(position, error.to_string()))),
-            };
-            if header.base_offset != meta.next_offset {
-                let reason = format!(
-                    "batch base offset {} where {} was expected",
-                    header.base_offset, meta.next_offset
-                );
-                return Ok((meta, damaged(position, reason)));
-            }
-            if stop_at_offset.is_some_and(|offset| header.next_offset() > offset) {
-                return Ok((meta, ScanStop::ReachedOffset));
-            }
-            let Some(batch) = window.get(position, header.total_bytes()).await? else {
-                let reason = format!("batch of {} bytes runs past the end", header.total_bytes());
-                return Ok((meta, damaged(position, reason)));
-            };
-            if let Err(error) = validate_framing(batch) {
-                return Ok((meta, damaged(position, error.to_string())));
-            }
-            if relative(base_offset, header.last_offset()).is_err() {
-                return Ok((
-                    meta,
-                    damaged(position, "offsets overflow the segment".to_string()),
-                ));
-            }
-            meta.note_batch(base_offset, position, &header, index_interval_bytes);
-            meta.producers.record(&header);
-        }
+        scan_source(
+            &mut window,
+            base_offset,
+            limit,
+            stop_at_offset,
+            index_interval_bytes,
+        )
+        .await
     }
 
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
@@ -427,6 +388,110 @@ impl Segment {
             position,
             reason,
         }
+    }
+}
+
+/// Where a recovery scan reads a segment: the file through windows, or (for the fuzz
+/// targets, `crate::fuzzing`) bytes in memory.
+pub(crate) trait ScanSource {
+    /// `[position, position + length)`, or `None` when the range goes past the limit or
+    /// past the end of the bytes.
+    async fn get(&mut self, position: u64, length: usize) -> Result<Option<&[u8]>, StorageError>;
+}
+
+impl ScanSource for Window<'_> {
+    async fn get(&mut self, position: u64, length: usize) -> Result<Option<&[u8]>, StorageError> {
+        Window::get(self, position, length).await
+    }
+}
+
+/// A whole segment file in memory.
+struct MemorySource<'a>(&'a [u8]);
+
+impl ScanSource for MemorySource<'_> {
+    async fn get(&mut self, position: u64, length: usize) -> Result<Option<&[u8]>, StorageError> {
+        let Ok(start) = usize::try_from(position) else {
+            return Ok(None);
+        };
+        Ok(start
+            .checked_add(length)
+            .and_then(|end| self.0.get(start..end)))
+    }
+}
+
+/// `Segment::scan` over the bytes of a whole segment file in memory: recovery's logic
+/// without the file (the fuzz targets, `crate::fuzzing`).
+pub(crate) fn scan_bytes(
+    bytes: &[u8],
+    base_offset: i64,
+    stop_at_offset: Option<i64>,
+    index_interval_bytes: u64,
+) -> (SegmentMeta, ScanStop) {
+    let mut source = MemorySource(bytes);
+    let scan = scan_source(
+        &mut source,
+        base_offset,
+        bytes.len() as u64,
+        stop_at_offset,
+        index_interval_bytes,
+    );
+    futures_lite::future::block_on(scan).expect("reading memory cannot fail")
+}
+
+/// The scan behind `Segment::scan` (see there), reading through `source`.
+async fn scan_source(
+    source: &mut impl ScanSource,
+    base_offset: i64,
+    limit: u64,
+    stop_at_offset: Option<i64>,
+    index_interval_bytes: u64,
+) -> Result<(SegmentMeta, ScanStop), StorageError> {
+    let mut meta = SegmentMeta::empty(base_offset);
+    let damaged = |position: u64, reason: String| ScanStop::Damaged { position, reason };
+    loop {
+        let position = meta.size_bytes;
+        if position == limit {
+            return Ok((meta, ScanStop::End));
+        }
+        let header_bytes = match source.get(position, BATCH_HEADER_BYTES).await? {
+            Some(bytes) => bytes,
+            None => {
+                let rest = source.get(position, (limit - position) as usize).await?;
+                return Ok((meta, classify_tail(position, rest.unwrap_or(&[]))));
+            }
+        };
+        if header_bytes.iter().all(|&byte| byte == 0) {
+            return Ok((meta, ScanStop::ZeroPadding));
+        }
+        let header = match BatchHeader::parse(header_bytes) {
+            Ok(header) => header,
+            Err(error) => return Ok((meta, damaged(position, error.to_string()))),
+        };
+        if header.base_offset != meta.next_offset {
+            let reason = format!(
+                "batch base offset {} where {} was expected",
+                header.base_offset, meta.next_offset
+            );
+            return Ok((meta, damaged(position, reason)));
+        }
+        if stop_at_offset.is_some_and(|offset| header.next_offset() > offset) {
+            return Ok((meta, ScanStop::ReachedOffset));
+        }
+        let Some(batch) = source.get(position, header.total_bytes()).await? else {
+            let reason = format!("batch of {} bytes runs past the end", header.total_bytes());
+            return Ok((meta, damaged(position, reason)));
+        };
+        if let Err(error) = validate_framing(batch) {
+            return Ok((meta, damaged(position, error.to_string())));
+        }
+        if relative(base_offset, header.last_offset()).is_err() {
+            return Ok((
+                meta,
+                damaged(position, "offsets overflow the segment".to_string()),
+            ));
+        }
+        meta.note_batch(base_offset, position, &header, index_interval_bytes);
+        meta.producers.record(&header);
     }
 }
 
