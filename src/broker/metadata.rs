@@ -300,7 +300,34 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<ClusterMetadata, String> {
     {
         return Err("a topic name appears twice".into());
     }
+    // What the broker relies on of every topic, as `check_new_topic` checked it at
+    // creation: a file that says otherwise (damaged behind a valid CRC, or written by a
+    // version with other configs) is refused here, saying why, not found out later (a
+    // config that does not parse would panic a shard).
+    for topic in &metadata.topics {
+        check_stored_topic(topic).map_err(|reason| {
+            format!("topic {}: {reason}", crate::protocol::quoted(&topic.name))
+        })?;
+    }
     Ok(metadata)
+}
+
+fn check_stored_topic(topic: &TopicRecord) -> Result<(), String> {
+    validate_topic_name(&topic.name).map_err(|status| status.message)?;
+    if topic.partitions == 0 || topic.partitions > TOPIC_PARTITIONS_MAX {
+        return Err(format!(
+            "{} partitions, not between 1 and {TOPIC_PARTITIONS_MAX}",
+            topic.partitions
+        ));
+    }
+    LogConfig::from_pairs(
+        topic
+            .configs
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    )
+    .map(drop)
+    .map_err(|error| error.to_string())
 }
 
 /// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
@@ -487,6 +514,44 @@ mod tests {
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(ClusterMetadata::load(dir.path()).is_err());
+    }
+
+    /// Found by the metadata_archive fuzz target: a topic whose config does not parse
+    /// loaded, and `log_config` then panicked ("configs were validated").
+    #[test]
+    fn a_stored_topic_the_broker_could_not_use_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = |name: &str, partitions, configs: &[(&str, &str)]| TopicRecord {
+            name: name.into(),
+            partitions,
+            configs: configs
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        };
+        for (bad, reason) in [
+            (
+                topic("orders", 1, &[("segment.bytes", "8~")]),
+                "segment.bytes",
+            ),
+            (topic("orders", 1, &[("newer.config", "1")]), "newer.config"),
+            (topic("orders", 0, &[]), "0 partitions"),
+            (topic("orders", TOPIC_PARTITIONS_MAX + 1, &[]), "partitions"),
+            (topic("../orders", 1, &[]), "invalid topic name"),
+        ] {
+            let metadata = ClusterMetadata {
+                generation: 1,
+                topics: vec![topic("clicks", 2, &[("flush.ms", "10")]), bad],
+            };
+            metadata.save(dir.path()).unwrap();
+            let error = ClusterMetadata::load(dir.path())
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                error.contains("metadata.bin") && error.contains("topic") && error.contains(reason),
+                "{error}"
+            );
+        }
     }
 
     #[test]
