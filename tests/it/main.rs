@@ -5,6 +5,7 @@ mod assignors;
 mod broker_lifecycle;
 mod cli;
 mod cluster;
+mod disk_faults;
 mod fault_proxy;
 mod groups;
 mod hostile;
