@@ -1,6 +1,7 @@
 //! spate-loadgen: drives a Spate broker with produce, consume or end-to-end workloads and
 //! reports throughput and latency (see README and docs/BENCHMARKS.md).
 
+mod broker_metrics;
 mod consumer;
 mod door;
 mod options;
@@ -54,11 +55,22 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let metrics = plan.broker_metrics.clone();
+    let scrape = || metrics.as_deref().map(broker_metrics::scrape);
+    let before = scrape();
     let outcome = run::run(&mut plan)?;
     let peak = broker
         .as_ref()
         .and_then(run::SpawnedBroker::peak_resident_bytes);
-    let summary = report::summary(&plan, &outcome, peak);
+    let figures = match (before, scrape()) {
+        (Some(Ok(before)), Some(Ok(after))) => Some(broker_metrics::figures(&before, &after)),
+        (Some(Err(error)), _) | (_, Some(Err(error))) => {
+            eprintln!("warning: no broker-side figures: {error:#}");
+            None
+        }
+        _ => None,
+    };
+    let summary = report::summary(&plan, &outcome, peak, figures);
     print!("{}", report::table(&summary));
     if let Some(path) = &plan.json {
         report::write_json(path, &summary)?;

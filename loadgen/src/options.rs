@@ -42,6 +42,11 @@ pub struct Options {
     /// The spawned broker's cores, e.g. 0 or 0-1 [default: 0].
     #[arg(long)]
     pub broker_cpus: Option<String>,
+    /// The broker's metrics address (HOST:PORT of `spate serve --metrics-listen`), read
+    /// before and after the run for the broker's own figures (fsync latency, group-commit
+    /// size) [default: the spawned broker's; none for another broker].
+    #[arg(long)]
+    pub broker_metrics: Option<String>,
     /// The spawned broker's binary [default: `spate` next to this program].
     #[arg(long)]
     pub broker_bin: Option<PathBuf>,
@@ -138,6 +143,7 @@ impl Options {
             broker,
             spawn_broker,
             broker_cpus,
+            broker_metrics,
             broker_bin,
             topic,
             partitions,
@@ -188,6 +194,8 @@ pub struct Plan {
     pub broker: String,
     pub spawn_broker: bool,
     pub broker_cpus: Vec<usize>,
+    /// Where the broker's metrics are read (set for a spawned broker when it starts).
+    pub broker_metrics: Option<String>,
     #[serde(skip)]
     pub broker_bin: Option<PathBuf>,
     /// Settings of the spawned broker (`spate serve --key value`).
@@ -293,6 +301,7 @@ impl Plan {
                 .unwrap_or_else(|| protocol.default_address().into()),
             spawn_broker,
             broker_cpus,
+            broker_metrics: options.broker_metrics,
             broker_bin: options.broker_bin,
             broker_settings,
             topic: options.topic.unwrap_or_else(|| "loadgen".into()),

@@ -39,6 +39,9 @@ pub struct Summary<'a> {
     /// With --spawn-broker: the most memory the broker held resident (VmHWM), read at the
     /// end of the run.
     pub broker_peak_resident_bytes: Option<u64>,
+    /// The broker's own figures over the run, from its metrics (--broker-metrics, or a
+    /// spawned broker's); null without them.
+    pub broker: Option<crate::broker_metrics::BrokerFigures>,
     pub plan: &'a Plan,
     pub series: &'a [Interval],
 }
@@ -47,6 +50,7 @@ pub fn summary<'a>(
     plan: &'a Plan,
     outcome: &'a Outcome,
     broker_peak_resident_bytes: Option<u64>,
+    broker: Option<crate::broker_metrics::BrokerFigures>,
 ) -> Summary<'a> {
     let tally = &outcome.tally;
     let seconds = outcome.duration.as_secs_f64().max(1e-9);
@@ -70,6 +74,7 @@ pub fn summary<'a>(
         resent_batches: outcome.resent_batches,
         consumer_failovers: outcome.consumer_failovers,
         broker_peak_resident_bytes,
+        broker,
         plan,
         series: &tally.series,
     }
@@ -114,6 +119,18 @@ pub fn table(summary: &Summary) -> String {
             out,
             "broker peak resident memory  {:.1} MiB",
             peak as f64 / (1 << 20) as f64
+        );
+    }
+    if let Some(broker) = &summary.broker {
+        let _ = writeln!(
+            out,
+            "broker      {} durability rounds, {:.1} segments each, sync p50 {} us p99 {} us; append write p99 {} us; {} errors",
+            broker.sync_rounds,
+            broker.segments_per_round,
+            broker.sync_p50_us,
+            broker.sync_p99_us,
+            broker.append_p99_us,
+            broker.errors
         );
     }
     if summary.errors > 0 {

@@ -115,10 +115,15 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
         .prefix("spate-loadgen-")
         .tempdir()?;
     let shards = plan.broker_cpus.len();
-    // Native: the bootstrap port and one per shard; Kafka's the same, just above.
-    let port = spate::server::free_port_range([127, 0, 0, 1].into(), 2 * shards + 1)
+    // Native: the bootstrap port and one per shard; Kafka's the same, just above; then
+    // the metrics port.
+    let port = spate::server::free_port_range([127, 0, 0, 1].into(), 2 * shards + 2)
         .map_err(|error| anyhow::anyhow!(error))?;
     let kafka_port = port + shards as u16 + 1;
+    let metrics = format!("127.0.0.1:{}", port + 2 * shards as u16 + 2);
+    if plan.broker_metrics.is_none() {
+        plan.broker_metrics = Some(metrics.clone());
+    }
     let cpus = plan
         .broker_cpus
         .iter()
@@ -135,6 +140,8 @@ pub fn spawn_broker(plan: &mut Plan) -> anyhow::Result<SpawnedBroker> {
             &cpus,
             "--kafka-listen",
             &format!("127.0.0.1:{kafka_port}"),
+            "--metrics-listen",
+            &metrics,
         ])
         .arg("--data-dir")
         .arg(data.path().join("data"))

@@ -93,6 +93,13 @@ fn produce_and_e2e_count_every_record_and_report_the_documented_keys() {
         report["broker_peak_resident_bytes"].as_u64().unwrap() > 1 << 20,
         "the spawned broker's peak memory is reported"
     );
+    // The broker's own figures, from its metrics (the run may end before flush.ms=100
+    // has synced anything; the writes are counted).
+    let broker = &report["broker"];
+    assert!(broker["append_p99_us"].as_u64().unwrap() > 0, "{broker}");
+    assert!(broker["sync_rounds"].is_u64(), "{broker}");
+    assert!(broker["segments_per_round"].is_f64(), "{broker}");
+    assert_eq!(broker["errors"], 0);
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("<svg") && html.contains("Latency distribution"));
 

@@ -108,12 +108,7 @@ fn a_full_disk_fails_produces_clearly_keeps_reads_and_resumes_when_space_returns
             last_end = last_end.max(answer.base_offset + 8);
             continue;
         }
-        assert_eq!(
-            answer.status.code,
-            ErrorCode::DiskFull,
-            "{}",
-            answer.status
-        );
+        assert_eq!(answer.status.code, ErrorCode::DiskFull, "{}", answer.status);
         assert!(
             answer.status.message.contains("disk full"),
             "an error the user can act on: {}",

@@ -5,6 +5,7 @@ mod assignors;
 mod broker_lifecycle;
 mod cli;
 mod cluster;
+mod crash_soak;
 mod disk_faults;
 mod fault_proxy;
 mod groups;
