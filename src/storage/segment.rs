@@ -474,7 +474,15 @@ async fn scan_source(
             );
             return Ok((meta, damaged(position, reason)));
         }
-        if stop_at_offset.is_some_and(|offset| header.next_offset() > offset) {
+        // Offsets that would pass i64::MAX (a segment named near it) have no next offset.
+        let Some(next_offset) = header
+            .base_offset
+            .checked_add(i64::from(header.last_offset_delta))
+            .and_then(|last_offset| last_offset.checked_add(1))
+        else {
+            return Ok((meta, damaged(position, "offsets overflow i64".to_string())));
+        };
+        if stop_at_offset.is_some_and(|offset| next_offset > offset) {
             return Ok((meta, ScanStop::ReachedOffset));
         }
         let Some(batch) = source.get(position, header.total_bytes()).await? else {
@@ -509,6 +517,34 @@ fn classify_tail(position: u64, rest: &[u8]) -> ScanStop {
         ScanStop::Damaged {
             position,
             reason: format!("{} stray bytes after the last batch", rest.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::BatchBuilder;
+
+    /// Found by the segment_recovery fuzz target: a batch whose last offset passes
+    /// i64::MAX (in a segment named near it) overflowed in the recovery scan, a panic with
+    /// overflow checks and a log end wrapped negative without.
+    #[test]
+    fn offsets_past_i64_max_are_damage_not_an_overflow() {
+        let base_offset = i64::MAX - 1;
+        let mut builder = BatchBuilder::new();
+        for value in [&b"a"[..], b"b", b"c"] {
+            builder.push(0, None, Some(value), &[]);
+        }
+        let batch = builder.build(base_offset);
+        for stop_at_offset in [None, Some(i64::MAX)] {
+            let (meta, stop) = scan_bytes(&batch, base_offset, stop_at_offset, 4096);
+            assert_eq!(meta.size_bytes, 0);
+            assert_eq!(meta.next_offset, base_offset);
+            assert!(
+                matches!(&stop, ScanStop::Damaged { position: 0, reason } if reason.contains("overflow")),
+                "{stop:?}"
+            );
         }
     }
 }
