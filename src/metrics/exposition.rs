@@ -59,10 +59,16 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 impl Collector for Broker {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshots: Vec<Snapshot> = self
+        let snapshots: Vec<Arc<Snapshot>> = self
             .shards
             .iter()
-            .map(|shard| shard.snapshot.lock().map(|s| s.clone()).unwrap_or_default())
+            .map(|shard| {
+                shard
+                    .snapshot
+                    .lock()
+                    .map(|snapshot| snapshot.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         self.encode_info(&mut encoder)?;
         self.encode_requests(&mut encoder)?;
@@ -270,7 +276,7 @@ impl Broker {
     fn encode_storage(
         &self,
         encoder: &mut DescriptorEncoder,
-        snapshots: &[Snapshot],
+        snapshots: &[Arc<Snapshot>],
     ) -> Result<(), std::fmt::Error> {
         let shards = &self.shards;
         histograms(
@@ -372,7 +378,7 @@ impl Broker {
     fn encode_shard_gauges(
         &self,
         encoder: &mut DescriptorEncoder,
-        snapshots: &[Snapshot],
+        snapshots: &[Arc<Snapshot>],
     ) -> Result<(), std::fmt::Error> {
         let shards = &self.shards;
         gauges(
@@ -414,7 +420,7 @@ impl Broker {
     fn encode_partitions(
         &self,
         encoder: &mut DescriptorEncoder,
-        snapshots: &[Snapshot],
+        snapshots: &[Arc<Snapshot>],
     ) -> Result<(), std::fmt::Error> {
         let mut partitions: Vec<_> = snapshots.iter().flat_map(|s| &s.partitions).collect();
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -462,6 +468,20 @@ impl Broker {
             "A partition's segments' size on disk",
             Some(&Unit::Bytes),
             each(|p| p.size_bytes as i64),
+        )?;
+        gauges(
+            encoder,
+            "partition_replicas",
+            "The partition's replicas, as the cluster's metadata has them (1 on a broker on its own)",
+            None,
+            each(|p| i64::from(p.replicas)),
+        )?;
+        gauges(
+            encoder,
+            "partition_in_sync_replicas",
+            "The partition's replicas in sync with its leader; fewer than spate_partition_replicas: under-replicated",
+            None,
+            each(|p| i64::from(p.in_sync_replicas)),
         )?;
         gauges(
             encoder,
@@ -564,7 +584,7 @@ mod tests {
         shard.produce_latency[1].observe(0.002);
         shard.sent_bytes[0].add(10);
         {
-            let mut snapshot = shard.snapshot.lock().unwrap();
+            let mut snapshot = Snapshot::default();
             snapshot.partitions.push(PartitionSample {
                 topic: "t\"x".into(),
                 partition: 0,
@@ -573,6 +593,8 @@ mod tests {
                 high_watermark: 40,
                 size_bytes: 4096,
                 leader: true,
+                replicas: 1,
+                in_sync_replicas: 1,
             });
             snapshot.groups.push(GroupSample {
                 group: "g".into(),
@@ -580,6 +602,7 @@ mod tests {
                 partition: 0,
                 committed_offset: 30,
             });
+            *shard.snapshot.lock().unwrap() = Arc::new(snapshot);
         }
         let page = Exposition::new(vec![shard], std::env::temp_dir(), 10).render();
         let has = |line: &str| {

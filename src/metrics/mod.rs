@@ -27,7 +27,7 @@ use crate::protocol::{ApiKey, ErrorCode};
 /// How often a shard copies its gauges into its `Snapshot`.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Upper bounds (seconds) of the latency histograms' buckets: 50 us to 10 s.
+/// Upper bounds (seconds) of the latency histograms' buckets: 50 us to 30 s.
 pub const LATENCY_BOUNDS: [f64; 18] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0,
@@ -79,7 +79,6 @@ pub struct Histogram {
     buckets: Box<[Counter]>,
     /// The sum of the observed values, as f64 bits.
     sum: AtomicU64,
-    count: Counter,
 }
 
 impl Histogram {
@@ -88,7 +87,6 @@ impl Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| Counter::default()).collect(),
             sum: AtomicU64::new(0f64.to_bits()),
-            count: Counter::default(),
         }
     }
 
@@ -98,7 +96,6 @@ impl Histogram {
         self.buckets[bucket].inc();
         let sum = f64::from_bits(self.sum.load(Relaxed)) + value;
         self.sum.store(sum.to_bits(), Relaxed);
-        self.count.inc();
     }
 
     pub fn observe_duration(&self, elapsed: Duration) {
@@ -108,18 +105,17 @@ impl Histogram {
     /// Sum, count and each bucket's upper bound with its (non-cumulative) count, the
     /// last +Inf: what the exposition encoder takes.
     pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let buckets = self
+        let buckets: Vec<(f64, u64)> = self
             .bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
             .zip(self.buckets.iter().map(Counter::get))
             .collect();
-        (
-            f64::from_bits(self.sum.load(Relaxed)),
-            self.count.get(),
-            buckets,
-        )
+        // The count is the buckets' total as read, never more than the +Inf bucket (an
+        // observation landing between the reads would otherwise make it so).
+        let count = buckets.iter().map(|(_, count)| count).sum();
+        (f64::from_bits(self.sum.load(Relaxed)), count, buckets)
     }
 }
 
@@ -179,8 +175,9 @@ pub struct ShardMetrics {
     pub reactor_stalls: Counter,
     /// How late the reactor probe woke, each `PROBE_INTERVAL`.
     pub reactor_lag: Histogram,
-    /// Gauges, copied once a second by the shard.
-    pub snapshot: Mutex<Snapshot>,
+    /// Gauges, copied once a second by the shard (the lock is held only to swap or
+    /// clone the pointer, so neither side waits on the other's work).
+    pub snapshot: Mutex<Arc<Snapshot>>,
 }
 
 /// How often the reactor probe wakes, and how late counts as a stall.
@@ -212,7 +209,7 @@ impl ShardMetrics {
             tail_cache_misses: Counter::default(),
             reactor_stalls: Counter::default(),
             reactor_lag: latency(),
-            snapshot: Mutex::new(Snapshot::default()),
+            snapshot: Mutex::new(Arc::new(Snapshot::default())),
         }
     }
 
@@ -336,6 +333,10 @@ pub struct PartitionSample {
     pub size_bytes: u64,
     /// Whether this node leads it (always, for a broker on its own).
     pub leader: bool,
+    /// Its replicas and those in sync, as the cluster's metadata has them (1 and 1 for a
+    /// broker on its own).
+    pub replicas: u32,
+    pub in_sync_replicas: u32,
 }
 
 /// One committed offset of a group this shard coordinates.

@@ -70,6 +70,9 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
     for address in listen_addresses(&config) {
         port_is_free(address)?;
     }
+    // The metrics port is taken now, so that a port in use stops the start before
+    // anything on disk changes or a cluster node starts.
+    let metrics_listener = config.metrics_listen.map(admin::bind).transpose()?;
     quarantine_stray_partitions(data_dir, &metadata)?;
     let segment_files_max = segment_files_max_per_shard(config.shards);
     // A cluster node's metadata Raft group runs on a thread of its own; it reaches the
@@ -85,9 +88,9 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         .map(|shard| Arc::new(crate::metrics::ShardMetrics::new(shard)))
         .collect();
     let serving = Arc::new(AtomicUsize::new(0));
-    let admin = match config.metrics_listen {
-        Some(address) => Some(admin::start(
-            address,
+    let admin = match metrics_listener {
+        Some(listener) => Some(admin::start(
+            listener,
             crate::metrics::Exposition::new(
                 metrics.clone(),
                 config.data_dir.clone(),
@@ -186,7 +189,6 @@ pub fn serve(mut config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), 
         }
     }
     drop(handles);
-    drop(admin);
     drop(node);
     match failure {
         Some(error) => Err(error),

@@ -391,12 +391,19 @@ impl Shard {
                 .map(|(key, log)| {
                     let (topic, partition) = (&key.0, key.1);
                     let log_end_offset = log.log_end_offset();
+                    // In a cluster, a replica with no replication state yet knows no high
+                    // watermark: 0, as `readable_end` would answer.
                     let high_watermark = match replicas.get(key) {
                         Some(replica) if clustered => {
                             replica.high_watermark.get().min(log_end_offset)
                         }
+                        None if clustered => 0,
                         _ => log_end_offset,
                     };
+                    let (replicas, in_sync_replicas) =
+                        view.partition(topic, partition).map_or((1, 1), |state| {
+                            (state.replicas.len() as u32, state.isr.len() as u32)
+                        });
                     PartitionSample {
                         topic: topic.clone(),
                         partition,
@@ -405,6 +412,8 @@ impl Shard {
                         high_watermark,
                         size_bytes: log.size_bytes(),
                         leader: view.check_leader(topic, partition).is_ok(),
+                        replicas,
+                        in_sync_replicas,
                     }
                 })
                 .collect()
@@ -435,9 +444,13 @@ impl Shard {
             segment_files_max: u64::from(description.segment_files_max),
             long_poll_waits: u64::from(description.long_poll_waits),
         };
-        if let Ok(mut shared) = self.metrics.snapshot.lock() {
-            *shared = snapshot;
-        }
+        let snapshot = std::sync::Arc::new(snapshot);
+        // The old one is dropped after the lock is released.
+        let _old = self
+            .metrics
+            .snapshot
+            .lock()
+            .map(|mut shared| std::mem::replace(&mut *shared, snapshot));
     }
 
     /// The owner of a partition, or why there is none.

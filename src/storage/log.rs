@@ -435,6 +435,7 @@ impl Log {
         max_bytes: usize,
         at_least_one_batch: bool,
     ) -> Result<ReadOutcome, StorageError> {
+        let mut counted = false;
         loop {
             let (segment, log_start_offset, log_end_offset) = {
                 let state = self.inner.state.borrow();
@@ -451,10 +452,14 @@ impl Log {
                     return Ok(outcome(Vec::new()));
                 }
                 let cached = state.cache.read(offset, max_bytes, at_least_one_batch);
-                crate::metrics::with(|metrics| match cached {
-                    Some(_) => metrics.tail_cache_hits.inc(),
-                    None => metrics.tail_cache_misses.inc(),
-                });
+                if !counted {
+                    // Once per read (a retry after a truncation is the same read).
+                    counted = true;
+                    crate::metrics::with(|metrics| match cached {
+                        Some(_) => metrics.tail_cache_hits.inc(),
+                        None => metrics.tail_cache_misses.inc(),
+                    });
+                }
                 if let Some(chunks) = cached {
                     // A reader served from memory has caught up: what was read ahead for
                     // it is no longer wanted.

@@ -160,7 +160,7 @@ fn acknowledged_records_and_committed_offsets_survive_kill_9_at_random_moments()
     let broker = start(&data_dir);
     check(&broker, &acknowledged.lock().unwrap(), cycles);
     eprintln!(
-        "crash soak passed: {cycles} cycles, {} records and {} topic operations acknowledged and all found, in {:.0} s",
+        "crash soak passed: {cycles} cycles, {} records acknowledged and {} topics created or deleted, all found as acknowledged, in {:.0} s",
         totals.0,
         totals.1,
         started.elapsed().as_secs_f64()
@@ -199,6 +199,17 @@ fn check(broker: &Broker, acknowledged: &Acknowledged, cycle: u32) {
             }],
         )
         .unwrap();
+    let answered: Vec<u32> = committed
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(|partition| partition.partition)
+        .collect();
+    for partition in acknowledged.committed.keys() {
+        assert!(
+            answered.contains(partition),
+            "before cycle {cycle}: no committed offset answered for soak-{partition}"
+        );
+    }
     for partition in committed.iter().flat_map(|topic| &topic.partitions) {
         if let Some(expected) = acknowledged.committed.get(&partition.partition) {
             assert!(

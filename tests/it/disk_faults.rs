@@ -13,12 +13,12 @@ use spate::protocol::{
 };
 
 use crate::metrics::{Scrape, http};
-use crate::server::{Broker, free_ports, read_partition};
+use crate::server::{Broker, read_partition};
 use crate::support::{LoopMount, batch, fill, wait_for};
 
 /// A broker on `mount`'s filesystem with metrics on a known port.
 fn broker_on(mount: &LoopMount) -> (Broker, String) {
-    let metrics = format!("127.0.0.1:{}", free_ports(0));
+    let metrics = crate::metrics::metrics_address();
     let broker = Broker::start_in(
         &mount.mount_point.join("data"),
         1,

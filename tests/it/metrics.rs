@@ -115,9 +115,29 @@ fn scrape(address: &str) -> Scrape {
     Scrape::parse(&page)
 }
 
+/// A free port for a broker's metrics listener, below Linux's ephemeral range (32768 and
+/// up), so that no other test's `bind(port 0)` can take it between this check and the
+/// broker's bind.
+pub fn metrics_address() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        + u64::from(std::process::id())
+        + NEXT.fetch_add(7919, std::sync::atomic::Ordering::SeqCst);
+    for attempt in 0..1000u64 {
+        let port = 20_000 + ((seed + attempt * 104_729) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 /// A broker whose metrics listen on a port the test knows.
 fn broker_with_metrics(shards: usize) -> (Broker, String) {
-    let metrics = format!("127.0.0.1:{}", free_ports(0));
+    let metrics = metrics_address();
     let broker = Broker::start_flagged(shards, &["--metrics-listen", &metrics]);
     (broker, metrics)
 }
@@ -135,10 +155,12 @@ fn scrape_until(address: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
 fn health_and_readiness_answer_and_unknown_paths_do_not() {
     let (_broker, metrics) = broker_with_metrics(2);
     assert_eq!(http(&metrics, "GET", "/healthz"), (200, "ok\n".to_string()));
-    assert_eq!(
-        http(&metrics, "GET", "/readyz"),
-        (200, "ready\n".to_string())
-    );
+    // Ready once every shard serves (the broker answered on one of them).
+    let ready = wait_for(Duration::from_secs(10), || {
+        let answer = http(&metrics, "GET", "/readyz");
+        (answer.0 == 200).then_some(answer)
+    });
+    assert_eq!(ready, Some((200, "ready\n".to_string())));
     assert_eq!(http(&metrics, "GET", "/nothing").0, 404);
     assert_eq!(http(&metrics, "POST", "/metrics").0, 405);
 }
@@ -275,7 +297,7 @@ fn counters_and_gauges_move_with_traffic_through_both_doors() {
 
 #[test]
 fn per_partition_series_are_capped() {
-    let metrics = format!("127.0.0.1:{}", free_ports(0));
+    let metrics = metrics_address();
     let broker = Broker::start_flagged(
         1,
         &[
