@@ -802,6 +802,8 @@ fn batch_seeds() -> Vec<Vec<u8>> {
     let mut idempotent = sample_batch(5, Compression::None).to_vec();
     crate::record::set_producer(&mut idempotent, 7, 0, 3);
     seeds.push([seeds[0].clone(), idempotent].concat());
+    // Edge values: the base offset (not covered by the CRC, any value) at the top.
+    seeds.push(sample_batch(i64::MAX - 1, Compression::None).to_vec());
     seeds
 }
 

@@ -162,8 +162,13 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
     let mut records = Vec::with_capacity(header.records_count as usize);
     for record in RecordIter::new(&section) {
         let record = record?;
+        // The base offset is not covered by the CRC: any value may come.
+        let offset = header
+            .base_offset
+            .checked_add(i64::from(record.offset_delta))
+            .ok_or(BatchError::MalformedRecord("record offset past i64::MAX"))?;
         records.push(Record {
-            offset: header.base_offset + i64::from(record.offset_delta),
+            offset,
             timestamp: header.base_timestamp.wrapping_add(record.timestamp_delta),
             key: record.key.map(share),
             value: record.value.map(share),
