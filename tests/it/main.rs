@@ -8,6 +8,7 @@ mod cluster;
 mod crash_soak;
 mod disk_faults;
 mod fault_proxy;
+mod fuzz_corpora;
 mod groups;
 mod hostile;
 mod kafka;
