@@ -213,8 +213,9 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
 fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
     let dir = tempfile::tempdir().unwrap();
     let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
-    // The listener and the shard's own port after it, both free.
-    let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 1).unwrap();
+    // The listener, the shard's own port after it and the metrics port, all free.
+    let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 2).unwrap();
+    let metrics = format!("127.0.0.1:{}", port + 2);
     let mut broker = Command::new(spate)
         .args([
             "serve",
@@ -225,7 +226,7 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
             "--kafka-listen",
             "none",
             "--metrics-listen",
-            "127.0.0.1:0",
+            &metrics,
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -306,8 +307,9 @@ fn a_broker_that_dies_mid_run_ends_it_with_the_figures_so_far() {
 fn the_kafka_protocol_produces_and_consumes_the_same_log_as_the_native_one() {
     let dir = tempfile::tempdir().unwrap();
     let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
-    // Native: the listener and two shard ports; Kafka's three just above.
-    let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 5).unwrap();
+    // Native: the listener and two shard ports; Kafka's three just above; then metrics.
+    let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 6).unwrap();
+    let metrics = format!("127.0.0.1:{}", port + 6);
     let (native, kafka) = (
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{}", port + 3),
@@ -322,7 +324,7 @@ fn the_kafka_protocol_produces_and_consumes_the_same_log_as_the_native_one() {
             "--kafka-listen",
             &kafka,
             "--metrics-listen",
-            "127.0.0.1:0",
+            &metrics,
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -412,13 +414,13 @@ impl Cluster {
     fn try_start() -> Option<Cluster> {
         let dir = tempfile::tempdir().unwrap();
         let spate = Path::new(env!("CARGO_BIN_EXE_spate-loadgen")).with_file_name("spate");
-        // The listener and the shard's port after it, free on all three addresses.
+        // The listener, the shard's port after it and the metrics port, free on all three addresses.
         let port = (0..50)
             .find_map(|_| {
-                let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 1).ok()?;
+                let port = spate::server::free_port_range("127.0.0.1".parse().unwrap(), 2).ok()?;
                 (2..=3)
                     .all(|node| {
-                        (0..2).all(|offset| {
+                        (0..3).all(|offset| {
                             std::net::TcpListener::bind(format!("127.0.0.{node}:{}", port + offset))
                                 .is_ok()
                         })
@@ -444,7 +446,7 @@ impl Cluster {
                             "--kafka-listen",
                             "none",
                             "--metrics-listen",
-                            &format!("127.0.0.{id}:0"),
+                            &format!("127.0.0.{id}:{}", port + 2),
                             "--memory-max",
                             "256MiB",
                         ])

@@ -358,7 +358,6 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                 }
             };
             glommio::spawn_local(async move {
-                let metrics = shard.metrics.clone();
                 let outgoing = match work {
                     Ok(Work::Native(request)) => handlers::handle(shard, request, &exchange).await,
                     Ok(Work::Kafka(request)) => {
@@ -366,7 +365,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                     }
                     Err(failure) => Some(failure),
                 };
-                match kind.map(|kind| kind.class) {
+                crate::metrics::with(|metrics| match kind.map(|kind| kind.class) {
                     Some(Class::Produce) => {
                         metrics.produce_latency[protocol].observe_duration(started.elapsed());
                     }
@@ -374,7 +373,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, door: Door) {
                         metrics.fetch_latency[protocol].observe_duration(started.elapsed());
                     }
                     _ => {}
-                }
+                });
                 if let Some(outgoing) = outgoing {
                     let answer = Answer {
                         outgoing,

@@ -393,7 +393,7 @@ fn the_readme_walkthrough_works_on_the_defaults_in_an_empty_directory() {
                 "--kafka-listen",
                 &kafka_address,
                 "--metrics-listen",
-                "127.0.0.1:0",
+                &crate::metrics::metrics_address(),
             ])
             .current_dir(dir.path())
             .stdout(Stdio::null())

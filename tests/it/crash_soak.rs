@@ -25,27 +25,11 @@ use spate::protocol::{
 };
 
 use crate::server::{Broker, read_partition};
-use crate::support::batch;
+use crate::support::{Random, batch, env_number};
 
 const PARTITIONS: u32 = 16;
 const PRODUCERS: usize = 3;
 const GROUP: &str = "soakers";
-
-/// A small xorshift generator: enough randomness for timings and partitions, replayable.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 /// What the broker acknowledged, across every cycle.
 #[derive(Default)]
@@ -76,22 +60,9 @@ fn start(data_dir: &std::path::Path) -> Broker {
 
 #[test]
 fn acknowledged_records_and_committed_offsets_survive_kill_9_at_random_moments() {
-    let cycles: u32 = std::env::var("SPATE_SOAK_CYCLES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(5);
-    let seed: u64 = std::env::var("SPATE_SOAK_SEED")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash soak: {cycles} cycles, SPATE_SOAK_SEED={seed}");
-    let mut random = Random(seed);
+    let cycles: u32 = env_number("SPATE_SOAK_CYCLES", 5);
+    let mut random = Random::seeded_from("SPATE_SOAK_SEED");
+    eprintln!("crash soak: {cycles} cycles, SPATE_SOAK_SEED={}", random.0);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));

@@ -115,10 +115,16 @@ fn scrape(address: &str) -> Scrape {
     Scrape::parse(&page)
 }
 
-/// A free port for a broker's metrics listener, below Linux's ephemeral range (32768 and
-/// up), so that no other test's `bind(port 0)` can take it between this check and the
-/// broker's bind.
+/// A free address on 127.0.0.1 for a broker's metrics listener (see `metrics_address_on`).
 pub fn metrics_address() -> String {
+    metrics_address_on("127.0.0.1")
+}
+
+/// A free port on `ip` for a broker's metrics listener, below Linux's ephemeral range
+/// (32768 and up): no other test's `bind(port 0)` can take it before the broker binds it,
+/// and the listener itself takes none of the ephemeral ports other tests reserve for
+/// their brokers' native and Kafka ports.
+pub fn metrics_address_on(ip: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -128,8 +134,8 @@ pub fn metrics_address() -> String {
         + NEXT.fetch_add(7919, std::sync::atomic::Ordering::SeqCst);
     for attempt in 0..1000u64 {
         let port = 20_000 + ((seed + attempt * 104_729) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return format!("127.0.0.1:{port}");
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return format!("{ip}:{port}");
         }
     }
     panic!("no free port below the ephemeral range");
@@ -346,6 +352,23 @@ fn a_taken_metrics_port_stops_the_start_with_one_clear_line() {
         stderr.contains(&format!("cannot serve metrics on {address}"))
             && stderr.contains("--metrics-listen none"),
         "{stderr}"
+    );
+    // One of the shard ports.
+    let clash = crate::server::spate(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--shards",
+        "1",
+        "--metrics-listen",
+        &format!("127.0.0.1:{}", port + 1),
+    ]);
+    assert!(!clash.status.success());
+    assert!(
+        String::from_utf8_lossy(&clash.stderr)
+            .contains("is one of the --listen or --kafka-listen ports"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
     );
     let bad = crate::server::spate(&["serve", "--metrics-listen", "everywhere"]);
     assert!(!bad.status.success());

@@ -129,7 +129,7 @@ impl Nodes {
                 "--kafka-listen",
                 &format!("127.0.0.{id}:{}", self.port + SHARDS as u16 + 1),
                 "--metrics-listen",
-                &format!("127.0.0.{id}:0"),
+                &crate::metrics::metrics_address_on(&format!("127.0.0.{id}")),
                 "--replica-lag-time-max-ms",
                 "2000",
                 "--memory-max",
@@ -1000,29 +1000,11 @@ fn a_lost_controller_is_replaced_and_too_few_in_sync_refuse_acks_all() {
 /// producer's order.
 #[test]
 fn random_kill_and_restart_cycles_lose_nothing_acknowledged() {
-    let cycles: usize = std::env::var("SPATE_CHAOS_CYCLES")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(20);
-    let seed = std::env::var("SPATE_CHAOS_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let cycles: usize = crate::support::env_number("SPATE_CHAOS_CYCLES", 20);
+    let mut generator = crate::support::Random::seeded_from("SPATE_CHAOS_SEED");
+    let seed = generator.0;
     eprintln!("chaos seed {seed} (SPATE_CHAOS_SEED={seed} runs these rounds again)");
-    let mut state = seed;
-    let mut random = move |below: u64| {
-        // xorshift64
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % below
-    };
+    let mut random = move |below: u64| generator.below(below);
     let mut nodes = Nodes::start();
     let created = nodes
         .connect(1)

@@ -88,12 +88,13 @@ impl Broker {
         } else {
             &["--kafka-listen", &kafka_listen]
         };
-        // Metrics on a port of the kernel's choosing (the default, 9644, would be shared),
-        // unless the test chooses.
+        // Metrics on a port of their own (the default, 9644, would be shared), unless the
+        // test chooses.
+        let metrics_address = crate::metrics::metrics_address();
         let metrics_args: &[&str] = if extra.contains(&"--metrics-listen") {
             &[]
         } else {
-            &["--metrics-listen", "127.0.0.1:0"]
+            &["--metrics-listen", &metrics_address]
         };
         let child = command
             .args([

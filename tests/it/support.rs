@@ -200,3 +200,37 @@ pub fn wait_for<T>(limit: std::time::Duration, mut ready: impl FnMut() -> Option
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A number from the environment variable `name`, or `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small xorshift generator for seeded, replayable test runs: the seed comes from the
+/// environment variable `name` when set, else from the clock (printed by the caller so a
+/// run can be replayed).
+pub struct Random(pub u64);
+
+impl Random {
+    pub fn seeded_from(name: &str) -> Random {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Random(env_number(name, clock) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
