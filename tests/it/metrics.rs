@@ -220,9 +220,23 @@ fn counters_and_gauges_move_with_traffic_through_both_doors() {
     client
         .commit_offsets(commit("billing", "metered", 40))
         .unwrap();
-    // An error: a fetch of a partition that does not exist.
+    // Errors: a fetch of a partition that does not exist (answered per partition), a
+    // topic created twice through each door (per topic), and a Kafka list-offsets of a
+    // missing partition (per partition).
     let missing = client.fetch("metered", 7, 0, 1024, 0).unwrap();
     assert!(!missing.status.is_ok());
+    let again = client.create_topic("metered", 2, &fsync).unwrap();
+    assert!(!again.status.is_ok());
+    let again = kafka.create_topic("metered", 2, -1, &[]).unwrap();
+    assert_eq!(
+        again.topics[0].error_code,
+        spate::kafka::error::TOPIC_ALREADY_EXISTS
+    );
+    let offsets = kafka.list_offsets("metered", &[9], -1).unwrap();
+    assert_eq!(
+        offsets.topics[0].1[0].error_code,
+        spate::kafka::error::UNKNOWN_TOPIC_OR_PARTITION
+    );
     // A frame too short for a request header closes its connection.
     let mut garbage = TcpStream::connect(broker.address()).unwrap();
     garbage.write_all(&[0, 0, 0, 2, 1, 2]).unwrap();
@@ -275,11 +289,16 @@ fn counters_and_gauges_move_with_traffic_through_both_doors() {
     assert!(after.sum("spate_sync_round_segments_sum", &[]) >= 1.0);
     assert!(after.sum("spate_append_latency_seconds_count", &[]) >= 11.0);
     assert!(after.sum("spate_tail_cache_hits_total", &[]) >= 1.0);
-    assert!(
+    assert_eq!(
         after.sum(
             "spate_errors_total",
             &[("code", "unknown_topic_or_partition")]
-        ) >= 1.0
+        ),
+        2.0
+    );
+    assert_eq!(
+        after.sum("spate_errors_total", &[("code", "topic_already_exists")]),
+        2.0
     );
     assert_eq!(after.sum("spate_malformed_frames_total", &native), 1.0);
     assert!(after.sum("spate_connections_accepted_total", &[("protocol", "kafka")]) >= 1.0);

@@ -182,8 +182,36 @@ pub(crate) async fn handle(
         }
         request => groups::handle(&shard, request).await,
     };
-    if let Response::Failed(status) = &response {
-        shard.metrics.error(status.code);
-    }
+    count_errors(&shard, &response);
     Some(Outgoing::Frame(response.encode(correlation_id)))
+}
+
+/// Counts an answer's errors in `spate_errors_total`: a request failed as a whole, or each
+/// failed entry of one that answers per topic or partition (produce and fetch count theirs
+/// where they are answered, for both doors).
+fn count_errors(shard: &Shard, response: &Response) {
+    let count = |status: &Status| shard.metrics.error(status.code);
+    match response {
+        Response::Failed(status) => count(status),
+        Response::CreateTopics(topics)
+        | Response::DeleteTopics(topics)
+        | Response::CreatePartitions(topics) => {
+            topics.iter().for_each(|topic| count(&topic.status));
+        }
+        Response::DescribeTopics(topics) => topics.iter().for_each(|topic| count(&topic.status)),
+        Response::ListOffsets(answer) => answer
+            .topics
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .for_each(|partition| count(&partition.status)),
+        Response::OffsetCommit(topics) => topics
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .for_each(|partition| count(&partition.status)),
+        Response::OffsetFetch(topics) => topics
+            .iter()
+            .flat_map(|topic| &topic.partitions)
+            .for_each(|partition| count(&partition.status)),
+        _ => {}
+    }
 }

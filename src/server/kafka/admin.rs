@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use super::code;
+use super::answered;
 use crate::kafka::{self, error};
 use crate::protocol::{ErrorCode, NewPartitions, NewTopic, Status, TopicStatus};
 use crate::server::handlers::topics::effective_configs;
@@ -109,7 +109,7 @@ pub(super) async fn create_partitions(
         let refuse = |status: Status| {
             Some(kafka::TopicResult {
                 name: topic.name.clone(),
-                error_code: code(&status),
+                error_code: answered(&status),
                 error_message: Some(status.message),
             })
         };
@@ -172,7 +172,7 @@ fn merge(
                 let ok = status.status.is_ok();
                 kafka::TopicResult {
                     name: status.name,
-                    error_code: code(&status.status),
+                    error_code: answered(&status.status),
                     error_message: (!ok).then_some(status.status.message),
                 }
             })
@@ -188,7 +188,7 @@ pub(super) async fn delete_topics(
         .delete_topics(request.names)
         .await
         .into_iter()
-        .map(|status| (status.name, code(&status.status)))
+        .map(|status| (status.name, answered(&status.status)))
         .collect();
     kafka::DeleteTopicsResponse { topics }
 }
@@ -282,7 +282,7 @@ pub(super) async fn init_producer_id(
             producer_epoch: 0,
         },
         Err(status) => kafka::InitProducerIdResponse {
-            error_code: code(&status),
+            error_code: answered(&status),
             producer_id: -1,
             producer_epoch: -1,
         },

@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::{code, kafka_index, partition_index};
+use super::{answered, code, kafka_index, partition_index};
 use crate::broker::metadata::shard_for;
 use crate::broker::view::ClusterView;
 use crate::kafka::{self, error};
@@ -285,7 +285,7 @@ pub(super) async fn fetch(
     // A fetch refused as a whole (too many partitions, one named twice): every partition
     // answers the error, and from v7 the top-level code says it too.
     if let Err(status) = fetch::check(&native) {
-        let failed = code(&status);
+        let failed = answered(&status);
         let topics = native
             .topics
             .into_iter()
@@ -358,7 +358,7 @@ pub(super) async fn list_offsets(
                 .await;
             partitions.push(kafka::ListOffsetsPartitionResponse {
                 partition_index: partition.partition_index,
-                error_code: code(&answer.status),
+                error_code: answered(&answer.status),
                 timestamp: -1,
                 offset: if answer.status.is_ok() {
                     answer.offset

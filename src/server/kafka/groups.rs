@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::{code, kafka_index, partition_index};
+use super::{answered, kafka_index, partition_index};
 use crate::group::coordinator::{ClientAssignment, GroupAnswer, GroupCall, MemberMetadata};
 use crate::group::coordinator_shard;
 use crate::kafka::{self, RequestHeader, consumer, error};
@@ -132,7 +132,7 @@ pub(super) async fn join(
                 .collect(),
         },
         Ok(GroupAnswer::Joined(Err(status))) | Err(status) => {
-            join_failed(code(&status), request.member_id)
+            join_failed(answered(&status), request.member_id)
         }
         Ok(_) => unreachable!("a join gets a join's answer"),
     }
@@ -174,7 +174,7 @@ pub(super) async fn sync(
             assignment,
         },
         Ok(GroupAnswer::Synced(Err(status))) | Err(status) => kafka::SyncGroupResponse {
-            error_code: code(&status),
+            error_code: answered(&status),
             assignment: Bytes::new(),
         },
         Ok(_) => unreachable!("a sync gets a sync's answer"),
@@ -193,7 +193,7 @@ async fn native_call(shard: &Rc<Shard>, request: Request) -> Result<Response, St
 fn error_code(outcome: &Result<Response, Status>) -> i16 {
     match outcome {
         Ok(_) => error::NONE,
-        Err(status) => code(status),
+        Err(status) => answered(status),
     }
 }
 
@@ -284,7 +284,12 @@ pub(super) async fn commit(
                 let partitions = topic
                     .partitions
                     .iter()
-                    .map(|partition| (kafka_index(partition.partition), code(&partition.status)))
+                    .map(|partition| {
+                        (
+                            kafka_index(partition.partition),
+                            answered(&partition.status),
+                        )
+                    })
                     .collect();
                 (topic.name, partitions)
             })
@@ -292,7 +297,7 @@ pub(super) async fn commit(
         Ok(_) => unreachable!("a commit gets a commit's answer"),
         // Refused as a whole (not a member, a stale generation): every partition says so.
         Err(status) => {
-            let failed = code(&status);
+            let failed = answered(&status);
             asked
                 .into_iter()
                 .map(|(name, partitions)| {
@@ -340,7 +345,7 @@ pub(super) async fn fetch_offsets(
                             partition_index: kafka_index(partition.partition),
                             committed_offset: partition.offset,
                             metadata: Some(partition.metadata),
-                            error_code: code(&partition.status),
+                            error_code: answered(&partition.status),
                         })
                         .collect();
                     (topic.name, partitions)
@@ -349,7 +354,7 @@ pub(super) async fn fetch_offsets(
         },
         Ok(_) => unreachable!("an offset fetch gets an offset fetch's answer"),
         Err(status) => kafka::OffsetFetchResponse {
-            error_code: code(&status),
+            error_code: answered(&status),
             topics: Vec::new(),
         },
     }
@@ -367,7 +372,7 @@ pub(super) async fn list(shard: &Rc<Shard>) -> kafka::ListGroupsResponse {
                 .collect(),
         },
         Err(status) => kafka::ListGroupsResponse {
-            error_code: code(&status),
+            error_code: answered(&status),
             groups: Vec::new(),
         },
     }
@@ -419,7 +424,7 @@ pub(super) async fn describe(
                 error_code: match status.code {
                     protocol::ErrorCode::UnknownGroup => error::NONE,
                     protocol::ErrorCode::InvalidRequest => error::INVALID_GROUP_ID,
-                    _ => code(&status),
+                    _ => answered(&status),
                 },
                 group_id,
                 state: "Dead".to_string(),

@@ -199,6 +199,14 @@ pub(crate) async fn handle(
     })
 }
 
+/// Kafka's error code for a native status answered to a client, counted in
+/// `spate_errors_total` under the native code. Produce's and fetch's partitions use
+/// `code` instead: the native paths they share with the other door count those.
+fn answered(status: &Status) -> i16 {
+    crate::metrics::with(|metrics| metrics.error(status.code));
+    code(status)
+}
+
 /// Kafka's error code for a native status (the message is lost: most Kafka answers have
 /// no room for one).
 fn code(status: &Status) -> i16 {
