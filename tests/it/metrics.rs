@@ -172,6 +172,35 @@ fn health_and_readiness_answer_and_unknown_paths_do_not() {
 }
 
 #[test]
+fn a_cluster_node_is_ready_only_once_it_knows_a_controller() {
+    // Node 1 of three, alone: its shards serve, but no controller can be elected.
+    let mut nodes = crate::replication::Nodes::unstarted(&mut |_, _, address| address);
+    nodes.spawn(1);
+    let alone = nodes.metrics(1).to_string();
+    let waiting = wait_for(Duration::from_secs(20), || {
+        let (status, body) = http_or_refused(&alone, "/readyz")?;
+        body.contains("controller").then_some((status, body))
+    })
+    .expect("node 1 never said it waits for a controller");
+    assert_eq!(waiting.0, 503, "{waiting:?}");
+    assert!(waiting.1.contains("knows no controller"), "{waiting:?}");
+    assert_eq!(http(&alone, "GET", "/healthz").0, 200);
+    // A second node makes a quorum: node 1 learns the controller and is ready.
+    nodes.spawn(2);
+    let ready = wait_for(Duration::from_secs(30), || {
+        let answer = http_or_refused(&alone, "/readyz")?;
+        (answer.0 == 200).then_some(answer)
+    });
+    assert_eq!(ready, Some((200, "ready\n".to_string())));
+}
+
+/// `/readyz` or the like, or None while nothing listens yet.
+fn http_or_refused(address: &str, path: &str) -> Option<(u16, String)> {
+    TcpStream::connect(address).ok()?;
+    Some(http(address, "GET", path))
+}
+
+#[test]
 fn counters_and_gauges_move_with_traffic_through_both_doors() {
     let (broker, metrics) = broker_with_metrics(2);
     let before = scrape(&metrics);

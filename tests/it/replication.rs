@@ -26,6 +26,8 @@ pub struct Nodes {
     children: BTreeMap<u64, Child>,
     /// routes[(from, to)]: where node `from` reaches node `to` (its --cluster entry).
     routes: BTreeMap<(u64, u64), String>,
+    /// Each node's metrics address at its last start.
+    metrics: BTreeMap<u64, String>,
 }
 
 impl Nodes {
@@ -48,29 +50,7 @@ impl Nodes {
     }
 
     fn try_start(route: &mut impl FnMut(u64, u64, String) -> String) -> Option<Nodes> {
-        let dir = tempfile::tempdir().unwrap();
-        // The native port, a port per shard, then the Kafka port and one per shard, free
-        // on every node's address.
-        let port = free_on_every_node(2 * (SHARDS + 1));
-        let mut routes = BTreeMap::new();
-        for from in 1..=3 {
-            for to in 1..=3 {
-                let address = format!("127.0.0.{to}:{port}");
-                let routed = if from == to {
-                    address
-                } else {
-                    route(from, to, address)
-                };
-                routes.insert((from, to), routed);
-            }
-        }
-        let mut nodes = Nodes {
-            root: dir.path().to_path_buf(),
-            _dir: dir,
-            port,
-            children: BTreeMap::new(),
-            routes,
-        };
+        let mut nodes = Nodes::unstarted(route);
         for id in 1..=3 {
             nodes.spawn(id);
         }
@@ -89,6 +69,39 @@ impl Nodes {
             Some(false) => None,
             None => panic!("the three nodes form a cluster"),
         }
+    }
+
+    /// Three nodes' directory, ports and routes, none of them started (`spawn` starts one).
+    pub fn unstarted(route: &mut impl FnMut(u64, u64, String) -> String) -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        // The native port, a port per shard, then the Kafka port and one per shard, free
+        // on every node's address.
+        let port = free_on_every_node(2 * (SHARDS + 1));
+        let mut routes = BTreeMap::new();
+        for from in 1..=3 {
+            for to in 1..=3 {
+                let address = format!("127.0.0.{to}:{port}");
+                let routed = if from == to {
+                    address
+                } else {
+                    route(from, to, address)
+                };
+                routes.insert((from, to), routed);
+            }
+        }
+        Nodes {
+            root: dir.path().to_path_buf(),
+            _dir: dir,
+            port,
+            children: BTreeMap::new(),
+            routes,
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    /// Node `id`'s metrics address (HOST:PORT) at its last start.
+    pub fn metrics(&self, id: u64) -> &str {
+        &self.metrics[&id]
     }
 
     /// Whether a node exited because its port was taken meanwhile.
@@ -117,6 +130,7 @@ impl Nodes {
             .append(true)
             .open(self.root.join(format!("node{id}.log")))
             .unwrap();
+        let metrics = crate::metrics::metrics_address_on(&format!("127.0.0.{id}"));
         let child = Command::new(env!("CARGO_BIN_EXE_spate"))
             .args([
                 "serve",
@@ -129,7 +143,7 @@ impl Nodes {
                 "--kafka-listen",
                 &format!("127.0.0.{id}:{}", self.port + SHARDS as u16 + 1),
                 "--metrics-listen",
-                &crate::metrics::metrics_address_on(&format!("127.0.0.{id}")),
+                &metrics,
                 "--replica-lag-time-max-ms",
                 "2000",
                 "--memory-max",
@@ -145,6 +159,7 @@ impl Nodes {
             .spawn()
             .unwrap();
         self.children.insert(id, child);
+        self.metrics.insert(id, metrics);
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
