@@ -172,6 +172,39 @@ fn health_and_readiness_answer_and_unknown_paths_do_not() {
 }
 
 #[test]
+fn a_reactor_held_off_its_core_counts_as_a_stall_on_every_shard() {
+    let (broker, metrics) = broker_with_metrics(2);
+    let counted = |scrape: &Scrape, shard: &str| {
+        scrape.sum("spate_reactor_stalls_total", &[("shard", shard)])
+    };
+    let before = scrape_until(&metrics, |scrape| {
+        scrape.sum("spate_reactor_lag_seconds_count", &[("shard", "1")]) > 0.0
+    });
+    // Stopped for 300 ms, every shard's 100 ms probe timer fires about 200 ms late.
+    broker.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.signal(libc::SIGCONT);
+    let after = scrape_until(&metrics, |scrape| {
+        ["0", "1"]
+            .iter()
+            .all(|shard| counted(scrape, shard) > counted(&before, shard))
+    });
+    // The lag histogram saw it: at least one wake-up later than 100 ms on each shard.
+    for shard in ["0", "1"] {
+        let late = |scrape: &Scrape| {
+            scrape.sum("spate_reactor_lag_seconds_count", &[("shard", shard)])
+                - scrape.sum(
+                    "spate_reactor_lag_seconds_bucket",
+                    &[("shard", shard), ("le", "0.1")],
+                )
+        };
+        assert!(late(&after) > late(&before), "shard {shard}");
+        let on_time = [("shard", shard), ("le", "0.1")];
+        assert!(after.sum("spate_reactor_lag_seconds_bucket", &on_time) > 0.0);
+    }
+}
+
+#[test]
 fn a_cluster_node_is_ready_only_once_it_knows_a_controller() {
     // Node 1 of three, alone: its shards serve, but no controller can be elected.
     let mut nodes = crate::replication::Nodes::unstarted(&mut |_, _, address| address);

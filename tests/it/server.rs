@@ -162,6 +162,13 @@ impl Broker {
         kib * 1024
     }
 
+    /// Sends `signal` to the broker process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: a plain kill(2) to a child this test started and has not reaped.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+
     /// Whether the broker process is still running.
     pub fn is_running(&mut self) -> bool {
         let child = self.child.as_mut().expect("started");
