@@ -864,7 +864,13 @@ fn a_cut_off_follower_catches_up_and_rejoins_the_isr() {
     });
     let known = nodes.create_topic(1, "cut", 1, 3)[0].clone();
     let leader = known.0 as u64;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // A follower that is not the controller: a leader cut off from the controller cannot
+    // change the ISR at all (as in Kafka, whose AlterPartition also goes to the
+    // controller); the controller fences it instead (a_paused_leader_is_fenced...).
+    let controller = nodes.describe(1, &[]).unwrap().controller as u64;
+    let follower = (1..=3)
+        .find(|id| *id != leader && *id != controller)
+        .unwrap();
     let load = Load::start(&nodes, "cut", 2);
     std::thread::sleep(Duration::from_millis(800));
 
