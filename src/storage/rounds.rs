@@ -7,7 +7,8 @@
 //! of several is one `syncfs` per filesystem they live on, run on the executor's blocking
 //! thread: it makes every write completed before it durable, data and metadata, in one
 //! call, where one fdatasync per file costs each file's metadata write and a trip through
-//! a kernel worker thread. Everyone in a round gets its outcome; a failed round fails every
+//! a kernel worker thread. An fdatasync of one of the files follows it, for the metadata
+//! that `syncfs` writes after its device flush (see `sync_many`). Everyone in a round gets its outcome; a failed round fails every
 //! log in it (a failed sync is never retried, see `Appender::fdatasync_segment`).
 //!
 //! The state is per executor: a shard's partitions share rounds, other shards run their
@@ -169,11 +170,20 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
         let synced = glommio::executor()
             .spawn_blocking(move || {
                 // SAFETY: `fd` is an open file descriptor for the duration of the call.
-                if unsafe { libc::syncfs(fd) } == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+                if unsafe { libc::syncfs(fd) } != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                // syncfs flushes the device's cache (`sync_fs`) before it writes out the
+                // block device's dirty buffers: on a filesystem without a journal (ext2,
+                // ext4 without one, as on this project's machines) the inode and extent
+                // blocks that record where the round's O_DIRECT writes landed are written
+                // after that flush, so a power loss could lose them. One fdatasync of a
+                // file whose data is already written issues the device flush again.
+                // SAFETY: as above.
+                if unsafe { libc::fdatasync(fd) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             })
             .await;
         for index in members {

@@ -1,7 +1,8 @@
 //! A real broker on a failing disk: a full filesystem and a frozen one (`fsfreeze`), both on
 //! a small ext4 image mounted on a loop device (root, as CI and the development machines
 //! have; elsewhere SPATE_SKIP_ROOT_TESTS=1 skips them). Produces get a clear error, reads
-//! go on, nothing acknowledged is lost, and writes resume once the disk does.
+//! go on, nothing acknowledged is lost, and writes resume once the disk does. Also the
+//! device flush that follows a durability round's `syncfs`, traced with strace.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -219,5 +220,99 @@ fn a_frozen_disk_times_produces_out_while_tail_reads_go_on() {
         everything
             .iter()
             .any(|(_, value)| value.starts_with("thawed-0"))
+    );
+}
+
+/// A durability round of several segments is a `syncfs` and then an fdatasync of one of
+/// its files on the same thread: `syncfs` flushes the device's cache before it writes the
+/// inode and extent blocks of a filesystem without a journal, and the fdatasync flushes it
+/// again (storage/rounds.rs). Traced with strace on a real broker.
+#[test]
+fn a_round_of_several_segments_flushes_again_after_its_syncfs() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is needed (apt-get install strace; .ci/run installs it)");
+    }
+    let broker = Broker::start(1);
+    let mut client = broker.connect();
+    let configs = [("flush.ms".to_string(), "0".to_string())];
+    assert!(
+        client
+            .create_topic("rounds", 8, &configs)
+            .unwrap()
+            .status
+            .is_ok()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=syncfs,fdatasync", "-o"])
+        .arg(&trace)
+        .args(["-p", &broker.pid().to_string()])
+        .spawn()
+        .unwrap();
+    // Attached once it has written its first line or the broker's threads are traced.
+    std::thread::sleep(Duration::from_millis(700));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..8u32)
+        .map(|partition| {
+            let address = broker.address();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = Connection::connect(&address, "rounds").unwrap();
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 20 {
+                    let answer = client
+                        .produce("rounds", partition, batch("r", 4, 100, 0), Acks::All)
+                        .unwrap()
+                        .unwrap();
+                    assert!(answer.status.is_ok(), "{:?}", answer.status);
+                    sent += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    // SAFETY: a plain kill(2) to the strace this test started.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().unwrap();
+
+    // Each thread's calls in order: (name, descriptor), from lines such as
+    // `123 syncfs(7) = 0` or `123 syncfs(7 <unfinished ...>`.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut calls: std::collections::BTreeMap<&str, Vec<(&str, &str)>> = Default::default();
+    for line in text.lines() {
+        let Some((tid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if call.starts_with("<...") {
+            continue;
+        }
+        let Some((name, rest)) = call.split_once('(') else {
+            continue;
+        };
+        let fd = rest.split([')', ' ']).next().unwrap_or_default();
+        calls.entry(tid).or_default().push((name, fd));
+    }
+    let mut rounds = 0;
+    for sequence in calls.values() {
+        for (index, (name, fd)) in sequence.iter().enumerate() {
+            if *name == "syncfs" {
+                rounds += 1;
+                assert_eq!(
+                    sequence.get(index + 1),
+                    Some(&("fdatasync", *fd)),
+                    "a syncfs not followed by an fdatasync of the same file:\n{text}"
+                );
+            }
+        }
+    }
+    assert!(
+        rounds > 0,
+        "no round of several segments was traced:\n{text}"
     );
 }

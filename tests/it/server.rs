@@ -162,9 +162,14 @@ impl Broker {
         kib * 1024
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends `signal` to the broker process.
     pub fn signal(&self, signal: i32) {
-        let pid = self.child.as_ref().expect("running").id();
+        let pid = self.pid();
         // SAFETY: a plain kill(2) to a child this test started and has not reaped.
         unsafe { libc::kill(pid as i32, signal) };
     }
