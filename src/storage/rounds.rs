@@ -171,7 +171,7 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
             .spawn_blocking(move || {
                 // SAFETY: `fd` is an open file descriptor for the duration of the call.
                 if unsafe { libc::syncfs(fd) } != 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return Err(("syncfs", std::io::Error::last_os_error()));
                 }
                 // syncfs flushes the device's cache (`sync_fs`) before it writes out the
                 // block device's dirty buffers: on a filesystem without a journal (ext2,
@@ -181,7 +181,7 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
                 // file whose data is already written issues the device flush again.
                 // SAFETY: as above.
                 if unsafe { libc::fdatasync(fd) } != 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return Err(("fdatasync after syncfs", std::io::Error::last_os_error()));
                 }
                 Ok(())
             })
@@ -190,9 +190,9 @@ async fn sync_many(rounds: &Rounds, segments: &[Rc<Segment>]) -> Vec<Result<(), 
             let segment = &segments[index];
             outcome[index] = Some(match &synced {
                 Ok(()) => Ok(()),
-                Err(error) => Err(io::io_error(
+                Err((call, error)) => Err(io::io_error(
                     &segment.path,
-                    "syncfs",
+                    call,
                     match error.raw_os_error() {
                         Some(code) => std::io::Error::from_raw_os_error(code),
                         None => std::io::Error::new(error.kind(), error.to_string()),

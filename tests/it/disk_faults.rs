@@ -229,6 +229,10 @@ fn a_frozen_disk_times_produces_out_while_tail_reads_go_on() {
 /// again (storage/rounds.rs). Traced with strace on a real broker.
 #[test]
 fn a_round_of_several_segments_flushes_again_after_its_syncfs() {
+    if std::env::var_os("SPATE_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: SPATE_SKIP_ROOT_TESTS is set (this test attaches strace to a broker)");
+        return;
+    }
     if Command::new("strace").arg("-V").output().is_err() {
         panic!("strace is needed (apt-get install strace; .ci/run installs it)");
     }
@@ -250,8 +254,14 @@ fn a_round_of_several_segments_flushes_again_after_its_syncfs() {
         .args(["-p", &broker.pid().to_string()])
         .spawn()
         .unwrap();
-    // Attached once it has written its first line or the broker's threads are traced.
+    // Attached within this (an attach refused by ptrace rules makes strace exit at once).
     std::thread::sleep(Duration::from_millis(700));
+    if let Some(status) = strace.try_wait().unwrap() {
+        panic!(
+            "strace could not attach to the broker ({status}): ptrace needs root, or \
+             kernel.yama.ptrace_scope 0; SPATE_SKIP_ROOT_TESTS=1 skips this test"
+        );
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producers: Vec<_> = (0..8u32)
         .map(|partition| {
@@ -301,7 +311,8 @@ fn a_round_of_several_segments_flushes_again_after_its_syncfs() {
     let mut rounds = 0;
     for sequence in calls.values() {
         for (index, (name, fd)) in sequence.iter().enumerate() {
-            if *name == "syncfs" {
+            // A syncfs under way when strace detached has no successor to check.
+            if *name == "syncfs" && index + 1 < sequence.len() {
                 rounds += 1;
                 assert_eq!(
                     sequence.get(index + 1),

@@ -199,6 +199,7 @@ fn a_reactor_held_off_its_core_counts_as_a_stall_on_every_shard() {
                 )
         };
         assert!(late(&after) > late(&before), "shard {shard}");
+        // The bucket `late` subtracts exists under that label (else `late` is the count).
         let on_time = [("shard", shard), ("le", "0.1")];
         assert!(after.sum("spate_reactor_lag_seconds_bucket", &on_time) > 0.0);
     }

@@ -146,6 +146,7 @@ pub(crate) async fn handle(
         {
             return None;
         }
+        shard.metrics.error(ErrorCode::ShuttingDown);
         return Some(Outgoing::Frame(
             Response::Failed(Status::error(
                 ErrorCode::ShuttingDown,
