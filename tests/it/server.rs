@@ -58,11 +58,11 @@ impl Broker {
     }
 
     pub fn start_in(data_dir: &Path, shards: usize, extra: &[&str]) -> Broker {
-        Broker::start_at(data_dir, shards, free_ports(shards + 1), extra)
+        Broker::start_retrying(data_dir, shards, None, extra, &|_| {})
     }
 
     pub fn start_at(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Broker {
-        Broker::start_with(data_dir, shards, port, extra, |_| {})
+        Broker::start_retrying(data_dir, shards, Some(port), extra, &|_| {})
     }
 
     /// Starts a broker whose command `configure` may adjust first (limits, environment).
@@ -71,8 +71,45 @@ impl Broker {
         shards: usize,
         port: u16,
         extra: &[&str],
-        configure: impl FnOnce(&mut Command),
+        configure: impl Fn(&mut Command),
     ) -> Broker {
+        Broker::start_retrying(data_dir, shards, Some(port), extra, &configure)
+    }
+
+    /// A port found free may be taken by another test (a client's connection, another
+    /// broker) before the broker binds it: then the broker exits at once, and it is
+    /// started again on ports chosen afresh (the native port too, unless the test chose
+    /// it).
+    fn start_retrying(
+        data_dir: &Path,
+        shards: usize,
+        port: Option<u16>,
+        extra: &[&str],
+        configure: &dyn Fn(&mut Command),
+    ) -> Broker {
+        let mut exits = Vec::new();
+        for _ in 0..4 {
+            let port = port.unwrap_or_else(|| free_ports(shards + 1));
+            match Broker::try_start(data_dir, shards, port, extra, configure) {
+                Ok(broker) => return broker,
+                Err(status) => exits.push(status),
+            }
+        }
+        panic!(
+            "the broker did not start: it exited at once {} times ({exits:?}); \
+             SPATE_TEST_BROKER_LOG=1 shows why",
+            exits.len()
+        );
+    }
+
+    /// The broker once it accepts connections, or how it exited before that.
+    fn try_start(
+        data_dir: &Path,
+        shards: usize,
+        port: u16,
+        extra: &[&str],
+        configure: &dyn Fn(&mut Command),
+    ) -> Result<Broker, std::process::ExitStatus> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
         configure(&mut command);
         // Every broker gets Kafka ports of its own (the default, 9092, would be shared),
@@ -118,7 +155,7 @@ impl Broker {
             })
             .spawn()
             .unwrap();
-        let broker = Broker {
+        let mut broker = Broker {
             child: Some(child),
             port,
             kafka_port,
@@ -127,10 +164,15 @@ impl Broker {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Connection::connect(&broker.address(), "probe").is_err() {
+            let child = broker.child.as_mut().expect("started");
+            if let Some(status) = child.try_wait().unwrap() {
+                broker.child = None;
+                return Err(status);
+            }
             assert!(Instant::now() < deadline, "the broker did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker
+        Ok(broker)
     }
 
     pub fn address(&self) -> String {
