@@ -622,7 +622,7 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
     create(&broker, "fuzzed", 4);
     let before = broker.peak_resident_bytes();
     let address = format!("127.0.0.1:{}", broker.kafka_port);
-    let rng = &mut Rng(0x9e37_79b9_7f4a_7c15);
+    let rng = &mut crate::support::Random(0x9e37_79b9_7f4a_7c15);
     let mut batch = BatchBuilder::new();
     batch.push(spate::clock::now_ms(), None, Some(b"fuzz"), &[]);
     let batch = batch.build(0);
@@ -636,10 +636,10 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
     let mut stream = connect();
     let (mut answered, mut closed) = (0, 0);
     for correlation_id in 0..1500i32 {
-        let entries = if rng.below(10) == 0 {
-            500 + rng.below(2500)
+        let entries = if rng.index(10) == 0 {
+            500 + rng.index(2500)
         } else {
-            rng.below(5)
+            rng.index(5)
         };
         let names = |entries: usize| -> Vec<String> {
             (0..entries)
@@ -652,7 +652,7 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
                 })
                 .collect()
         };
-        let (request, noisy) = match rng.below(8) {
+        let (request, noisy) = match rng.index(8) {
             0 => (
                 KafkaRequest::Metadata(MetadataRequest {
                     topics: Some(names(entries)),
@@ -746,12 +746,12 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
             _ => (KafkaRequest::DescribeGroups(names(entries)), true),
         };
         let range = api_range(request.api_key()).unwrap();
-        let version = range.min + rng.below((range.max - range.min + 1) as usize) as i16;
+        let version = range.min + rng.index((range.max - range.min + 1) as usize) as i16;
         let mut frame = encode_request(&request, version, correlation_id, "fuzz").to_vec();
-        if noisy && frame.len() > 12 && rng.below(3) == 0 {
-            for _ in 0..1 + rng.below(5) {
-                let at = 12 + rng.below(frame.len() - 12);
-                frame[at] = rng.below(256) as u8;
+        if noisy && frame.len() > 12 && rng.index(3) == 0 {
+            for _ in 0..1 + rng.index(5) {
+                let at = 12 + rng.index(frame.len() - 12);
+                frame[at] = rng.index(256) as u8;
             }
         }
         if stream.write_all(&frame).is_err() {
@@ -791,18 +791,6 @@ fn kafka_loopback_fuzz_every_request_is_answered_or_refused_and_memory_stays_bou
         grown < 256 * 1024 * 1024,
         "peak resident memory grew by {grown} bytes"
     );
-}
-
-/// A small deterministic generator (xorshift64) for the fuzz.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % bound as u64) as usize
-    }
 }
 
 /// A Kafka produce on a full disk is answered KAFKA_STORAGE_ERROR (56), the records
